@@ -1,0 +1,38 @@
+// Distance kernels: one scalar body and SIMD variants compiled with target
+// attributes, chosen once at run time (never -march=native).
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace evidex {
+
+enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2 };
+
+// dot(a, b) and squared L2 over `dim` float32 values. No alignment required.
+using DistanceKernel = float (*)(const float* a, const float* b, std::size_t dim);
+
+struct DistanceKernels {
+    DistanceKernel l2sq;
+    DistanceKernel dot;
+    SimdLevel level;
+};
+
+// Kernels for an explicit level (falls back to the best supported level below it).
+const DistanceKernels& kernels_for(SimdLevel level);
+
+// The active kernels: the best level the CPU supports, or the one forced through
+// the EVIDEX_SIMD environment variable (scalar|avx2|avx512) or set_simd_level().
+const DistanceKernels& active_kernels();
+
+// Best level this CPU can run.
+SimdLevel cpu_simd_level();
+
+// Force a level for the whole process; throws std::invalid_argument if the CPU
+// cannot run it.
+void set_simd_level(SimdLevel level);
+
+std::string simd_level_name(SimdLevel level);
+SimdLevel parse_simd_level(const std::string& name);  // throws std::invalid_argument
+
+}  // namespace evidex

@@ -1,0 +1,227 @@
+// The HNSW graph (Malkov & Yashunin), in one class in the spirit of hnswlib's
+// hnswalg.h: level-0 links, vector and label contiguous per node; upper levels
+// apart; visited sets from a pool; parallel insert with per-node locks.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "evidex/distance.h"
+#include "evidex/parallel.h"
+#include "evidex/visited.h"
+
+namespace evidex {
+
+enum class Space : std::uint32_t { L2 = 0, IP = 1, Cosine = 2 };
+Space parse_space(const std::string& name);  // throws std::invalid_argument
+std::string space_name(Space space);
+
+using label_t = std::uint64_t;
+using node_id = std::uint32_t;  // internal slot number
+
+// Labels returned where fewer than k results exist (a restrictive filter).
+constexpr label_t kNoLabel = ~label_t{0};
+
+// Decides whether a node may appear in the results. Implementations must be
+// safe to call from several threads unless the caller searches with one.
+class SearchFilter {
+public:
+    virtual ~SearchFilter() = default;
+    virtual bool allowed(node_id id, label_t label) const = 0;
+};
+
+// Allow-list over internal ids, built from labels.
+class BitsetFilter final : public SearchFilter {
+public:
+    explicit BitsetFilter(std::size_t capacity) : words_((capacity + 63) / 64, 0) {}
+    void allow(node_id id) { words_[id >> 6] |= std::uint64_t{1} << (id & 63); }
+    bool allowed(node_id id, label_t) const override {
+        return (words_[id >> 6] >> (id & 63)) & 1u;
+    }
+
+private:
+    std::vector<std::uint64_t> words_;
+};
+
+struct IndexStats {
+    std::size_t count = 0;     // live elements
+    std::size_t deleted = 0;   // marked deleted
+    std::size_t capacity = 0;  // max_elements
+    int max_level = -1;
+    std::vector<std::size_t> level_counts;  // nodes whose top level is i
+    std::size_t memory_bytes = 0;
+    std::uint64_t last_search_distance_computations = 0;
+    std::uint64_t last_search_queries = 0;
+};
+
+class HNSW {
+public:
+    HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
+         std::size_t max_elements, std::uint64_t seed);
+    ~HNSW();
+    HNSW(const HNSW&) = delete;
+    HNSW& operator=(const HNSW&) = delete;
+
+    // Insert or update `n` vectors (row-major, dim floats each). An existing label
+    // is updated in place. With replace_deleted, new labels reuse deleted slots.
+    // forbid_update_deleted mirrors hnswlib's rule when replacement is enabled.
+    void add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads,
+             bool replace_deleted, bool forbid_update_deleted = false);
+
+    // k nearest neighbours of each of `nq` queries; rows padded with kNoLabel / +inf
+    // when fewer than k elements pass the filter.
+    void search(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
+                float* out_distances) const;
+
+    void mark_deleted(label_t label);
+    void unmark_deleted(label_t label);
+    bool is_deleted(label_t label) const;
+    bool contains(label_t label) const;
+    void resize(std::size_t new_max_elements);
+
+    // Copy the stored vector (normalised for cosine) of `label` into out[dim].
+    void get_vector(label_t label, float* out) const;
+    std::vector<label_t> labels(bool include_deleted) const;
+    // Internal ids of the given labels, for building a BitsetFilter.
+    std::unique_ptr<BitsetFilter> make_filter(const label_t* labels, std::size_t n) const;
+
+    std::size_t dim() const { return dim_; }
+    Space space() const { return space_; }
+    std::size_t M() const { return M_; }
+    std::size_t ef_construction() const { return ef_construction_; }
+    std::size_t capacity() const { return capacity_; }
+    std::size_t element_count() const { return count_.load(); }  // including deleted
+    std::size_t deleted_count() const { return num_deleted_.load(); }
+    std::size_t live_count() const { return element_count() - deleted_count(); }
+    label_t next_label() const { return next_label_.load(); }
+    std::uint64_t seed() const { return seed_; }
+    // Default beam width of search, stored in saved files.
+    std::size_t ef() const { return ef_.load(); }
+    void set_ef(std::size_t ef) { ef_.store(ef); }
+    bool is_mapped() const { return mapping_ != nullptr; }
+    IndexStats stats() const;
+
+    // Persistence: a versioned, checksummed file written to a temporary file and
+    // renamed into place, so a failed write never destroys the previous file.
+    void save(const std::string& path) const;
+    std::string serialize() const;
+    static std::unique_ptr<HNSW> load(const std::string& path, bool mmap,
+                                      std::size_t max_elements = 0);
+    static std::unique_ptr<HNSW> deserialize(const char* data, std::size_t size,
+                                             std::size_t max_elements = 0);
+
+private:
+    struct Candidate {
+        float dist;
+        node_id id;
+        bool operator<(const Candidate& o) const { return dist < o.dist; }
+    };
+    using MaxHeap = std::vector<Candidate>;  // used with std::push_heap / pop_heap
+
+    class Serializer;
+    friend class Serializer;
+
+    // node layout in level0_: [u16 count | u8 flags | u8 pad | M0 x u32 links | dim x f32 | u64 label]
+    static constexpr std::uint8_t kDeletedFlag = 1;
+    char* node(node_id id) const { return level0_ + static_cast<std::size_t>(id) * node_bytes_; }
+    std::uint32_t* links0(node_id id) const { return reinterpret_cast<std::uint32_t*>(node(id)); }
+    std::uint32_t* links_at(node_id id, int level) const {
+        return level == 0 ? links0(id)
+                          : upper_[id].get() + static_cast<std::size_t>(level - 1) * (M_ + 1);
+    }
+    static std::uint16_t link_count(const std::uint32_t* links) {
+        return *reinterpret_cast<const std::uint16_t*>(links);
+    }
+    static void set_link_count(std::uint32_t* links, std::size_t n) {
+        *reinterpret_cast<std::uint16_t*>(links) = static_cast<std::uint16_t>(n);
+    }
+    std::uint8_t& flags(node_id id) const { return reinterpret_cast<std::uint8_t*>(node(id))[2]; }
+    bool deleted_at(node_id id) const { return flags(id) & kDeletedFlag; }
+    const float* vec(node_id id) const { return reinterpret_cast<const float*>(node(id) + vec_offset_); }
+    float* vec(node_id id) { return reinterpret_cast<float*>(node(id) + vec_offset_); }
+    label_t label_at(node_id id) const;
+    void set_label(node_id id, label_t label);
+
+    float distance(const DistanceKernels& k, const float* a, const float* b) const {
+        return space_ == Space::L2 ? k.l2sq(a, b, dim_) : 1.0f - k.dot(a, b, dim_);
+    }
+
+    int random_level();
+    void add_one(const float* vector, label_t label, bool replace_deleted,
+                 bool forbid_update_deleted, std::vector<float>& scratch);
+    void insert_new(node_id id, int level, const float* v);
+    void relink_existing(node_id id, const float* v);
+    node_id greedy_descend(const DistanceKernels& k, const float* q, node_id ep, int from_level,
+                        int to_level, std::uint64_t* dist_count) const;
+    MaxHeap search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
+                         std::size_t ef, node_id exclude) const;
+    MaxHeap search_base(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
+                        const SearchFilter* filter, std::uint64_t* dist_count) const;
+    void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const;
+    node_id connect(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level, bool update);
+    void search_one(const DistanceKernels& k, const float* q, std::size_t kk, std::size_t ef,
+                    const SearchFilter* filter, label_t* out_labels, float* out_distances,
+                    std::uint64_t* dist_count) const;
+    void allocate(std::size_t capacity);
+    void release_storage();
+    void rebuild_label_map_and_validate();
+
+    // parameters
+    std::size_t dim_;
+    Space space_;
+    std::size_t M_, M0_, ef_construction_;
+    std::uint64_t seed_;
+    double level_mult_;
+    std::size_t node_bytes_, vec_offset_, label_offset_;
+
+    // storage
+    std::size_t capacity_ = 0;
+    char* level0_ = nullptr;
+    void* mapping_ = nullptr;  // when level0_ points into a private file mapping
+    std::size_t mapping_bytes_ = 0;
+    std::vector<std::unique_ptr<std::uint32_t[]>> upper_;
+    std::vector<std::uint8_t> levels_;
+    std::unique_ptr<std::mutex[]> link_locks_;
+
+    std::atomic<std::size_t> ef_{64};
+    std::atomic<std::size_t> count_{0};
+    std::atomic<std::size_t> num_deleted_{0};
+    std::atomic<label_t> next_label_{0};
+    std::atomic<std::int64_t> entry_point_{-1};
+    std::atomic<int> max_level_{-1};
+
+    std::unordered_map<label_t, node_id> label_map_;
+    std::vector<node_id> deleted_slots_;  // candidates for replace_deleted
+    mutable std::mutex label_mutex_;   // label_map_, deleted_slots_, count_ growth
+    static constexpr std::size_t kLabelLockStripes = 1024;
+    std::unique_ptr<std::mutex[]> label_op_locks_;  // serialise work on one label
+    std::mutex global_mutex_;                       // entry point and max level
+    std::mutex rng_mutex_;
+    std::mt19937_64 level_rng_;
+    std::mt19937_64 update_rng_;
+
+    // Shared by add/search/get; exclusive for resize (which moves storage).
+    mutable std::shared_mutex storage_mutex_;
+    mutable VisitedPool visited_pool_;
+    mutable std::atomic<std::uint64_t> last_distance_computations_{0};
+    mutable std::atomic<std::uint64_t> last_queries_{0};
+};
+
+// Exact k nearest neighbours by brute force over `n` rows (for BFIndex and ground
+// truth). `allow` (optional, n bytes) excludes rows where it is zero. Rows of
+// `out_rows` are padded with -1 / +inf when fewer than k rows are allowed.
+void brute_force_knn(const float* data, std::size_t n, std::size_t dim, Space space,
+                     const float* queries, std::size_t nq, std::size_t k,
+                     const std::uint8_t* allow, std::size_t num_threads, std::int64_t* out_rows,
+                     float* out_distances);
+
+}  // namespace evidex

@@ -1,0 +1,250 @@
+// pybind11 bindings of the compiled core (`evidex._core`). Argument checking that
+// is cheap and hot (shapes, finiteness) lives here so single-query calls stay
+// fast; policy (auto ids, growth, torch inputs) lives in python/evidex/index.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include "evidex/distance.h"
+#include "evidex/errors.h"
+#include "evidex/hnsw.h"
+
+namespace py = pybind11;
+using namespace evidex;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using LabelArray = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
+
+// Checks a [n, dim] float32 matrix and returns n.
+std::size_t check_matrix(const FloatArray& a, std::size_t dim, const char* what) {
+    if (a.ndim() != 2)
+        throw py::value_error(std::string(what) + " must be a 2-D array, got " +
+                              std::to_string(a.ndim()) + " dimensions");
+    if (static_cast<std::size_t>(a.shape(1)) != dim)
+        throw py::value_error("Wrong dimensionality of the vectors: " + std::string(what) +
+                              " have dimension " + std::to_string(a.shape(1)) +
+                              ", the index has " + std::to_string(dim));
+    const float* p = a.data();
+    const std::size_t n = static_cast<std::size_t>(a.shape(0));
+    const std::size_t total = n * dim;
+    for (std::size_t i = 0; i < total; ++i) {
+        if (!std::isfinite(p[i]))
+            throw py::value_error(std::string(what) + " contain NaN or infinity (row " +
+                                  std::to_string(i / dim) + ")");
+    }
+    return n;
+}
+
+// A Python callable filter: called with the GIL held, so searches using it run
+// on the calling thread only (as in hnswlib).
+class PyCallableFilter final : public SearchFilter {
+public:
+    explicit PyCallableFilter(py::function fn) : fn_(std::move(fn)) {}
+    bool allowed(node_id, label_t label) const override { return fn_(label).cast<bool>(); }
+
+private:
+    py::function fn_;
+};
+
+py::dict stats_dict(const IndexStats& s) {
+    py::dict d;
+    d["count"] = s.count;
+    d["deleted"] = s.deleted;
+    d["capacity"] = s.capacity;
+    d["max_level"] = s.max_level;
+    d["level_counts"] = s.level_counts;
+    d["memory_bytes"] = s.memory_bytes;
+    d["last_search_distance_computations"] = s.last_search_distance_computations;
+    d["last_search_queries"] = s.last_search_queries;
+    return d;
+}
+
+py::tuple search(const HNSW& index, const FloatArray& queries, std::size_t k, std::size_t ef,
+                 const py::object& filter, std::size_t num_threads) {
+    const std::size_t nq = check_matrix(queries, index.dim(), "queries");
+    py::array_t<std::uint64_t> labels({nq, k});
+    py::array_t<float> distances({nq, k});
+    auto* out_l = labels.mutable_data();
+    auto* out_d = distances.mutable_data();
+    const float* q = queries.data();
+    if (filter.is_none()) {
+        py::gil_scoped_release release;
+        index.search(q, nq, k, ef, nullptr, num_threads, out_l, out_d);
+    } else if (py::isinstance<py::function>(filter)) {
+        PyCallableFilter f(filter.cast<py::function>());
+        index.search(q, nq, k, ef, &f, 1, out_l, out_d);
+    } else {
+        // An allow-list of labels (uint64 array, converted by the Python layer).
+        const LabelArray allow = filter.cast<LabelArray>();
+        std::unique_ptr<BitsetFilter> f = index.make_filter(allow.data(), allow.size());
+        py::gil_scoped_release release;
+        index.search(q, nq, k, ef, f.get(), num_threads, out_l, out_d);
+    }
+    return py::make_tuple(labels, distances);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "evidex compiled core: HNSW graph, SIMD distance kernels, brute-force k-NN";
+
+    auto corrupt = py::register_exception<CorruptIndexError>(m, "CorruptIndexError",
+                                                             PyExc_ValueError);
+    (void)corrupt;
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const FileError& e) {
+            py::object err = py::module_::import("builtins").attr("OSError")(
+                e.error_number, e.what(), e.filename);
+            PyErr_SetObject(PyExc_OSError, err.ptr());
+        } catch (const LabelNotFound& e) {
+            PyErr_SetString(PyExc_KeyError, e.what());
+        }
+    });
+
+    m.def("simd_level", [] { return simd_level_name(active_kernels().level); },
+          "SIMD level of the active distance kernels: 'scalar', 'avx2' or 'avx512'.");
+    m.def("cpu_simd_level", [] { return simd_level_name(cpu_simd_level()); },
+          "Best SIMD level this CPU supports.");
+    m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); },
+          py::arg("level"), "Force the SIMD level of every index in this process.");
+
+    m.def(
+        "distance",
+        [](const FloatArray& a, const FloatArray& b, const std::string& space,
+           const std::string& level) {
+            if (a.ndim() != 1 || b.ndim() != 1 || a.shape(0) != b.shape(0))
+                throw py::value_error("distance() needs two 1-D arrays of equal length");
+            const DistanceKernels& k =
+                level.empty() ? active_kernels() : kernels_for(parse_simd_level(level));
+            const std::size_t d = static_cast<std::size_t>(a.shape(0));
+            return parse_space(space) == Space::L2 ? k.l2sq(a.data(), b.data(), d)
+                                                   : 1.0f - k.dot(a.data(), b.data(), d);
+        },
+        py::arg("a"), py::arg("b"), py::arg("space") = "l2", py::arg("level") = "",
+        "One distance with the kernel of a SIMD level (for tests and microbenchmarks); "
+        "vectors are used as given (no normalisation for cosine).");
+
+    m.def(
+        "brute_force_knn",
+        [](const FloatArray& data, const FloatArray& queries, std::size_t k,
+           const std::string& space, const py::object& allow, std::size_t num_threads) {
+            if (data.ndim() != 2) throw py::value_error("data must be a 2-D array");
+            const std::size_t dim = static_cast<std::size_t>(data.shape(1));
+            const std::size_t n = static_cast<std::size_t>(data.shape(0));
+            const std::size_t nq = check_matrix(queries, dim, "queries");
+            const Space sp = parse_space(space);
+            py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast> mask;
+            const std::uint8_t* mask_ptr = nullptr;
+            if (!allow.is_none()) {
+                mask = allow.cast<decltype(mask)>();
+                if (static_cast<std::size_t>(mask.size()) != n)
+                    throw py::value_error("allow mask must have one entry per data row");
+                mask_ptr = mask.data();
+            }
+            py::array_t<std::int64_t> rows({nq, k});
+            py::array_t<float> dist({nq, k});
+            auto* r = rows.mutable_data();
+            auto* d = dist.mutable_data();
+            {
+                py::gil_scoped_release release;
+                brute_force_knn(data.data(), n, dim, sp, queries.data(), nq, k, mask_ptr,
+                                num_threads, r, d);
+            }
+            return py::make_tuple(rows, dist);
+        },
+        py::arg("data"), py::arg("queries"), py::arg("k"), py::arg("space") = "l2",
+        py::arg("allow") = py::none(), py::arg("num_threads") = 0,
+        "Exact k-NN of queries among data rows; returns (row indices, distances). For "
+        "'cosine' the data rows must already be L2-normalised.");
+
+    py::class_<HNSW>(m, "HNSW")
+        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::size_t, std::uint64_t>(),
+             py::arg("dim"), py::arg("space"), py::arg("M"), py::arg("ef_construction"),
+             py::arg("max_elements"), py::arg("seed"))
+        .def(
+            "add",
+            [](HNSW& self, const FloatArray& data, const LabelArray& labels,
+               std::size_t num_threads, bool replace_deleted, bool forbid_update_deleted) {
+                const std::size_t n = check_matrix(data, self.dim(), "vectors");
+                if (labels.ndim() != 1 || static_cast<std::size_t>(labels.shape(0)) != n)
+                    throw py::value_error("got " + std::to_string(labels.size()) + " ids for " +
+                                          std::to_string(n) + " vectors");
+                py::gil_scoped_release release;
+                self.add(data.data(), n, labels.data(), num_threads, replace_deleted,
+                         forbid_update_deleted);
+            },
+            py::arg("data"), py::arg("labels"), py::arg("num_threads") = 0,
+            py::arg("replace_deleted") = false, py::arg("forbid_update_deleted") = false)
+        .def("search", &search, py::arg("queries"), py::arg("k"), py::arg("ef"),
+             py::arg("filter") = py::none(), py::arg("num_threads") = 0)
+        .def("mark_deleted", &HNSW::mark_deleted)
+        .def("unmark_deleted", &HNSW::unmark_deleted)
+        .def("is_deleted", &HNSW::is_deleted)
+        .def("contains", &HNSW::contains)
+        .def("resize", &HNSW::resize, py::call_guard<py::gil_scoped_release>())
+        .def("get_vectors",
+             [](const HNSW& self, const LabelArray& labels) {
+                 const std::size_t n = static_cast<std::size_t>(labels.size());
+                 py::array_t<float> out({n, self.dim()});
+                 float* o = out.mutable_data();
+                 for (std::size_t i = 0; i < n; ++i)
+                     self.get_vector(labels.data()[i], o + i * self.dim());
+                 return out;
+             })
+        .def("labels",
+             [](const HNSW& self, bool include_deleted) {
+                 const std::vector<label_t> v = self.labels(include_deleted);
+                 py::array_t<std::uint64_t> out(v.size());
+                 std::copy(v.begin(), v.end(), out.mutable_data());
+                 return out;
+             },
+             py::arg("include_deleted") = false)
+        .def("stats", [](const HNSW& self) { return stats_dict(self.stats()); })
+        .def_property_readonly("dim", &HNSW::dim)
+        .def_property_readonly("space", [](const HNSW& self) { return space_name(self.space()); })
+        .def_property_readonly("M", &HNSW::M)
+        .def_property_readonly("ef_construction", &HNSW::ef_construction)
+        .def_property_readonly("capacity", &HNSW::capacity)
+        .def_property_readonly("element_count", &HNSW::element_count)
+        .def_property_readonly("deleted_count", &HNSW::deleted_count)
+        .def_property_readonly("live_count", &HNSW::live_count)
+        .def_property_readonly("next_label", &HNSW::next_label)
+        .def_property_readonly("seed", &HNSW::seed)
+        .def_property("ef", &HNSW::ef, &HNSW::set_ef)
+        .def_property_readonly("is_mapped", &HNSW::is_mapped)
+        .def("save", &HNSW::save, py::call_guard<py::gil_scoped_release>())
+        .def("serialize",
+             [](const HNSW& self) {
+                 std::string s;
+                 {
+                     py::gil_scoped_release release;
+                     s = self.serialize();
+                 }
+                 return py::bytes(s);
+             })
+        .def_static("load", &HNSW::load, py::arg("path"), py::arg("mmap") = false,
+                    py::arg("max_elements") = 0, py::call_guard<py::gil_scoped_release>())
+        .def_static(
+            "deserialize",
+            [](const py::bytes& data, std::size_t max_elements) {
+                const std::string_view view = data;
+                py::gil_scoped_release release;
+                return HNSW::deserialize(view.data(), view.size(), max_elements);
+            },
+            py::arg("data"), py::arg("max_elements") = 0);
+
+    py::enum_<Space>(m, "Space")
+        .value("l2", Space::L2)
+        .value("ip", Space::IP)
+        .value("cosine", Space::Cosine);
+    m.def("parse_space", &parse_space);
+}

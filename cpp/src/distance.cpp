@@ -1,0 +1,219 @@
+#include "evidex/distance.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define EVIDEX_X86 1
+#include <immintrin.h>
+#endif
+
+namespace evidex {
+namespace {
+
+// ---------------------------------------------------------------- scalar
+// Four independent accumulators so the compiler can vectorise at the base ISA
+// and the summation order stays close to the SIMD variants.
+float dot_scalar(const float* a, const float* b, std::size_t dim) {
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    std::size_t i = 0;
+    for (; i + 4 <= dim; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < dim; ++i) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+float l2sq_scalar(const float* a, const float* b, std::size_t dim) {
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    std::size_t i = 0;
+    for (; i + 4 <= dim; i += 4) {
+        const float d0 = a[i] - b[i], d1 = a[i + 1] - b[i + 1];
+        const float d2 = a[i + 2] - b[i + 2], d3 = a[i + 3] - b[i + 3];
+        s0 += d0 * d0;
+        s1 += d1 * d1;
+        s2 += d2 * d2;
+        s3 += d3 * d3;
+    }
+    for (; i < dim; ++i) {
+        const float d = a[i] - b[i];
+        s0 += d * d;
+    }
+    return (s0 + s1) + (s2 + s3);
+}
+
+#ifdef EVIDEX_X86
+// ---------------------------------------------------------------- AVX2 + FMA
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    __m128 sh = _mm_movehdup_ps(lo);
+    lo = _mm_add_ps(lo, sh);
+    sh = _mm_movehl_ps(sh, lo);
+    return _mm_cvtss_f32(_mm_add_ss(lo, sh));
+}
+
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b,
+                                                   std::size_t dim) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    std::size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= dim; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = hsum256(_mm256_add_ps(acc0, acc1));
+    for (; i < dim; ++i) s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) float l2sq_avx2(const float* a, const float* b,
+                                                    std::size_t dim) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    std::size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+        const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
+        acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, d1, acc1);
+    }
+    for (; i + 8 <= dim; i += 8) {
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+        acc0 = _mm256_fmadd_ps(d, d, acc0);
+    }
+    float s = hsum256(_mm256_add_ps(acc0, acc1));
+    for (; i < dim; ++i) {
+        const float d = a[i] - b[i];
+        s += d * d;
+    }
+    return s;
+}
+
+// ---------------------------------------------------------------- AVX-512
+// The tail is a masked load, so odd dimensions need no scalar loop.
+__attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b,
+                                                    std::size_t dim) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    std::size_t i = 0;
+    for (; i + 32 <= dim; i += 32) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+    }
+    for (; i + 16 <= dim; i += 16)
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    if (i < dim) {
+        const __mmask16 m = static_cast<__mmask16>((1u << (dim - i)) - 1u);
+        acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i),
+                               acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+__attribute__((target("avx512f"))) float l2sq_avx512(const float* a, const float* b,
+                                                     std::size_t dim) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    std::size_t i = 0;
+    for (; i + 32 <= dim; i += 32) {
+        const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+        const __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
+        acc0 = _mm512_fmadd_ps(d0, d0, acc0);
+        acc1 = _mm512_fmadd_ps(d1, d1, acc1);
+    }
+    for (; i + 16 <= dim; i += 16) {
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+        acc0 = _mm512_fmadd_ps(d, d, acc0);
+    }
+    if (i < dim) {
+        const __mmask16 m = static_cast<__mmask16>((1u << (dim - i)) - 1u);
+        const __m512 d =
+            _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i));
+        acc1 = _mm512_fmadd_ps(d, d, acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+#endif  // EVIDEX_X86
+
+const DistanceKernels kScalar{l2sq_scalar, dot_scalar, SimdLevel::Scalar};
+#ifdef EVIDEX_X86
+const DistanceKernels kAVX2{l2sq_avx2, dot_avx2, SimdLevel::AVX2};
+const DistanceKernels kAVX512{l2sq_avx512, dot_avx512, SimdLevel::AVX512};
+#endif
+
+SimdLevel detect() {
+#ifdef EVIDEX_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return SimdLevel::AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::AVX2;
+#endif
+    return SimdLevel::Scalar;
+}
+
+SimdLevel initial_level() {
+    const SimdLevel best = detect();
+    const char* env = std::getenv("EVIDEX_SIMD");
+    if (env == nullptr || *env == '\0') return best;
+    // An unknown or unsupported request is an error at import, raised from here.
+    const SimdLevel wanted = parse_simd_level(env);
+    if (static_cast<int>(wanted) > static_cast<int>(best))
+        throw std::invalid_argument("EVIDEX_SIMD=" + std::string(env) +
+                                    " is not supported by this CPU (best: " +
+                                    simd_level_name(best) + ")");
+    return wanted;
+}
+
+std::atomic<const DistanceKernels*>& active_slot() {
+    static std::atomic<const DistanceKernels*> slot{&kernels_for(initial_level())};
+    return slot;
+}
+
+}  // namespace
+
+SimdLevel cpu_simd_level() {
+    static const SimdLevel best = detect();
+    return best;
+}
+
+const DistanceKernels& kernels_for(SimdLevel level) {
+#ifdef EVIDEX_X86
+    const SimdLevel best = cpu_simd_level();
+    if (level == SimdLevel::AVX512 && best == SimdLevel::AVX512) return kAVX512;
+    if (level != SimdLevel::Scalar && best != SimdLevel::Scalar) return kAVX2;
+#else
+    (void)level;
+#endif
+    return kScalar;
+}
+
+const DistanceKernels& active_kernels() { return *active_slot().load(std::memory_order_acquire); }
+
+void set_simd_level(SimdLevel level) {
+    if (static_cast<int>(level) > static_cast<int>(cpu_simd_level()))
+        throw std::invalid_argument("SIMD level " + simd_level_name(level) +
+                                    " is not supported by this CPU (best: " +
+                                    simd_level_name(cpu_simd_level()) + ")");
+    active_slot().store(&kernels_for(level), std::memory_order_release);
+}
+
+std::string simd_level_name(SimdLevel level) {
+    switch (level) {
+        case SimdLevel::AVX512: return "avx512";
+        case SimdLevel::AVX2: return "avx2";
+        default: return "scalar";
+    }
+}
+
+SimdLevel parse_simd_level(const std::string& name) {
+    if (name == "scalar") return SimdLevel::Scalar;
+    if (name == "avx2") return SimdLevel::AVX2;
+    if (name == "avx512") return SimdLevel::AVX512;
+    throw std::invalid_argument("unknown SIMD level '" + name +
+                                "' (expected scalar, avx2 or avx512)");
+}
+
+}  // namespace evidex

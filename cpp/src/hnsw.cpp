@@ -1,0 +1,640 @@
+#include "evidex/hnsw.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <queue>
+#include <stdexcept>
+
+#include "evidex/errors.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define EVIDEX_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0)
+#else
+#define EVIDEX_PREFETCH(p) __builtin_prefetch(p)
+#endif
+
+namespace evidex {
+
+Space parse_space(const std::string& name) {
+    if (name == "l2") return Space::L2;
+    if (name == "ip") return Space::IP;
+    if (name == "cosine") return Space::Cosine;
+    throw std::invalid_argument("unknown space '" + name + "' (expected 'l2', 'ip' or 'cosine')");
+}
+
+std::string space_name(Space space) {
+    switch (space) {
+        case Space::L2: return "l2";
+        case Space::IP: return "ip";
+        default: return "cosine";
+    }
+}
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+void normalize_into(const float* v, std::size_t dim, float* out) {
+    double norm = 0.0;
+    for (std::size_t i = 0; i < dim; ++i) norm += static_cast<double>(v[i]) * v[i];
+    // Zero vectors stay zero (distance 1 to everything), as in hnswlib.
+    const float inv = static_cast<float>(1.0 / (std::sqrt(norm) + 1e-30));
+    for (std::size_t i = 0; i < dim; ++i) out[i] = v[i] * inv;
+}
+
+// Min-heap on distance for the candidate frontier.
+struct Closer {
+    template <class C>
+    bool operator()(const C& a, const C& b) const {
+        return a.dist > b.dist;
+    }
+};
+
+}  // namespace
+
+HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
+           std::size_t max_elements, std::uint64_t seed)
+    : dim_(dim),
+      space_(space),
+      M_(M),
+      M0_(2 * M),
+      ef_construction_(std::max(ef_construction, M)),
+      seed_(seed),
+      visited_pool_(0) {
+    if (dim == 0) throw std::invalid_argument("dim must be at least 1");
+    if (M < 2 || M > 2048) throw std::invalid_argument("M must be in [2, 2048]");
+    if (max_elements >= std::numeric_limits<node_id>::max())
+        throw std::invalid_argument("max_elements must be below 2^32 - 1");
+    level_mult_ = 1.0 / std::log(static_cast<double>(M_));
+    vec_offset_ = sizeof(std::uint32_t) * (M0_ + 1);
+    label_offset_ = vec_offset_ + sizeof(float) * dim_;
+    node_bytes_ = (label_offset_ + sizeof(label_t) + 7) / 8 * 8;
+    level_rng_.seed(seed);
+    update_rng_.seed(seed + 1);
+    label_op_locks_.reset(new std::mutex[kLabelLockStripes]);
+    allocate(max_elements);
+}
+
+HNSW::~HNSW() { release_storage(); }
+
+void HNSW::release_storage() {
+    if (mapping_ != nullptr) {
+        munmap(mapping_, mapping_bytes_);
+        mapping_ = nullptr;
+    } else {
+        std::free(level0_);
+    }
+    level0_ = nullptr;
+}
+
+// (Re)allocate every per-slot structure for `capacity` slots, keeping the first
+// count_ nodes. Callers hold the storage lock exclusively (or own the object).
+void HNSW::allocate(std::size_t capacity) {
+    const std::size_t keep = count_.load();
+    char* block = static_cast<char*>(std::malloc(std::max<std::size_t>(1, capacity * node_bytes_)));
+    if (block == nullptr) throw std::bad_alloc();
+    if (keep > 0) std::memcpy(block, level0_, keep * node_bytes_);
+    release_storage();
+    level0_ = block;
+    upper_.resize(capacity);
+    levels_.resize(capacity, 0);
+    link_locks_.reset(new std::mutex[std::max<std::size_t>(1, capacity)]);
+    visited_pool_.resize(capacity);
+    capacity_ = capacity;
+}
+
+void HNSW::resize(std::size_t new_max_elements) {
+    std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+    if (new_max_elements < count_.load())
+        throw std::runtime_error(
+            "Cannot resize, max element is less than the current number of elements");
+    if (new_max_elements >= std::numeric_limits<node_id>::max())
+        throw std::invalid_argument("max_elements must be below 2^32 - 1");
+    allocate(new_max_elements);
+}
+
+label_t HNSW::label_at(node_id id) const {
+    label_t label;
+    std::memcpy(&label, node(id) + label_offset_, sizeof(label));
+    return label;
+}
+
+void HNSW::set_label(node_id id, label_t label) {
+    std::memcpy(node(id) + label_offset_, &label, sizeof(label));
+}
+
+int HNSW::random_level() {
+    std::lock_guard<std::mutex> lock(rng_mutex_);
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    const double r = -std::log(std::max(uniform(level_rng_), 1e-300)) * level_mult_;
+    return static_cast<int>(std::min(r, 200.0));
+}
+
+// ------------------------------------------------------------------ insert
+
+void HNSW::add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads,
+               bool replace_deleted, bool forbid_update_deleted) {
+    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    if (is_mapped()) {
+        // A mapped index has no spare slots; add() needs a resize first (done by
+        // the Python layer), which copies it into owned memory.
+        throw std::runtime_error("index is memory-mapped without free slots; resize it first");
+    }
+    parallel_for(n, num_threads, [&](std::size_t i) {
+        thread_local std::vector<float> scratch;
+        add_one(data + i * dim_, labels[i], replace_deleted, forbid_update_deleted, scratch);
+    });
+}
+
+void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
+                   bool forbid_update_deleted, std::vector<float>& scratch) {
+    const float* v = vector;
+    if (space_ == Space::Cosine) {
+        scratch.resize(dim_);
+        normalize_into(vector, dim_, scratch.data());
+        v = scratch.data();
+    }
+    // Serialise concurrent work on the same label (duplicates within a batch).
+    std::lock_guard<std::mutex> op_lock(label_op_locks_[label % kLabelLockStripes]);
+
+    node_id id = 0;
+    enum { kNew, kExisting } kind = kNew;
+    {
+        std::lock_guard<std::mutex> lk(label_mutex_);
+        auto it = label_map_.find(label);
+        if (it != label_map_.end()) {
+            id = it->second;
+            kind = kExisting;
+            if (deleted_at(id)) {
+                if (forbid_update_deleted)
+                    throw std::runtime_error(
+                        "Can't use addPoint to update deleted elements if replacement of "
+                        "deleted elements is enabled.");
+                flags(id) &= ~kDeletedFlag;
+                --num_deleted_;
+            }
+        } else {
+            bool reused = false;
+            while (replace_deleted && !deleted_slots_.empty()) {
+                const node_id slot = deleted_slots_.back();
+                deleted_slots_.pop_back();
+                if (!deleted_at(slot)) continue;  // undeleted since it was queued
+                label_map_.erase(label_at(slot));
+                set_label(slot, label);
+                flags(slot) &= ~kDeletedFlag;
+                --num_deleted_;
+                label_map_.emplace(label, slot);
+                id = slot;
+                kind = kExisting;
+                reused = true;
+                break;
+            }
+            if (!reused) {
+                const std::size_t c = count_.load();
+                if (c >= capacity_)
+                    throw std::runtime_error("The number of elements exceeds the specified limit");
+                id = static_cast<node_id>(c);
+                std::memset(node(id), 0, node_bytes_);
+                set_label(id, label);
+                label_map_.emplace(label, id);
+                count_.store(c + 1);
+            }
+        }
+        if (label != kNoLabel && label + 1 > next_label_.load()) next_label_.store(label + 1);
+    }
+
+    if (kind == kExisting) {
+        std::memcpy(vec(id), v, dim_ * sizeof(float));
+        relink_existing(id, v);
+        return;
+    }
+    std::memcpy(vec(id), v, dim_ * sizeof(float));
+    const int level = random_level();
+    levels_[id] = static_cast<std::uint8_t>(level);
+    if (level > 0) {
+        upper_[id].reset(new std::uint32_t[static_cast<std::size_t>(level) * (M_ + 1)]());
+    }
+    insert_new(id, level, v);
+}
+
+void HNSW::insert_new(node_id id, int level, const float* v) {
+    const DistanceKernels& k = active_kernels();
+    std::unique_lock<std::mutex> glock(global_mutex_);
+    const int max_level = max_level_.load();
+    if (level <= max_level) glock.unlock();
+    const std::int64_t ep = entry_point_.load();
+    if (ep < 0) {
+        entry_point_.store(id);
+        max_level_.store(level);
+        return;
+    }
+    node_id cur = static_cast<node_id>(ep);
+    if (level < max_level) cur = greedy_descend(k, v, cur, max_level, level + 1, nullptr);
+    for (int lc = std::min(level, max_level); lc >= 0; --lc) {
+        MaxHeap top = search_layer(k, cur, v, lc, ef_construction_, id);
+        if (top.empty()) continue;
+        cur = connect(k, id, top, lc, false);
+    }
+    if (level > max_level) {
+        entry_point_.store(id);
+        max_level_.store(level);
+    }
+}
+
+// Re-connect a node whose vector changed (update of a label, or a reused slot).
+// Its out-links are chosen afresh; stale in-links from elsewhere stay as extra
+// edges, which costs a little search time but never correctness.
+void HNSW::relink_existing(node_id id, const float* v) {
+    const DistanceKernels& k = active_kernels();
+    const int level = levels_[id];
+    const int max_level = max_level_.load();
+    std::int64_t ep = entry_point_.load();
+    if (ep < 0) return;
+    node_id cur = static_cast<node_id>(ep);
+    if (cur == id) {
+        // Start from one of its own neighbours at the top level, if any.
+        const std::uint32_t* links = links_at(id, level);
+        if (link_count(links) == 0) return;
+        cur = links[1];
+    }
+    if (level < max_level) cur = greedy_descend(k, v, cur, max_level, level + 1, nullptr);
+    for (int lc = std::min(level, max_level); lc >= 0; --lc) {
+        MaxHeap top = search_layer(k, cur, v, lc, ef_construction_, id);
+        if (top.empty()) continue;
+        cur = connect(k, id, top, lc, true);
+    }
+}
+
+node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id ep, int from_level,
+                                int to_level, std::uint64_t* dist_count) const {
+    node_id cur = ep;
+    float cur_dist = distance(k, q, vec(cur));
+    std::uint64_t computed = 1;
+    for (int level = from_level; level >= to_level; --level) {
+        bool changed = true;
+        while (changed) {
+            changed = false;
+            const std::uint32_t* links = links_at(cur, level);
+            const std::size_t n = link_count(links);
+            for (std::size_t j = 1; j <= n; ++j) {
+                const node_id cand = links[j];
+                const float d = distance(k, q, vec(cand));
+                ++computed;
+                if (d < cur_dist) {
+                    cur_dist = d;
+                    cur = cand;
+                    changed = true;
+                }
+            }
+        }
+    }
+    if (dist_count) *dist_count += computed;
+    return cur;
+}
+
+// Beam search on one level for construction; `exclude` (the node being linked)
+// never enters the result, nor do deleted nodes.
+HNSW::MaxHeap HNSW::search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
+                                 std::size_t ef, node_id exclude) const {
+    auto visited = visited_pool_.acquire();
+    MaxHeap top;
+    top.reserve(ef + 1);
+    std::priority_queue<Candidate, std::vector<Candidate>, Closer> frontier;
+
+    const float d0 = distance(k, q, vec(ep));
+    visited->mark(ep);
+    frontier.push({d0, ep});
+    if (ep != exclude && !deleted_at(ep)) top.push_back({d0, ep});
+    float lower = top.empty() ? kInf : top.front().dist;
+
+    while (!frontier.empty()) {
+        const Candidate c = frontier.top();
+        if (c.dist > lower && top.size() >= ef) break;
+        frontier.pop();
+        const std::uint32_t* links = links_at(c.id, level);
+        const std::size_t n = link_count(links);
+        for (std::size_t j = 1; j <= n; ++j) {
+            const node_id nb = links[j];
+            if (!visited->try_visit(nb)) continue;
+            const float d = distance(k, q, vec(nb));
+            if (top.size() < ef || d < lower) {
+                frontier.push({d, nb});
+                if (nb != exclude && !deleted_at(nb)) {
+                    top.push_back({d, nb});
+                    std::push_heap(top.begin(), top.end());
+                    if (top.size() > ef) {
+                        std::pop_heap(top.begin(), top.end());
+                        top.pop_back();
+                    }
+                }
+                if (!top.empty()) lower = top.front().dist;
+            }
+        }
+    }
+    return top;
+}
+
+// hnswlib's heuristic (Algorithm 4 of the paper): keep a candidate only if it is
+// closer to the base than to every neighbour kept so far. Leaves `candidates`
+// sorted nearest first.
+void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const {
+    std::sort(candidates.begin(), candidates.end());
+    if (candidates.size() <= m) return;
+    MaxHeap kept;
+    kept.reserve(m);
+    for (const Candidate& c : candidates) {
+        bool good = true;
+        for (const Candidate& r : kept) {
+            if (distance(k, vec(c.id), vec(r.id)) < c.dist) {
+                good = false;
+                break;
+            }
+        }
+        if (good) {
+            kept.push_back(c);
+            if (kept.size() >= m) break;
+        }
+    }
+    candidates.swap(kept);
+}
+
+node_id HNSW::connect(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level,
+                         bool update) {
+    select_neighbors(k, candidates, M_);
+    const std::size_t max_links = level == 0 ? M0_ : M_;
+    {
+        std::lock_guard<std::mutex> lock(link_locks_[id]);
+        std::uint32_t* links = links_at(id, level);
+        std::size_t n = 0;
+        for (const Candidate& c : candidates) links[1 + n++] = c.id;
+        set_link_count(links, n);
+    }
+    for (const Candidate& c : candidates) {
+        const node_id other = c.id;
+        std::lock_guard<std::mutex> lock(link_locks_[other]);
+        std::uint32_t* links = links_at(other, level);
+        const std::size_t n = link_count(links);
+        if (update && std::find(links + 1, links + 1 + n, id) != links + 1 + n) continue;
+        if (n < max_links) {
+            links[1 + n] = id;
+            set_link_count(links, n + 1);
+            continue;
+        }
+        // Full: re-select among the old links plus the new node.
+        MaxHeap pool;
+        pool.reserve(n + 1);
+        pool.push_back({c.dist, id});
+        for (std::size_t j = 1; j <= n; ++j)
+            pool.push_back({distance(k, vec(other), vec(links[j])), links[j]});
+        select_neighbors(k, pool, max_links);
+        std::size_t m = 0;
+        for (const Candidate& p : pool) links[1 + m++] = p.id;
+        set_link_count(links, m);
+    }
+    return candidates.front().id;
+}
+
+// ------------------------------------------------------------------ search
+
+HNSW::MaxHeap HNSW::search_base(const DistanceKernels& k, node_id ep, const float* q,
+                                std::size_t ef, const SearchFilter* filter,
+                                std::uint64_t* dist_count) const {
+    const bool gated = filter != nullptr || num_deleted_.load() > 0;
+    auto allowed = [&](node_id id) {
+        return !deleted_at(id) && (filter == nullptr || filter->allowed(id, label_at(id)));
+    };
+    auto visited = visited_pool_.acquire();
+    MaxHeap top;
+    top.reserve(ef + 1);
+    std::priority_queue<Candidate, std::vector<Candidate>, Closer> frontier;
+
+    std::uint64_t computed = 1;
+    const float d0 = distance(k, q, vec(ep));
+    visited->mark(ep);
+    frontier.push({d0, ep});
+    if (!gated || allowed(ep)) top.push_back({d0, ep});
+    float lower = top.empty() ? kInf : top.front().dist;
+
+    while (!frontier.empty()) {
+        const Candidate c = frontier.top();
+        if (c.dist > lower && (top.size() >= ef || !gated)) break;
+        frontier.pop();
+        const std::uint32_t* links = links0(c.id);
+        const std::size_t n = link_count(links);
+        if (n > 0) EVIDEX_PREFETCH(vec(links[1]));
+        for (std::size_t j = 1; j <= n; ++j) {
+            const node_id nb = links[j];
+            if (j < n) EVIDEX_PREFETCH(vec(links[j + 1]));
+            if (!visited->try_visit(nb)) continue;
+            const float d = distance(k, q, vec(nb));
+            ++computed;
+            if (top.size() < ef || d < lower) {
+                frontier.push({d, nb});
+                EVIDEX_PREFETCH(node(frontier.top().id));
+                if (!gated || allowed(nb)) {
+                    top.push_back({d, nb});
+                    std::push_heap(top.begin(), top.end());
+                    if (top.size() > ef) {
+                        std::pop_heap(top.begin(), top.end());
+                        top.pop_back();
+                    }
+                }
+                if (!top.empty()) lower = top.front().dist;
+            }
+        }
+    }
+    *dist_count += computed;
+    return top;
+}
+
+void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, std::size_t ef,
+                      const SearchFilter* filter, label_t* out_labels, float* out_distances,
+                      std::uint64_t* dist_count) const {
+    std::size_t found = 0;
+    const std::int64_t ep = entry_point_.load();
+    if (ep >= 0) {
+        const node_id start = greedy_descend(k, q, static_cast<node_id>(ep), max_level_.load(), 1,
+                                          dist_count);
+        MaxHeap top = search_base(k, start, q, std::max(ef, kk), filter, dist_count);
+        std::sort(top.begin(), top.end());
+        found = std::min(kk, top.size());
+        for (std::size_t i = 0; i < found; ++i) {
+            out_labels[i] = label_at(top[i].id);
+            out_distances[i] = top[i].dist;
+        }
+    }
+    for (std::size_t i = found; i < kk; ++i) {
+        out_labels[i] = kNoLabel;
+        out_distances[i] = kInf;
+    }
+}
+
+void HNSW::search(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                  const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
+                  float* out_distances) const {
+    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    const DistanceKernels& kernels = active_kernels();
+    std::atomic<std::uint64_t> total{0};
+    parallel_for(nq, num_threads, [&](std::size_t i) {
+        const float* q = queries + i * dim_;
+        thread_local std::vector<float> scratch;
+        if (space_ == Space::Cosine) {
+            scratch.resize(dim_);
+            normalize_into(q, dim_, scratch.data());
+            q = scratch.data();
+        }
+        std::uint64_t computed = 0;
+        search_one(kernels, q, k, ef, filter, out_labels + i * k, out_distances + i * k,
+                   &computed);
+        total.fetch_add(computed, std::memory_order_relaxed);
+    });
+    last_distance_computations_.store(total.load());
+    last_queries_.store(nq);
+}
+
+// ------------------------------------------------------------------ labels
+
+void HNSW::mark_deleted(label_t label) {
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    auto it = label_map_.find(label);
+    if (it == label_map_.end()) throw LabelNotFound("Label not found");
+    const node_id id = it->second;
+    if (deleted_at(id)) throw std::runtime_error("The requested to delete element is already deleted");
+    flags(id) |= kDeletedFlag;
+    ++num_deleted_;
+    deleted_slots_.push_back(id);
+}
+
+void HNSW::unmark_deleted(label_t label) {
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    auto it = label_map_.find(label);
+    if (it == label_map_.end()) throw LabelNotFound("Label not found");
+    const node_id id = it->second;
+    if (!deleted_at(id)) throw std::runtime_error("The requested to undelete element is not deleted");
+    flags(id) &= ~kDeletedFlag;
+    --num_deleted_;
+}
+
+bool HNSW::is_deleted(label_t label) const {
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    auto it = label_map_.find(label);
+    if (it == label_map_.end()) throw LabelNotFound("Label not found");
+    return deleted_at(it->second);
+}
+
+bool HNSW::contains(label_t label) const {
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    return label_map_.count(label) != 0;
+}
+
+void HNSW::get_vector(label_t label, float* out) const {
+    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    node_id id;
+    {
+        std::lock_guard<std::mutex> lk(label_mutex_);
+        auto it = label_map_.find(label);
+        if (it == label_map_.end()) throw LabelNotFound("Label not found");
+        id = it->second;
+    }
+    std::memcpy(out, vec(id), dim_ * sizeof(float));
+}
+
+std::vector<label_t> HNSW::labels(bool include_deleted) const {
+    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    std::vector<label_t> out;
+    const std::size_t n = count_.load();
+    out.reserve(n);
+    for (node_id id = 0; id < n; ++id)
+        if (include_deleted || !deleted_at(id)) out.push_back(label_at(id));
+    return out;
+}
+
+std::unique_ptr<BitsetFilter> HNSW::make_filter(const label_t* labels, std::size_t n) const {
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    auto filter = std::make_unique<BitsetFilter>(capacity_);
+    for (std::size_t i = 0; i < n; ++i) {
+        auto it = label_map_.find(labels[i]);
+        if (it != label_map_.end()) filter->allow(it->second);
+    }
+    return filter;
+}
+
+IndexStats HNSW::stats() const {
+    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    IndexStats s;
+    const std::size_t n = count_.load();
+    s.deleted = num_deleted_.load();
+    s.count = n - s.deleted;
+    s.capacity = capacity_;
+    s.max_level = max_level_.load();
+    s.level_counts.assign(static_cast<std::size_t>(std::max(0, s.max_level) + 1), 0);
+    std::size_t upper_bytes = 0;
+    for (node_id id = 0; id < n; ++id) {
+        const std::size_t lvl = levels_[id];
+        if (lvl < s.level_counts.size()) ++s.level_counts[lvl];
+        upper_bytes += lvl * (M_ + 1) * sizeof(std::uint32_t);
+    }
+    std::size_t map_bytes;
+    {
+        std::lock_guard<std::mutex> lk(label_mutex_);
+        // Buckets plus one heap node (next pointer, hash, key, value) per entry.
+        map_bytes = label_map_.bucket_count() * sizeof(void*) +
+                    label_map_.size() * (sizeof(void*) + sizeof(std::size_t) + 16);
+    }
+    s.memory_bytes = capacity_ * node_bytes_ + upper_bytes +
+                     capacity_ * (sizeof(std::unique_ptr<std::uint32_t[]>) + 1 +
+                                  sizeof(std::mutex)) +
+                     map_bytes + visited_pool_.memory_bytes();
+    s.last_search_distance_computations = last_distance_computations_.load();
+    s.last_search_queries = last_queries_.load();
+    return s;
+}
+
+// ------------------------------------------------------------------ brute force
+
+void brute_force_knn(const float* data, std::size_t n, std::size_t dim, Space space,
+                     const float* queries, std::size_t nq, std::size_t k,
+                     const std::uint8_t* allow, std::size_t num_threads, std::int64_t* out_rows,
+                     float* out_distances) {
+    const DistanceKernels& kern = active_kernels();
+    parallel_for(nq, num_threads, [&](std::size_t qi) {
+        const float* q = queries + qi * dim;
+        thread_local std::vector<float> scratch;
+        if (space == Space::Cosine) {
+            scratch.resize(dim);
+            normalize_into(q, dim, scratch.data());
+            q = scratch.data();
+        }
+        // Max-heap of the k best so far: partial selection, never a full sort.
+        std::vector<std::pair<float, std::int64_t>> heap;
+        heap.reserve(k + 1);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (allow != nullptr && allow[i] == 0) continue;
+            const float* x = data + i * dim;
+            const float d = space == Space::L2 ? kern.l2sq(q, x, dim) : 1.0f - kern.dot(q, x, dim);
+            if (heap.size() < k) {
+                heap.emplace_back(d, static_cast<std::int64_t>(i));
+                std::push_heap(heap.begin(), heap.end());
+            } else if (d < heap.front().first) {
+                std::pop_heap(heap.begin(), heap.end());
+                heap.back() = {d, static_cast<std::int64_t>(i)};
+                std::push_heap(heap.begin(), heap.end());
+            }
+        }
+        std::sort_heap(heap.begin(), heap.end());
+        for (std::size_t j = 0; j < k; ++j) {
+            out_rows[qi * k + j] = j < heap.size() ? heap[j].second : -1;
+            out_distances[qi * k + j] = j < heap.size() ? heap[j].first : kInf;
+        }
+    });
+}
+
+}  // namespace evidex

@@ -1,0 +1,87 @@
+"""Input conversion shared by the index and the compat layer.
+
+Arrays arrive as numpy arrays, torch tensors (any device, with or without grad)
+or nested sequences. They leave as C-contiguous float32 / uint64 numpy arrays,
+copied only when the input is not already in that form.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    # Checked by type name so that torch is never imported here.
+    t = type(x)
+    return t.__module__.startswith("torch") and hasattr(x, "detach") and hasattr(x, "numpy")
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    if _is_torch_tensor(x):
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def as_float_matrix(x: Any, dim: int, name: str = "vectors") -> tuple[np.ndarray, bool]:
+    """Return (float32 C-contiguous [n, dim] array, was_1d)."""
+    a = to_numpy(x)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    if a.ndim == 1:
+        a = a.reshape(1, -1)
+        was_1d = True
+    elif a.ndim == 2:
+        was_1d = False
+    else:
+        raise ValueError(f"{name} must be a 1-D or 2-D array, got {a.ndim} dimensions")
+    if a.shape[1] != dim:
+        raise ValueError(
+            f"Wrong dimensionality of the vectors: {name} have dimension {a.shape[1]}, "
+            f"the index has {dim}"
+        )
+    return np.ascontiguousarray(a, dtype=np.float32), was_1d
+
+
+def as_labels(ids: Any, n: int | None, name: str = "ids") -> np.ndarray:
+    """Non-negative integer ids as a uint64 array (length n when given)."""
+    if isinstance(ids, numbers.Integral):
+        ids = [ids]
+    a = to_numpy(ids)
+    if a.size == 0:
+        a = a.astype(np.int64).reshape(0)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
+    if a.ndim != 1:
+        a = a.reshape(-1) if a.ndim == 0 else a
+        if a.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D sequence, got {a.ndim} dimensions")
+    if a.dtype.kind == "i" and a.size and int(a.min()) < 0:
+        raise ValueError(f"{name} must be non-negative, got {int(a.min())}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"got {a.shape[0]} {name} for {n} vectors")
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def check_threads(num_threads: Any) -> int:
+    """0 or -1 mean all cores; returns the value the core takes (0 = all)."""
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+        raise TypeError(f"num_threads must be an integer, got {type(num_threads).__name__}")
+    if num_threads < -1:
+        raise ValueError(f"num_threads must be -1, 0 (all cores) or positive, got {num_threads}")
+    return max(0, int(num_threads))

@@ -1,0 +1,1 @@
+"""Drop-in layers for other libraries' APIs (``evidex.compat.hnswlib``)."""

