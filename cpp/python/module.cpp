@@ -94,6 +94,8 @@ py::tuple search(const HNSW& index, const FloatArray& queries, std::size_t k, st
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "evidex compiled core: HNSW graph, SIMD distance kernels, brute-force k-NN";
+    // Resolve the SIMD level now, so a bad EVIDEX_SIMD fails the import, loudly.
+    active_kernels();
 
     auto corrupt = py::register_exception<CorruptIndexError>(m, "CorruptIndexError",
                                                              PyExc_ValueError);

@@ -227,25 +227,28 @@ void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
 void HNSW::insert_new(node_id id, int level, const float* v) {
     const DistanceKernels& k = active_kernels();
     std::unique_lock<std::mutex> glock(global_mutex_);
-    const int max_level = max_level_.load();
+    const Entry e = entry();
+    const int max_level = e.level;
+    const std::int64_t ep = e.node;
     if (level <= max_level) glock.unlock();
-    const std::int64_t ep = entry_point_.load();
     if (ep < 0) {
-        entry_point_.store(id);
-        max_level_.store(level);
+        set_entry(id, level);
         return;
     }
     node_id cur = static_cast<node_id>(ep);
     if (level < max_level) cur = greedy_descend(k, v, cur, max_level, level + 1, nullptr);
-    for (int lc = std::min(level, max_level); lc >= 0; --lc) {
-        MaxHeap top = search_layer(k, cur, v, lc, ef_construction_, id);
-        if (top.empty()) continue;
-        cur = connect(k, id, top, lc, false);
+    const int top_level = std::min(level, max_level);
+    std::vector<MaxHeap> chosen(static_cast<std::size_t>(top_level) + 1);
+    for (int lc = top_level; lc >= 0; --lc) {
+        MaxHeap& top = chosen[static_cast<std::size_t>(lc)];
+        top = search_layer(k, cur, v, lc, ef_construction_, id);
+        if (!top.empty()) cur = link_out(k, id, top, lc);
     }
-    if (level > max_level) {
-        entry_point_.store(id);
-        max_level_.store(level);
-    }
+    // Only now make the node reachable, level 0 first: a concurrent search that
+    // reaches it on any level then finds its level-0 links already in place.
+    for (int lc = 0; lc <= top_level; ++lc)
+        link_back(k, id, chosen[static_cast<std::size_t>(lc)], lc, false);
+    if (level > max_level) set_entry(id, level);
 }
 
 // Re-connect a node whose vector changed (update of a label, or a reused slot).
@@ -254,8 +257,9 @@ void HNSW::insert_new(node_id id, int level, const float* v) {
 void HNSW::relink_existing(node_id id, const float* v) {
     const DistanceKernels& k = active_kernels();
     const int level = levels_[id];
-    const int max_level = max_level_.load();
-    std::int64_t ep = entry_point_.load();
+    const Entry e = entry();
+    const int max_level = e.level;
+    const std::int64_t ep = e.node;
     if (ep < 0) return;
     node_id cur = static_cast<node_id>(ep);
     if (cur == id) {
@@ -268,7 +272,8 @@ void HNSW::relink_existing(node_id id, const float* v) {
     for (int lc = std::min(level, max_level); lc >= 0; --lc) {
         MaxHeap top = search_layer(k, cur, v, lc, ef_construction_, id);
         if (top.empty()) continue;
-        cur = connect(k, id, top, lc, true);
+        cur = link_out(k, id, top, lc);
+        link_back(k, id, top, lc, true);
     }
 }
 
@@ -365,18 +370,20 @@ void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::
     candidates.swap(kept);
 }
 
-node_id HNSW::connect(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level,
-                         bool update) {
+node_id HNSW::link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level) {
     select_neighbors(k, candidates, M_);
+    std::lock_guard<std::mutex> lock(link_locks_[id]);
+    std::uint32_t* links = links_at(id, level);
+    std::size_t n = 0;
+    for (const Candidate& c : candidates) links[1 + n++] = c.id;
+    set_link_count(links, n);
+    return candidates.front().id;
+}
+
+void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level,
+                     bool update) {
     const std::size_t max_links = level == 0 ? M0_ : M_;
-    {
-        std::lock_guard<std::mutex> lock(link_locks_[id]);
-        std::uint32_t* links = links_at(id, level);
-        std::size_t n = 0;
-        for (const Candidate& c : candidates) links[1 + n++] = c.id;
-        set_link_count(links, n);
-    }
-    for (const Candidate& c : candidates) {
+    for (const Candidate& c : neighbors) {
         const node_id other = c.id;
         std::lock_guard<std::mutex> lock(link_locks_[other]);
         std::uint32_t* links = links_at(other, level);
@@ -398,7 +405,6 @@ node_id HNSW::connect(const DistanceKernels& k, node_id id, MaxHeap& candidates,
         for (const Candidate& p : pool) links[1 + m++] = p.id;
         set_link_count(links, m);
     }
-    return candidates.front().id;
 }
 
 // ------------------------------------------------------------------ search
@@ -458,9 +464,9 @@ void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, 
                       const SearchFilter* filter, label_t* out_labels, float* out_distances,
                       std::uint64_t* dist_count) const {
     std::size_t found = 0;
-    const std::int64_t ep = entry_point_.load();
-    if (ep >= 0) {
-        const node_id start = greedy_descend(k, q, static_cast<node_id>(ep), max_level_.load(), 1,
+    const Entry e = entry();
+    if (e.node >= 0) {
+        const node_id start = greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1,
                                           dist_count);
         MaxHeap top = search_base(k, start, q, std::max(ef, kk), filter, dist_count);
         std::sort(top.begin(), top.end());
@@ -574,7 +580,7 @@ IndexStats HNSW::stats() const {
     s.deleted = num_deleted_.load();
     s.count = n - s.deleted;
     s.capacity = capacity_;
-    s.max_level = max_level_.load();
+    s.max_level = entry().level;
     s.level_counts.assign(static_cast<std::size_t>(std::max(0, s.max_level) + 1), 0);
     std::size_t upper_bytes = 0;
     for (node_id id = 0; id < n; ++id) {

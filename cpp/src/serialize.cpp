@@ -129,8 +129,8 @@ public:
         h.count = n;
         h.num_deleted = index.num_deleted_.load();
         h.next_label = index.next_label_.load();
-        h.entry_point = index.entry_point_.load();
-        h.max_level = index.max_level_.load();
+        h.entry_point = index.entry().node;
+        h.max_level = index.entry().level;
         h.node_bytes = index.node_bytes_;
         h.level0_offset = round_up(kHeaderBytes, 64);
         h.level0_bytes = n * index.node_bytes_;
@@ -198,8 +198,7 @@ public:
         index->count_.store(n);
         index->num_deleted_.store(h.num_deleted);
         index->next_label_.store(h.next_label);
-        index->entry_point_.store(h.entry_point);
-        index->max_level_.store(static_cast<int>(h.max_level));
+        index->set_entry(h.entry_point, static_cast<int>(h.max_level));
         const char* level0 = data + h.level0_offset;
         if (mapping != nullptr && capacity == n) {
             index->release_storage();
@@ -276,7 +275,7 @@ private:
 // has, link counts within M, unique labels, consistent deletion count.
 void HNSW::rebuild_label_map_and_validate() {
     const std::size_t n = count_.load();
-    const int max_level = max_level_.load();
+    const int max_level = entry().level;
     std::size_t deleted = 0;
     label_map_.clear();
     label_map_.reserve(n);
@@ -302,7 +301,7 @@ void HNSW::rebuild_label_map_and_validate() {
     }
     if (deleted != num_deleted_.load()) corrupt("deleted count does not match the nodes");
     if (highest != max_level) corrupt("maximum level does not match the nodes");
-    if (n > 0 && levels_[entry_point_.load()] != max_level)
+    if (n > 0 && levels_[entry().node] != max_level)
         corrupt("entry point is not on the top level");
 }
 

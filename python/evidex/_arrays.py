@@ -47,14 +47,27 @@ def as_float_matrix(x: Any, dim: int, name: str = "vectors") -> tuple[np.ndarray
             f"Wrong dimensionality of the vectors: {name} have dimension {a.shape[1]}, "
             f"the index has {dim}"
         )
-    return np.ascontiguousarray(a, dtype=np.float32), was_1d
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused later
+        return np.ascontiguousarray(a, dtype=np.float32), was_1d
 
 
 def as_labels(ids: Any, n: int | None, name: str = "ids") -> np.ndarray:
     """Non-negative integer ids as a uint64 array (length n when given)."""
     if isinstance(ids, numbers.Integral):
         ids = [ids]
-    a = to_numpy(ids)
+    if isinstance(ids, (list, tuple, range)):
+        # Python ints: int64 when they fit, uint64 above 2**63, never float.
+        try:
+            a = np.array(ids, dtype=np.int64)
+        except (OverflowError, TypeError, ValueError):
+            try:
+                a = np.array(ids, dtype=np.uint64)
+            except (OverflowError, TypeError, ValueError):
+                a = np.asarray(ids)
+        if a.dtype.kind in "iu" and any(isinstance(v, float) for v in ids):
+            a = np.asarray(ids)  # floats that happen to be whole are still not ids
+    else:
+        a = to_numpy(ids)
     if a.size == 0:
         a = a.astype(np.int64).reshape(0)
     if a.dtype.kind not in "iu":

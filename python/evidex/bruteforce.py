@@ -123,11 +123,11 @@ class BruteForceIndex:
         live_ids = self._ids[: self._count]
         mask = None
         if callable(filter):
-            mask = np.fromiter((bool(filter(i)) for i in live_ids.tolist()), np.uint8,
-                               self._count)
+            mask = np.fromiter((bool(filter(i)) for i in live_ids.tolist()), np.uint8, self._count)
         elif filter is not None:
             mask = np.isin(live_ids, as_labels(np.asarray(filter).reshape(-1), None)).astype(
-                np.uint8)
+                np.uint8
+            )
         rows, dist = _core.brute_force_knn(
             self._data[: self._count], q, k, self.space, mask, check_threads(num_threads)
         )

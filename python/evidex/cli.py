@@ -15,16 +15,25 @@ def demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     data = glove(n_base=args.n, n_queries=args.queries)
-    print(f"GloVe: {data.base.shape[0]} base vectors, {data.queries.shape[0]} held-out queries, "
-          f"dim {data.base.shape[1]}, exact ground truth in {time.perf_counter() - t0:.1f} s")
-    index = HNSWIndex(data.base.shape[1], "cosine", M=args.M, ef_construction=args.ef_construction,
-                      max_elements=data.base.shape[0])
+    print(
+        f"GloVe: {data.base.shape[0]} base vectors, {data.queries.shape[0]} held-out queries, "
+        f"dim {data.base.shape[1]}, exact ground truth in {time.perf_counter() - t0:.1f} s"
+    )
+    index = HNSWIndex(
+        data.base.shape[1],
+        "cosine",
+        M=args.M,
+        ef_construction=args.ef_construction,
+        max_elements=data.base.shape[0],
+    )
     t0 = time.perf_counter()
     index.add(data.base, np.arange(data.base.shape[0]), num_threads=args.threads)
     build = time.perf_counter() - t0
-    print(f"built HNSW (M={args.M}, ef_construction={args.ef_construction}) in {build:.1f} s "
-          f"with {args.threads or 'all'} threads; SIMD: {simd_level()}; "
-          f"memory {index.stats()['memory_bytes'] / 2**20:.0f} MiB")
+    print(
+        f"built HNSW (M={args.M}, ef_construction={args.ef_construction}) in {build:.1f} s "
+        f"with {args.threads or 'all'} threads; SIMD: {simd_level()}; "
+        f"memory {index.stats()['memory_bytes'] / 2**20:.0f} MiB"
+    )
     print(f"{'ef':>5} {'recall@10':>10} {'QPS (1 thread, 1 query/call)':>30} {'batch QPS':>10}")
     for ef in args.ef:
         ids = np.empty((data.queries.shape[0], 10), dtype=np.int64)

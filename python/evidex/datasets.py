@@ -40,7 +40,10 @@ def glove_vectors() -> np.ndarray:
 
 
 def glove(
-    n_base: int = 200_000, n_queries: int = 1_000, k: int = 100, seed: int = 0,
+    n_base: int = 200_000,
+    n_queries: int = 1_000,
+    k: int = 100,
+    seed: int = 0,
     num_threads: int = 0,
 ) -> VectorDataset:
     """GloVe angular benchmark: a random base subset and disjoint held-out queries."""
@@ -49,6 +52,6 @@ def glove(
         raise ValueError(f"GloVe has {vectors.shape[0]} vectors; asked for {n_base + n_queries}")
     order = np.random.default_rng(seed).permutation(vectors.shape[0])
     base = np.ascontiguousarray(vectors[order[:n_base]])
-    queries = np.ascontiguousarray(vectors[order[n_base:n_base + n_queries]])
+    queries = np.ascontiguousarray(vectors[order[n_base : n_base + n_queries]])
     neighbors, _ = exact_knn(base, queries, min(k, n_base), "cosine", num_threads)
     return VectorDataset("glove-50-angular", "cosine", base, queries, neighbors)

@@ -60,8 +60,9 @@ class HNSWIndex:
         ef_construction = check_positive_int(ef_construction, "ef_construction")
         max_elements = check_positive_int(max_elements, "max_elements", minimum=0)
         seed = check_positive_int(seed, "seed", minimum=0)
-        self._core = _core.HNSW(dim, _core.parse_space(space), M, ef_construction,
-                                max_elements, seed)
+        self._core = _core.HNSW(
+            dim, _core.parse_space(space), M, ef_construction, max_elements, seed
+        )
         self.ef = ef
 
     @classmethod
@@ -156,7 +157,8 @@ class HNSWIndex:
         threads = check_threads(num_threads)
         if n == 0:
             return labels.astype(np.int64)
-        needed = self._core.element_count + n
+        reusable = self._core.deleted_count if replace_deleted else 0
+        needed = self._core.element_count + max(0, n - reusable)
         if needed > self._core.capacity or self._core.is_mapped:
             self._core.resize(max(needed, 2 * self._core.capacity, 1024))
         self._core.add(data, labels, threads, bool(replace_deleted))

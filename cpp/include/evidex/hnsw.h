@@ -167,7 +167,12 @@ private:
     MaxHeap search_base(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
                         const SearchFilter* filter, std::uint64_t* dist_count) const;
     void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const;
-    node_id connect(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level, bool update);
+    // Choose a node's out-links on one level from `candidates` (pruned in place,
+    // nearest first); returns the nearest, the next level's entry.
+    node_id link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level);
+    // Add the reverse links from each neighbour, pruning full lists.
+    void link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level,
+                   bool update);
     void search_one(const DistanceKernels& k, const float* q, std::size_t kk, std::size_t ef,
                     const SearchFilter* filter, label_t* out_labels, float* out_distances,
                     std::uint64_t* dist_count) const;
@@ -196,8 +201,25 @@ private:
     std::atomic<std::size_t> count_{0};
     std::atomic<std::size_t> num_deleted_{0};
     std::atomic<label_t> next_label_{0};
-    std::atomic<std::int64_t> entry_point_{-1};
-    std::atomic<int> max_level_{-1};
+    // Entry point and top level in one word, so a search never pairs a new top
+    // level with an old entry point (that would read past its link lists).
+    struct Entry {
+        std::int64_t node;  // -1 when the graph is empty
+        int level;
+    };
+    static constexpr std::uint64_t kNoEntry = ~std::uint64_t{0};
+    std::atomic<std::uint64_t> entry_{kNoEntry};
+    Entry entry() const {
+        const std::uint64_t e = entry_.load(std::memory_order_acquire);
+        if (e == kNoEntry) return {-1, -1};
+        return {static_cast<std::int64_t>(e & 0xffffffffu), static_cast<int>(e >> 32)};
+    }
+    void set_entry(std::int64_t node, int level) {
+        entry_.store(node < 0 ? kNoEntry
+                              : (static_cast<std::uint64_t>(level) << 32) |
+                                    static_cast<std::uint64_t>(node),
+                     std::memory_order_release);
+    }
 
     std::unordered_map<label_t, node_id> label_map_;
     std::vector<node_id> deleted_slots_;  // candidates for replace_deleted

@@ -4,7 +4,9 @@
 and raise the same exceptions with the same messages where hnswlib raises them.
 Where hnswlib crashes or answers wrongly (a call before ``init_index``, a query of
 the wrong dimension, ``k`` above the element count in ``BFIndex``, NaN input),
-this layer raises instead. Files are evidex's own format, not hnswlib's.
+this layer raises instead; hnswlib's BFIndex leaves cosine queries unnormalised
+(distances ``1 - <x/|x|, q>``), this one returns true cosine distances (same
+ranking). Files are evidex's own format, not hnswlib's.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ def _labels_for(ids: Any, n: int, start: int) -> np.ndarray:
     return labels
 
 
+def _empty_results(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((n, 0), np.uint64), np.empty((n, 0), np.float32)
+
+
 class Index:
     """hnswlib.Index over evidex's HNSW graph."""
 
@@ -86,8 +92,13 @@ class Index:
         allow_replace_deleted: bool = False,
     ) -> None:
         self._index = HNSWIndex(
-            self.dim, self.space, M=M, ef_construction=ef_construction,
-            max_elements=int(max_elements), seed=int(random_seed), ef=max(1, self._ef),
+            self.dim,
+            self.space,
+            M=M,
+            ef_construction=ef_construction,
+            max_elements=int(max_elements),
+            seed=int(random_seed),
+            ef=max(1, self._ef),
         )
         self._allow_replace_deleted = bool(allow_replace_deleted)
 
@@ -151,8 +162,13 @@ class Index:
         labels = _labels_for(ids, rows.shape[0], core.element_count)
         if replace_deleted and not self._allow_replace_deleted:
             raise RuntimeError("Replacement of deleted elements is disabled in constructor")
-        core.add(rows, labels, self._threads(num_threads), bool(replace_deleted),
-                 self._allow_replace_deleted)
+        core.add(
+            rows,
+            labels,
+            self._threads(num_threads),
+            bool(replace_deleted),
+            self._allow_replace_deleted,
+        )
 
     def knn_query(
         self, data: Any, k: int = 1, num_threads: int = -1, filter: Any = None
@@ -163,9 +179,10 @@ class Index:
         if k < 0:
             raise ValueError("k must be non-negative")
         if k == 0:
-            return (np.empty((rows.shape[0], 0), np.uint64), np.empty((rows.shape[0], 0), np.float32))
-        labels, distances = core.search(rows, k, max(1, self._ef), filter,
-                                        self._threads(num_threads))
+            return _empty_results(rows.shape[0])
+        labels, distances = core.search(
+            rows, k, max(1, self._ef), filter, self._threads(num_threads)
+        )
         if labels.size and (labels == _NO_LABEL).any():
             raise RuntimeError(_NO_RESULTS)
         return labels, distances
@@ -186,18 +203,16 @@ class Index:
         self._core.resize(int(new_size))
 
     def get_items(self, ids: Any = None, return_type: str = "numpy") -> Any:
-        if ids is None:
-            return []
+        if return_type not in ("numpy", "list"):
+            raise ValueError("return_type should be either 'numpy' or 'list'")
+        if ids is None:  # hnswlib 0.8 returns nothing here, not every item
+            return np.empty(0, np.float32) if return_type == "numpy" else []
         labels = np.asarray(ids, dtype=np.uint64).reshape(-1)
         try:
             vectors = self._core.get_vectors(labels)
         except KeyError:
             raise RuntimeError("Label not found") from None
-        if return_type == "numpy":
-            return vectors
-        if return_type == "list":
-            return vectors.tolist()
-        raise ValueError("return_type should be either 'numpy' or 'list'")
+        return vectors if return_type == "numpy" else vectors.tolist()
 
     def get_ids_list(self) -> list[int]:
         return self._core.labels(True).tolist()
@@ -298,7 +313,7 @@ class BFIndex:
         rows = _rows(data, self.dim)
         k = int(k)
         if k == 0:
-            return (np.empty((rows.shape[0], 0), np.uint64), np.empty((rows.shape[0], 0), np.float32))
+            return _empty_results(rows.shape[0])
         if k > len(flat):
             raise RuntimeError(_NO_RESULTS)
         threads = self.num_threads if num_threads is None or num_threads <= 0 else num_threads
@@ -314,9 +329,13 @@ class BFIndex:
         fd, tmp = tempfile.mkstemp(prefix=".bfindex-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, vectors=flat._data[: len(flat)], ids=flat.ids(),
-                         meta=np.array([self.dim, self._max_elements], dtype=np.int64),
-                         space=np.array(self.space))
+                np.savez(
+                    f,
+                    vectors=flat._data[: len(flat)],
+                    ids=flat.ids(),
+                    meta=np.array([self.dim, self._max_elements], dtype=np.int64),
+                    space=np.array(self.space),
+                )
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -1,0 +1,45 @@
+"""Package-level facts: import without optional extras, the CUDA module's wiring."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import evidex
+import evidex.cuda
+
+
+def test_import_needs_numpy_only() -> None:
+    code = (
+        "import sys, evidex, evidex.compat.hnswlib\n"
+        "heavy = {'torch', 'transformers', 'PIL', 'decord', 'evidex._cuda'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_cuda_module_is_lazy_and_reports() -> None:
+    # CI builds with EVIDEX_CUDA=ON, so there the module must exist.
+    if os.environ.get("EVIDEX_CUDA") == "ON":
+        assert evidex.cuda.is_built()
+    if evidex.cuda.is_built():
+        assert evidex.cuda.module().runtime_version() >= 12000
+        assert evidex.cuda.device_count() >= 0
+    else:
+        with pytest.raises(RuntimeError, match="without its CUDA module"):
+            evidex.cuda.module()
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_runs_on_gpu() -> None:
+    assert evidex.cuda.is_available(), "no CUDA device visible"
+    assert evidex.cuda.module().self_test(1 << 20) == 0
+    assert evidex.cuda.module().device_name(0)
+
+
+def test_version() -> None:
+    assert evidex.__version__

@@ -1,0 +1,83 @@
+"""Each SIMD level, forced in turn, gives the scalar results within float tolerance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import evidex
+from conftest import clustered
+from evidex import _core
+
+LEVELS = ["scalar", "avx2", "avx512"]
+ORDER = {name: i for i, name in enumerate(LEVELS)}
+SUPPORTED = [lvl for lvl in LEVELS if ORDER[lvl] <= ORDER[evidex.cpu_simd_level()]]
+
+
+@pytest.mark.parametrize("level", SUPPORTED)
+@pytest.mark.parametrize("dim", [1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 50, 64, 129, 384])
+@pytest.mark.parametrize("space", ["l2", "ip"])
+def test_kernels_match_scalar(level: str, dim: int, space: str) -> None:
+    rng = np.random.default_rng(dim)
+    for _ in range(5):
+        a = rng.normal(size=dim).astype(np.float32)
+        b = rng.normal(size=dim).astype(np.float32)
+        exact = (
+            float(np.sum((a.astype(np.float64) - b) ** 2))
+            if space == "l2"
+            else float(1 - np.dot(a.astype(np.float64), b))
+        )
+        got = _core.distance(a, b, space, level)
+        ref = _core.distance(a, b, space, "scalar")
+        assert got == pytest.approx(ref, rel=1e-5, abs=1e-4)
+        assert got == pytest.approx(exact, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("level", SUPPORTED)
+def test_search_results_same_at_every_level(level: str) -> None:
+    data = clustered(2_000, 33)
+    queries = clustered(50, 33, seed=3)
+    evidex.set_simd_level("scalar")
+    ref = evidex.HNSWIndex(33, "l2", seed=1)
+    ref.add(data, num_threads=1)
+    ref_ids, ref_dist = ref.search(queries, k=10, ef=400)
+
+    evidex.set_simd_level(level)
+    assert evidex.simd_level() == level
+    index = evidex.HNSWIndex(33, "l2", seed=1)
+    index.add(data, num_threads=1)
+    ids, dist = index.search(queries, k=10, ef=400)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-3)
+    # With ef far above k both are exact, so ids agree except for float ties.
+    assert (ids == ref_ids).mean() > 0.99
+
+
+def test_unsupported_or_unknown_level_raises() -> None:
+    with pytest.raises(ValueError, match="unknown SIMD level"):
+        evidex.set_simd_level("sse9")
+    if evidex.cpu_simd_level() != "avx512":
+        with pytest.raises(ValueError, match="not supported"):
+            evidex.set_simd_level("avx512")
+
+
+def _run(env_level: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, EVIDEX_SIMD=env_level)
+    code = "import evidex; print(evidex.simd_level())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("level", SUPPORTED)
+def test_environment_variable_forces_level(level: str) -> None:
+    out = _run(level)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == level
+
+
+def test_environment_variable_rejects_unknown_level() -> None:
+    out = _run("fastest")
+    assert out.returncode != 0
+    assert "unknown SIMD level 'fastest'" in out.stderr
