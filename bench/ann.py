@@ -1,0 +1,430 @@
+"""ann-benchmarks-style runner: evidex against hnswlib, FAISS and usearch, side by side.
+
+    python -m bench.ann --dataset glove --size 200000 --queries 1000 --out bench/out
+
+Each library builds an HNSW index with the same M and ef_construction; then, for every
+ef, every library answers the same held-out queries one per call on one thread,
+interleaved A B C A B C over --repeats rounds, best round kept (a single pass on a
+shared machine can be off by 50%). Recall@10 is against exact ground truth. Output:
+a JSON of every point, a table, and a QPS-recall plot per dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+import evidex
+from evidex.rewards import qps_at_recall, qps_recall_auc
+
+from .datasets import DATASETS, load_dataset
+
+DEFAULT_EFS = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+
+
+# --------------------------------------------------------------------- adapters
+class Library:
+    """One library's HNSW behind a common face. Ids are base-row numbers."""
+
+    name = ""
+
+    def build(self, data: np.ndarray, space: str, M: int, efc: int, threads: int) -> None:
+        raise NotImplementedError
+
+    def set_ef(self, ef: int) -> None:
+        raise NotImplementedError
+
+    def query(self, q: np.ndarray, k: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def batch(self, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def memory_bytes(self) -> int | None:
+        return None
+
+    def distance_computations(self) -> float | None:
+        return None
+
+
+class Evidex(Library):
+    name = "evidex"
+
+    def build(self, data, space, M, efc, threads):
+        self.index = evidex.HNSWIndex(data.shape[1], space, M=M, ef_construction=efc,
+                                      max_elements=data.shape[0])
+        self.index.add(data, np.arange(data.shape[0]), num_threads=threads)
+
+    def set_ef(self, ef):
+        self.index.ef = ef
+
+    def query(self, q, k):
+        return self.index.search(q, k, num_threads=1)[0]
+
+    def batch(self, queries, k, threads):
+        return self.index.search(queries, k, num_threads=threads)[0]
+
+    def memory_bytes(self):
+        return self.index.stats()["memory_bytes"]
+
+    def distance_computations(self):
+        return self.index.stats()["last_search_distance_computations_per_query"]
+
+
+class Hnswlib(Library):
+    name = "hnswlib"
+
+    def build(self, data, space, M, efc, threads):
+        import hnswlib
+
+        self.index = hnswlib.Index(space=space, dim=data.shape[1])
+        self.index.init_index(max_elements=data.shape[0], M=M, ef_construction=efc)
+        self.index.add_items(data, np.arange(data.shape[0]), num_threads=threads)
+        self.index.set_num_threads(1)
+
+    def set_ef(self, ef):
+        self.index.set_ef(ef)
+
+    def query(self, q, k):
+        return self.index.knn_query(q, k)[0]
+
+    def batch(self, queries, k, threads):
+        return self.index.knn_query(queries, k, num_threads=threads)[0]
+
+    def memory_bytes(self):
+        # Its data block plus link lists, as saved; hnswlib keeps no more in RAM
+        # besides the label map and per-element locks, counted as evidex counts them.
+        n = self.index.element_count
+        return self.index.index_file_size() + n * (40 + 8 + 32)
+
+
+class Faiss(Library):
+    name = "faiss"
+
+    def build(self, data, space, M, efc, threads):
+        import faiss
+
+        self.faiss = faiss
+        self.normalize = space == "cosine"
+        metric = faiss.METRIC_L2 if space == "l2" else faiss.METRIC_INNER_PRODUCT
+        self.index = faiss.IndexHNSWFlat(data.shape[1], M, metric)
+        self.index.hnsw.efConstruction = efc
+        faiss.omp_set_num_threads(threads or os.cpu_count())
+        self.index.add(self._prep(data))
+        faiss.omp_set_num_threads(1)
+
+    def _prep(self, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.normalize:
+            x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        return x
+
+    def set_ef(self, ef):
+        self.index.hnsw.efSearch = ef
+
+    def query(self, q, k):
+        return self.index.search(self._prep(q)[None, :], k)[1][0]
+
+    def batch(self, queries, k, threads):
+        self.faiss.omp_set_num_threads(threads or os.cpu_count())
+        try:
+            return self.index.search(self._prep(queries), k)[1]
+        finally:
+            self.faiss.omp_set_num_threads(1)
+
+    def memory_bytes(self):
+        return int(self.faiss.serialize_index(self.index).nbytes)
+
+    def distance_computations(self):
+        return None
+
+
+class Usearch(Library):
+    name = "usearch"
+
+    def build(self, data, space, M, efc, threads):
+        from usearch.index import Index
+
+        metric = {"l2": "l2sq", "ip": "ip", "cosine": "cos"}[space]
+        self.index = Index(ndim=data.shape[1], metric=metric, dtype="f32", connectivity=M,
+                           expansion_add=efc)
+        self.index.add(np.arange(data.shape[0]), data, threads=threads)
+
+    def set_ef(self, ef):
+        self.index.expansion_search = ef
+
+    def query(self, q, k):
+        return self.index.search(q, k, threads=1).keys
+
+    def batch(self, queries, k, threads):
+        return self.index.search(queries, k, threads=threads).keys
+
+    def memory_bytes(self):
+        return int(self.index.memory_usage)
+
+
+LIBRARIES: dict[str, Callable[[], Library]] = {
+    "evidex": Evidex, "hnswlib": Hnswlib, "faiss": Faiss, "usearch": Usearch,
+}
+
+
+def available(names: list[str]) -> list[Library]:
+    out = []
+    for name in names:
+        lib = LIBRARIES[name]()
+        module = {"evidex": "evidex", "hnswlib": "hnswlib", "faiss": "faiss",
+                  "usearch": "usearch"}[name]
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"skipping {name}: not installed (pip install 'evidex[bench]')")
+            continue
+        out.append(lib)
+    return out
+
+
+# --------------------------------------------------------------------- measurement
+@dataclass
+class Point:
+    library: str
+    ef: int
+    recall: float
+    qps: float
+    batch_qps: float | None = None
+    distance_computations: float | None = None
+
+
+@dataclass
+class Result:
+    dataset: str
+    space: str
+    n_base: int
+    n_queries: int
+    dim: int
+    M: int
+    ef_construction: int
+    machine: dict[str, Any]
+    build_seconds: dict[str, float] = field(default_factory=dict)
+    memory_bytes: dict[str, int | None] = field(default_factory=dict)
+    points: list[Point] = field(default_factory=list)
+    brute_force_qps: float | None = None
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    found = np.asarray(found, dtype=np.int64)[:, :k]
+    truth = truth[:, :k]
+    hits = (found[:, :, None] == truth[:, None, :]).any(axis=2).sum()
+    return float(hits) / truth.size
+
+
+def single_pass(lib: Library, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    query = lib.query
+    t0 = time.perf_counter()
+    for i in range(queries.shape[0]):
+        out[i] = query(queries[i], k)
+    return time.perf_counter() - t0, out
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
+            "evidex_simd": evidex.simd_level(), "numpy": np.__version__}
+
+
+def run(args: argparse.Namespace) -> Result:
+    data = load_dataset(args.dataset, size=args.size, n_queries=args.queries)
+    k = args.k
+    libs = available(args.libraries)
+    res = Result(data.name, data.space, data.base.shape[0], data.queries.shape[0],
+                 data.base.shape[1], args.M, args.ef_construction, machine_info())
+    print(f"{data.name}: {data.base.shape[0]} x {data.base.shape[1]} {data.space}, "
+          f"{data.queries.shape[0]} queries", flush=True)
+
+    # Build, interleaved over libraries, best of --build-repeats.
+    for rep in range(args.build_repeats):
+        for lib in libs:
+            gc.collect()
+            t0 = time.perf_counter()
+            lib.build(data.base, data.space, args.M, args.ef_construction, args.threads)
+            t = time.perf_counter() - t0
+            res.build_seconds[lib.name] = min(t, res.build_seconds.get(lib.name, t))
+            print(f"  build {lib.name:8s} round {rep + 1}: {t:7.1f} s", flush=True)
+    for lib in libs:
+        res.memory_bytes[lib.name] = lib.memory_bytes()
+
+    # Exact search floor (numpy-free: evidex's SIMD brute force, one thread).
+    if not args.no_brute_force:
+        nq = min(100, data.queries.shape[0])
+        t0 = time.perf_counter()
+        for i in range(nq):
+            evidex.exact_knn(data.base, data.queries[i], k, data.space, num_threads=1)
+        res.brute_force_qps = nq / (time.perf_counter() - t0)
+
+    warm = data.queries[: min(50, data.queries.shape[0])]
+    for ef in args.ef:
+        best: dict[str, float] = {}
+        found: dict[str, np.ndarray] = {}
+        for lib in libs:
+            lib.set_ef(ef)
+            single_pass(lib, warm, k)  # warm caches and branch predictors
+        for _ in range(args.repeats):
+            for lib in libs:
+                t, ids = single_pass(lib, data.queries, k)
+                best[lib.name] = min(t, best.get(lib.name, t))
+                found[lib.name] = ids
+        for lib in libs:
+            dc = lib.distance_computations()
+            batch = None
+            if args.batch:
+                tb = min(_timed(lambda lib=lib: lib.batch(data.queries, k, args.threads))
+                         for _ in range(args.repeats))
+                batch = data.queries.shape[0] / tb
+            p = Point(lib.name, ef, recall_at(found[lib.name], data.neighbors, k),
+                      data.queries.shape[0] / best[lib.name], batch, dc)
+            res.points.append(p)
+        line = "  ".join(f"{p.library}: r={p.recall:.4f} qps={p.qps:8.0f}"
+                         for p in res.points if p.ef == ef)
+        print(f"  ef={ef:4d}  {line}", flush=True)
+    return res
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------- reporting
+def summarize(res: Result, targets=(0.90, 0.95, 0.99), auc_range=(0.85, 0.95)) -> dict:
+    out: dict[str, dict[str, Any]] = {}
+    for lib in sorted({p.library for p in res.points}):
+        pts = [p for p in res.points if p.library == lib]
+        r = [p.recall for p in pts]
+        row: dict[str, Any] = {
+            "build_s": res.build_seconds.get(lib),
+            "memory_mb": (res.memory_bytes.get(lib) or 0) / 2**20 or None,
+            "auc": qps_recall_auc(r, [p.qps for p in pts], auc_range),
+        }
+        for t in targets:
+            row[f"qps@{t}"] = qps_at_recall(r, [p.qps for p in pts], t)
+            bq = [p.batch_qps for p in pts]
+            row[f"batch_qps@{t}"] = qps_at_recall(r, bq, t) if all(bq) else None
+        out[lib] = row
+    return out
+
+
+def table(res: Result, summary: dict) -> str:
+    libs = list(summary)
+    cols = ["qps@0.9", "qps@0.95", "qps@0.99", "batch_qps@0.95", "auc", "build_s", "memory_mb"]
+    lines = [f"### {res.dataset} ({res.n_base} x {res.dim}, {res.space}, {res.n_queries} queries,"
+             f" M={res.M}, ef_construction={res.ef_construction})", "",
+             "| library | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for lib in libs:
+        cells = []
+        for c in cols:
+            v = summary[lib].get(c)
+            cells.append("-" if v is None or (isinstance(v, float) and np.isnan(v))
+                         else f"{v:.0f}" if c != "build_s" else f"{v:.1f}")
+        lines.append(f"| {lib} | " + " | ".join(cells) + " |")
+    if "evidex" in summary:
+        lines += ["", "evidex / peer ratios:", ""]
+        for lib in libs:
+            if lib == "evidex":
+                continue
+            ratios = []
+            for c in ["qps@0.95", "qps@0.99", "batch_qps@0.95", "build_s", "memory_mb"]:
+                a, b = summary["evidex"].get(c), summary[lib].get(c)
+                ok = a is not None and b and not np.isnan(a) and not np.isnan(b)
+                ratios.append(f"{c} {a / b:.2f}x" if ok else f"{c} -")
+            lines.append(f"- vs {lib}: " + ", ".join(ratios))
+    lines += ["", "| library | ef | recall@10 | QPS (1 thread) | batch QPS | dist/query |",
+              "|---|---|---|---|---|---|"]
+    for p in res.points:
+        lines.append(f"| {p.library} | {p.ef} | {p.recall:.4f} | {p.qps:.0f} | "
+                     f"{p.batch_qps or 0:.0f} | "
+                     f"{'-' if p.distance_computations is None else f'{p.distance_computations:.0f}'} |")
+    return "\n".join(lines)
+
+
+def plot(res: Result, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for lib in sorted({p.library for p in res.points}):
+        pts = sorted((p for p in res.points if p.library == lib), key=lambda p: p.recall)
+        ax.plot([p.recall for p in pts], [p.qps for p in pts], marker="o", label=lib)
+    if res.brute_force_qps:
+        ax.axhline(res.brute_force_qps, color="grey", ls=":", label="brute force (evidex)")
+    ax.set_yscale("log")
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("queries per second (1 thread, 1 query per call)")
+    ax.set_title(f"{res.dataset}: {res.n_base} x {res.dim} {res.space}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ann", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="glove")
+    p.add_argument("--size", type=int, default=None, help="subsample the base set")
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--M", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=200)
+    p.add_argument("--ef", type=int, nargs="+", default=DEFAULT_EFS)
+    p.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
+    p.add_argument("--threads", type=int, default=0, help="build/batch threads (0: all)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per ef")
+    p.add_argument("--build-repeats", type=int, default=1)
+    p.add_argument("--batch", action="store_true", help="also measure batch QPS")
+    p.add_argument("--no-brute-force", action="store_true")
+    p.add_argument("--out", default="bench/out")
+    args = p.parse_args(argv)
+    args.threads = args.threads or os.cpu_count()
+
+    res = run(args)
+    summary = summarize(res)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{res.dataset}-{res.n_base}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"result": asdict(res), "summary": summary,
+                   "command": " ".join(["python -m bench.ann", *sys.argv[1:]])}, f, indent=1)
+    text = table(res, summary)
+    with open(stem + ".md", "w") as f:
+        f.write(text + "\n")
+    plot(res, stem + ".png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Scores of a QPS-recall curve: CRINN's area-under-curve reward and QPS at a recall."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _frontier(recalls: Sequence[float], qps: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The Pareto frontier sorted by recall: for each recall, the best QPS reachable
+    at that recall or higher (a slower, more accurate point never lowers it)."""
+    r = np.asarray(recalls, dtype=np.float64)
+    q = np.asarray(qps, dtype=np.float64)
+    if r.shape != q.shape or r.ndim != 1:
+        raise ValueError("recalls and qps must be 1-D sequences of equal length")
+    if r.size == 0:
+        raise ValueError("the curve has no points")
+    if not (np.isfinite(r).all() and np.isfinite(q).all()) or (q < 0).any():
+        raise ValueError("recalls and qps must be finite, qps non-negative")
+    order = np.argsort(r, kind="stable")
+    r, q = r[order], q[order]
+    best = np.maximum.accumulate(q[::-1])[::-1]
+    return r, best
+
+
+def qps_at_recall(recalls: Sequence[float], qps: Sequence[float], target: float) -> float:
+    """QPS at `target` recall, interpolated linearly in log QPS between the frontier's
+    points around it; NaN when the curve never reaches the target."""
+    r, q = _frontier(recalls, qps)
+    if target > r[-1]:
+        return float("nan")
+    if target <= r[0]:
+        return float(q[0])
+    hi = int(np.searchsorted(r, target, side="left"))
+    lo = hi - 1
+    if r[hi] == r[lo]:
+        return float(q[hi])
+    t = (target - r[lo]) / (r[hi] - r[lo])
+    lq = np.log(np.maximum(q[[lo, hi]], 1e-12))
+    return float(np.exp(lq[0] + t * (lq[1] - lq[0])))
+
+
+def qps_recall_auc(
+    recalls: Sequence[float],
+    qps: Sequence[float],
+    recall_range: tuple[float, float] = (0.85, 0.95),
+) -> float:
+    """Area under the QPS-recall curve over `recall_range` (CRINN's reward).
+
+    The curve is the Pareto frontier, linear between measured points; the part of
+    the range the curve does not reach contributes zero, so a candidate that never
+    reaches the range scores 0.
+    """
+    lo, hi = recall_range
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"recall_range must satisfy 0 <= lo < hi <= 1, got {recall_range}")
+    r, q = _frontier(recalls, qps)
+    if r[-1] <= lo:
+        return 0.0
+    grid_r = np.concatenate([[lo], r[(r > lo) & (r < hi)], [min(hi, r[-1])]])
+    grid_q = np.interp(grid_r, r, q)
+    # Below the first measured recall the best QPS is the first point's (frontier).
+    grid_q = np.where(grid_r < r[0], q[0], grid_q)
+    return float(np.trapezoid(grid_q, grid_r))
