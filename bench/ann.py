@@ -61,8 +61,9 @@ class Evidex(Library):
     name = "evidex"
 
     def build(self, data, space, M, efc, threads):
-        self.index = evidex.HNSWIndex(data.shape[1], space, M=M, ef_construction=efc,
-                                      max_elements=data.shape[0])
+        self.index = evidex.HNSWIndex(
+            data.shape[1], space, M=M, ef_construction=efc, max_elements=data.shape[0]
+        )
         self.index.add(data, np.arange(data.shape[0]), num_threads=threads)
 
     def set_ef(self, ef):
@@ -156,8 +157,9 @@ class Usearch(Library):
         from usearch.index import Index
 
         metric = {"l2": "l2sq", "ip": "ip", "cosine": "cos"}[space]
-        self.index = Index(ndim=data.shape[1], metric=metric, dtype="f32", connectivity=M,
-                           expansion_add=efc)
+        self.index = Index(
+            ndim=data.shape[1], metric=metric, dtype="f32", connectivity=M, expansion_add=efc
+        )
         self.index.add(np.arange(data.shape[0]), data, threads=threads)
 
     def set_ef(self, ef):
@@ -174,7 +176,10 @@ class Usearch(Library):
 
 
 LIBRARIES: dict[str, Callable[[], Library]] = {
-    "evidex": Evidex, "hnswlib": Hnswlib, "faiss": Faiss, "usearch": Usearch,
+    "evidex": Evidex,
+    "hnswlib": Hnswlib,
+    "faiss": Faiss,
+    "usearch": Usearch,
 }
 
 
@@ -182,8 +187,9 @@ def available(names: list[str]) -> list[Library]:
     out = []
     for name in names:
         lib = LIBRARIES[name]()
-        module = {"evidex": "evidex", "hnswlib": "hnswlib", "faiss": "faiss",
-                  "usearch": "usearch"}[name]
+        module = {"evidex": "evidex", "hnswlib": "hnswlib", "faiss": "faiss", "usearch": "usearch"}[
+            name
+        ]
         try:
             __import__(module)
         except ImportError:
@@ -246,18 +252,34 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "evidex_simd": evidex.simd_level(), "numpy": np.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "evidex_simd": evidex.simd_level(),
+        "numpy": np.__version__,
+    }
 
 
 def run(args: argparse.Namespace) -> Result:
     data = load_dataset(args.dataset, size=args.size, n_queries=args.queries)
     k = args.k
     libs = available(args.libraries)
-    res = Result(data.name, data.space, data.base.shape[0], data.queries.shape[0],
-                 data.base.shape[1], args.M, args.ef_construction, machine_info())
-    print(f"{data.name}: {data.base.shape[0]} x {data.base.shape[1]} {data.space}, "
-          f"{data.queries.shape[0]} queries", flush=True)
+    res = Result(
+        data.name,
+        data.space,
+        data.base.shape[0],
+        data.queries.shape[0],
+        data.base.shape[1],
+        args.M,
+        args.ef_construction,
+        machine_info(),
+    )
+    print(
+        f"{data.name}: {data.base.shape[0]} x {data.base.shape[1]} {data.space}, "
+        f"{data.queries.shape[0]} queries",
+        flush=True,
+    )
 
     # Build, interleaved over libraries, best of --build-repeats.
     for rep in range(args.build_repeats):
@@ -295,14 +317,23 @@ def run(args: argparse.Namespace) -> Result:
             dc = lib.distance_computations()
             batch = None
             if args.batch:
-                tb = min(_timed(lambda lib=lib: lib.batch(data.queries, k, args.threads))
-                         for _ in range(args.repeats))
+                tb = min(
+                    _timed(lambda lib=lib: lib.batch(data.queries, k, args.threads))
+                    for _ in range(args.repeats)
+                )
                 batch = data.queries.shape[0] / tb
-            p = Point(lib.name, ef, recall_at(found[lib.name], data.neighbors, k),
-                      data.queries.shape[0] / best[lib.name], batch, dc)
+            p = Point(
+                lib.name,
+                ef,
+                recall_at(found[lib.name], data.neighbors, k),
+                data.queries.shape[0] / best[lib.name],
+                batch,
+                dc,
+            )
             res.points.append(p)
-        line = "  ".join(f"{p.library}: r={p.recall:.4f} qps={p.qps:8.0f}"
-                         for p in res.points if p.ef == ef)
+        line = "  ".join(
+            f"{p.library}: r={p.recall:.4f} qps={p.qps:8.0f}" for p in res.points if p.ef == ef
+        )
         print(f"  ef={ef:4d}  {line}", flush=True)
     return res
 
@@ -335,15 +366,24 @@ def summarize(res: Result, targets=(0.90, 0.95, 0.99), auc_range=(0.85, 0.95)) -
 def table(res: Result, summary: dict) -> str:
     libs = list(summary)
     cols = ["qps@0.9", "qps@0.95", "qps@0.99", "batch_qps@0.95", "auc", "build_s", "memory_mb"]
-    lines = [f"### {res.dataset} ({res.n_base} x {res.dim}, {res.space}, {res.n_queries} queries,"
-             f" M={res.M}, ef_construction={res.ef_construction})", "",
-             "| library | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        f"### {res.dataset} ({res.n_base} x {res.dim}, {res.space}, {res.n_queries} queries,"
+        f" M={res.M}, ef_construction={res.ef_construction})",
+        "",
+        "| library | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for lib in libs:
         cells = []
         for c in cols:
             v = summary[lib].get(c)
-            cells.append("-" if v is None or (isinstance(v, float) and np.isnan(v))
-                         else f"{v:.0f}" if c != "build_s" else f"{v:.1f}")
+            cells.append(
+                "-"
+                if v is None or (isinstance(v, float) and np.isnan(v))
+                else f"{v:.0f}"
+                if c != "build_s"
+                else f"{v:.1f}"
+            )
         lines.append(f"| {lib} | " + " | ".join(cells) + " |")
     if "evidex" in summary:
         lines += ["", "evidex / peer ratios:", ""]
@@ -356,12 +396,17 @@ def table(res: Result, summary: dict) -> str:
                 ok = a is not None and b and not np.isnan(a) and not np.isnan(b)
                 ratios.append(f"{c} {a / b:.2f}x" if ok else f"{c} -")
             lines.append(f"- vs {lib}: " + ", ".join(ratios))
-    lines += ["", "| library | ef | recall@10 | QPS (1 thread) | batch QPS | dist/query |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| library | ef | recall@10 | QPS (1 thread) | batch QPS | dist/query |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in res.points:
-        lines.append(f"| {p.library} | {p.ef} | {p.recall:.4f} | {p.qps:.0f} | "
-                     f"{p.batch_qps or 0:.0f} | "
-                     f"{'-' if p.distance_computations is None else f'{p.distance_computations:.0f}'} |")
+        lines.append(
+            f"| {p.library} | {p.ef} | {p.recall:.4f} | {p.qps:.0f} | "
+            f"{p.batch_qps or 0:.0f} | "
+            f"{'-' if p.distance_computations is None else f'{p.distance_computations:.0f}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -392,8 +437,11 @@ def plot(res: Result, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.ann", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.ann",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--dataset", choices=sorted(DATASETS), default="glove")
     p.add_argument("--size", type=int, default=None, help="subsample the base set")
     p.add_argument("--queries", type=int, default=1000)
@@ -416,8 +464,15 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{res.dataset}-{res.n_base}")
     with open(stem + ".json", "w") as f:
-        json.dump({"result": asdict(res), "summary": summary,
-                   "command": " ".join(["python -m bench.ann", *sys.argv[1:]])}, f, indent=1)
+        json.dump(
+            {
+                "result": asdict(res),
+                "summary": summary,
+                "command": " ".join(["python -m bench.ann", *sys.argv[1:]]),
+            },
+            f,
+            indent=1,
+        )
     text = table(res, summary)
     with open(stem + ".md", "w") as f:
         f.write(text + "\n")

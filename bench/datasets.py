@@ -49,8 +49,9 @@ def ground_truth(base: np.ndarray, queries: np.ndarray, space: str, k: int = TRU
 
 def load_glove(size: int | None, n_queries: int) -> VectorDataset:
     base, queries = _split(glove_vectors(), n_queries, size)
-    return VectorDataset("glove-50-angular", "cosine", base, queries,
-                         ground_truth(base, queries, "cosine"))
+    return VectorDataset(
+        "glove-50-angular", "cosine", base, queries, ground_truth(base, queries, "cosine")
+    )
 
 
 def read_fvecs(path: str) -> np.ndarray:
@@ -73,10 +74,18 @@ def load_fvecs(spec: str, size: int | None, n_queries: int, space: str = "l2") -
     queries = read_fvecs(parts[1]).view(np.float32)[:n_queries]
     if size is not None:
         base = base[:size]
-    truth = (read_fvecs(parts[2])[:n_queries] if len(parts) > 2 and size is None
-             else ground_truth(base, queries, space))
-    return VectorDataset(os.path.basename(parts[0]), space, np.ascontiguousarray(base),
-                         np.ascontiguousarray(queries), truth)
+    truth = (
+        read_fvecs(parts[2])[:n_queries]
+        if len(parts) > 2 and size is None
+        else ground_truth(base, queries, space)
+    )
+    return VectorDataset(
+        os.path.basename(parts[0]),
+        space,
+        np.ascontiguousarray(base),
+        np.ascontiguousarray(queries),
+        truth,
+    )
 
 
 def load_hdf5(path: str, size: int | None, n_queries: int) -> VectorDataset:

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "evidex/distance.h"
 #include "evidex/errors.h"
@@ -88,6 +89,63 @@ py::tuple search(const HNSW& index, const FloatArray& queries, std::size_t k, st
         index.search(q, nq, k, ef, f.get(), num_threads, out_l, out_d);
     }
     return py::make_tuple(labels, distances);
+}
+
+// The fast path of HNSWIndex.search: the Python layer hands over float32
+// C-contiguous queries ([dim] or [nq, dim]) and plain ints; everything else is
+// checked here, where it costs nanoseconds instead of microseconds.
+py::tuple query(const HNSW& index, const py::array_t<float, py::array::c_style>& queries,
+                py::ssize_t k, py::ssize_t ef, const py::object& filter, py::ssize_t num_threads) {
+    const std::size_t live = index.live_count();
+    if (k < 1) throw py::value_error("k must be at least 1, got " + std::to_string(k));
+    if (live == 0) throw py::value_error("the index is empty");
+    if (static_cast<std::size_t>(k) > live)
+        throw py::value_error("k=" + std::to_string(k) +
+                              " is larger than the number of elements in the index (" +
+                              std::to_string(live) + ")");
+    if (ef == -1) ef = static_cast<py::ssize_t>(index.ef());
+    if (ef < 1) throw py::value_error("ef must be at least 1, got " + std::to_string(ef));
+    if (num_threads < -1)
+        throw py::value_error("num_threads must be -1, 0 (all cores) or positive, got " +
+                              std::to_string(num_threads));
+    const bool one = queries.ndim() == 1;
+    if (!one && queries.ndim() != 2)
+        throw py::value_error("queries must be a 1-D or 2-D array, got " +
+                              std::to_string(queries.ndim()) + " dimensions");
+    const std::size_t dim = static_cast<std::size_t>(queries.shape(one ? 0 : 1));
+    const std::size_t nq = one ? 1 : static_cast<std::size_t>(queries.shape(0));
+    if (dim != index.dim())
+        throw py::value_error("Wrong dimensionality of the vectors: queries have dimension " +
+                              std::to_string(dim) + ", the index has " +
+                              std::to_string(index.dim()));
+    const float* q = queries.data();
+    for (std::size_t i = 0; i < nq * dim; ++i)
+        if (!std::isfinite(q[i]))
+            throw py::value_error("queries contain NaN or infinity (row " +
+                                  std::to_string(i / dim) + ")");
+    const std::size_t kk = static_cast<std::size_t>(k);
+    std::vector<py::ssize_t> shape = one ? std::vector<py::ssize_t>{k}
+                                         : std::vector<py::ssize_t>{static_cast<py::ssize_t>(nq), k};
+    py::array_t<std::int64_t> ids(shape);
+    py::array_t<float> distances(shape);
+    // Labels are written as uint64; the padding label 2^64-1 reads as -1.
+    auto* out_l = reinterpret_cast<label_t*>(ids.mutable_data());
+    auto* out_d = distances.mutable_data();
+    const std::size_t threads = static_cast<std::size_t>(std::max<py::ssize_t>(0, num_threads));
+    const std::size_t e = static_cast<std::size_t>(ef);
+    if (filter.is_none()) {
+        py::gil_scoped_release release;
+        index.search(q, nq, kk, e, nullptr, threads, out_l, out_d);
+    } else if (py::isinstance<py::function>(filter)) {
+        PyCallableFilter f(filter.cast<py::function>());
+        index.search(q, nq, kk, e, &f, 1, out_l, out_d);
+    } else {
+        const LabelArray allow = filter.cast<LabelArray>();
+        std::unique_ptr<BitsetFilter> f = index.make_filter(allow.data(), allow.size());
+        py::gil_scoped_release release;
+        index.search(q, nq, kk, e, f.get(), threads, out_l, out_d);
+    }
+    return py::make_tuple(ids, distances);
 }
 
 }  // namespace
@@ -188,6 +246,8 @@ PYBIND11_MODULE(_core, m) {
             py::arg("replace_deleted") = false, py::arg("forbid_update_deleted") = false)
         .def("search", &search, py::arg("queries"), py::arg("k"), py::arg("ef"),
              py::arg("filter") = py::none(), py::arg("num_threads") = 0)
+        .def("query", &query, py::arg("queries"), py::arg("k"), py::arg("ef"),
+             py::arg("filter"), py::arg("num_threads"))
         .def("mark_deleted", &HNSW::mark_deleted)
         .def("unmark_deleted", &HNSW::unmark_deleted)
         .def("is_deleted", &HNSW::is_deleted)

@@ -11,6 +11,7 @@
 #include <queue>
 #include <stdexcept>
 
+#include "evidex/beam.h"
 #include "evidex/errors.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -70,8 +71,8 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
       visited_pool_(0) {
     if (dim == 0) throw std::invalid_argument("dim must be at least 1");
     if (M < 2 || M > 2048) throw std::invalid_argument("M must be in [2, 2048]");
-    if (max_elements >= std::numeric_limits<node_id>::max())
-        throw std::invalid_argument("max_elements must be below 2^32 - 1");
+    if (max_elements >= BeamPool::kMaxId)
+        throw std::invalid_argument("max_elements must be below 2^31 - 1");
     level_mult_ = 1.0 / std::log(static_cast<double>(M_));
     vec_offset_ = sizeof(std::uint32_t) * (M0_ + 1);
     label_offset_ = vec_offset_ + sizeof(float) * dim_;
@@ -115,8 +116,8 @@ void HNSW::resize(std::size_t new_max_elements) {
     if (new_max_elements < count_.load())
         throw std::runtime_error(
             "Cannot resize, max element is less than the current number of elements");
-    if (new_max_elements >= std::numeric_limits<node_id>::max())
-        throw std::invalid_argument("max_elements must be below 2^32 - 1");
+    if (new_max_elements >= BeamPool::kMaxId)
+        throw std::invalid_argument("max_elements must be below 2^31 - 1");
     allocate(new_max_elements);
 }
 
@@ -241,7 +242,15 @@ void HNSW::insert_new(node_id id, int level, const float* v) {
     std::vector<MaxHeap> chosen(static_cast<std::size_t>(top_level) + 1);
     for (int lc = top_level; lc >= 0; --lc) {
         MaxHeap& top = chosen[static_cast<std::size_t>(lc)];
-        top = search_layer(k, cur, v, lc, ef_construction_, id);
+        if (num_deleted_.load() == 0) {
+            // The new node is not linked yet, so it cannot appear in its own beam.
+            thread_local BeamPool beam;
+            search_beam(k, cur, v, lc, ef_construction_, beam, nullptr);
+            top.resize(beam.size());
+            for (std::size_t i = 0; i < beam.size(); ++i) top[i] = {beam.dist(i), beam.id(i)};
+        } else {
+            top = search_layer(k, cur, v, lc, ef_construction_, id);
+        }
         if (!top.empty()) cur = link_out(k, id, top, lc);
     }
     // Only now make the node reachable, level 0 first: a concurrent search that
@@ -409,6 +418,47 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
 
 // ------------------------------------------------------------------ search
 
+// Prefetch every cache line of a node's vector: the distance that follows reads
+// all of them, and the hardware prefetcher cannot guess the next random node.
+inline void prefetch_vector(const char* p, std::size_t bytes) {
+    for (std::size_t off = 0; off < bytes; off += 64) EVIDEX_PREFETCH(p + off);
+}
+
+// Beam search on one level, no filter: the hot path of queries and of building
+// (when nothing is deleted). Neighbours are gathered first, their vectors
+// prefetched a few ahead of the distance computations.
+void HNSW::search_beam(const DistanceKernels& k, node_id ep, const float* q, int level,
+                       std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const {
+    constexpr std::size_t kAhead = 4;  // vectors in flight
+    auto visited = visited_pool_.acquire();
+    const std::size_t vec_bytes = dim_ * sizeof(float);
+    beam.reset(ef);
+    beam.insert(distance(k, q, vec(ep)), ep);
+    visited->mark(ep);
+    std::uint64_t computed = 1;
+    node_id todo[kMaxLinks];
+    while (beam.has_next()) {
+        const node_id c = beam.pop();
+        const std::uint32_t* links = links_at(c, level);
+        const std::size_t n = link_count(links);
+        std::size_t m = 0;
+        for (std::size_t j = 1; j <= n; ++j) {
+            const node_id nb = links[j];
+            if (visited->try_visit(nb)) todo[m++] = nb;
+        }
+        for (std::size_t i = 0; i < std::min(m, kAhead); ++i)
+            prefetch_vector(node(todo[i]) + vec_offset_, vec_bytes);
+        for (std::size_t i = 0; i < m; ++i) {
+            if (i + kAhead < m) prefetch_vector(node(todo[i + kAhead]) + vec_offset_, vec_bytes);
+            const float d = distance(k, q, vec(todo[i]));
+            if (d < beam.bound()) beam.insert(d, todo[i]);
+        }
+        computed += m;
+    }
+    if (dist_count) *dist_count += computed;
+}
+
+
 HNSW::MaxHeap HNSW::search_base(const DistanceKernels& k, node_id ep, const float* q,
                                 std::size_t ef, const SearchFilter* filter,
                                 std::uint64_t* dist_count) const {
@@ -468,12 +518,22 @@ void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, 
     if (e.node >= 0) {
         const node_id start = greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1,
                                           dist_count);
-        MaxHeap top = search_base(k, start, q, std::max(ef, kk), filter, dist_count);
-        std::sort(top.begin(), top.end());
-        found = std::min(kk, top.size());
-        for (std::size_t i = 0; i < found; ++i) {
-            out_labels[i] = label_at(top[i].id);
-            out_distances[i] = top[i].dist;
+        if (filter == nullptr && num_deleted_.load() == 0) {
+            thread_local BeamPool beam;
+            search_beam(k, start, q, 0, std::max(ef, kk), beam, dist_count);
+            found = std::min(kk, beam.size());
+            for (std::size_t i = 0; i < found; ++i) {
+                out_labels[i] = label_at(beam.id(i));
+                out_distances[i] = beam.dist(i);
+            }
+        } else {
+            MaxHeap top = search_base(k, start, q, std::max(ef, kk), filter, dist_count);
+            std::sort(top.begin(), top.end());
+            found = std::min(kk, top.size());
+            for (std::size_t i = 0; i < found; ++i) {
+                out_labels[i] = label_at(top[i].id);
+                out_distances[i] = top[i].dist;
+            }
         }
     }
     for (std::size_t i = found; i < kk; ++i) {

@@ -30,6 +30,15 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def as_float_array(x: Any, name: str = "vectors") -> np.ndarray:
+    """float32 C-contiguous array of the same shape (shape is checked by the caller)."""
+    a = to_numpy(x)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused later
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+
 def as_float_matrix(x: Any, dim: int, name: str = "vectors") -> tuple[np.ndarray, bool]:
     """Return (float32 C-contiguous [n, dim] array, was_1d)."""
     a = to_numpy(x)

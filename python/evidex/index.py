@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import (
+    as_float_array,
     as_float_matrix,
     as_labels,
     check_positive_int,
@@ -199,21 +200,26 @@ class HNSWIndex:
             1-D query), nearest first; ``-1`` / ``inf`` pad rows that a filter leaves
             with fewer than ``k`` results.
         """
-        k = check_positive_int(k, "k")
-        n = self._core.live_count
-        if n == 0:
-            raise ValueError("the index is empty")
-        if k > n:
-            raise ValueError(f"k={k} is larger than the number of elements in the index ({n})")
-        ef = self._core.ef if ef is None else check_positive_int(ef, "ef")
-        data, was_1d = as_float_matrix(queries, self.dim, "queries")
-        threads = check_threads(num_threads)
-        core_filter = _convert_filter(filter)
-        labels, distances = self._core.search(data, k, ef, core_filter, threads)
-        ids = labels.view(np.int64)  # the padding label 2**64 - 1 reads as -1
-        if was_1d:
-            return ids[0], distances[0]
-        return ids, distances
+        # Plain ints and float32 arrays go straight to the compiled checks.
+        if type(k) is not int:
+            k = check_positive_int(k, "k")
+        if ef is None:
+            ef = -1
+        elif type(ef) is not int:
+            ef = check_positive_int(ef, "ef")
+        elif ef < 1:
+            raise ValueError(f"ef must be at least 1, got {ef}")
+        if type(num_threads) is not int:
+            num_threads = check_threads(num_threads)
+        if not (
+            type(queries) is np.ndarray
+            and queries.dtype == np.float32
+            and queries.flags.c_contiguous
+        ):
+            queries = as_float_array(queries, "queries")
+        if filter is not None:
+            filter = _convert_filter(filter)
+        return self._core.query(queries, k, ef, filter, num_threads)
 
     # ------------------------------------------------------------ deletion
     def delete(self, ids: Any) -> None:

@@ -20,6 +20,8 @@
 
 namespace evidex {
 
+class BeamPool;
+
 enum class Space : std::uint32_t { L2 = 0, IP = 1, Cosine = 2 };
 Space parse_space(const std::string& name);  // throws std::invalid_argument
 std::string space_name(Space space);
@@ -130,6 +132,7 @@ private:
     class Serializer;
     friend class Serializer;
 
+    static constexpr std::size_t kMaxLinks = 2 * 2048;  // M0 for the largest M
     // node layout in level0_: [u16 count | u8 flags | u8 pad | M0 x u32 links | dim x f32 | u64 label]
     static constexpr std::uint8_t kDeletedFlag = 1;
     char* node(node_id id) const { return level0_ + static_cast<std::size_t>(id) * node_bytes_; }
@@ -164,6 +167,8 @@ private:
                         int to_level, std::uint64_t* dist_count) const;
     MaxHeap search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
                          std::size_t ef, node_id exclude) const;
+    void search_beam(const DistanceKernels& k, node_id ep, const float* q, int level,
+                     std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
     MaxHeap search_base(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
                         const SearchFilter* filter, std::uint64_t* dist_count) const;
     void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const;
