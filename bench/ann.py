@@ -82,6 +82,17 @@ class Evidex(Library):
         return self.index.stats()["last_search_distance_computations_per_query"]
 
 
+class EvidexSQ8(Evidex):
+    """evidex traversing 8-bit codes, re-ranking the beam in float32."""
+
+    name = "evidex-sq8"
+
+    def build(self, data, space, M, efc, threads):
+        self.index = evidex.HNSWIndex(data.shape[1], space, M=M, ef_construction=efc,
+                                      max_elements=data.shape[0], quantization="sq8")
+        self.index.add(data, np.arange(data.shape[0]), num_threads=threads)
+
+
 class Hnswlib(Library):
     name = "hnswlib"
 
@@ -385,14 +396,14 @@ def table(res: Result, summary: dict) -> str:
                 else f"{v:.1f}"
             )
         lines.append(f"| {lib} | " + " | ".join(cells) + " |")
-    if "evidex" in summary:
-        lines += ["", "evidex / peer ratios:", ""]
+    for ours in [lib for lib in libs if lib.startswith("evidex")]:
+        lines += ["", f"{ours} / peer ratios:", ""]
         for lib in libs:
-            if lib == "evidex":
+            if lib.startswith("evidex"):
                 continue
             ratios = []
             for c in ["qps@0.95", "qps@0.99", "batch_qps@0.95", "build_s", "memory_mb"]:
-                a, b = summary["evidex"].get(c), summary[lib].get(c)
+                a, b = summary[ours].get(c), summary[lib].get(c)
                 ok = a is not None and b and not np.isnan(a) and not np.isnan(b)
                 ratios.append(f"{c} {a / b:.2f}x" if ok else f"{c} -")
             lines.append(f"- vs {lib}: " + ", ".join(ratios))

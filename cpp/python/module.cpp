@@ -226,10 +226,30 @@ PYBIND11_MODULE(_core, m) {
         "Exact k-NN of queries among data rows; returns (row indices, distances). For "
         "'cosine' the data rows must already be L2-normalised.");
 
+    py::enum_<Quantization>(m, "Quantization")
+        .value("none", Quantization::None)
+        .value("sq8", Quantization::SQ8);
+    py::enum_<Space>(m, "Space")
+        .value("l2", Space::L2)
+        .value("ip", Space::IP)
+        .value("cosine", Space::Cosine);
     py::class_<HNSW>(m, "HNSW")
-        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::size_t, std::uint64_t>(),
+        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::size_t, std::uint64_t,
+                      Quantization>(),
              py::arg("dim"), py::arg("space"), py::arg("M"), py::arg("ef_construction"),
-             py::arg("max_elements"), py::arg("seed"))
+             py::arg("max_elements"), py::arg("seed"), py::arg("quantization") = Quantization::None)
+        .def(
+            "train",
+            [](HNSW& self, const FloatArray& data) {
+                const std::size_t n = check_matrix(data, self.dim(), "training vectors");
+                py::gil_scoped_release release;
+                self.train(data.data(), n);
+            },
+            py::arg("data"))
+        .def_property_readonly("trained", &HNSW::trained)
+        .def_property_readonly("quantization", [](const HNSW& self) {
+            return self.quantization() == Quantization::SQ8 ? std::string("sq8") : std::string();
+        })
         .def(
             "add",
             [](HNSW& self, const FloatArray& data, const LabelArray& labels,
@@ -304,9 +324,5 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("data"), py::arg("max_elements") = 0);
 
-    py::enum_<Space>(m, "Space")
-        .value("l2", Space::L2)
-        .value("ip", Space::IP)
-        .value("cosine", Space::Cosine);
     m.def("parse_space", &parse_space);
 }

@@ -46,6 +46,21 @@ float l2sq_scalar(const float* a, const float* b, std::size_t dim) {
     return (s0 + s1) + (s2 + s3);
 }
 
+float sq8_l2_scalar(const float* a, const float* w, const std::uint8_t* code, std::size_t n) {
+    float s = 0.f;
+    for (std::size_t i = 0; i < n; ++i) {
+        const float d = a[i] - static_cast<float>(code[i]);
+        s += w[i] * d * d;
+    }
+    return s;
+}
+
+float sq8_dot_scalar(const float* a, const float*, const std::uint8_t* code, std::size_t n) {
+    float s = 0.f;
+    for (std::size_t i = 0; i < n; ++i) s += a[i] * static_cast<float>(code[i]);
+    return s;
+}
+
 #ifdef EVIDEX_X86
 // ---------------------------------------------------------------- AVX2 + FMA
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
@@ -95,6 +110,33 @@ __attribute__((target("avx2,fma"))) float l2sq_avx2(const float* a, const float*
     return s;
 }
 
+__attribute__((target("avx2,fma"))) inline __m256 load_codes8(const std::uint8_t* p) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+__attribute__((target("avx2,fma"))) float sq8_l2_avx2(const float* a, const float* w,
+                                                      const std::uint8_t* code, std::size_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 16) {
+        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), load_codes8(code + i));
+        const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8), load_codes8(code + i + 8));
+        acc0 = _mm256_fmadd_ps(_mm256_mul_ps(d0, d0), _mm256_loadu_ps(w + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_mul_ps(d1, d1), _mm256_loadu_ps(w + i + 8), acc1);
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+__attribute__((target("avx2,fma"))) float sq8_dot_avx2(const float* a, const float*,
+                                                       const std::uint8_t* code, std::size_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_codes8(code + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_codes8(code + i + 8), acc1);
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
 // ---------------------------------------------------------------- AVX-512
 // The tail is a masked load, so odd dimensions need no scalar loop.
 __attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b,
@@ -137,12 +179,36 @@ __attribute__((target("avx512f"))) float l2sq_avx512(const float* a, const float
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
+__attribute__((target("avx512f"))) inline __m512 load_codes16(const std::uint8_t* p) {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+__attribute__((target("avx512f"))) float sq8_l2_avx512(const float* a, const float* w,
+                                                       const std::uint8_t* code, std::size_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 16) {
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(a + i), load_codes16(code + i));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(d, d), _mm512_loadu_ps(w + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+__attribute__((target("avx512f"))) float sq8_dot_avx512(const float* a, const float*,
+                                                        const std::uint8_t* code, std::size_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load_codes16(code + i), acc);
+    return _mm512_reduce_add_ps(acc);
+}
 #endif  // EVIDEX_X86
 
-const DistanceKernels kScalar{l2sq_scalar, dot_scalar, SimdLevel::Scalar};
+const DistanceKernels kScalar{l2sq_scalar, dot_scalar, sq8_l2_scalar, sq8_dot_scalar,
+                             SimdLevel::Scalar};
 #ifdef EVIDEX_X86
-const DistanceKernels kAVX2{l2sq_avx2, dot_avx2, SimdLevel::AVX2};
-const DistanceKernels kAVX512{l2sq_avx512, dot_avx512, SimdLevel::AVX512};
+const DistanceKernels kAVX2{l2sq_avx2, dot_avx2, sq8_l2_avx2, sq8_dot_avx2, SimdLevel::AVX2};
+const DistanceKernels kAVX512{l2sq_avx512, dot_avx512, sq8_l2_avx512, sq8_dot_avx512,
+                              SimdLevel::AVX512};
 #endif
 
 SimdLevel detect() {

@@ -61,7 +61,7 @@ struct Closer {
 }  // namespace
 
 HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
-           std::size_t max_elements, std::uint64_t seed)
+           std::size_t max_elements, std::uint64_t seed, Quantization quantization)
     : dim_(dim),
       space_(space),
       M_(M),
@@ -80,10 +80,21 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
     level_rng_.seed(seed);
     update_rng_.seed(seed + 1);
     label_op_locks_.reset(new std::mutex[kLabelLockStripes]);
+    quant_ = quantization;
+    if (quant_ == Quantization::SQ8) {
+        padded_dim_ = (dim_ + 15) / 16 * 16;
+        code_stride_ = (dim_ + 63) / 64 * 64;
+        qmin_.assign(padded_dim_, 0.f);
+        qscale_.assign(padded_dim_, 0.f);
+        qweight_.assign(padded_dim_, 0.f);
+    }
     allocate(max_elements);
 }
 
-HNSW::~HNSW() { release_storage(); }
+HNSW::~HNSW() {
+    release_storage();
+    std::free(codes_);
+}
 
 void HNSW::release_storage() {
     if (mapping_ != nullptr) {
@@ -104,6 +115,15 @@ void HNSW::allocate(std::size_t capacity) {
     if (keep > 0) std::memcpy(block, level0_, keep * node_bytes_);
     release_storage();
     level0_ = block;
+    if (quant_ == Quantization::SQ8) {
+        auto* codes = static_cast<std::uint8_t*>(
+            std::aligned_alloc(64, std::max<std::size_t>(64, capacity * code_stride_)));
+        if (codes == nullptr) throw std::bad_alloc();
+        std::memset(codes, 0, std::max<std::size_t>(64, capacity * code_stride_));
+        if (keep > 0) std::memcpy(codes, codes_, keep * code_stride_);
+        std::free(codes_);
+        codes_ = codes;
+    }
     upper_.resize(capacity);
     levels_.resize(capacity, 0);
     link_locks_.reset(new std::mutex[std::max<std::size_t>(1, capacity)]);
@@ -131,6 +151,42 @@ void HNSW::set_label(node_id id, label_t label) {
     std::memcpy(node(id) + label_offset_, &label, sizeof(label));
 }
 
+void HNSW::train(const float* data, std::size_t n) {
+    std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+    if (quant_ != Quantization::SQ8) return;
+    if (count_.load() > 0) throw std::runtime_error("train() must precede the first add");
+    if (n == 0) throw std::invalid_argument("train() needs at least one vector");
+    std::vector<float> lo(dim_, std::numeric_limits<float>::infinity());
+    std::vector<float> hi(dim_, -std::numeric_limits<float>::infinity());
+    std::vector<float> row(dim_);
+    for (std::size_t i = 0; i < n; ++i) {
+        const float* v = data + i * dim_;
+        if (space_ == Space::Cosine) {
+            normalize_into(v, dim_, row.data());
+            v = row.data();
+        }
+        for (std::size_t d = 0; d < dim_; ++d) {
+            lo[d] = std::min(lo[d], v[d]);
+            hi[d] = std::max(hi[d], v[d]);
+        }
+    }
+    for (std::size_t d = 0; d < dim_; ++d) {
+        // A small margin keeps later vectors slightly outside the sample in range.
+        const float margin = 0.02f * (hi[d] - lo[d]) + 1e-6f;
+        qmin_[d] = lo[d] - margin;
+        qscale_[d] = (hi[d] - lo[d] + 2 * margin) / 255.0f;
+        qweight_[d] = qscale_[d] * qscale_[d];
+    }
+    trained_ = true;
+}
+
+void HNSW::encode(const float* v, std::uint8_t* out) const {
+    for (std::size_t d = 0; d < dim_; ++d) {
+        const float c = std::nearbyint((v[d] - qmin_[d]) / qscale_[d]);
+        out[d] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, c)));
+    }
+}
+
 int HNSW::random_level() {
     std::lock_guard<std::mutex> lock(rng_mutex_);
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
@@ -143,6 +199,7 @@ int HNSW::random_level() {
 void HNSW::add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads,
                bool replace_deleted, bool forbid_update_deleted) {
     std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    if (!trained()) throw std::runtime_error("an SQ8 index must be trained before the first add");
     if (is_mapped()) {
         // A mapped index has no spare slots; add() needs a resize first (done by
         // the Python layer), which copies it into owned memory.
@@ -211,6 +268,7 @@ void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
         if (label != kNoLabel && label + 1 > next_label_.load()) next_label_.store(label + 1);
     }
 
+    if (quant_ == Quantization::SQ8) encode(v, codes_ + static_cast<std::size_t>(id) * code_stride_);
     if (kind == kExisting) {
         std::memcpy(vec(id), v, dim_ * sizeof(float));
         relink_existing(id, v);
@@ -245,7 +303,7 @@ void HNSW::insert_new(node_id id, int level, const float* v) {
         if (num_deleted_.load() == 0) {
             // The new node is not linked yet, so it cannot appear in its own beam.
             thread_local BeamPool beam;
-            search_beam(k, cur, v, lc, ef_construction_, beam, nullptr);
+            search_beam_fp32(k, cur, v, lc, ef_construction_, beam, nullptr);
             top.resize(beam.size());
             for (std::size_t i = 0; i < beam.size(); ++i) top[i] = {beam.dist(i), beam.id(i)};
         } else {
@@ -425,15 +483,16 @@ inline void prefetch_vector(const char* p, std::size_t bytes) {
 }
 
 // Beam search on one level, no filter: the hot path of queries and of building
-// (when nothing is deleted). Neighbours are gathered first, their vectors
-// prefetched a few ahead of the distance computations.
-void HNSW::search_beam(const DistanceKernels& k, node_id ep, const float* q, int level,
-                       std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const {
-    constexpr std::size_t kAhead = 4;  // vectors in flight
+// (when nothing is deleted). Neighbours are gathered first, their data
+// prefetched a few ahead of the distance computations. `dist(id)` measures a
+// node, `prefetch(id)` brings in what dist will read.
+template <class Dist, class Prefetch>
+void HNSW::search_beam(Dist&& dist, Prefetch&& prefetch, node_id ep, int level, std::size_t ef,
+                       BeamPool& beam, std::uint64_t* dist_count) const {
+    constexpr std::size_t kAhead = 4;  // nodes in flight
     auto visited = visited_pool_.acquire();
-    const std::size_t vec_bytes = dim_ * sizeof(float);
     beam.reset(ef);
-    beam.insert(distance(k, q, vec(ep)), ep);
+    beam.insert(dist(ep), ep);
     visited->mark(ep);
     std::uint64_t computed = 1;
     node_id todo[kMaxLinks];
@@ -446,11 +505,10 @@ void HNSW::search_beam(const DistanceKernels& k, node_id ep, const float* q, int
             const node_id nb = links[j];
             if (visited->try_visit(nb)) todo[m++] = nb;
         }
-        for (std::size_t i = 0; i < std::min(m, kAhead); ++i)
-            prefetch_vector(node(todo[i]) + vec_offset_, vec_bytes);
+        for (std::size_t i = 0; i < std::min(m, kAhead); ++i) prefetch(todo[i]);
         for (std::size_t i = 0; i < m; ++i) {
-            if (i + kAhead < m) prefetch_vector(node(todo[i + kAhead]) + vec_offset_, vec_bytes);
-            const float d = distance(k, q, vec(todo[i]));
+            if (i + kAhead < m) prefetch(todo[i + kAhead]);
+            const float d = dist(todo[i]);
             if (d < beam.bound()) beam.insert(d, todo[i]);
         }
         computed += m;
@@ -458,6 +516,62 @@ void HNSW::search_beam(const DistanceKernels& k, node_id ep, const float* q, int
     if (dist_count) *dist_count += computed;
 }
 
+void HNSW::search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q, int level,
+                            std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const {
+    const std::size_t bytes = dim_ * sizeof(float);
+    search_beam([&](node_id id) { return distance(k, q, vec(id)); },
+                [&](node_id id) { prefetch_vector(node(id) + vec_offset_, bytes); }, ep, level,
+                ef, beam, dist_count);
+}
+
+std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id ep, const float* q,
+                             std::size_t kk, std::size_t ef, label_t* out_labels,
+                             float* out_distances, std::uint64_t* dist_count) const {
+    // The query in code units: distances on codes then cost one FMA per dimension.
+    thread_local std::vector<float> a;
+    a.assign(padded_dim_, 0.f);
+    float bias = 0.f;
+    if (space_ == Space::L2) {
+        for (std::size_t d = 0; d < dim_; ++d) a[d] = (q[d] - qmin_[d]) / qscale_[d];
+    } else {
+        for (std::size_t d = 0; d < dim_; ++d) {
+            a[d] = q[d] * qscale_[d];
+            bias += q[d] * qmin_[d];
+        }
+    }
+    const float* w = qweight_.data();
+    const std::size_t n = padded_dim_;
+    const std::size_t stride = code_stride_;
+    auto prefetch = [&](node_id id) { prefetch_vector(reinterpret_cast<const char*>(code(id)), stride); };
+    thread_local BeamPool beam;
+    if (space_ == Space::L2) {
+        search_beam([&](node_id id) { return k.sq8_l2(a.data(), w, code(id), n); }, prefetch, ep,
+                    0, ef, beam, dist_count);
+    } else {
+        search_beam([&](node_id id) { return 1.0f - (bias + k.sq8_dot(a.data(), w, code(id), n)); },
+                    prefetch, ep, 0, ef, beam, dist_count);
+    }
+    // Re-rank the whole beam with exact float32 distances.
+    const std::size_t m = beam.size();
+    thread_local std::vector<Candidate> exact;
+    exact.resize(m);
+    const std::size_t bytes = dim_ * sizeof(float);
+    for (std::size_t i = 0; i < std::min<std::size_t>(m, 8); ++i)
+        prefetch_vector(node(beam.id(i)) + vec_offset_, bytes);
+    for (std::size_t i = 0; i < m; ++i) {
+        if (i + 8 < m) prefetch_vector(node(beam.id(i + 8)) + vec_offset_, bytes);
+        exact[i] = {distance(k, q, vec(beam.id(i))), beam.id(i)};
+    }
+    if (dist_count) *dist_count += m;
+    const std::size_t found = std::min(kk, m);
+    std::partial_sort(exact.begin(), exact.begin() + static_cast<std::ptrdiff_t>(found),
+                      exact.end());
+    for (std::size_t i = 0; i < found; ++i) {
+        out_labels[i] = label_at(exact[i].id);
+        out_distances[i] = exact[i].dist;
+    }
+    return found;
+}
 
 HNSW::MaxHeap HNSW::search_base(const DistanceKernels& k, node_id ep, const float* q,
                                 std::size_t ef, const SearchFilter* filter,
@@ -518,9 +632,12 @@ void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, 
     if (e.node >= 0) {
         const node_id start = greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1,
                                           dist_count);
-        if (filter == nullptr && num_deleted_.load() == 0) {
+        if (filter == nullptr && num_deleted_.load() == 0 && quant_ == Quantization::SQ8) {
+            found = search_sq8(k, start, q, kk, std::max(ef, kk), out_labels, out_distances,
+                               dist_count);
+        } else if (filter == nullptr && num_deleted_.load() == 0) {
             thread_local BeamPool beam;
-            search_beam(k, start, q, 0, std::max(ef, kk), beam, dist_count);
+            search_beam_fp32(k, start, q, 0, std::max(ef, kk), beam, dist_count);
             found = std::min(kk, beam.size());
             for (std::size_t i = 0; i < found; ++i) {
                 out_labels[i] = label_at(beam.id(i));
@@ -658,7 +775,7 @@ IndexStats HNSW::stats() const {
     s.memory_bytes = capacity_ * node_bytes_ + upper_bytes +
                      capacity_ * (sizeof(std::unique_ptr<std::uint32_t[]>) + 1 +
                                   sizeof(std::mutex)) +
-                     map_bytes + visited_pool_.memory_bytes();
+                     map_bytes + visited_pool_.memory_bytes() + capacity_ * code_stride_;
     s.last_search_distance_computations = last_distance_computations_.load();
     s.last_search_queries = last_queries_.load();
     return s;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -40,7 +41,8 @@ struct Header {
     std::uint64_t node_bytes, level0_offset, level0_bytes, upper_offset, upper_bytes, file_bytes;
     std::uint64_t payload_checksum;
     std::uint64_t ef;
-    std::uint64_t reserved[8];
+    std::uint64_t quantization, trained, quant_offset, quant_bytes;
+    std::uint64_t reserved[4];
     std::uint64_t header_checksum;  // over every byte before this field
 };
 static_assert(sizeof(Header) == kHeaderBytes, "header layout");
@@ -138,7 +140,11 @@ public:
         std::size_t upper = round_up(n, 8);
         for (node_id id = 0; id < n; ++id) upper += upper_block_bytes(index, id);
         h.upper_bytes = round_up(upper, 8);
-        h.file_bytes = h.upper_offset + h.upper_bytes;
+        h.quantization = static_cast<std::uint64_t>(index.quant_);
+        h.trained = index.trained_;
+        h.quant_offset = h.upper_offset + h.upper_bytes;
+        h.quant_bytes = quant_section_bytes(index, n);
+        h.file_bytes = h.quant_offset + h.quant_bytes;
 
         Checksum payload;
         for_each_payload_chunk(index, h, [&](const void* p, std::size_t len) {
@@ -179,22 +185,28 @@ public:
             (h.count == 0) != (h.entry_point == -1))
             corrupt("inconsistent parameters in the header");
 
+        if (h.quantization > 1 || h.trained > 1 || (h.quantization == 1 && h.count > 0 && !h.trained))
+            corrupt("inconsistent quantisation fields in the header");
         std::unique_ptr<HNSW> index(new HNSW(h.dim, static_cast<Space>(h.space), h.M,
-                                             h.ef_construction, 0, h.seed));
+                                             h.ef_construction, 0, h.seed,
+                                             static_cast<Quantization>(h.quantization)));
         if (index->node_bytes_ != h.node_bytes || h.level0_offset < kHeaderBytes ||
             h.level0_offset % 64 != 0 || h.level0_bytes != h.count * h.node_bytes ||
-            h.upper_offset != h.level0_offset + h.level0_bytes ||
-            h.upper_offset + h.upper_bytes != h.file_bytes || h.upper_bytes < h.count)
+            h.upper_offset != h.level0_offset + h.level0_bytes || h.upper_bytes < h.count ||
+            h.quant_offset != h.upper_offset + h.upper_bytes ||
+            h.quant_bytes != quant_section_bytes(*index, h.count) ||
+            h.quant_offset + h.quant_bytes != h.file_bytes)
             corrupt("inconsistent section sizes in the header");
 
         Checksum payload;
-        payload.update(data + h.level0_offset, h.level0_bytes + h.upper_bytes);
+        payload.update(data + h.level0_offset, h.file_bytes - h.level0_offset);
         if (payload.digest() != h.payload_checksum)
             corrupt("data checksum mismatch: the file is corrupted");
 
         const std::size_t n = h.count;
         const std::size_t capacity = std::max<std::size_t>(n, max_elements);
         index->ef_.store(h.ef);
+        index->trained_ = h.trained != 0;
         index->count_.store(n);
         index->num_deleted_.store(h.num_deleted);
         index->next_label_.store(h.next_label);
@@ -246,7 +258,25 @@ private:
             std::memcpy(index->upper_[id].get(), cursor, bytes);
             cursor += bytes;
         }
+        if (index->quant_ == Quantization::SQ8) {
+            const char* qp = data + h.quant_offset;
+            const std::size_t dbytes = index->dim_ * sizeof(float);
+            std::memcpy(index->qmin_.data(), qp, dbytes);
+            std::memcpy(index->qscale_.data(), qp + dbytes, dbytes);
+            for (std::size_t d = 0; d < index->dim_; ++d) {
+                if (!std::isfinite(index->qmin_[d]) || !(index->qscale_[d] > 0.f) ||
+                    !std::isfinite(index->qscale_[d]))
+                    if (index->trained_) corrupt("invalid quantiser ranges");
+                index->qweight_[d] = index->qscale_[d] * index->qscale_[d];
+            }
+            std::memcpy(index->codes_, qp + 2 * dbytes, n * index->code_stride_);
+        }
         index->rebuild_label_map_and_validate();
+    }
+
+    static std::size_t quant_section_bytes(const HNSW& index, std::size_t n) {
+        if (index.quant_ != Quantization::SQ8) return 0;
+        return round_up(2 * index.dim_ * sizeof(float) + n * index.code_stride_, 8);
     }
 
     static std::size_t upper_block_bytes(const HNSW& index, node_id id) {
@@ -268,6 +298,13 @@ private:
             written += bytes;
         }
         sink(zeros, h.upper_bytes - written);
+        if (h.quant_bytes > 0) {
+            const std::size_t dbytes = index.dim_ * sizeof(float);
+            sink(index.qmin_.data(), dbytes);
+            sink(index.qscale_.data(), dbytes);
+            if (n) sink(index.codes_, n * index.code_stride_);
+            sink(zeros, h.quant_bytes - 2 * dbytes - n * index.code_stride_);
+        }
     }
 };
 

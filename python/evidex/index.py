@@ -37,6 +37,10 @@ class HNSWIndex:
         max_elements: initial capacity; ``add`` grows it as needed (see ``resize``).
         seed: seed of the level generator; one thread plus a seed gives the same graph.
         ef: default beam width of ``search`` (at least ``k`` is always used).
+        quantization: ``None`` (float32 traversal) or ``"sq8"``: traverse on 8-bit
+            codes (one range per dimension, learnt by ``train`` or from the first
+            ``add``), then re-rank the beam in float32, so distances stay exact.
+            Costs ``dim`` bytes per vector more memory, saves memory bandwidth.
 
     Ids are non-negative integers below ``2**63``; ``search`` returns them as int64,
     with ``-1`` (distance ``inf``) where fewer than ``k`` elements pass a filter.
@@ -53,6 +57,7 @@ class HNSWIndex:
         max_elements: int = 1024,
         seed: int = 100,
         ef: int = 64,
+        quantization: str | None = None,
     ) -> None:
         dim = check_positive_int(dim, "dim")
         if space not in SPACES:
@@ -61,8 +66,11 @@ class HNSWIndex:
         ef_construction = check_positive_int(ef_construction, "ef_construction")
         max_elements = check_positive_int(max_elements, "max_elements", minimum=0)
         seed = check_positive_int(seed, "seed", minimum=0)
+        if quantization not in (None, "sq8"):
+            raise ValueError(f"unknown quantization {quantization!r}; expected None or 'sq8'")
+        quant = _core.Quantization.sq8 if quantization == "sq8" else _core.Quantization.none
         self._core = _core.HNSW(
-            dim, _core.parse_space(space), M, ef_construction, max_elements, seed
+            dim, _core.parse_space(space), M, ef_construction, max_elements, seed, quant
         )
         self.ef = ef
 
@@ -92,6 +100,19 @@ class HNSWIndex:
     @property
     def seed(self) -> int:
         return self._core.seed
+
+    @property
+    def quantization(self) -> str | None:
+        return self._core.quantization or None
+
+    def train(self, vectors: Any) -> None:
+        """Learn the SQ8 ranges from sample vectors (before the first ``add``)."""
+        data, _ = as_float_matrix(vectors, self.dim, "vectors")
+        if data.shape[0] == 0:
+            raise ValueError("train() needs at least one vector")
+        if self._core.element_count > 0:
+            raise ValueError("train() must precede the first add")
+        self._core.train(data)
 
     @property
     def max_elements(self) -> int:
@@ -162,6 +183,8 @@ class HNSWIndex:
         needed = self._core.element_count + max(0, n - reusable)
         if needed > self._core.capacity or self._core.is_mapped:
             self._core.resize(max(needed, 2 * self._core.capacity, 1024))
+        if not self._core.trained:
+            self._core.train(data)
         self._core.add(data, labels, threads, bool(replace_deleted))
         return labels.astype(np.int64)
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace evidex {
@@ -12,9 +13,19 @@ enum class SimdLevel : int { Scalar = 0, AVX2 = 1, AVX512 = 2 };
 // dot(a, b) and squared L2 over `dim` float32 values. No alignment required.
 using DistanceKernel = float (*)(const float* a, const float* b, std::size_t dim);
 
+// Distances between a prepared float query and 8-bit codes (scalar quantisation,
+// see hnsw.cpp). `n` is a multiple of 16 and the padding contributes zero, so the
+// kernels need no tail loops.
+//   sq8_l2:  sum w[i] * (a[i] - code[i])^2      (a: query in code units, w: scale^2)
+//   sq8_dot: sum a[i] * code[i]                 (a: query times scale; w unused)
+using Sq8Kernel = float (*)(const float* a, const float* w, const std::uint8_t* code,
+                            std::size_t n);
+
 struct DistanceKernels {
     DistanceKernel l2sq;
     DistanceKernel dot;
+    Sq8Kernel sq8_l2;
+    Sq8Kernel sq8_dot;
     SimdLevel level;
 };
 

@@ -23,6 +23,11 @@ namespace evidex {
 class BeamPool;
 
 enum class Space : std::uint32_t { L2 = 0, IP = 1, Cosine = 2 };
+
+// How search traverses the graph: float32 distances throughout, or distances on
+// 8-bit scalar-quantised codes (one range per dimension) with the final beam
+// re-ranked in float32, so returned distances are always exact.
+enum class Quantization : std::uint32_t { None = 0, SQ8 = 1 };
 Space parse_space(const std::string& name);  // throws std::invalid_argument
 std::string space_name(Space space);
 
@@ -67,7 +72,8 @@ struct IndexStats {
 class HNSW {
 public:
     HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
-         std::size_t max_elements, std::uint64_t seed);
+         std::size_t max_elements, std::uint64_t seed,
+         Quantization quantization = Quantization::None);
     ~HNSW();
     HNSW(const HNSW&) = delete;
     HNSW& operator=(const HNSW&) = delete;
@@ -83,6 +89,12 @@ public:
     void search(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
                 const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
                 float* out_distances) const;
+
+    // SQ8: learn each dimension's range from `n` sample vectors (normalised first
+    // for cosine). Must precede the first add; values outside the range clamp.
+    void train(const float* data, std::size_t n);
+    bool trained() const { return quant_ == Quantization::None || trained_; }
+    Quantization quantization() const { return quant_; }
 
     void mark_deleted(label_t label);
     void unmark_deleted(label_t label);
@@ -167,8 +179,19 @@ private:
                         int to_level, std::uint64_t* dist_count) const;
     MaxHeap search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
                          std::size_t ef, node_id exclude) const;
-    void search_beam(const DistanceKernels& k, node_id ep, const float* q, int level,
-                     std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
+    template <class Dist, class Prefetch>
+    void search_beam(Dist&& dist, Prefetch&& prefetch, node_id ep, int level, std::size_t ef,
+                     BeamPool& beam, std::uint64_t* dist_count) const;
+    void search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q, int level,
+                          std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
+    // SQ8 traversal of level 0, then float32 re-ranking of the beam into out.
+    std::size_t search_sq8(const DistanceKernels& k, node_id ep, const float* q, std::size_t kk,
+                           std::size_t ef, label_t* out_labels, float* out_distances,
+                           std::uint64_t* dist_count) const;
+    void encode(const float* v, std::uint8_t* out) const;
+    const std::uint8_t* code(node_id id) const {
+        return codes_ + static_cast<std::size_t>(id) * code_stride_;
+    }
     MaxHeap search_base(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
                         const SearchFilter* filter, std::uint64_t* dist_count) const;
     void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const;
@@ -192,6 +215,14 @@ private:
     std::uint64_t seed_;
     double level_mult_;
     std::size_t node_bytes_, vec_offset_, label_offset_;
+
+    // scalar quantisation (SQ8)
+    Quantization quant_ = Quantization::None;
+    bool trained_ = false;
+    std::size_t padded_dim_ = 0;   // dim rounded up to 16: kernel length
+    std::size_t code_stride_ = 0;  // bytes per code row, a multiple of 64
+    std::vector<float> qmin_, qscale_, qweight_;  // per dimension; weight = scale^2
+    std::uint8_t* codes_ = nullptr;
 
     // storage
     std::size_t capacity_ = 0;
