@@ -188,6 +188,7 @@ class Usearch(Library):
 
 LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex": Evidex,
+    "evidex-sq8": EvidexSQ8,
     "hnswlib": Hnswlib,
     "faiss": Faiss,
     "usearch": Usearch,
@@ -198,9 +199,7 @@ def available(names: list[str]) -> list[Library]:
     out = []
     for name in names:
         lib = LIBRARIES[name]()
-        module = {"evidex": "evidex", "hnswlib": "hnswlib", "faiss": "faiss", "usearch": "usearch"}[
-            name
-        ]
+        module = "evidex" if name.startswith("evidex") else name
         try:
             __import__(module)
         except ImportError:
@@ -460,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--M", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", type=int, nargs="+", default=DEFAULT_EFS)
-    p.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
+    p.add_argument("--libraries", nargs="+", choices=list(LIBRARIES),
+                   default=["evidex", "evidex-sq8", "hnswlib", "faiss", "usearch"])
     p.add_argument("--threads", type=int, default=0, help="build/batch threads (0: all)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per ef")
     p.add_argument("--build-repeats", type=int, default=1)

@@ -482,14 +482,21 @@ inline void prefetch_vector(const char* p, std::size_t bytes) {
     for (std::size_t off = 0; off < bytes; off += 64) EVIDEX_PREFETCH(p + off);
 }
 
+// How many neighbours' data to have in flight: about 24 cache lines, measured
+// best on GloVe-50 for both 64-byte codes (24 nodes) and 200-byte vectors (6).
+std::size_t prefetch_ahead(std::size_t bytes) {
+    const std::size_t lines = std::max<std::size_t>(1, (bytes + 63) / 64);
+    return std::min<std::size_t>(32, std::max<std::size_t>(2, 24 / lines));
+}
+
 // Beam search on one level, no filter: the hot path of queries and of building
 // (when nothing is deleted). Neighbours are gathered first, their data
 // prefetched a few ahead of the distance computations. `dist(id)` measures a
 // node, `prefetch(id)` brings in what dist will read.
 template <class Dist, class Prefetch>
-void HNSW::search_beam(Dist&& dist, Prefetch&& prefetch, node_id ep, int level, std::size_t ef,
-                       BeamPool& beam, std::uint64_t* dist_count) const {
-    constexpr std::size_t kAhead = 4;  // nodes in flight
+void HNSW::search_beam(Dist&& dist, Prefetch&& prefetch, std::size_t ahead, node_id ep, int level,
+                       std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const {
+    const std::size_t kAhead = ahead;  // nodes whose data is in flight
     auto visited = visited_pool_.acquire();
     beam.reset(ef);
     beam.insert(dist(ep), ep);
@@ -512,6 +519,8 @@ void HNSW::search_beam(Dist&& dist, Prefetch&& prefetch, node_id ep, int level, 
             if (d < beam.bound()) beam.insert(d, todo[i]);
         }
         computed += m;
+        // The next node to expand: fetch its link list while this loop winds down.
+        if (beam.has_next()) EVIDEX_PREFETCH(links_at(beam.peek(), level));
     }
     if (dist_count) *dist_count += computed;
 }
@@ -520,8 +529,8 @@ void HNSW::search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q
                             std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const {
     const std::size_t bytes = dim_ * sizeof(float);
     search_beam([&](node_id id) { return distance(k, q, vec(id)); },
-                [&](node_id id) { prefetch_vector(node(id) + vec_offset_, bytes); }, ep, level,
-                ef, beam, dist_count);
+                [&](node_id id) { prefetch_vector(node(id) + vec_offset_, bytes); },
+                prefetch_ahead(bytes), ep, level, ef, beam, dist_count);
 }
 
 std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id ep, const float* q,
@@ -545,11 +554,11 @@ std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id ep, const float* 
     auto prefetch = [&](node_id id) { prefetch_vector(reinterpret_cast<const char*>(code(id)), stride); };
     thread_local BeamPool beam;
     if (space_ == Space::L2) {
-        search_beam([&](node_id id) { return k.sq8_l2(a.data(), w, code(id), n); }, prefetch, ep,
-                    0, ef, beam, dist_count);
+        search_beam([&](node_id id) { return k.sq8_l2(a.data(), w, code(id), n); }, prefetch,
+                    prefetch_ahead(stride), ep, 0, ef, beam, dist_count);
     } else {
         search_beam([&](node_id id) { return 1.0f - (bias + k.sq8_dot(a.data(), w, code(id), n)); },
-                    prefetch, ep, 0, ef, beam, dist_count);
+                    prefetch, prefetch_ahead(stride), ep, 0, ef, beam, dist_count);
     }
     // Re-rank the whole beam with exact float32 distances.
     const std::size_t m = beam.size();

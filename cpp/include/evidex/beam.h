@@ -48,6 +48,9 @@ public:
 
     bool has_next() const { return cursor_ < size_; }
 
+    // The nearest unexpanded entry, left in place.
+    std::uint32_t peek() const { return id_[cursor_]; }
+
     // The nearest unexpanded entry, marked expanded.
     std::uint32_t pop() {
         const std::uint32_t id = id_[cursor_];

@@ -180,8 +180,8 @@ private:
     MaxHeap search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
                          std::size_t ef, node_id exclude) const;
     template <class Dist, class Prefetch>
-    void search_beam(Dist&& dist, Prefetch&& prefetch, node_id ep, int level, std::size_t ef,
-                     BeamPool& beam, std::uint64_t* dist_count) const;
+    void search_beam(Dist&& dist, Prefetch&& prefetch, std::size_t ahead, node_id ep, int level,
+                     std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
     void search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q, int level,
                           std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
     // SQ8 traversal of level 0, then float32 re-ranking of the beam into out.
