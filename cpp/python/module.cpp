@@ -194,6 +194,32 @@ PYBIND11_MODULE(_core, m) {
         "vectors are used as given (no normalisation for cosine).");
 
     m.def(
+        "distances",
+        [](const FloatArray& query, const FloatArray& data, const std::string& space,
+           const std::string& level) {
+            if (query.ndim() != 1 || data.ndim() != 2 || data.shape(1) != query.shape(0))
+                throw py::value_error("distances() needs a [dim] query and [n, dim] data");
+            const DistanceKernels& k =
+                level.empty() ? active_kernels() : kernels_for(parse_simd_level(level));
+            const bool l2 = parse_space(space) == Space::L2;
+            const std::size_t n = static_cast<std::size_t>(data.shape(0));
+            const std::size_t d = static_cast<std::size_t>(query.shape(0));
+            py::array_t<float> out(n);
+            float* o = out.mutable_data();
+            const float* q = query.data();
+            const float* x = data.data();
+            {
+                py::gil_scoped_release release;
+                for (std::size_t i = 0; i < n; ++i)
+                    o[i] = l2 ? k.l2sq(q, x + i * d, d) : 1.0f - k.dot(q, x + i * d, d);
+            }
+            return out;
+        },
+        py::arg("query"), py::arg("data"), py::arg("space") = "l2", py::arg("level") = "",
+        "Distances of one query to every row with the kernel of a SIMD level (for "
+        "microbenchmarks: time per distance computation).");
+
+    m.def(
         "brute_force_knn",
         [](const FloatArray& data, const FloatArray& queries, std::size_t k,
            const std::string& space, const py::object& allow, std::size_t num_threads) {
