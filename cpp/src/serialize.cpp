@@ -217,11 +217,9 @@ public:
             index->level0_ = const_cast<char*>(level0);
             index->mapping_ = mapping;
             index->mapping_bytes_ = mapping_bytes;
-            index->upper_.resize(n);
-            index->levels_.resize(n, 0);
-            index->link_locks_.reset(new std::mutex[std::max<std::size_t>(1, n)]);
-            index->visited_pool_.resize(n);
-            index->capacity_ = n;
+            index->count_.store(0);  // nothing to carry over into the new slots
+            index->allocate_slots(n);
+            index->count_.store(n);
         } else {
             index->count_.store(0);
             index->allocate(capacity);

@@ -55,3 +55,42 @@ def glove(
     queries = np.ascontiguousarray(vectors[order[n_base : n_base + n_queries]])
     neighbors, _ = exact_knn(base, queries, min(k, n_base), "cosine", num_threads)
     return VectorDataset("glove-50-angular", "cosine", base, queries, neighbors)
+
+
+def debian_descriptions() -> list[tuple[str, str, str]]:
+    """(package, synopsis, long description) of every package in Debian's apt lists.
+
+    Reads the ``Translation-en`` files that ``apt-get update`` fetches (with
+    ``-o Acquire::Languages=en``), decompressed by apt's own helper.
+    """
+    import glob
+    import subprocess
+
+    files = sorted(glob.glob("/var/lib/apt/lists/*_i18n_Translation-en*"))
+    if not files:
+        raise FileNotFoundError(
+            "no Debian Translation-en lists; run: apt-get update -o Acquire::Languages=en"
+        )
+    out: list[tuple[str, str, str]] = []
+    for path in files:
+        text = subprocess.run(
+            ["/usr/lib/apt/apt-helper", "cat-file", path],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for block in text.split("\n\n"):
+            package, synopsis, body = "", "", []
+            in_desc = False
+            for line in block.splitlines():
+                if line.startswith("Package: "):
+                    package = line[9:].strip()
+                elif line.startswith("Description-en: "):
+                    synopsis, in_desc = line[16:].strip(), True
+                elif in_desc and line.startswith(" "):
+                    body.append("" if line.strip() == "." else line.strip())
+                else:
+                    in_desc = False
+            if package and synopsis:
+                out.append((package, synopsis, "\n".join(body).strip()))
+    return out

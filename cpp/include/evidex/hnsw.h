@@ -205,6 +205,7 @@ private:
                     const SearchFilter* filter, label_t* out_labels, float* out_distances,
                     std::uint64_t* dist_count) const;
     void allocate(std::size_t capacity);
+    void allocate_slots(std::size_t capacity);
     void release_storage();
     void rebuild_label_map_and_validate();
 
