@@ -150,9 +150,6 @@ class Faiss(Library):
     def set_ef(self, ef):
         self.index.hnsw.efSearch = ef
 
-    def query(self, q, k):
-        return self.index.search(self._prep(q)[None, :], k)[1][0]
-
     def batch(self, queries, k, threads):
         self.faiss.omp_set_num_threads(threads or os.cpu_count())
         try:
@@ -163,8 +160,15 @@ class Faiss(Library):
     def memory_bytes(self):
         return int(self.faiss.serialize_index(self.index).nbytes)
 
+    def query(self, q, k):  # noqa: F811 - counts distance computations as it goes
+        self.faiss.cvar.hnsw_stats.reset()
+        out = self.index.search(self._prep(q)[None, :], k)[1][0]
+        self._ndis = self.faiss.cvar.hnsw_stats.ndis
+        return out
+
     def distance_computations(self):
-        return None
+        # Of the last query only (the runner's passes end on a full query).
+        return float(getattr(self, "_ndis", 0)) or None
 
 
 class Usearch(Library):
@@ -237,7 +241,8 @@ class Result:
     ef_construction: int
     machine: dict[str, Any]
     build_seconds: dict[str, float] = field(default_factory=dict)
-    memory_bytes: dict[str, int | None] = field(default_factory=dict)
+    memory_bytes: dict[str, int | None] = field(default_factory=dict)  # RSS growth of the build
+    reported_bytes: dict[str, int | None] = field(default_factory=dict)  # the library's own count
     points: list[Point] = field(default_factory=list)
     brute_force_qps: float | None = None
 
@@ -247,6 +252,11 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     truth = truth[:, :k]
     hits = (found[:, :, None] == truth[:, None, :]).any(axis=2).sum()
     return float(hits) / truth.size
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def single_pass(lib: Library, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
@@ -297,17 +307,22 @@ def run(args: argparse.Namespace) -> Result:
         flush=True,
     )
 
-    # Build, interleaved over libraries, best of --build-repeats.
+    # Build, interleaved over libraries, best of --build-repeats. Memory is the
+    # growth of this process's resident set over the first build of each library
+    # (earlier indexes stay alive, so the growths do not overlap).
     for rep in range(args.build_repeats):
         for lib in libs:
             gc.collect()
+            rss0 = rss_bytes()
             t0 = time.perf_counter()
             lib.build(data.base, data.space, args.M, args.ef_construction, args.threads)
             t = time.perf_counter() - t0
+            if rep == 0:
+                res.memory_bytes[lib.name] = rss_bytes() - rss0
             res.build_seconds[lib.name] = min(t, res.build_seconds.get(lib.name, t))
             print(f"  build {lib.name:8s} round {rep + 1}: {t:7.1f} s", flush=True)
     for lib in libs:
-        res.memory_bytes[lib.name] = lib.memory_bytes()
+        res.reported_bytes[lib.name] = lib.memory_bytes()
 
     # Exact search floor (numpy-free: evidex's SIMD brute force, one thread).
     if not args.no_brute_force:
@@ -369,6 +384,7 @@ def summarize(res: Result, targets=(0.90, 0.95, 0.99), auc_range=(0.85, 0.95)) -
         row: dict[str, Any] = {
             "build_s": res.build_seconds.get(lib),
             "memory_mb": (res.memory_bytes.get(lib) or 0) / 2**20 or None,
+            "reported_mb": (res.reported_bytes.get(lib) or 0) / 2**20 or None,
             "auc": qps_recall_auc(r, [p.qps for p in pts], auc_range),
         }
         for t in targets:

@@ -18,6 +18,10 @@
 namespace py = pybind11;
 using namespace evidex;
 
+namespace evidex {
+void register_ops(py::module_& parent);  // ops_bindings.cpp
+}
+
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -351,4 +355,5 @@ PYBIND11_MODULE(_core, m) {
             py::arg("data"), py::arg("max_elements") = 0);
 
     m.def("parse_space", &parse_space);
+    register_ops(m);
 }

@@ -8,8 +8,8 @@ import numpy as np
 
 
 def _frontier(recalls: Sequence[float], qps: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The Pareto frontier sorted by recall: for each recall, the best QPS reachable
-    at that recall or higher (a slower, more accurate point never lowers it)."""
+    """The Pareto frontier sorted by recall: the points that no other point beats on
+    both recall and QPS (a noisy slow point never lowers the curve)."""
     r = np.asarray(recalls, dtype=np.float64)
     q = np.asarray(qps, dtype=np.float64)
     if r.shape != q.shape or r.ndim != 1:
@@ -18,10 +18,12 @@ def _frontier(recalls: Sequence[float], qps: Sequence[float]) -> tuple[np.ndarra
         raise ValueError("the curve has no points")
     if not (np.isfinite(r).all() and np.isfinite(q).all()) or (q < 0).any():
         raise ValueError("recalls and qps must be finite, qps non-negative")
-    order = np.argsort(r, kind="stable")
+    order = np.lexsort((-q, r))  # by recall, the faster first among equal recalls
     r, q = r[order], q[order]
-    best = np.maximum.accumulate(q[::-1])[::-1]
-    return r, best
+    # Drop dominated points: some other point is at least as accurate and faster.
+    better_after = np.append(np.maximum.accumulate(q[::-1])[::-1][1:], -np.inf)
+    keep = q > better_after
+    return r[keep], q[keep]
 
 
 def qps_at_recall(recalls: Sequence[float], qps: Sequence[float], target: float) -> float:

@@ -1,0 +1,137 @@
+// Per-element math of the evidence and selection ops, written once for the CPU
+// kernels (cpp/src/ops.cpp) and the CUDA kernels (cuda/ops.cu): box areas, IoU and
+// GIoU with their gradients, temporal IoU, and the row-softmax pieces of the
+// straight-through top-k backward.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define EVIDEX_HD __host__ __device__ __forceinline__
+#else
+#define EVIDEX_HD inline
+#endif
+
+namespace evidex {
+namespace ops {
+
+template <class T>
+EVIDEX_HD T max_(T a, T b) {
+    return a > b ? a : b;
+}
+template <class T>
+EVIDEX_HD T min_(T a, T b) {
+    return a < b ? a : b;
+}
+
+// Area of an xyxy box; degenerate boxes (x2 < x1 or y2 < y1) have area 0.
+template <class T>
+EVIDEX_HD T box_area(const T* b) {
+    return max_(b[2] - b[0], T(0)) * max_(b[3] - b[1], T(0));
+}
+
+// IoU of two xyxy boxes, 0 when the union is empty (two degenerate boxes), as
+// torchvision's semantics give for degenerate boxes without the NaN.
+template <class T>
+EVIDEX_HD T box_iou(const T* a, const T* b) {
+    const T iw = max_(min_(a[2], b[2]) - max_(a[0], b[0]), T(0));
+    const T ih = max_(min_(a[3], b[3]) - max_(a[1], b[1]), T(0));
+    const T inter = iw * ih;
+    const T uni = box_area(a) + box_area(b) - inter;
+    return uni > T(0) ? inter / uni : T(0);
+}
+
+// Generalised IoU: IoU - (enclosing area - union) / enclosing area.
+template <class T>
+EVIDEX_HD T generalized_box_iou(const T* a, const T* b) {
+    const T iw = max_(min_(a[2], b[2]) - max_(a[0], b[0]), T(0));
+    const T ih = max_(min_(a[3], b[3]) - max_(a[1], b[1]), T(0));
+    const T inter = iw * ih;
+    const T uni = box_area(a) + box_area(b) - inter;
+    const T iou = uni > T(0) ? inter / uni : T(0);
+    const T cw = max_(max_(a[2], b[2]) - min_(a[0], b[0]), T(0));
+    const T ch = max_(max_(a[3], b[3]) - min_(a[1], b[1]), T(0));
+    const T enclose = cw * ch;
+    return enclose > T(0) ? iou - (enclose - uni) / enclose : iou;
+}
+
+// d GIoU / d (a, b), given the upstream gradient g: adds into ga[4], gb[4].
+// Follows the same piecewise branches as the forward (subgradient 0 at ties and
+// on clamped sides), so it matches autograd of the plain-torch composition.
+template <class T>
+EVIDEX_HD void generalized_box_iou_backward(const T* a, const T* b, T g, T* ga, T* gb) {
+    // Forward pieces.
+    const T wa = a[2] - a[0], ha = a[3] - a[1], wb = b[2] - b[0], hb = b[3] - b[1];
+    const bool wa_pos = wa > T(0), ha_pos = ha > T(0), wb_pos = wb > T(0), hb_pos = hb > T(0);
+    const T area_a = (wa_pos ? wa : T(0)) * (ha_pos ? ha : T(0));
+    const T area_b = (wb_pos ? wb : T(0)) * (hb_pos ? hb : T(0));
+    const bool ix1_a = a[0] >= b[0], ix2_a = a[2] <= b[2];
+    const bool iy1_a = a[1] >= b[1], iy2_a = a[3] <= b[3];
+    const T iw_raw = min_(a[2], b[2]) - max_(a[0], b[0]);
+    const T ih_raw = min_(a[3], b[3]) - max_(a[1], b[1]);
+    const bool iw_pos = iw_raw > T(0), ih_pos = ih_raw > T(0);
+    const T iw = iw_pos ? iw_raw : T(0), ih = ih_pos ? ih_raw : T(0);
+    const T inter = iw * ih;
+    const T uni = area_a + area_b - inter;
+    const bool cx1_a = a[0] <= b[0], cx2_a = a[2] >= b[2];
+    const bool cy1_a = a[1] <= b[1], cy2_a = a[3] >= b[3];
+    const T cw_raw = max_(a[2], b[2]) - min_(a[0], b[0]);
+    const T ch_raw = max_(a[3], b[3]) - min_(a[1], b[1]);
+    const bool cw_pos = cw_raw > T(0), ch_pos = ch_raw > T(0);
+    const T cw = cw_pos ? cw_raw : T(0), ch = ch_pos ? ch_raw : T(0);
+    const T enclose = cw * ch;
+
+    // giou = inter/uni - (enclose - uni)/enclose = inter/uni - 1 + uni/enclose
+    T g_inter = 0, g_uni = 0, g_enc = 0;
+    if (uni > T(0)) {
+        g_inter += g / uni;
+        g_uni -= g * inter / (uni * uni);
+    }
+    if (enclose > T(0)) {
+        g_uni += g / enclose;
+        g_enc -= g * uni / (enclose * enclose);
+    }
+    // uni = area_a + area_b - inter
+    const T g_area_a = g_uni, g_area_b = g_uni;
+    g_inter -= g_uni;
+    // areas
+    if (wa_pos && ha_pos) {
+        ga[2] += g_area_a * ha;
+        ga[0] -= g_area_a * ha;
+        ga[3] += g_area_a * wa;
+        ga[1] -= g_area_a * wa;
+    }
+    if (wb_pos && hb_pos) {
+        gb[2] += g_area_b * hb;
+        gb[0] -= g_area_b * hb;
+        gb[3] += g_area_b * wb;
+        gb[1] -= g_area_b * wb;
+    }
+    // inter = iw * ih
+    if (iw_pos && ih_pos) {
+        const T g_iw = g_inter * ih, g_ih = g_inter * iw;
+        (ix2_a ? ga[2] : gb[2]) += g_iw;
+        (ix1_a ? ga[0] : gb[0]) -= g_iw;
+        (iy2_a ? ga[3] : gb[3]) += g_ih;
+        (iy1_a ? ga[1] : gb[1]) -= g_ih;
+    }
+    // enclose = cw * ch
+    if (cw_pos && ch_pos) {
+        const T g_cw = g_enc * ch, g_ch = g_enc * cw;
+        (cx2_a ? ga[2] : gb[2]) += g_cw;
+        (cx1_a ? ga[0] : gb[0]) -= g_cw;
+        (cy2_a ? ga[3] : gb[3]) += g_ch;
+        (cy1_a ? ga[1] : gb[1]) -= g_ch;
+    }
+}
+
+// IoU of two frame intervals [start, end] (inclusive ends count as length end-start).
+template <class T>
+EVIDEX_HD T temporal_iou(const T* a, const T* b) {
+    const T inter = max_(min_(a[1], b[1]) - max_(a[0], b[0]), T(0));
+    const T uni = max_(a[1] - a[0], T(0)) + max_(b[1] - b[0], T(0)) - inter;
+    return uni > T(0) ? inter / uni : T(0);
+}
+
+}  // namespace ops
+}  // namespace evidex
