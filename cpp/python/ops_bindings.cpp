@@ -100,6 +100,19 @@ void register_dtype(py::module_& m) {
         ops::temporal_iou_matrix(a.data(), na, b.data(), nb, out.mutable_data());
         return out;
     });
+    m.def("frame_scores", [](const Arr<T>& frames, const Arr<T>& queries,
+                             std::size_t num_threads) {
+        if (frames.ndim() != 2 || queries.ndim() != 2 || frames.shape(1) != queries.shape(1))
+            throw py::value_error("frame_scores needs frames [T, D] and queries [Q, D]");
+        const std::size_t nt = frames.shape(0), nq = queries.shape(0), d = frames.shape(1);
+        py::array_t<T> out({nq, nt});
+        auto* op = out.mutable_data();
+        {
+            py::gil_scoped_release release;
+            ops::frame_scores(frames.data(), nt, queries.data(), nq, d, op, num_threads);
+        }
+        return out;
+    });
     m.def("select_keyframes", [](const Arr<T>& scores, std::size_t k, std::size_t min_gap) {
         const std::size_t n = scores.size();
         std::vector<std::int64_t> picked(std::min(k, n));

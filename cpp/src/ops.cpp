@@ -5,6 +5,7 @@
 #include <numeric>
 #include <vector>
 
+#include "evidex/distance.h"
 #include "evidex/ops_math.h"
 #include "evidex/parallel.h"
 
@@ -132,6 +133,32 @@ void temporal_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb,
         for (std::size_t j = 0; j < nb; ++j) out[i * nb + j] = temporal_iou(a + 2 * i, b + 2 * j);
 }
 
+namespace {
+// float32 uses the SIMD dot kernel of the index; float64 a plain loop.
+inline double dot_of(const float* a, const float* b, std::size_t d) {
+    return active_kernels().dot(a, b, d);
+}
+inline double dot_of(const double* a, const double* b, std::size_t d) {
+    double s = 0.0;
+    for (std::size_t i = 0; i < d; ++i) s += a[i] * b[i];
+    return s;
+}
+}  // namespace
+
+template <class T>
+void frame_scores(const T* frames, std::size_t nt, const T* queries, std::size_t nq,
+                  std::size_t d, T* out, std::size_t num_threads) {
+    std::vector<double> fnorm(nt);
+    for (std::size_t t = 0; t < nt; ++t)
+        fnorm[t] = std::max(std::sqrt(dot_of(frames + t * d, frames + t * d, d)), 1e-12);
+    parallel_for(nq, threads_for(nq * nt * d, num_threads), [&](std::size_t q) {
+        const T* qv = queries + q * d;
+        const double qn = std::max(std::sqrt(dot_of(qv, qv, d)), 1e-12);
+        for (std::size_t t = 0; t < nt; ++t)
+            out[q * nt + t] = static_cast<T>(dot_of(qv, frames + t * d, d) / (qn * fnorm[t]));
+    });
+}
+
 template <class T>
 std::size_t select_keyframes(const T* scores, std::size_t n, std::size_t k, std::size_t min_gap,
                              std::int64_t* out) {
@@ -166,6 +193,8 @@ std::size_t select_keyframes(const T* scores, std::size_t n, std::size_t k, std:
     template void box_iou_pairs<T>(const T*, const T*, std::size_t, bool, T*);                 \
     template void giou_pairs_backward<T>(const T*, const T*, const T*, std::size_t, T*, T*);   \
     template void temporal_iou_matrix<T>(const T*, std::size_t, const T*, std::size_t, T*);    \
+    template void frame_scores<T>(const T*, std::size_t, const T*, std::size_t, std::size_t,  \
+                                  T*, std::size_t);                                            \
     template std::size_t select_keyframes<T>(const T*, std::size_t, std::size_t, std::size_t,  \
                                              std::int64_t*);
 

@@ -41,6 +41,11 @@ void giou_pairs_backward(const T* a, const T* b, const T* g, std::size_t n, T* g
 template <class T>
 void temporal_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb, T* out);
 
+// Cosine similarity [nq, nt] of queries [nq, d] against frames [nt, d].
+template <class T>
+void frame_scores(const T* frames, std::size_t nt, const T* queries, std::size_t nq,
+                  std::size_t d, T* out, std::size_t num_threads);
+
 // Greedy temporal non-maximum suppression: up to k frames, best first, each at
 // least min_gap away from those kept; returned in time order. Returns the count.
 template <class T>

@@ -1,0 +1,374 @@
+"""evidex.ops against plain-torch references, torch.library checks, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import evidex.ops as O
+
+torch.manual_seed(0)
+
+
+# ----------------------------------------------------------------- references
+def ref_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+    hard = torch.zeros_like(scores).scatter_(-1, order, 1.0)
+    return hard, order
+
+
+def ref_st_topk(scores, k, tau, mode):
+    hard, idx = ref_topk(scores.detach(), k)
+    if mode == "softmax":
+        soft = torch.softmax(scores / tau, -1)
+        return hard - soft.detach() + soft, idx
+    return ref_slots(scores, idx, tau).sum(-2), idx
+
+
+def ref_slots(scores, idx, tau):
+    """CLaRa's released successive masked softmax, per slot: [..., k, N]."""
+    taken = torch.zeros_like(scores).detach()
+    slots = []
+    for j in range(idx.shape[-1]):
+        soft = torch.softmax(scores / tau + torch.log(1 - taken + 1e-8), -1)
+        one = torch.zeros_like(scores).scatter_(-1, idx[..., j : j + 1], 1.0)
+        slots.append(one - soft.detach() + soft)
+        taken = taken + one
+    return torch.stack(slots, -2)
+
+
+def ref_box_iou(a, b, generalized=False):
+    area_a = (a[:, 2] - a[:, 0]).clamp_min(0) * (a[:, 3] - a[:, 1]).clamp_min(0)
+    area_b = (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1e-30), torch.zeros_like(union))
+    if not generalized:
+        return iou
+    lt = torch.min(a[:, None, :2], b[None, :, :2])
+    rb = torch.max(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp_min(0)
+    enc = wh[..., 0] * wh[..., 1]
+    return torch.where(enc > 0, iou - (enc - union) / enc.clamp_min(1e-30), iou)
+
+
+def random_boxes(n, dtype=torch.float64, degenerate=False):
+    xy = torch.rand(n, 2, dtype=dtype) * 10
+    wh = torch.rand(n, 2, dtype=dtype) * 5 + 0.1
+    boxes = torch.cat([xy, xy + wh], 1)
+    if degenerate and n >= 3:
+        boxes[0, 2] = boxes[0, 0]  # zero width
+        boxes[1, 2] = boxes[1, 0] - 1  # x2 < x1
+        boxes[2] = boxes[2, :2].repeat(2)  # a point
+    return boxes
+
+
+# ----------------------------------------------------------------- st_topk
+CASES = [((4, 10), 3), ((2, 3, 7), 7), ((5, 1), 1), ((0, 6), 2), ((3, 64), 1), ((1, 4096), 8)]
+
+
+@pytest.mark.parametrize("mode", ["softmax", "successive"])
+@pytest.mark.parametrize(("shape", "k"), CASES)
+@pytest.mark.parametrize("tau", [1.0, 0.02, 50.0])
+def test_st_topk_matches_reference(mode, shape, k, tau) -> None:
+    scores = torch.randn(*shape, dtype=torch.float64)
+    a = scores.clone().requires_grad_()
+    b = scores.clone().requires_grad_()
+    weights, idx = O.st_topk(a, k, tau=tau, mode=mode)
+    ref_w, ref_idx = ref_st_topk(b, k, tau, mode)
+    torch.testing.assert_close(idx, ref_idx)
+    torch.testing.assert_close(weights, ref_topk(scores, k)[0])  # exactly 0/1
+    g = torch.randn(*shape, dtype=torch.float64)
+    (weights * g).sum().backward()
+    (ref_w * g).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_st_topk_ties_take_lower_index_and_dim_argument() -> None:
+    s = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0]])
+    _, idx = O.st_topk(s, 2)
+    assert idx.tolist() == [[1, 2]]
+    x = torch.randn(6, 4)
+    w, idx = O.st_topk(x, 2, dim=0)
+    assert w.shape == (6, 4) and idx.shape == (2, 4)
+    torch.testing.assert_close(idx, ref_topk(x.t(), 2)[1].t())
+
+
+def test_st_topk_non_contiguous_and_expanded() -> None:
+    base = torch.randn(8, 12, dtype=torch.float64)
+    for s in (base.t(), base[:, ::2], base[:1].expand(5, 12)):
+        a = s.clone().requires_grad_() if s.is_contiguous() else s.detach().requires_grad_()
+        w, idx = O.st_topk(a, 3, mode="successive", tau=0.3)
+        ref_w, ref_idx = ref_st_topk(s.detach().clone().requires_grad_(), 3, 0.3, "successive")
+        torch.testing.assert_close(idx, ref_idx)
+        w.sum().backward()
+
+
+def test_st_topk_float32_at_clara_temperature_is_finite() -> None:
+    cos = torch.nn.functional.cosine_similarity(
+        torch.randn(16, 1, 128), torch.randn(16, 500, 128), -1
+    )
+    s = cos.float().requires_grad_()
+    w, _ = O.st_topk(s, 5, tau=0.02, mode="successive")
+    (w * torch.randn_like(w)).sum().backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().max() < 1e4
+
+
+@pytest.mark.parametrize("mode", ["softmax", "successive"])
+def test_st_topk_gradient_is_the_surrogates_numerical_derivative(mode) -> None:
+    """The hard mask is piecewise constant; its straight-through gradient must equal
+    the finite-difference derivative of the soft surrogate (picks held fixed)."""
+    s = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 6, dtype=torch.float64)
+    w, idx = O.st_topk(s, 2, tau=0.7, mode=mode)
+    (w * g).sum().backward()
+
+    def surrogate(x):
+        if mode == "softmax":
+            return (torch.softmax(x / 0.7, -1) * g).sum()
+        taken, total = torch.zeros_like(x), torch.zeros((), dtype=x.dtype)
+        for j in range(2):
+            total = total + (torch.softmax(x / 0.7 + torch.log(1 - taken + 1e-8), -1) * g).sum()
+            taken = taken.scatter(-1, idx[:, j : j + 1], 1.0)
+        return total
+
+    eps = 1e-6
+    numeric = torch.zeros_like(s)
+    for i in range(s.numel()):
+        d = torch.zeros(s.numel(), dtype=torch.float64)
+        d[i] = eps
+        d = d.view_as(s)
+        numeric.view(-1)[i] = (surrogate(s.detach() + d) - surrogate(s.detach() - d)) / (2 * eps)
+    torch.testing.assert_close(s.grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------- st_select
+@pytest.mark.parametrize("mode", ["softmax", "successive"])
+def test_st_select_forward_sees_chosen_docs_and_gradients_reach_query(mode) -> None:
+    B, N, D, k = 3, 9, 16, 3
+    q = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    docs = torch.randn(B, N, D, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[0, -3:] = False
+    selected, weights, idx = O.st_select(q, docs, k, tau=0.1, mask=mask, mode=mode)
+    assert selected.shape == (B, k, D) and weights.shape == (B, k, N)
+    for b in range(B):
+        torch.testing.assert_close(selected[b], docs[b, idx[b]])
+    assert (idx[0] < N - 3).all()
+    cos = torch.nn.functional.cosine_similarity(q[:, None], docs, -1)
+    ref_idx = ref_topk(cos.masked_fill(~mask, -1e9).detach(), k)[1]
+    torch.testing.assert_close(idx, ref_idx)
+    # Gradients against the plain-torch composition.
+    q2 = q.detach().clone().requires_grad_()
+    d2 = docs.detach().clone().requires_grad_()
+    s2 = torch.nn.functional.cosine_similarity(q2[:, None], d2, -1).masked_fill(~mask, -1e4 / 0.1)
+    if mode == "successive":
+        w2 = ref_slots(s2, ref_idx, 0.1)
+    else:
+        soft = torch.softmax(s2 / 0.1, -1).unsqueeze(1)
+        hard = torch.zeros(B, k, N, dtype=torch.float64).scatter_(-1, ref_idx[..., None], 1.0)
+        w2 = hard - soft.detach() + soft
+    g = torch.randn(B, k, D, dtype=torch.float64)
+    (selected * g).sum().backward()
+    ((w2 @ d2) * g).sum().backward()
+    assert q.grad.abs().sum() > 0
+    torch.testing.assert_close(q.grad, q2.grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(docs.grad, d2.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_st_select_errors() -> None:
+    q, d = torch.randn(2, 4), torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match="k must be in"):
+        O.st_select(q, d, 6)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 2:] = False
+    with pytest.raises(ValueError, match="unmasked"):
+        O.st_select(q, d, 3, mask=mask)
+    with pytest.raises(ValueError, match=r"query \[B, D\]"):
+        O.st_select(q, d[:, :, :3], 2)
+
+
+# ----------------------------------------------------------------- boxes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("generalized", [False, True])
+def test_box_iou_matches_reference(dtype, generalized) -> None:
+    a, b = random_boxes(30, dtype, degenerate=True), random_boxes(17, dtype, degenerate=True)
+    fn = O.generalized_box_iou if generalized else O.box_iou
+    out = fn(a, b)
+    assert out.dtype == dtype and out.shape == (30, 17) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref_box_iou(a, b, generalized))
+    pairs = (O.generalized_box_iou_pairs if generalized else O.box_iou_pairs)(a[:17], b)
+    torch.testing.assert_close(pairs, ref_box_iou(a[:17], b, generalized).diagonal())
+    np.testing.assert_allclose(fn(a.numpy(), b.numpy()), out.numpy(), rtol=1e-6)
+
+
+def test_box_formats_and_area() -> None:
+    xyxy = torch.tensor([[1.0, 2.0, 4.0, 8.0]])
+    xywh = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    cxcywh = torch.tensor([[2.5, 5.0, 3.0, 6.0]])
+    torch.testing.assert_close(O.box_convert(xyxy, "xyxy", "xywh"), xywh)
+    torch.testing.assert_close(O.box_convert(xywh, "xywh", "cxcywh"), cxcywh)
+    torch.testing.assert_close(O.box_convert(cxcywh, "cxcywh", "xyxy"), xyxy)
+    torch.testing.assert_close(O.box_area(xyxy), torch.tensor([18.0]))
+    torch.testing.assert_close(O.box_area(xywh, fmt="xywh"), torch.tensor([18.0]))
+    torch.testing.assert_close(O.box_iou(cxcywh, cxcywh, fmt="cxcywh"), torch.tensor([[1.0]]))
+    shifted = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(
+        O.box_iou(xywh, xywh + shifted, fmt="xywh"),
+        O.box_iou(xyxy, xyxy + torch.tensor([1.0, 0.0, 1.0, 0.0])),
+    )
+    torch.testing.assert_close(
+        O.box_area(torch.tensor([[3.0, 3.0, 1.0, 5.0]])), torch.tensor([0.0])
+    )
+
+
+def test_giou_loss_gradients() -> None:
+    # Degenerate boxes without exact ties (at a tie, subgradient conventions differ).
+    a = random_boxes(12)
+    a[1, 2] = a[1, 0] - 1.0  # x2 < x1
+    a[4, 3] = a[4, 1] - 0.5  # y2 < y1
+    a.requires_grad_()
+    b = random_boxes(12).requires_grad_()
+    loss = O.generalized_box_iou_loss(a, b, reduction="sum")
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    ref = (1 - ref_box_iou(a2, b2, True).diagonal()).sum()
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(a.grad, a2.grad)
+    torch.testing.assert_close(b.grad, b2.grad)
+    x, y = random_boxes(6).requires_grad_(), random_boxes(6).requires_grad_()
+    assert torch.autograd.gradcheck(O.generalized_box_iou_pairs, (x, y))
+    assert O.generalized_box_iou_loss(x, y, "mean").shape == ()
+
+
+# ----------------------------------------------------------------- frames
+def test_frame_scores_and_keyframes() -> None:
+    frames = torch.randn(3600, 512)
+    queries = torch.randn(4, 512)
+    s = O.frame_scores(frames, queries)
+    ref = (
+        torch.nn.functional.normalize(queries, dim=1)
+        @ torch.nn.functional.normalize(frames, dim=1).t()
+    )
+    torch.testing.assert_close(s, ref, rtol=1e-4, atol=1e-5)
+    picked = O.select_keyframes(s[0], k=8, min_gap=30)
+    assert picked.tolist() == sorted(picked.tolist()) and len(picked) == 8
+    assert (picked.diff() >= 30).all()
+    # Greedy NMS reference.
+    order = torch.sort(s[0], descending=True, stable=True).indices.tolist()
+    kept: list[int] = []
+    for f in order:
+        if all(abs(f - g) >= 30 for g in kept):
+            kept.append(f)
+        if len(kept) == 8:
+            break
+    assert picked.tolist() == sorted(kept)
+    np.testing.assert_array_equal(O.select_keyframes(s[0].numpy(), 8, 30), picked.numpy())
+
+
+def test_frame_scores_gradcheck() -> None:
+    f = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(O.frame_scores, (f, q))
+
+
+def test_temporal_iou() -> None:
+    a = torch.tensor([[0.0, 10.0], [5.0, 5.0], [3.0, 1.0]])
+    b = torch.tensor([[5.0, 15.0], [0.0, 10.0]])
+    out = O.temporal_iou(a, b)
+    torch.testing.assert_close(out, torch.tensor([[5 / 15, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_select_keyframes_min_gap_one_is_plain_topk() -> None:
+    s = torch.tensor([0.1, 0.9, 0.8, 0.7])
+    assert O.select_keyframes(s, 2).tolist() == [1, 2]
+    assert O.select_keyframes(s, 4, min_gap=3).tolist() == [1]
+
+
+# ----------------------------------------------------------------- torch.library
+def test_opcheck_every_op() -> None:
+    s = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    idx = ref_topk(s.detach(), 3)[1]
+    a, b = random_boxes(5).requires_grad_(), random_boxes(5)
+    samples = [
+        (torch.ops.evidex.st_topk.default, (s, 3, 0.5, 0)),
+        (torch.ops.evidex.st_topk.default, (s, 3, 0.5, 1)),
+        (torch.ops.evidex.st_slots.default, (s, 3, 0.5, 1)),
+        (
+            torch.ops.evidex.st_topk_backward.default,
+            (s.detach(), idx, torch.randn(4, 9, dtype=torch.float64), 0.5, 1, False),
+        ),
+        (torch.ops.evidex.box_iou_matrix.default, (a.detach(), b, True)),
+        (torch.ops.evidex.box_iou_pairs.default, (a, b, True)),
+        (
+            torch.ops.evidex.giou_pairs_backward.default,
+            (a.detach(), b, torch.randn(5, dtype=torch.float64)),
+        ),
+        (
+            torch.ops.evidex.frame_scores.default,
+            (torch.randn(6, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True)),
+        ),
+        (torch.ops.evidex.temporal_iou.default, (torch.rand(3, 2), torch.rand(4, 2))),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph() -> None:
+    def pipeline(scores, boxes1, boxes2, frames, queries):
+        w, idx = O.st_topk(scores, 2, tau=0.5, mode="successive")
+        iou = O.generalized_box_iou(boxes1, boxes2)
+        loss = O.generalized_box_iou_loss(boxes1, boxes2[: boxes1.shape[0]], reduction="mean")
+        fs = O.frame_scores(frames, queries)
+        return w.sum() + iou.sum() + loss + fs.sum(), idx
+
+    compiled = torch.compile(pipeline, fullgraph=True, backend="eager")
+    args = (
+        torch.randn(3, 7),
+        random_boxes(4, torch.float32),
+        random_boxes(5, torch.float32),
+        torch.randn(10, 8),
+        torch.randn(2, 8),
+    )
+    out, idx = compiled(*args)
+    ref, ref_idx = pipeline(*args)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(idx, ref_idx)
+
+
+# ----------------------------------------------------------------- bad input
+def test_bad_input() -> None:
+    s = torch.randn(2, 5)
+    with pytest.raises(ValueError, match="k must be in"):
+        O.st_topk(s, 0)
+    with pytest.raises(ValueError, match="k must be in"):
+        O.st_topk(s, 6)
+    with pytest.raises(ValueError, match="tau"):
+        O.st_topk(s, 1, tau=0.0)
+    with pytest.raises(ValueError, match="mode"):
+        O.st_topk(s, 1, mode="gumbel")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        O.st_topk(torch.ones(2, 5, dtype=torch.int64), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        O.st_topk(torch.tensor([[1.0, float("nan")]]), 1)
+    with pytest.raises(ValueError, match="unknown box format"):
+        O.box_convert(torch.zeros(1, 4), "xyxy", "yxyx")
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        O.box_iou(torch.zeros(3, 5), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        O.box_iou(torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        O.box_iou(torch.zeros(3, 4, dtype=torch.int32), torch.zeros(2, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="same shape"):
+        O.box_iou_pairs(torch.zeros(3, 4), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="frames"):
+        O.frame_scores(torch.zeros(3, 4), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="min_gap"):
+        O.select_keyframes(torch.zeros(5), 2, min_gap=0)
+    with pytest.raises(ValueError, match="reduction"):
+        O.generalized_box_iou_loss(torch.zeros(1, 4), torch.zeros(1, 4), reduction="max")
