@@ -22,7 +22,7 @@ enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 set(CMAKE_CUDA_STANDARD 17)
 
-add_library(evidex_cuda_kernels STATIC cuda/runtime.cu)
+add_library(evidex_cuda_kernels STATIC cuda/runtime.cu cuda/ops.cu)
 target_include_directories(evidex_cuda_kernels PUBLIC cpp/include cuda)
 set_target_properties(evidex_cuda_kernels PROPERTIES
   CUDA_RUNTIME_LIBRARY Static

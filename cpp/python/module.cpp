@@ -332,6 +332,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("next_label", &HNSW::next_label)
         .def_property_readonly("seed", &HNSW::seed)
         .def_property("ef", &HNSW::ef, &HNSW::set_ef)
+        .def("set_prefetch", &HNSW::set_prefetch, py::arg("ahead"), py::arg("lines"))
         .def_property_readonly("is_mapped", &HNSW::is_mapped)
         .def("save", &HNSW::save, py::call_guard<py::gil_scoped_release>())
         .def("serialize",

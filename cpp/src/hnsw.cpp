@@ -60,6 +60,24 @@ struct Closer {
 
 }  // namespace
 
+// Prefetch every cache line of a node's vector: the distance that follows reads
+// all of them, and the hardware prefetcher cannot guess the next random node.
+inline void prefetch_vector(const char* p, std::size_t bytes) {
+    for (std::size_t off = 0; off < bytes; off += 64) EVIDEX_PREFETCH(p + off);
+}
+
+// How many neighbours' data to have in flight: about 24 cache lines, measured
+// best on GloVe-50 for both 64-byte codes (24 nodes) and 200-byte vectors (6).
+std::size_t prefetch_ahead(std::size_t bytes) {
+    const std::size_t lines = std::max<std::size_t>(1, (bytes + 63) / 64);
+    return std::min<std::size_t>(32, std::max<std::size_t>(2, 24 / lines));
+}
+
+std::size_t HNSW::ahead_for(std::size_t bytes) const {
+    const std::size_t ahead = tune_ahead_.load();
+    return ahead ? ahead : prefetch_ahead(bytes);
+}
+
 HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
            std::size_t max_elements, std::uint64_t seed, Quantization quantization)
     : dim_(dim),
@@ -350,10 +368,14 @@ void HNSW::relink_existing(node_id id, const float* v) {
     }
 }
 
-node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id ep, int from_level,
-                                int to_level, std::uint64_t* dist_count) const {
+// Greedy descent through the upper levels: move to the nearest neighbour until
+// none is nearer, level by level. Each hop's neighbours are prefetched together,
+// since their distances are all needed before the next hop is known.
+template <class Dist, class Prefetch>
+node_id HNSW::descend(Dist&& dist, Prefetch&& prefetch, std::size_t ahead, node_id ep,
+                      int from_level, int to_level, std::uint64_t* dist_count) const {
     node_id cur = ep;
-    float cur_dist = distance(k, q, vec(cur));
+    float cur_dist = dist(cur);
     std::uint64_t computed = 1;
     for (int level = from_level; level >= to_level; --level) {
         bool changed = true;
@@ -361,9 +383,11 @@ node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id e
             changed = false;
             const std::uint32_t* links = links_at(cur, level);
             const std::size_t n = link_count(links);
+            for (std::size_t j = 1; j <= std::min(n, ahead); ++j) prefetch(links[j]);
             for (std::size_t j = 1; j <= n; ++j) {
+                if (j + ahead <= n) prefetch(links[j + ahead]);
                 const node_id cand = links[j];
-                const float d = distance(k, q, vec(cand));
+                const float d = dist(cand);
                 ++computed;
                 if (d < cur_dist) {
                     cur_dist = d;
@@ -375,6 +399,16 @@ node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id e
     }
     if (dist_count) *dist_count += computed;
     return cur;
+}
+
+node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id ep, int from_level,
+                             int to_level, std::uint64_t* dist_count) const {
+    const std::size_t bytes = dim_ * sizeof(float);
+    return descend([&](node_id id) { return distance(k, q, vec(id)); },
+                   [&, pb = prefetch_bytes(bytes)](node_id id) {
+                       prefetch_vector(node(id) + vec_offset_, pb);
+                   },
+                   ahead_for(bytes), ep, from_level, to_level, dist_count);
 }
 
 // Beam search on one level for construction; `exclude` (the node being linked)
@@ -482,19 +516,6 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
 
 // ------------------------------------------------------------------ search
 
-// Prefetch every cache line of a node's vector: the distance that follows reads
-// all of them, and the hardware prefetcher cannot guess the next random node.
-inline void prefetch_vector(const char* p, std::size_t bytes) {
-    for (std::size_t off = 0; off < bytes; off += 64) EVIDEX_PREFETCH(p + off);
-}
-
-// How many neighbours' data to have in flight: about 24 cache lines, measured
-// best on GloVe-50 for both 64-byte codes (24 nodes) and 200-byte vectors (6).
-std::size_t prefetch_ahead(std::size_t bytes) {
-    const std::size_t lines = std::max<std::size_t>(1, (bytes + 63) / 64);
-    return std::min<std::size_t>(32, std::max<std::size_t>(2, 24 / lines));
-}
-
 // Beam search on one level, no filter: the hot path of queries and of building
 // (when nothing is deleted). Neighbours are gathered first, their data
 // prefetched a few ahead of the distance computations. `dist(id)` measures a
@@ -535,12 +556,14 @@ void HNSW::search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q
                             std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const {
     const std::size_t bytes = dim_ * sizeof(float);
     search_beam([&](node_id id) { return distance(k, q, vec(id)); },
-                [&](node_id id) { prefetch_vector(node(id) + vec_offset_, bytes); },
-                prefetch_ahead(bytes), ep, level, ef, beam, dist_count);
+                [&, pb = prefetch_bytes(bytes)](node_id id) {
+                    prefetch_vector(node(id) + vec_offset_, pb);
+                },
+                ahead_for(bytes), ep, level, ef, beam, dist_count);
 }
 
-std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id ep, const float* q,
-                             std::size_t kk, std::size_t ef, label_t* out_labels,
+std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_level,
+                             const float* q, std::size_t kk, std::size_t ef, label_t* out_labels,
                              float* out_distances, std::uint64_t* dist_count) const {
     // The query in code units: distances on codes then cost one FMA per dimension.
     thread_local std::vector<float> a;
@@ -557,14 +580,20 @@ std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id ep, const float* 
     const float* w = qweight_.data();
     const std::size_t n = padded_dim_;
     const std::size_t stride = code_stride_;
-    auto prefetch = [&](node_id id) { prefetch_vector(reinterpret_cast<const char*>(code(id)), stride); };
+    const std::size_t code_bytes = prefetch_bytes(stride);
+    auto prefetch = [&](node_id id) {
+        prefetch_vector(reinterpret_cast<const char*>(code(id)), code_bytes);
+    };
     thread_local BeamPool beam;
+    const std::size_t ahead = ahead_for(stride);
+    auto run = [&](auto&& dist) {
+        const node_id ep = descend(dist, prefetch, ahead, entry, top_level, 1, dist_count);
+        search_beam(dist, prefetch, ahead, ep, 0, ef, beam, dist_count);
+    };
     if (space_ == Space::L2) {
-        search_beam([&](node_id id) { return k.sq8_l2(a.data(), w, code(id), n); }, prefetch,
-                    prefetch_ahead(stride), ep, 0, ef, beam, dist_count);
+        run([&](node_id id) { return k.sq8_l2(a.data(), w, code(id), n); });
     } else {
-        search_beam([&](node_id id) { return 1.0f - (bias + k.sq8_dot(a.data(), w, code(id), n)); },
-                    prefetch, prefetch_ahead(stride), ep, 0, ef, beam, dist_count);
+        run([&](node_id id) { return 1.0f - (bias + k.sq8_dot(a.data(), w, code(id), n)); });
     }
     // Re-rank the whole beam with exact float32 distances.
     const std::size_t m = beam.size();
@@ -645,12 +674,19 @@ void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, 
     std::size_t found = 0;
     const Entry e = entry();
     if (e.node >= 0) {
+        const bool plain = filter == nullptr && num_deleted_.load() == 0;
+        if (plain && quant_ == Quantization::SQ8) {
+            found = search_sq8(k, static_cast<node_id>(e.node), e.level, q, kk, std::max(ef, kk),
+                               out_labels, out_distances, dist_count);
+            for (std::size_t i = found; i < kk; ++i) {
+                out_labels[i] = kNoLabel;
+                out_distances[i] = kInf;
+            }
+            return;
+        }
         const node_id start = greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1,
                                           dist_count);
-        if (filter == nullptr && num_deleted_.load() == 0 && quant_ == Quantization::SQ8) {
-            found = search_sq8(k, start, q, kk, std::max(ef, kk), out_labels, out_distances,
-                               dist_count);
-        } else if (filter == nullptr && num_deleted_.load() == 0) {
+        if (plain) {
             thread_local BeamPool beam;
             search_beam_fp32(k, start, q, 0, std::max(ef, kk), beam, dist_count);
             found = std::min(kk, beam.size());

@@ -105,6 +105,17 @@ class HNSWIndex:
     def quantization(self) -> str | None:
         return self._core.quantization or None
 
+    def set_search_tuning(self, prefetch_ahead: int = 0, prefetch_lines: int = 0) -> None:
+        """Tune the search's software prefetch for this machine (0: chosen by data size).
+
+        Args:
+            prefetch_ahead: neighbours whose data is requested ahead of use.
+            prefetch_lines: cache lines requested of each (the rest streams in).
+        """
+        for name, v in (("prefetch_ahead", prefetch_ahead), ("prefetch_lines", prefetch_lines)):
+            check_positive_int(v, name, minimum=0)
+        self._core.set_prefetch(int(prefetch_ahead), int(prefetch_lines))
+
     def train(self, vectors: Any) -> None:
         """Learn the SQ8 ranges from sample vectors (before the first ``add``)."""
         data, _ = as_float_matrix(vectors, self.dim, "vectors")

@@ -3,6 +3,7 @@
 // apart; visited sets from a pool; parallel insert with per-node locks.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -122,6 +123,12 @@ public:
     std::size_t ef() const { return ef_.load(); }
     void set_ef(std::size_t ef) { ef_.store(ef); }
     bool is_mapped() const { return mapping_ != nullptr; }
+    // Search tuning (not saved: it belongs to the machine): how many neighbours'
+    // data to prefetch ahead, and how many cache lines of each; 0 picks by size.
+    void set_prefetch(std::size_t ahead, std::size_t lines) {
+        tune_ahead_.store(ahead);
+        tune_lines_.store(lines);
+    }
     IndexStats stats() const;
 
     // Persistence: a versioned, checksummed file written to a temporary file and
@@ -185,9 +192,12 @@ private:
     void search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q, int level,
                           std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
     // SQ8 traversal of level 0, then float32 re-ranking of the beam into out.
-    std::size_t search_sq8(const DistanceKernels& k, node_id ep, const float* q, std::size_t kk,
-                           std::size_t ef, label_t* out_labels, float* out_distances,
-                           std::uint64_t* dist_count) const;
+    std::size_t search_sq8(const DistanceKernels& k, node_id entry, int top_level, const float* q,
+                           std::size_t kk, std::size_t ef, label_t* out_labels,
+                           float* out_distances, std::uint64_t* dist_count) const;
+    template <class Dist, class Prefetch>
+    node_id descend(Dist&& dist, Prefetch&& prefetch, std::size_t ahead, node_id ep,
+                    int from_level, int to_level, std::uint64_t* dist_count) const;
     void encode(const float* v, std::uint8_t* out) const;
     const std::uint8_t* code(node_id id) const {
         return codes_ + static_cast<std::size_t>(id) * code_stride_;
@@ -235,6 +245,12 @@ private:
     std::unique_ptr<std::mutex[]> link_locks_;
 
     std::atomic<std::size_t> ef_{64};
+    std::atomic<std::size_t> tune_ahead_{0}, tune_lines_{0};
+    std::size_t ahead_for(std::size_t bytes) const;
+    std::size_t prefetch_bytes(std::size_t bytes) const {
+        const std::size_t lines = tune_lines_.load();
+        return lines ? std::min(bytes, lines * 64) : bytes;
+    }
     std::atomic<std::size_t> count_{0};
     std::atomic<std::size_t> num_deleted_{0};
     std::atomic<label_t> next_label_{0};
