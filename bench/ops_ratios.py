@@ -37,9 +37,10 @@ def torch_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def torch_keyframes(frames: torch.Tensor, query: torch.Tensor, k: int, gap: int) -> list[int]:
-    scores = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(
-        frames, dim=-1
-    ).t()
+    scores = (
+        torch.nn.functional.normalize(query, dim=-1)
+        @ torch.nn.functional.normalize(frames, dim=-1).t()
+    )
     kept: list[int] = []
     for f in scores[0].argsort(descending=True).tolist():
         if all(abs(f - g) >= gap for g in kept):
@@ -49,7 +50,9 @@ def torch_keyframes(frames: torch.Tensor, query: torch.Tensor, k: int, gap: int)
     return sorted(kept)
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], rounds: int) -> tuple[float, float]:
+def interleaved(
+    a: Callable[[], object], b: Callable[[], object], rounds: int
+) -> tuple[float, float]:
     best_a = best_b = float("inf")
     for _ in range(rounds):
         for fn, which in ((a, 0), (b, 1)):
@@ -82,21 +85,32 @@ def main(argv: list[str] | None = None) -> int:
         s = scores.clone().requires_grad_()
         (torch_st_topk(s, 8, 0.02) * g).sum().backward()
 
-    rows.append(("st_topk fwd+bwd [64, 4096], k=8", *interleaved(ours_topk, theirs_topk, args.rounds)))
+    rows.append(
+        ("st_topk fwd+bwd [64, 4096], k=8", *interleaved(ours_topk, theirs_topk, args.rounds))
+    )
 
     xy = torch.rand(1000, 2) * 100
     a = torch.cat([xy, xy + torch.rand(1000, 2) * 50], 1)
     xy = torch.rand(1000, 2) * 100
     b = torch.cat([xy, xy + torch.rand(1000, 2) * 50], 1)
-    rows.append(("box_iou 1000 x 1000", *interleaved(lambda: O.box_iou(a, b),
-                                                      lambda: torch_box_iou(a, b), args.rounds)))
+    rows.append(
+        (
+            "box_iou 1000 x 1000",
+            *interleaved(lambda: O.box_iou(a, b), lambda: torch_box_iou(a, b), args.rounds),
+        )
+    )
 
     frames, query = torch.randn(3600, 512), torch.randn(1, 512)
-    rows.append((
-        "frame_scores + select_keyframes T=3600, D=512",
-        *interleaved(lambda: O.select_keyframes(O.frame_scores(frames, query)[0], 8, 30),
-                     lambda: torch_keyframes(frames, query, 8, 30), args.rounds),
-    ))
+    rows.append(
+        (
+            "frame_scores + select_keyframes T=3600, D=512",
+            *interleaved(
+                lambda: O.select_keyframes(O.frame_scores(frames, query)[0], 8, 30),
+                lambda: torch_keyframes(frames, query, 8, 30),
+                args.rounds,
+            ),
+        )
+    )
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| op | evidex (ms) | plain torch (ms) | evidex / torch |")

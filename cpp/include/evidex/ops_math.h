@@ -30,29 +30,68 @@ EVIDEX_HD T box_area(const T* b) {
     return max_(b[2] - b[0], T(0)) * max_(b[3] - b[1], T(0));
 }
 
-// IoU of two xyxy boxes, 0 when the union is empty (two degenerate boxes), as
-// torchvision's semantics give for degenerate boxes without the NaN.
+// x / y, or 0 where y <= 0; branch-free (the division never sees 0), so the CPU
+// loops that call it vectorise.
 template <class T>
-EVIDEX_HD T box_iou(const T* a, const T* b) {
-    const T iw = max_(min_(a[2], b[2]) - max_(a[0], b[0]), T(0));
-    const T ih = max_(min_(a[3], b[3]) - max_(a[1], b[1]), T(0));
-    const T inter = iw * ih;
-    const T uni = box_area(a) + box_area(b) - inter;
-    return uni > T(0) ? inter / uni : T(0);
+EVIDEX_HD T ratio_or_zero(T x, T y) {
+    const bool ok = y > T(0);
+    return ok ? x / (ok ? y : T(1)) : T(0);
 }
 
-// Generalised IoU: IoU - (enclosing area - union) / enclosing area.
+// IoU and GIoU of boxes given as coordinates and areas (areas of degenerate
+// boxes are 0): the one formula behind every IoU op, CPU and CUDA. IoU is 0 when
+// the union is empty, where torchvision's formula would give NaN.
+template <class T>
+EVIDEX_HD T iou_xyxy(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b,
+                     bool generalized) {
+    const T iw = max_(min_(ax2, bx2) - max_(ax1, bx1), T(0));
+    const T ih = max_(min_(ay2, by2) - max_(ay1, by1), T(0));
+    const T inter = iw * ih;
+    const T uni = area_a + area_b - inter;
+    const T iou = ratio_or_zero(inter, uni);
+    if (!generalized) return iou;
+    // Generalised IoU: IoU - (enclosing area - union) / enclosing area.
+    const T cw = max_(max_(ax2, bx2) - min_(ax1, bx1), T(0));
+    const T ch = max_(max_(ay2, by2) - min_(ay1, by1), T(0));
+    const T enclose = cw * ch;
+    return iou - ratio_or_zero(enclose - uni, enclose);
+}
+
+template <class T>
+EVIDEX_HD T box_iou(const T* a, const T* b) {
+    return iou_xyxy(a[0], a[1], a[2], a[3], box_area(a), b[0], b[1], b[2], b[3], box_area(b),
+                    false);
+}
+
 template <class T>
 EVIDEX_HD T generalized_box_iou(const T* a, const T* b) {
-    const T iw = max_(min_(a[2], b[2]) - max_(a[0], b[0]), T(0));
-    const T ih = max_(min_(a[3], b[3]) - max_(a[1], b[1]), T(0));
-    const T inter = iw * ih;
-    const T uni = box_area(a) + box_area(b) - inter;
-    const T iou = uni > T(0) ? inter / uni : T(0);
-    const T cw = max_(max_(a[2], b[2]) - min_(a[0], b[0]), T(0));
-    const T ch = max_(max_(a[3], b[3]) - min_(a[1], b[1]), T(0));
-    const T enclose = cw * ch;
-    return enclose > T(0) ? iou - (enclose - uni) / enclose : iou;
+    return iou_xyxy(a[0], a[1], a[2], a[3], box_area(a), b[0], b[1], b[2], b[3], box_area(b),
+                    true);
+}
+
+// expf(x) for x <= 0 (a softmax after max subtraction): Cody-Waite range
+// reduction and a degree-6 polynomial, within a few ulp, branch-free so the CPU
+// loops vectorise; inputs below -87 give about 1e-38 instead of denormals.
+EVIDEX_HD float exp_nonpositive(float x) {
+    x = max_(x, -87.0f);
+    const float n = floorf(x * 1.44269504f + 0.5f);
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606820e-6f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    // 2^n (n in [-126, 0]) straight into the exponent bits.
+    const int bits = (static_cast<int>(n) + 127) << 23;
+    float scale;
+#if defined(__CUDA_ARCH__)
+    scale = __int_as_float(bits);
+#else
+    __builtin_memcpy(&scale, &bits, sizeof(scale));
+#endif
+    return p * scale;
 }
 
 // d GIoU / d (a, b), given the upstream gradient g: adds into ga[4], gb[4].

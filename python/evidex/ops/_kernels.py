@@ -47,8 +47,12 @@ def st_topk_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of [R, N] scores -> (k-hot mask [R, N], indices [R, k]); tau and mode
     only shape the backward pass."""
-    mask, idx = _core.ops.topk_rows(_np(scores), k, _THREADS)
-    return torch.from_numpy(mask), torch.from_numpy(idx)
+    # Outputs from torch's caching allocator: no fresh pages faulted in per call.
+    s = scores.detach().contiguous()
+    mask = torch.empty_like(s)
+    idx = torch.empty((s.shape[0], k), dtype=torch.int64)
+    _core.ops.topk_rows_into(s.numpy(), k, mask.numpy(), idx.numpy(), _THREADS)
+    return mask, idx
 
 
 @st_topk_op.register_kernel("cuda")
@@ -79,10 +83,12 @@ def st_topk_backward_op(
     per_slot: bool,
 ) -> torch.Tensor:
     """d loss / d scores of the straight-through selector (see ops.h)."""
-    out = _core.ops.st_topk_backward(
-        _np(scores), _np(indices), _np(grad.to(scores.dtype)), tau, mode, per_slot, _THREADS
+    s = scores.detach().contiguous()
+    out = torch.empty_like(s)
+    _core.ops.st_topk_backward_into(
+        s.numpy(), _np(indices), _np(grad.to(s.dtype)), tau, mode, per_slot, out.numpy(), _THREADS
     )
-    return torch.from_numpy(out)
+    return out
 
 
 @st_topk_backward_op.register_kernel("cuda")
