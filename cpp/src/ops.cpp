@@ -1,6 +1,9 @@
 #include "evidex/ops.h"
 
 #include <algorithm>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -16,14 +19,34 @@ namespace evidex {
 namespace ops {
 namespace {
 
-// Rows per task so that small problems run inline and large ones spread out.
+// Threads only for large problems: below ~4M element-operations a second
+// std::thread costs more (start-up, and contention with the caller's own thread
+// pools, e.g. torch's OpenMP workers spinning after an op) than it saves.
 std::size_t threads_for(std::size_t work, std::size_t num_threads) {
-    return work < (1u << 16) ? 1 : num_threads;
+    return work < (std::size_t{1} << 22) ? 1 : num_threads;
 }
 
 // Reductions in 8 independent lanes: the compiler vectorises them without
 // reassociating (no -ffast-math), and the lanes are summed in double.
 constexpr std::size_t kLanes = 8;
+
+#if defined(__SSE2__)
+// maxps directly: the compiler will not vectorise a float max reduction itself
+// without -ffast-math (NaN ordering), and NaN never reaches here (checked first).
+inline float lanes_max(const float* x, std::size_t n) {
+    __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        m0 = _mm_max_ps(m0, _mm_loadu_ps(x + i));
+        m1 = _mm_max_ps(m1, _mm_loadu_ps(x + i + 4));
+    }
+    alignas(16) float lanes[4];
+    _mm_store_ps(lanes, _mm_max_ps(m0, m1));
+    float out = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+    for (; i < n; ++i) out = std::max(out, x[i]);
+    return out;
+}
+#endif
 
 template <class T>
 T lanes_max(const T* x, std::size_t n) {
@@ -90,15 +113,26 @@ void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
         // a later entry never beats an equal earlier one (ties to the lower index).
         thread_local std::vector<std::pair<T, std::int64_t>> best;
         best.clear();
-        for (std::size_t i = 0; i < n; ++i) {
-            if (best.size() == k && !(s[i] > best.back().first)) continue;
-            std::size_t pos = best.size() < k ? best.size() : k - 1;
-            if (best.size() < k) best.emplace_back();
-            while (pos > 0 && s[i] > best[pos - 1].first) {
-                best[pos] = best[pos - 1];
-                --pos;
+        constexpr std::size_t kBlock = 16;
+        for (std::size_t start = 0; start < n; start += kBlock) {
+            const std::size_t end = std::min(n, start + kBlock);
+            if (best.size() == k) {
+                // Skip a whole block when nothing in it beats the current k-th.
+                const T bar = best.back().first;
+                int any = 0;
+                for (std::size_t i = start; i < end; ++i) any |= s[i] > bar;
+                if (!any) continue;
             }
-            best[pos] = {s[i], static_cast<std::int64_t>(i)};
+            for (std::size_t i = start; i < end; ++i) {
+                if (best.size() == k && !(s[i] > best.back().first)) continue;
+                std::size_t pos = best.size() < k ? best.size() : k - 1;
+                if (best.size() < k) best.emplace_back();
+                while (pos > 0 && s[i] > best[pos - 1].first) {
+                    best[pos] = best[pos - 1];
+                    --pos;
+                }
+                best[pos] = {s[i], static_cast<std::int64_t>(i)};
+            }
         }
         T* m = mask + r * n;
         std::fill(m, m + n, T(0));

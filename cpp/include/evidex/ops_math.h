@@ -74,7 +74,9 @@ EVIDEX_HD T generalized_box_iou(const T* a, const T* b) {
 // loops vectorise; inputs below -87 give about 1e-38 instead of denormals.
 EVIDEX_HD float exp_nonpositive(float x) {
     x = max_(x, -87.0f);
-    const float n = floorf(x * 1.44269504f + 0.5f);
+    // Round to nearest by the 1.5 * 2^23 trick: plain adds, so it vectorises on
+    // the baseline ISA (no roundps before SSE4.1).
+    const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
     const float r = (x - n * 0.693145751953125f) - n * 1.428606820e-6f;
     float p = 1.0f / 720;
     p = p * r + 1.0f / 120;
