@@ -71,30 +71,6 @@ py::dict stats_dict(const IndexStats& s) {
     return d;
 }
 
-py::tuple search(const HNSW& index, const FloatArray& queries, std::size_t k, std::size_t ef,
-                 const py::object& filter, std::size_t num_threads) {
-    const std::size_t nq = check_matrix(queries, index.dim(), "queries");
-    py::array_t<std::uint64_t> labels({nq, k});
-    py::array_t<float> distances({nq, k});
-    auto* out_l = labels.mutable_data();
-    auto* out_d = distances.mutable_data();
-    const float* q = queries.data();
-    if (filter.is_none()) {
-        py::gil_scoped_release release;
-        index.search(q, nq, k, ef, nullptr, num_threads, out_l, out_d);
-    } else if (py::isinstance<py::function>(filter)) {
-        PyCallableFilter f(filter.cast<py::function>());
-        index.search(q, nq, k, ef, &f, 1, out_l, out_d);
-    } else {
-        // An allow-list of labels (uint64 array, converted by the Python layer).
-        const LabelArray allow = filter.cast<LabelArray>();
-        std::unique_ptr<BitsetFilter> f = index.make_filter(allow.data(), allow.size());
-        py::gil_scoped_release release;
-        index.search(q, nq, k, ef, f.get(), num_threads, out_l, out_d);
-    }
-    return py::make_tuple(labels, distances);
-}
-
 // The fast path of HNSWIndex.search: the Python layer hands over float32
 // C-contiguous queries ([dim] or [nq, dim]) and plain ints; everything else is
 // checked here, where it costs nanoseconds instead of microseconds.
@@ -294,8 +270,6 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("data"), py::arg("labels"), py::arg("num_threads") = 0,
             py::arg("replace_deleted") = false, py::arg("forbid_update_deleted") = false)
-        .def("search", &search, py::arg("queries"), py::arg("k"), py::arg("ef"),
-             py::arg("filter") = py::none(), py::arg("num_threads") = 0)
         .def("query", &query, py::arg("queries"), py::arg("k"), py::arg("ef"),
              py::arg("filter"), py::arg("num_threads"))
         .def("mark_deleted", &HNSW::mark_deleted)

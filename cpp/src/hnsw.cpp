@@ -411,47 +411,6 @@ node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id e
                    ahead_for(bytes), ep, from_level, to_level, dist_count);
 }
 
-// Beam search on one level for construction; `exclude` (the node being linked)
-// never enters the result, nor do deleted nodes.
-HNSW::MaxHeap HNSW::search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
-                                 std::size_t ef, node_id exclude) const {
-    auto visited = visited_pool_.acquire();
-    MaxHeap top;
-    top.reserve(ef + 1);
-    std::priority_queue<Candidate, std::vector<Candidate>, Closer> frontier;
-
-    const float d0 = distance(k, q, vec(ep));
-    visited->mark(ep);
-    frontier.push({d0, ep});
-    if (ep != exclude && !deleted_at(ep)) top.push_back({d0, ep});
-    float lower = top.empty() ? kInf : top.front().dist;
-
-    while (!frontier.empty()) {
-        const Candidate c = frontier.top();
-        if (c.dist > lower && top.size() >= ef) break;
-        frontier.pop();
-        const std::uint32_t* links = links_at(c.id, level);
-        const std::size_t n = link_count(links);
-        for (std::size_t j = 1; j <= n; ++j) {
-            const node_id nb = links[j];
-            if (!visited->try_visit(nb)) continue;
-            const float d = distance(k, q, vec(nb));
-            if (top.size() < ef || d < lower) {
-                frontier.push({d, nb});
-                if (nb != exclude && !deleted_at(nb)) {
-                    top.push_back({d, nb});
-                    std::push_heap(top.begin(), top.end());
-                    if (top.size() > ef) {
-                        std::pop_heap(top.begin(), top.end());
-                        top.pop_back();
-                    }
-                }
-                if (!top.empty()) lower = top.front().dist;
-            }
-        }
-    }
-    return top;
-}
 
 // hnswlib's heuristic (Algorithm 4 of the paper): keep a candidate only if it is
 // closer to the base than to every neighbour kept so far. Leaves `candidates`
@@ -617,13 +576,14 @@ std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_le
     return found;
 }
 
-HNSW::MaxHeap HNSW::search_base(const DistanceKernels& k, node_id ep, const float* q,
-                                std::size_t ef, const SearchFilter* filter,
-                                std::uint64_t* dist_count) const {
-    const bool gated = filter != nullptr || num_deleted_.load() > 0;
-    auto allowed = [&](node_id id) {
-        return !deleted_at(id) && (filter == nullptr || filter->allowed(id, label_at(id)));
-    };
+// Beam search with an acceptance test, hnswlib's two-heap form: rejected nodes
+// (deleted, filtered out, or the node being linked) are traversed but never
+// returned, and while fewer than ef nodes are accepted the search keeps going.
+// Used by filtered queries and by inserts once something is deleted.
+template <class Accept>
+HNSW::MaxHeap HNSW::search_filtered(const DistanceKernels& k, node_id ep, const float* q,
+                                    int level, std::size_t ef, Accept&& accept,
+                                    std::uint64_t* dist_count) const {
     auto visited = visited_pool_.acquire();
     MaxHeap top;
     top.reserve(ef + 1);
@@ -633,14 +593,14 @@ HNSW::MaxHeap HNSW::search_base(const DistanceKernels& k, node_id ep, const floa
     const float d0 = distance(k, q, vec(ep));
     visited->mark(ep);
     frontier.push({d0, ep});
-    if (!gated || allowed(ep)) top.push_back({d0, ep});
+    if (accept(ep)) top.push_back({d0, ep});
     float lower = top.empty() ? kInf : top.front().dist;
 
     while (!frontier.empty()) {
         const Candidate c = frontier.top();
-        if (c.dist > lower && (top.size() >= ef || !gated)) break;
+        if (c.dist > lower && top.size() >= ef) break;
         frontier.pop();
-        const std::uint32_t* links = links0(c.id);
+        const std::uint32_t* links = links_at(c.id, level);
         const std::size_t n = link_count(links);
         if (n > 0) EVIDEX_PREFETCH(vec(links[1]));
         for (std::size_t j = 1; j <= n; ++j) {
@@ -652,7 +612,7 @@ HNSW::MaxHeap HNSW::search_base(const DistanceKernels& k, node_id ep, const floa
             if (top.size() < ef || d < lower) {
                 frontier.push({d, nb});
                 EVIDEX_PREFETCH(node(frontier.top().id));
-                if (!gated || allowed(nb)) {
+                if (accept(nb)) {
                     top.push_back({d, nb});
                     std::push_heap(top.begin(), top.end());
                     if (top.size() > ef) {
@@ -664,8 +624,15 @@ HNSW::MaxHeap HNSW::search_base(const DistanceKernels& k, node_id ep, const floa
             }
         }
     }
-    *dist_count += computed;
+    if (dist_count) *dist_count += computed;
     return top;
+}
+
+HNSW::MaxHeap HNSW::search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
+                                 std::size_t ef, node_id exclude) const {
+    return search_filtered(
+        k, ep, q, level, ef, [&](node_id id) { return id != exclude && !deleted_at(id); },
+        nullptr);
 }
 
 void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, std::size_t ef,
@@ -695,7 +662,10 @@ void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, 
                 out_distances[i] = beam.dist(i);
             }
         } else {
-            MaxHeap top = search_base(k, start, q, std::max(ef, kk), filter, dist_count);
+            auto allowed = [&](node_id id) {
+                return !deleted_at(id) && (filter == nullptr || filter->allowed(id, label_at(id)));
+            };
+            MaxHeap top = search_filtered(k, start, q, 0, std::max(ef, kk), allowed, dist_count);
             std::sort(top.begin(), top.end());
             found = std::min(kk, top.size());
             for (std::size_t i = 0; i < found; ++i) {

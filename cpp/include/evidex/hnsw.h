@@ -202,8 +202,9 @@ private:
     const std::uint8_t* code(node_id id) const {
         return codes_ + static_cast<std::size_t>(id) * code_stride_;
     }
-    MaxHeap search_base(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
-                        const SearchFilter* filter, std::uint64_t* dist_count) const;
+    template <class Accept>
+    MaxHeap search_filtered(const DistanceKernels& k, node_id ep, const float* q, int level,
+                            std::size_t ef, Accept&& accept, std::uint64_t* dist_count) const;
     void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const;
     // Choose a node's out-links on one level from `candidates` (pruned in place,
     // nearest first); returns the nearest, the next level's entry.

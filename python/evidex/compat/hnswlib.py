@@ -180,9 +180,12 @@ class Index:
             raise ValueError("k must be non-negative")
         if k == 0:
             return _empty_results(rows.shape[0])
-        labels, distances = core.search(
+        if k > core.live_count:
+            raise RuntimeError(_NO_RESULTS)
+        labels, distances = core.query(
             rows, k, max(1, self._ef), filter, self._threads(num_threads)
         )
+        labels = labels.view(np.uint64)
         if labels.size and (labels == _NO_LABEL).any():
             raise RuntimeError(_NO_RESULTS)
         return labels, distances
