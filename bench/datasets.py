@@ -39,12 +39,17 @@ def ground_truth(base: np.ndarray, queries: np.ndarray, space: str, k: int = TRU
     if os.path.exists(path):
         return np.load(path)
     ids, _ = evidex.exact_knn(base, queries, min(k, base.shape[0]), space)
-    os.makedirs(CACHE, exist_ok=True)
+    _save_npy(path, ids)
+    return ids
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    """Write a cache file atomically (temporary file, then rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "wb") as f:
-        np.save(f, ids)
+        np.save(f, array)
     os.replace(tmp, path)
-    return ids
 
 
 def load_glove(size: int | None, n_queries: int) -> VectorDataset:
@@ -171,10 +176,7 @@ def minilm_corpus_embeddings() -> np.ndarray:
     ordered = sorted(texts)
     embedder = TransformersEmbedder.minilm(max_length=128, batch_size=128, cache_size=0)
     vectors = embedder.encode(ordered, show_progress=True)
-    os.makedirs(CACHE, exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}.npy"
-    np.save(tmp, vectors)
-    os.replace(tmp, path)
+    _save_npy(path, vectors)
     return vectors
 
 

@@ -206,47 +206,40 @@ def box_area(boxes: Any, fmt: str = "xyxy") -> Any:
     return area.numpy() if from_numpy else area
 
 
-def _pairwise(a: Any, b: Any, generalized: bool, fmt: str) -> Any:
-    ta, na = _boxes(a, "boxes1", fmt)
+def _iou(a: Any, b: Any, generalized: bool, fmt: str, pairs: bool) -> Any:
+    """IoU/GIoU of every pair (``pairs=False``, [N, M]) or of matching rows ([N])."""
+    ta, from_numpy = _boxes(a, "boxes1", fmt)
     tb, _ = _boxes(b, "boxes2", fmt)
-    if ta.dtype != tb.dtype or ta.device != tb.device:
-        raise TypeError("boxes1 and boxes2 must share dtype and device")
-    out = torch.ops.evidex.box_iou_matrix(ta.contiguous(), tb.contiguous(), generalized)
-    return out.numpy() if na else out
-
-
-def box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
-    """Pairwise IoU [N, M]; 0 where the union is empty, never NaN."""
-    return _pairwise(boxes1, boxes2, False, fmt)
-
-
-def generalized_box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
-    """Pairwise generalised IoU [N, M], in [-1, 1]."""
-    return _pairwise(boxes1, boxes2, True, fmt)
-
-
-def _pairs(a: Any, b: Any, generalized: bool, fmt: str) -> Any:
-    ta, na = _boxes(a, "boxes1", fmt)
-    tb, _ = _boxes(b, "boxes2", fmt)
-    if ta.shape != tb.shape:
+    if pairs and ta.shape != tb.shape:
         raise ValueError(
             f"boxes1 and boxes2 must have the same shape, got {tuple(ta.shape)} "
             f"and {tuple(tb.shape)}"
         )
     if ta.dtype != tb.dtype or ta.device != tb.device:
         raise TypeError("boxes1 and boxes2 must share dtype and device")
-    out = torch.ops.evidex.box_iou_pairs(ta.contiguous(), tb.contiguous(), generalized)
-    return out.numpy() if na else out
+    op = torch.ops.evidex.box_iou_pairs if pairs else torch.ops.evidex.box_iou_matrix
+    out = op(ta.contiguous(), tb.contiguous(), generalized)
+    return out.numpy() if from_numpy else out
+
+
+def box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
+    """Pairwise IoU [N, M]; 0 where the union is empty, never NaN."""
+    return _iou(boxes1, boxes2, False, fmt, pairs=False)
+
+
+def generalized_box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
+    """Pairwise generalised IoU [N, M], in [-1, 1]."""
+    return _iou(boxes1, boxes2, True, fmt, pairs=False)
 
 
 def box_iou_pairs(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
     """Elementwise IoU [N] of two [N, 4] box sets."""
-    return _pairs(boxes1, boxes2, False, fmt)
+    return _iou(boxes1, boxes2, False, fmt, pairs=True)
 
 
 def generalized_box_iou_pairs(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
     """Elementwise generalised IoU [N], differentiable in both box sets."""
-    return _pairs(boxes1, boxes2, True, fmt)
+    return _iou(boxes1, boxes2, True, fmt, pairs=True)
 
 
 def generalized_box_iou_loss(
