@@ -25,12 +25,14 @@ def demo(args: argparse.Namespace) -> int:
         M=args.M,
         ef_construction=args.ef_construction,
         max_elements=data.base.shape[0],
+        quantization=args.quantization,
     )
     t0 = time.perf_counter()
     index.add(data.base, np.arange(data.base.shape[0]), num_threads=args.threads)
     build = time.perf_counter() - t0
     print(
-        f"built HNSW (M={args.M}, ef_construction={args.ef_construction}) in {build:.1f} s "
+        f"built HNSW (M={args.M}, ef_construction={args.ef_construction}, "
+        f"quantization={args.quantization}) in {build:.1f} s "
         f"with {args.threads or 'all'} threads; SIMD: {simd_level()}; "
         f"memory {index.stats()['memory_bytes'] / 2**20:.0f} MiB"
     )
@@ -58,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="build threads (0: all cores)")
     p.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    p.add_argument(
+        "--quantization",
+        choices=["sq8"],
+        default=None,
+        help="traverse on 8-bit codes, re-rank in float32",
+    )
     p.set_defaults(func=demo)
     args = parser.parse_args(argv)
     return args.func(args)
