@@ -9,6 +9,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "evidex/distance.h"
@@ -62,7 +63,7 @@ T lanes_max(const T* x, std::size_t n) {
 }
 
 template <class T>
-double lanes_dot(const T* x, const T* y, std::size_t n) {
+EVIDEX_HD double lanes_dot(const T* x, const T* y, std::size_t n) {
     T s[kLanes] = {};
     std::size_t i = 0;
     for (; i + kLanes <= n; i += kLanes)
@@ -73,8 +74,8 @@ double lanes_dot(const T* x, const T* y, std::size_t n) {
     return out;
 }
 
-inline float exp_of(float x) { return exp_nonpositive(x); }
-inline double exp_of(double x) { return std::exp(x); }
+EVIDEX_HD float exp_of(float x) { return exp_nonpositive(x); }
+EVIDEX_HD double exp_of(double x) { return std::exp(x); }
 
 // e[i] = exp(logits[i] - max); returns sum(e).
 template <class T>
@@ -143,11 +144,53 @@ void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
     });
 }
 
+// out = J(softmax(s * inv_tau))^T g for one row, in four simple passes that
+// the compiler vectorises (max, numerators, two lane-wise sums, product).
+template <class T>
+EVIDEX_HD void softmax_backward_row(const T* s, const T* g, std::size_t n, T inv_tau, T* e,
+                                    T* out) {
+    const T mx = lanes_max(s, n) * inv_tau;
+    for (std::size_t i = 0; i < n; ++i) e[i] = exp_of(s[i] * inv_tau - mx);
+    thread_local std::vector<T> ones;
+    if (ones.size() < n) ones.assign(n, T(1));
+    const double total = lanes_dot(e, ones.data(), n);
+    const T mean = static_cast<T>(lanes_dot(e, g, n) / total);
+    const T scale = static_cast<T>(inv_tau / total);
+    for (std::size_t i = 0; i < n; ++i) out[i] = e[i] * scale * (g[i] - mean);
+}
+
+// float rows: cloned per ISA and chosen at load time from the CPU's features
+// (an ifunc), as the distance kernels are; the package is never built for one CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void softmax_backward_row_f32(const float* s, const float* g, std::size_t n, float inv_tau,
+                              float* e, float* out) {
+    softmax_backward_row(s, g, n, inv_tau, e, out);
+}
+
 template <class T>
 void st_topk_backward(const T* scores, const std::int64_t* indices, const T* grad,
                       std::size_t rows, std::size_t n, std::size_t k, double tau, int mode,
                       bool per_slot, T* grad_scores, std::size_t num_threads) {
     const std::size_t slots = mode == 0 ? 1 : k;
+    if (mode == 0 && !per_slot) {
+        // Softmax mode, one upstream gradient: three fused passes, no buffers
+        // but the numerators.
+        parallel_for(rows, threads_for(rows * n, num_threads), [&](std::size_t r) {
+            thread_local std::vector<T> e;
+            e.resize(n);
+            const T inv_tau = static_cast<T>(1.0 / tau);
+            if constexpr (std::is_same_v<T, float>) {
+                softmax_backward_row_f32(scores + r * n, grad + r * n, n, inv_tau, e.data(),
+                                         grad_scores + r * n);
+            } else {
+                softmax_backward_row(scores + r * n, grad + r * n, n, inv_tau, e.data(),
+                                     grad_scores + r * n);
+            }
+        });
+        return;
+    }
     parallel_for(rows, threads_for(rows * n * slots, num_threads), [&](std::size_t r) {
         const T* s = scores + r * n;
         thread_local std::vector<T> logits, e, g, ones;

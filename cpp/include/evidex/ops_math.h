@@ -8,6 +8,9 @@
 
 #if defined(__CUDACC__)
 #define EVIDEX_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined, so that callers cloned per ISA (target_clones) vectorise it.
+#define EVIDEX_HD inline __attribute__((always_inline))
 #else
 #define EVIDEX_HD inline
 #endif
