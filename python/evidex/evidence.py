@@ -1,0 +1,361 @@
+"""Traceability chain of thought (Embed-RL): typed evidence, a tolerant parser, a renderer.
+
+The format a reasoner is asked to write::
+
+    <think>why the query matches the target ...</think>
+    <evidence>{"keywords": ["red car", "crosswalk"],
+               "boxes": [{"image": "query", "bbox_2d": [120, 40, 610, 380], "scale": "grid1000"}],
+               "key_frames": [{"video": "target", "frame": 212, "time": 8.48}]}</evidence>
+    <answer>optional short answer</answer>
+
+Boxes are xyxy in one of three scales: ``"normalized"`` ([0, 1]), ``"grid1000"`` (the 0-1000
+integer grid of Qwen-VL style models and Embed-RL's code) or ``"pixel"``. `parse_evidence` never
+raises on model output: it returns what it could read plus a list of problems (which the format
+reward counts). `render_evidence` writes the same format back, so parse(render(e)) == e.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Scale = Literal["normalized", "grid1000", "pixel"]
+SCALES: tuple[str, ...] = ("normalized", "grid1000", "pixel")
+
+__all__ = [
+    "Box",
+    "Evidence",
+    "KeyFrame",
+    "ParseResult",
+    "parse_evidence",
+    "render_evidence",
+    "unusable_crops",
+]
+
+
+@dataclass(frozen=True)
+class Box:
+    """A region of an image: xyxy coordinates in `scale` units."""
+
+    image: str
+    xyxy: tuple[float, float, float, float]
+    scale: Scale = "grid1000"
+
+    def to_pixels(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The box in pixels of a ``width x height`` image."""
+        x1, y1, x2, y2 = self.xyxy
+        if self.scale == "pixel":
+            return (x1, y1, x2, y2)
+        unit = 1.0 if self.scale == "normalized" else 1000.0
+        return (x1 / unit * width, y1 / unit * height, x2 / unit * width, y2 / unit * height)
+
+    def to_normalized(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The box as fractions of the image's width and height."""
+        x1, y1, x2, y2 = self.to_pixels(width, height)
+        return (x1 / width, y1 / height, x2 / width, y2 / height)
+
+
+@dataclass(frozen=True)
+class KeyFrame:
+    """A frame of a video, by index and/or timestamp (seconds)."""
+
+    video: str
+    frame: int | None = None
+    time: float | None = None
+
+
+@dataclass
+class Evidence:
+    reasoning: str = ""
+    keywords: list[str] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+    key_frames: list[KeyFrame] = field(default_factory=list)
+    answer: str | None = None
+
+
+@dataclass
+class ParseResult:
+    evidence: Evidence
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ----------------------------------------------------------------- parsing
+_TAG = r"<{0}>(.*?)(?:</{0}>|$)"
+
+
+def _tagged(text: str, tag: str, problems: list[str]) -> str | None:
+    m = re.search(_TAG.format(tag), text, re.S | re.I)
+    if m is None:
+        return None
+    if not re.search(rf"</{tag}>", text, re.I):
+        problems.append(f"<{tag}> is not closed")
+    body = m.group(1)
+    # An unclosed tag runs to the next tag of the format, not the end of the text.
+    if not re.search(rf"</{tag}>", text, re.I):
+        body = re.split(r"<(?:think|evidence|answer)>", body, maxsplit=1, flags=re.I)[0]
+    return body.strip()
+
+
+def _loads_lenient(raw: str, problems: list[str]) -> Any:
+    """JSON as small models write it: code fences, single quotes, trailing commas,
+    Python literals, surrounding prose."""
+    s = raw.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)(?:```|$)", s, re.S)
+    if fence:
+        s = fence.group(1).strip()
+    start = s.find("{")
+    if start > 0:
+        s = s[start:]
+    if start < 0:
+        problems.append("evidence holds no JSON object")
+        return None
+    end = s.rfind("}")
+    candidates = [s, s[: end + 1]] if end >= 0 else [s]
+    for c in candidates:
+        try:
+            return json.loads(c)
+        except (ValueError, RecursionError):
+            pass
+    for c in candidates:
+        fixed = re.sub(r",\s*([}\]])", r"\1", c)
+        try:
+            return json.loads(fixed)
+        except (ValueError, RecursionError):
+            pass
+        py = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", fixed))
+        py = re.sub(r"\bnull\b", "None", py)
+        try:
+            with warnings.catch_warnings():  # escapes that Python would warn about
+                warnings.simplefilter("ignore")
+                value = ast.literal_eval(py)
+            problems.append("evidence is not strict JSON (Python literal syntax)")
+            return value
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            pass
+    problems.append("evidence is not valid JSON")
+    return None
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, str):
+        try:
+            f = float(v.strip())
+        except ValueError:
+            return None
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _infer_scale(xyxy: tuple[float, ...], default: Scale) -> Scale:
+    if all(0.0 <= c <= 1.0 for c in xyxy) and any(c != int(c) for c in xyxy):
+        return "normalized"
+    if default != "pixel" and all(0.0 <= c <= 1000.0 for c in xyxy):
+        return default
+    return "pixel"
+
+
+def _parse_box(item: Any, default_image: str, default_scale: Scale, problems: list[str]):
+    image, scale, coords = default_image, None, None
+    if isinstance(item, dict):
+        image = str(item.get("image", item.get("source", default_image)))
+        scale = item.get("scale")
+        for key in ("bbox_2d", "bbox", "box", "xyxy", "coordinates"):
+            if key in item:
+                coords = item[key]
+                break
+        if coords is None and all(k in item for k in ("x1", "y1", "x2", "y2")):
+            coords = [item["x1"], item["y1"], item["x2"], item["y2"]]
+    elif isinstance(item, (list, tuple)):
+        coords = item
+    if not isinstance(coords, (list, tuple)) or len(coords) != 4:
+        problems.append(f"box {item!r:.60} has no four coordinates")
+        return None
+    xyxy = tuple(_number(c) for c in coords)
+    if any(c is None for c in xyxy):
+        problems.append(f"box {item!r:.60} has a non-numeric coordinate")
+        return None
+    if scale is not None and scale not in SCALES:
+        problems.append(f"box scale {scale!r} is not one of {SCALES}")
+        scale = None
+    return Box(image, xyxy, scale or _infer_scale(xyxy, default_scale))  # type: ignore[arg-type]
+
+
+def _parse_frame(item: Any, default_video: str, problems: list[str]) -> KeyFrame | None:
+    if isinstance(item, bool):
+        problems.append(f"key frame {item!r} is not a frame")
+        return None
+    if isinstance(item, int):
+        return KeyFrame(default_video, frame=item) if item >= 0 else None
+    if isinstance(item, float):
+        return KeyFrame(default_video, time=item) if math.isfinite(item) and item >= 0 else None
+    if isinstance(item, dict):
+        video = str(item.get("video", item.get("source", default_video)))
+        frame = _number(item.get("frame", item.get("index", item.get("frame_index"))))
+        time = _number(item.get("time", item.get("timestamp", item.get("seconds"))))
+        if frame is None and time is None:
+            problems.append(f"key frame {item!r:.60} has neither a frame nor a time")
+            return None
+        if (frame is not None and (frame < 0 or frame != int(frame))) or (
+            time is not None and time < 0
+        ):
+            problems.append(f"key frame {item!r:.60} is out of range")
+            return None
+        return KeyFrame(video, None if frame is None else int(frame), time)
+    problems.append(f"key frame {item!r:.60} is not a number or an object")
+    return None
+
+
+def _as_list(v: Any, name: str, problems: list[str]) -> list:
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    problems.append(f"{name} should be a list")
+    return [v]
+
+
+def parse_evidence(
+    text: Any,
+    default_image: str = "query",
+    default_video: str = "query",
+    default_scale: Scale = "grid1000",
+) -> ParseResult:
+    """Read a reasoner's output; never raises. Missing or malformed parts become problems.
+
+    Accepts a string or a chat completion (a list of ``{"role", "content"}`` messages, whose
+    last assistant content is read).
+    """
+    problems: list[str] = []
+    try:
+        text = _completion_text(text)
+    except (TypeError, ValueError) as e:
+        return ParseResult(Evidence(), [str(e)])
+    ev = Evidence()
+    think = _tagged(text, "think", problems)
+    if think is None:
+        problems.append("no <think> reasoning")
+    else:
+        ev.reasoning = think
+    answer = _tagged(text, "answer", problems)
+    raw = _tagged(text, "evidence", problems)
+    if raw is None:
+        problems.append("no <evidence> block")
+        # Small models often drop the tag but keep the JSON.
+        rest = re.sub(_TAG.format("think"), "", text, flags=re.S | re.I)
+        raw = rest if "{" in rest else None
+    data = _loads_lenient(raw, problems) if raw is not None else None
+    if data is not None and not isinstance(data, dict):
+        problems.append("evidence is not a JSON object")
+        data = None
+    data = data or {}
+    keywords = data.get("keywords", data.get("keyword"))
+    if isinstance(keywords, str):
+        keywords = [k.strip() for k in keywords.split(",") if k.strip()]
+    for kw in _as_list(keywords, "keywords", problems):
+        if isinstance(kw, str) and kw.strip():
+            ev.keywords.append(kw.strip())
+        else:
+            problems.append(f"keyword {kw!r:.40} is not a non-empty string")
+    boxes = data.get("boxes", data.get("bboxes", data.get("bbox_2d")))
+    if (
+        isinstance(boxes, (list, tuple))
+        and len(boxes) == 4
+        and all(_number(b) is not None for b in boxes)
+    ):
+        boxes = [boxes]  # one bare box
+    for item in _as_list(boxes, "boxes", problems):
+        box = _parse_box(item, default_image, default_scale, problems)
+        if box is not None:
+            ev.boxes.append(box)
+    frames = data.get("key_frames", data.get("keyframes", data.get("frames")))
+    for item in _as_list(frames, "key_frames", problems):
+        kf = _parse_frame(item, default_video, problems)
+        if kf is not None:
+            ev.key_frames.append(kf)
+    if answer is None and isinstance(data.get("answer"), (str, int, float)):
+        answer = str(data["answer"])
+    ev.answer = answer
+    return ParseResult(ev, problems)
+
+
+def _completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or TRL's conversational form."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict) and "content" in completion:
+        return _completion_text(completion["content"])
+    if isinstance(completion, (list, tuple)):
+        for message in reversed(completion):
+            if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
+                content = message.get("content", "")
+                if isinstance(content, list):  # multimodal content parts
+                    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                return str(content)
+        raise ValueError("the completion holds no assistant message")
+    raise TypeError(
+        f"a completion must be a string or chat messages, got {type(completion).__name__}"
+    )
+
+
+# ----------------------------------------------------------------- rendering
+def render_evidence(ev: Evidence) -> str:
+    """The tagged format, as the parser reads it (for prompts and few-shot examples)."""
+    data: dict[str, Any] = {"keywords": list(ev.keywords)}
+    data["boxes"] = [
+        {"image": b.image, "bbox_2d": [_plain(c) for c in b.xyxy], "scale": b.scale}
+        for b in ev.boxes
+    ]
+    frames = []
+    for kf in ev.key_frames:
+        item: dict[str, Any] = {"video": kf.video}
+        if kf.frame is not None:
+            item["frame"] = kf.frame
+        if kf.time is not None:
+            item["time"] = kf.time
+        frames.append(item)
+    data["key_frames"] = frames
+    out = f"<think>{ev.reasoning}</think>\n<evidence>{json.dumps(data)}</evidence>"
+    if ev.answer is not None:
+        out += f"\n<answer>{ev.answer}</answer>"
+    return out
+
+
+def _plain(c: float) -> float | int:
+    return int(c) if float(c).is_integer() else c
+
+
+# ----------------------------------------------------------------- checks
+def unusable_crops(
+    ev: Evidence,
+    image_sizes: dict[str, tuple[int, int]],
+    min_side: float = 10.0,
+    max_aspect: float = 50.0,
+) -> list[str]:
+    """Problems of boxes whose crop is useless (Embed-RL drops crops under 10 px or
+    with aspect ratio over 50): one message per such box; unknown images are reported."""
+    problems = []
+    for box in ev.boxes:
+        if box.image not in image_sizes:
+            problems.append(f"box refers to unknown image {box.image!r}")
+            continue
+        w, h = image_sizes[box.image]
+        x1, y1, x2, y2 = box.to_pixels(w, h)
+        bw, bh = x2 - x1, y2 - y1
+        if bw < min_side or bh < min_side:
+            problems.append(f"box {box.xyxy} on {box.image!r} is under {min_side:g} px")
+        elif max(bw / bh, bh / bw) > max_aspect:
+            problems.append(f"box {box.xyxy} on {box.image!r} has aspect ratio over {max_aspect:g}")
+    return problems
