@@ -39,9 +39,11 @@ def test_round_trip() -> None:
     "text",
     [
         # code fence, single quotes, trailing commas
-        "<think>ok</think><evidence>```json\n{'keywords': ['a', 'b',], 'boxes': [[1, 2, 30, 40],],}\n```</evidence>",
+        "<think>ok</think><evidence>```json\n"
+        "{'keywords': ['a', 'b',], 'boxes': [[1, 2, 30, 40],],}\n```</evidence>",
         # prose around the JSON, Python literals
-        '<think>ok</think><evidence>Here you go: {"keywords": ["a", "b"], "boxes": [{"bbox": [1, 2, 30, 40]}], "flag": true}</evidence>',
+        '<think>ok</think><evidence>Here you go: {"keywords": ["a", "b"], '
+        '"boxes": [{"bbox": [1, 2, 30, 40]}], "flag": true}</evidence>',
         # no evidence tag at all
         '<think>ok</think> {"keywords": "a, b", "boxes": [{"x1": 1, "y1": 2, "x2": 30, "y2": 40}]}',
     ],
