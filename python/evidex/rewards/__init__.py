@@ -1,5 +1,24 @@
-"""Rewards: scores that the CRINN loop and the RL trainers optimise."""
+"""Rewards: scores that the CRINN loop and the RL trainers optimise.
+
+`qps_recall_auc` / `qps_at_recall` score ANN search curves (numpy only); the Embed-RL rewards
+(`format_reward`, `alignment_reward`, `outcome_reward`, `EmbedRLReward`) score a reasoner's
+evidence and load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from .ann import qps_at_recall, qps_recall_auc
 
-__all__ = ["qps_at_recall", "qps_recall_auc"]
+_EMBEDRL = ("EmbedRLReward", "alignment_reward", "evidence_text", "format_reward", "outcome_reward")
+
+__all__ = ["qps_at_recall", "qps_recall_auc", *_EMBEDRL]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EMBEDRL:
+        from . import embedrl
+
+        return getattr(embedrl, name)
+    raise AttributeError(f"module 'evidex.rewards' has no attribute {name!r}")

@@ -1,0 +1,328 @@
+"""Embed-RL's rewards from a frozen embedder: format, alignment and outcome.
+
+Each takes parsed evidence (`evidex.evidence`) and the example's data, scores in [0, 1], and is
+vectorised over a batch. `EmbedRLReward` combines them (weights 0.2 / 0.3 / 0.5 by default) and is
+itself a TRL reward function: ``f(prompts, completions, **kwargs) -> list[float]``, where kwargs
+are the dataset's columns (``query``, ``target``, and optionally ``candidates``, ``image_sizes``,
+``frame_counts``, ``reference_boxes``, ``reference_segments``). ``None`` marks an example a
+component does not apply to.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..evidence import Box, Evidence, parse_evidence
+
+__all__ = [
+    "EmbedRLReward",
+    "alignment_reward",
+    "evidence_text",
+    "format_reward",
+    "outcome_reward",
+]
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def _tokens(text: str) -> set[str]:
+    return set(_TOKEN.findall(text.lower()))
+
+
+def evidence_text(query: str, ev: Evidence) -> str:
+    """The query enriched with its reasoning and keywords: what the frozen embedder reads."""
+    parts = [query]
+    if ev.reasoning:
+        parts.append(ev.reasoning)
+    if ev.keywords:
+        parts.append("Keywords: " + ", ".join(ev.keywords))
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------- format
+def format_reward(
+    evidence: Sequence[Evidence],
+    problems: Sequence[Sequence[str]],
+    image_sizes: Sequence[dict[str, tuple[int, int]] | None] | None = None,
+    frame_counts: Sequence[dict[str, int] | None] | None = None,
+    keyword_range: tuple[int, int] = (1, 10),
+) -> list[float]:
+    """Fraction of checks passed: reasoning present, no parser problems, keyword count in
+    range, boxes inside their image with positive area (examples with images), key frames
+    inside their video (examples with videos)."""
+    n = len(evidence)
+    _check_lengths(n, problems=problems, image_sizes=image_sizes, frame_counts=frame_counts)
+    lo, hi = keyword_range
+    scores = []
+    for i, ev in enumerate(evidence):
+        checks = [bool(ev.reasoning), not problems[i], lo <= len(ev.keywords) <= hi]
+        sizes = image_sizes[i] if image_sizes is not None else None
+        if sizes:
+            checks.append(bool(ev.boxes) and all(_box_inside(b, sizes) for b in ev.boxes))
+        counts = frame_counts[i] if frame_counts is not None else None
+        if counts:
+            checks.append(
+                bool(ev.key_frames)
+                and all(
+                    kf.video in counts and kf.frame is not None and 0 <= kf.frame < counts[kf.video]
+                    for kf in ev.key_frames
+                )
+            )
+        scores.append(sum(checks) / len(checks))
+    return scores
+
+
+def _box_inside(box: Box, sizes: dict[str, tuple[int, int]]) -> bool:
+    if box.image not in sizes:
+        return False
+    w, h = sizes[box.image]
+    x1, y1, x2, y2 = box.to_pixels(w, h)
+    return 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+
+
+# ----------------------------------------------------------------- alignment
+def alignment_reward(
+    evidence: Sequence[Evidence],
+    targets: Sequence[str],
+    reference_boxes: Sequence[Sequence[Box] | None] | None = None,
+    image_sizes: Sequence[dict[str, tuple[int, int]] | None] | None = None,
+    reference_segments: Sequence[dict[str, Sequence[tuple[float, float]]] | None] | None = None,
+    queries: Sequence[str] | None = None,
+    embedder: Any = None,
+) -> list[float]:
+    """Mean of the components an example has: keyword overlap with the target text,
+    best IoU of each box against the reference boxes of its image, the share of key frames
+    inside a reference segment of their video, and (with an embedder and queries) the
+    frozen embedder's cosine between query-with-evidence and target, mapped to [0, 1]."""
+    n = len(evidence)
+    _check_lengths(
+        n,
+        targets=targets,
+        reference_boxes=reference_boxes,
+        image_sizes=image_sizes,
+        reference_segments=reference_segments,
+        queries=queries,
+    )
+    cos = None
+    if embedder is not None:
+        if queries is None:
+            raise ValueError("alignment_reward needs queries to use the embedder")
+        a = embedder.encode([evidence_text(q, ev) for q, ev in zip(queries, evidence)])
+        b = embedder.encode(list(targets))
+        cos = np.sum(a * b, axis=1)
+    scores = []
+    for i, ev in enumerate(evidence):
+        parts = []
+        target_tokens = _tokens(targets[i])
+        if ev.keywords:
+            hits = [bool(_tokens(k)) and _tokens(k) <= target_tokens for k in ev.keywords]
+            parts.append(sum(hits) / len(hits))
+        else:
+            parts.append(0.0)
+        refs = reference_boxes[i] if reference_boxes is not None else None
+        if refs:
+            sizes = image_sizes[i] if image_sizes is not None else None
+            parts.append(_box_agreement(ev.boxes, refs, sizes))
+        segs = reference_segments[i] if reference_segments is not None else None
+        if segs:
+            inside = [
+                any(
+                    s <= (kf.frame if kf.frame is not None else kf.time) <= e
+                    for s, e in segs.get(kf.video, ())
+                )
+                for kf in ev.key_frames
+            ]
+            parts.append(sum(inside) / len(inside) if inside else 0.0)
+        if cos is not None:
+            parts.append(float((cos[i] + 1.0) / 2.0))
+        scores.append(sum(parts) / len(parts))
+    return scores
+
+
+def _box_agreement(
+    pred: Sequence[Box], refs: Sequence[Box], sizes: dict[str, tuple[int, int]] | None
+) -> float:
+    """Mean over predicted boxes of their best IoU with a reference box of the same image,
+    through evidex.ops.box_iou (compiled kernels)."""
+    if not pred:
+        return 0.0
+    from ..ops import box_iou
+
+    total = 0.0
+    for box in pred:
+        same = [r for r in refs if r.image == box.image]
+        if not same:
+            continue
+        w, h = sizes.get(box.image, (1000, 1000)) if sizes else (1000, 1000)
+        a = np.asarray([box.to_pixels(w, h)], dtype=np.float64)
+        b = np.asarray([r.to_pixels(w, h) for r in same], dtype=np.float64)
+        total += float(box_iou(a, b).max())
+    return total / len(pred)
+
+
+# ----------------------------------------------------------------- outcome
+def outcome_reward(
+    query_embeddings: np.ndarray,
+    candidate_embeddings: np.ndarray,
+    target_index: Sequence[int],
+    form: str = "reciprocal_rank",
+    temperature: float = 0.05,
+) -> list[float]:
+    """How well the evidence-enriched query retrieves its target among the candidates.
+
+    ``query_embeddings [B, d]`` and ``candidate_embeddings [B, C, d]`` (L2-normalised);
+    ``target_index[b]`` the target's position among example b's candidates. Forms:
+    ``"reciprocal_rank"`` 1 / (1 + rank) (rank 0 = first); ``"softmax"`` the target's
+    softmax probability at `temperature`; ``"margin"`` (Embed-RL's code) hit@1 times the
+    positive's similarity minus the softmax-weighted similarity of the negatives.
+    """
+    q = np.asarray(query_embeddings, dtype=np.float64)
+    c = np.asarray(candidate_embeddings, dtype=np.float64)
+    if q.ndim != 2 or c.ndim != 3 or c.shape[0] != q.shape[0] or c.shape[2] != q.shape[1]:
+        raise ValueError(
+            f"need queries [B, d] and candidates [B, C, d], got {q.shape} and {c.shape}"
+        )
+    t = np.asarray(target_index, dtype=np.int64)
+    if t.shape != (q.shape[0],) or (t < 0).any() or (t >= c.shape[1]).any():
+        raise ValueError("target_index must hold one valid candidate position per query")
+    if form not in ("reciprocal_rank", "softmax", "margin"):
+        raise ValueError(f"unknown form {form!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    sims = np.einsum("bd,bcd->bc", q, c)
+    rows = np.arange(q.shape[0])
+    pos = sims[rows, t]
+    if form == "reciprocal_rank":
+        rank = (sims > pos[:, None]).sum(1)
+        return (1.0 / (1.0 + rank)).tolist()
+    logits = sims / temperature
+    logits -= logits.max(1, keepdims=True)
+    prob = np.exp(logits)
+    prob /= prob.sum(1, keepdims=True)
+    if form == "softmax":
+        return prob[rows, t].tolist()
+    neg = np.ones_like(sims, dtype=bool)
+    neg[rows, t] = False
+    out = []
+    for b in range(q.shape[0]):
+        if not neg[b].any():
+            out.append(1.0)
+            continue
+        w = np.exp((sims[b, neg[b]] - sims[b, neg[b]].max()) / temperature)
+        weighted = float((w / w.sum()) @ sims[b, neg[b]])
+        hit = float(sims[b].argmax() == t[b])
+        out.append(max(0.0, hit * (pos[b] - weighted)))
+    return out
+
+
+# ----------------------------------------------------------------- combined
+@dataclass
+class _Last:
+    format: list[float]
+    alignment: list[float]
+    outcome: list[float]
+
+
+class EmbedRLReward:
+    """format, alignment and outcome rewards from a frozen embedder, in TRL's signature.
+
+    Args:
+        embedder: anything with ``encode(texts) -> float32 [n, d]`` (L2-normalised), frozen.
+        weights: (format, alignment, outcome).
+        outcome_form: see `outcome_reward`.
+    """
+
+    def __init__(
+        self,
+        embedder: Any,
+        weights: tuple[float, float, float] = (0.2, 0.3, 0.5),
+        outcome_form: str = "reciprocal_rank",
+        temperature: float = 0.05,
+        keyword_range: tuple[int, int] = (1, 10),
+    ) -> None:
+        if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights):
+            raise ValueError(f"weights must be three non-negative numbers, got {weights}")
+        if not hasattr(embedder, "encode"):
+            raise TypeError("embedder must have encode(texts) -> [n, d] array")
+        self.embedder = embedder
+        self.weights = tuple(float(w) for w in weights)
+        self.outcome_form = outcome_form
+        self.temperature = temperature
+        self.keyword_range = keyword_range
+        self.last: _Last | None = None
+        self.__name__ = "embed_rl_reward"  # TRL logs reward functions by name
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"got {len(prompts)} prompts for {n} completions")
+        for required in ("query", "target"):
+            if required not in kwargs:
+                raise ValueError(f"EmbedRLReward needs the dataset column {required!r}")
+        queries, targets = list(kwargs["query"]), list(kwargs["target"])
+        _check_lengths(n, query=queries, target=targets)
+        parsed = [parse_evidence(c) for c in completions]
+        evidence = [p.evidence for p in parsed]
+        fmt = format_reward(
+            evidence,
+            [p.problems for p in parsed],
+            kwargs.get("image_sizes"),
+            kwargs.get("frame_counts"),
+            self.keyword_range,
+        )
+        ali = alignment_reward(
+            evidence,
+            targets,
+            kwargs.get("reference_boxes"),
+            kwargs.get("image_sizes"),
+            kwargs.get("reference_segments"),
+            queries,
+            self.embedder,
+        )
+        out = self._outcome(queries, targets, evidence, kwargs.get("candidates"))
+        self.last = _Last(fmt, ali, out)
+        wf, wa, wo = self.weights
+        return [wf * f + wa * a + wo * o for f, a, o in zip(fmt, ali, out)]
+
+    def _outcome(
+        self,
+        queries: list[str],
+        targets: list[str],
+        evidence: list[Evidence],
+        candidates: Sequence[Sequence[str]] | None,
+    ) -> list[float]:
+        """Rank each target among its candidates (default: the batch's targets)."""
+        n = len(queries)
+        if candidates is None:
+            pools = [list(dict.fromkeys(targets)) for _ in range(n)]
+        else:
+            _check_lengths(n, candidates=candidates)
+            pools = [list(dict.fromkeys([t, *c])) for t, c in zip(targets, candidates)]
+        q = self.embedder.encode([evidence_text(qq, ev) for qq, ev in zip(queries, evidence)])
+        texts = sorted({t for pool in pools for t in pool})
+        emb = self.embedder.encode(texts)
+        where = {t: i for i, t in enumerate(texts)}
+        size = max(len(p) for p in pools)
+        cand = np.zeros((n, size, q.shape[1]), dtype=np.float64)
+        for b, pool in enumerate(pools):
+            cand[b, : len(pool)] = emb[[where[t] for t in pool]]
+            cand[b, len(pool) :] = -q[b]  # padding: never closer than a real candidate
+        target_index = [pool.index(t) for pool, t in zip(pools, targets)]
+        return outcome_reward(q, cand, target_index, self.outcome_form, self.temperature)
+
+
+def _check_lengths(n: int, **columns: Sequence[Any] | None) -> None:
+    for name, col in columns.items():
+        if col is not None and len(col) != n:
+            raise ValueError(f"{name} has {len(col)} entries for a batch of {n}")
+
+
+RewardFn = Callable[..., list[float]]
