@@ -117,3 +117,22 @@ def test_embedrl_reward_in_trl_signature() -> None:
         EmbedRLReward(emb, weights=(1.0, -1.0, 0.0))
     cands = [["a blue boat on the lake"], ["a red car on the street"], ["x"]]
     assert len(reward(prompts, good, query=queries, target=targets, candidates=cands)) == 3
+
+
+def test_components_and_judge_hook() -> None:
+    emb = BagOfWordsEmbedder()
+    seen = []
+
+    def judge(query, target, evidence):
+        seen.append((query, target, tuple(evidence.keywords)))
+        return 2.0  # clamped to 1
+
+    reward = EmbedRLReward(emb, judge=judge)
+    text = [render_evidence(Evidence("r", ["red", "car"]))]
+    fmt = reward.component("format")
+    assert fmt.__name__ == "embed_rl_format"
+    assert fmt(["p"], text, query=["q"], target=["red car"]) == [1.0]
+    ali = reward.component("alignment")(["p"], text, query=["q"], target=["red car"])
+    assert seen[-1] == ("q", "red car", ("red", "car")) and 0.5 < ali[0] <= 1.0
+    with pytest.raises(ValueError, match="unknown component"):
+        reward.component("style")

@@ -116,6 +116,11 @@ def alignment_reward(
         a = embedder.encode([evidence_text(q, ev) for q, ev in zip(queries, evidence)])
         b = embedder.encode(list(targets))
         cos = np.sum(a * b, axis=1)
+    box_scores = (
+        _box_agreements(evidence, reference_boxes, image_sizes)
+        if reference_boxes is not None
+        else {}
+    )
     scores = []
     for i, ev in enumerate(evidence):
         parts = []
@@ -125,10 +130,8 @@ def alignment_reward(
             parts.append(sum(hits) / len(hits))
         else:
             parts.append(0.0)
-        refs = reference_boxes[i] if reference_boxes is not None else None
-        if refs:
-            sizes = image_sizes[i] if image_sizes is not None else None
-            parts.append(_box_agreement(ev.boxes, refs, sizes))
+        if i in box_scores:
+            parts.append(box_scores[i])
         segs = reference_segments[i] if reference_segments is not None else None
         if segs:
             inside = [
@@ -145,25 +148,40 @@ def alignment_reward(
     return scores
 
 
-def _box_agreement(
-    pred: Sequence[Box], refs: Sequence[Box], sizes: dict[str, tuple[int, int]] | None
-) -> float:
-    """Mean over predicted boxes of their best IoU with a reference box of the same image,
-    through evidex.ops.box_iou (compiled kernels)."""
-    if not pred:
-        return 0.0
-    from ..ops import box_iou
-
-    total = 0.0
-    for box in pred:
-        same = [r for r in refs if r.image == box.image]
-        if not same:
+def _box_agreements(
+    evidence: Sequence[Evidence],
+    reference_boxes: Sequence[Sequence[Box] | None],
+    image_sizes: Sequence[dict[str, tuple[int, int]] | None] | None,
+) -> dict[int, float]:
+    """Per example with reference boxes: mean over its predicted boxes of the best IoU with
+    a reference box of the same image. All pairs of the batch go through one call of the
+    compiled ``box_iou_pairs`` kernel."""
+    a_rows, b_rows, owner = [], [], []  # owner: (example, predicted box) of each pair
+    counts: dict[int, int] = {}
+    for i, ev in enumerate(evidence):
+        refs = reference_boxes[i]
+        if not refs:
             continue
-        w, h = sizes.get(box.image, (1000, 1000)) if sizes else (1000, 1000)
-        a = np.asarray([box.to_pixels(w, h)], dtype=np.float64)
-        b = np.asarray([r.to_pixels(w, h) for r in same], dtype=np.float64)
-        total += float(box_iou(a, b).max())
-    return total / len(pred)
+        counts[i] = len(ev.boxes)
+        sizes = image_sizes[i] if image_sizes is not None and image_sizes[i] else {}
+        for p, box in enumerate(ev.boxes):
+            w, h = sizes.get(box.image, (1000, 1000))
+            for ref in refs:
+                if ref.image == box.image:
+                    a_rows.append(box.to_pixels(w, h))
+                    b_rows.append(ref.to_pixels(w, h))
+                    owner.append((i, p))
+    best: dict[tuple[int, int], float] = {}
+    if a_rows:
+        from ..ops import box_iou_pairs
+
+        ious = box_iou_pairs(np.asarray(a_rows, np.float64), np.asarray(b_rows, np.float64))
+        for key, v in zip(owner, ious.tolist()):
+            best[key] = max(best.get(key, 0.0), v)
+    return {
+        i: (sum(best.get((i, p), 0.0) for p in range(n)) / n if n else 0.0)
+        for i, n in counts.items()
+    }
 
 
 # ----------------------------------------------------------------- outcome
@@ -236,6 +254,8 @@ class EmbedRLReward:
         embedder: anything with ``encode(texts) -> float32 [n, d]`` (L2-normalised), frozen.
         weights: (format, alignment, outcome).
         outcome_form: see `outcome_reward`.
+        judge: optional process scorer ``judge(query, target, evidence) -> [0, 1]`` (a language
+            model, as Embed-RL's code uses), averaged into the alignment reward.
     """
 
     def __init__(
@@ -245,6 +265,7 @@ class EmbedRLReward:
         outcome_form: str = "reciprocal_rank",
         temperature: float = 0.05,
         keyword_range: tuple[int, int] = (1, 10),
+        judge: Callable[[str, str, Evidence], float] | None = None,
     ) -> None:
         if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights):
             raise ValueError(f"weights must be three non-negative numbers, got {weights}")
@@ -255,6 +276,7 @@ class EmbedRLReward:
         self.outcome_form = outcome_form
         self.temperature = temperature
         self.keyword_range = keyword_range
+        self.judge = judge
         self.last: _Last | None = None
         self.__name__ = "embed_rl_reward"  # TRL logs reward functions by name
 
@@ -287,10 +309,26 @@ class EmbedRLReward:
             queries,
             self.embedder,
         )
+        if self.judge is not None:
+            judged = [float(self.judge(q, t, ev)) for q, t, ev in zip(queries, targets, evidence)]
+            ali = [(a + min(1.0, max(0.0, j))) / 2 for a, j in zip(ali, judged)]
         out = self._outcome(queries, targets, evidence, kwargs.get("candidates"))
         self.last = _Last(fmt, ali, out)
         wf, wa, wo = self.weights
         return [wf * f + wa * a + wo * o for f, a, o in zip(fmt, ali, out)]
+
+    def component(self, name: str) -> RewardFn:
+        """One component as its own TRL reward function (``"format"``, ``"alignment"`` or
+        ``"outcome"``), e.g. ``GRPOTrainer(reward_funcs=[r.component("format"), ...])``."""
+        if name not in ("format", "alignment", "outcome"):
+            raise ValueError(f"unknown component {name!r}")
+
+        def fn(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+            self(prompts, completions, **kwargs)
+            return list(getattr(self.last, name))
+
+        fn.__name__ = f"embed_rl_{name}"
+        return fn
 
     def _outcome(
         self,
