@@ -136,3 +136,31 @@ def test_components_and_judge_hook() -> None:
     assert seen[-1] == ("q", "red car", ("red", "car")) and 0.5 < ali[0] <= 1.0
     with pytest.raises(ValueError, match="unknown component"):
         reward.component("style")
+
+
+def test_outcome_over_an_hnsw_index() -> None:
+    import evidex
+    from evidex.rewards import outcome_reward_index
+
+    emb = BagOfWordsEmbedder(dim=4096)  # wide enough that no two words collide here
+    corpus = [f"document number {i} about topic{i % 50} and item{i}" for i in range(2000)]
+    index = evidex.HNSWIndex(emb.dim, "cosine")
+    index.add(emb.encode(corpus), np.arange(2000) + 10)
+    q = emb.encode(["about topic7 and item7", "document number 1999 about topic49 and item1999"])
+    base = emb.encode(corpus)
+    exact_rank = [
+        int((base @ q[0] > base[7] @ q[0]).sum()),
+        int((base @ q[1] > base[1999] @ q[1]).sum()),
+    ]
+    r = outcome_reward_index(q, index, [17, 2009], k=10)
+    assert r == [pytest.approx(1 / (1 + exact_rank[0])), pytest.approx(1 / (1 + exact_rank[1]))]
+    # Doc 0 shares only the boilerplate words: outside the 10 nearest, reward 0.
+    assert outcome_reward_index(q[1:], index, [10], k=10) == [0.0]
+    soft = outcome_reward_index(q, index, [17, 10], k=10, form="softmax", temperature=0.05)
+    assert soft[0] > 0.2 and soft[1] < 0.05
+    reward = EmbedRLReward(emb, candidate_index=index, index_k=50)
+    good = [render_evidence(Evidence("about topic7", ["item7"]))]
+    assert reward(["p"], good, query=["which?"], target=[corpus[7]], target_id=[17])[0] > 0.5
+    assert reward.last.outcome == [1.0]
+    with pytest.raises(ValueError, match="target_id"):
+        reward(["p"], good, query=["which?"], target=[corpus[7]])

@@ -11,7 +11,14 @@ from typing import Any
 
 from .ann import qps_at_recall, qps_recall_auc
 
-_EMBEDRL = ("EmbedRLReward", "alignment_reward", "evidence_text", "format_reward", "outcome_reward")
+_EMBEDRL = (
+    "EmbedRLReward",
+    "alignment_reward",
+    "evidence_text",
+    "format_reward",
+    "outcome_reward",
+    "outcome_reward_index",
+)
 
 __all__ = ["qps_at_recall", "qps_recall_auc", *_EMBEDRL]
 

@@ -26,6 +26,7 @@ __all__ = [
     "evidence_text",
     "format_reward",
     "outcome_reward",
+    "outcome_reward_index",
 ]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -239,6 +240,44 @@ def outcome_reward(
     return out
 
 
+def outcome_reward_index(
+    query_embeddings: np.ndarray,
+    index: Any,
+    target_ids: Sequence[int],
+    k: int = 100,
+    form: str = "reciprocal_rank",
+    temperature: float = 0.05,
+) -> list[float]:
+    """`outcome_reward` against a large candidate set held in an `evidex.HNSWIndex`
+    (cosine or ip space over the candidates' embeddings, ids as given at ``add``).
+
+    The target's rank is its position among the index's k nearest; a target outside them
+    scores 0. ``"softmax"`` normalises over those k and the target.
+    """
+    q = np.asarray(query_embeddings, dtype=np.float32)
+    t = np.asarray(target_ids, dtype=np.int64)
+    if q.ndim != 2 or t.shape != (q.shape[0],):
+        raise ValueError(f"need queries [B, d] and one target id each, got {q.shape}, {t.shape}")
+    if form not in ("reciprocal_rank", "softmax"):
+        raise ValueError(f"form over an index must be 'reciprocal_rank' or 'softmax', got {form!r}")
+    k = min(k, len(index))
+    ids, dist = index.search(q, k=k, ef=max(k, 64))
+    out = []
+    target_vecs = index.get_vectors(t)
+    for b in range(q.shape[0]):
+        hit = np.flatnonzero(ids[b] == t[b])
+        if form == "reciprocal_rank":
+            out.append(1.0 / (1.0 + hit[0]) if hit.size else 0.0)
+            continue
+        sims = 1.0 - dist[b]  # both spaces store 1 - similarity
+        pos = float(target_vecs[b] @ q[b] / max(np.linalg.norm(q[b]), 1e-12))
+        pool = np.append(sims[ids[b] != t[b]], pos)
+        logits = (pool - pool.max()) / temperature
+        prob = np.exp(logits) / np.exp(logits).sum()
+        out.append(float(prob[-1]))
+    return out
+
+
 # ----------------------------------------------------------------- combined
 @dataclass
 class _Last:
@@ -256,6 +295,8 @@ class EmbedRLReward:
         outcome_form: see `outcome_reward`.
         judge: optional process scorer ``judge(query, target, evidence) -> [0, 1]`` (a language
             model, as Embed-RL's code uses), averaged into the alignment reward.
+        candidate_index: an `evidex.HNSWIndex` of candidate embeddings; the outcome then ranks
+            each example's ``target_id`` column among the index's ``index_k`` nearest.
     """
 
     def __init__(
@@ -266,6 +307,8 @@ class EmbedRLReward:
         temperature: float = 0.05,
         keyword_range: tuple[int, int] = (1, 10),
         judge: Callable[[str, str, Evidence], float] | None = None,
+        candidate_index: Any = None,
+        index_k: int = 100,
     ) -> None:
         if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights):
             raise ValueError(f"weights must be three non-negative numbers, got {weights}")
@@ -277,6 +320,8 @@ class EmbedRLReward:
         self.temperature = temperature
         self.keyword_range = keyword_range
         self.judge = judge
+        self.candidate_index = candidate_index
+        self.index_k = index_k
         self.last: _Last | None = None
         self.__name__ = "embed_rl_reward"  # TRL logs reward functions by name
 
@@ -312,7 +357,23 @@ class EmbedRLReward:
         if self.judge is not None:
             judged = [float(self.judge(q, t, ev)) for q, t, ev in zip(queries, targets, evidence)]
             ali = [(a + min(1.0, max(0.0, j))) / 2 for a, j in zip(ali, judged)]
-        out = self._outcome(queries, targets, evidence, kwargs.get("candidates"))
+        if self.candidate_index is not None:
+            if "target_id" not in kwargs:
+                raise ValueError(
+                    "with a candidate_index, EmbedRLReward needs the column 'target_id'"
+                )
+            q = self.embedder.encode([evidence_text(qq, ev) for qq, ev in zip(queries, evidence)])
+            form = "softmax" if self.outcome_form == "softmax" else "reciprocal_rank"
+            out = outcome_reward_index(
+                q,
+                self.candidate_index,
+                list(kwargs["target_id"]),
+                self.index_k,
+                form,
+                self.temperature,
+            )
+        else:
+            out = self._outcome(queries, targets, evidence, kwargs.get("candidates"))
         self.last = _Last(fmt, ali, out)
         wf, wa, wo = self.weights
         return [wf * f + wa * a + wo * o for f, a, o in zip(fmt, ali, out)]
