@@ -47,6 +47,10 @@ def _model(name: str):
 def _generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:
     import torch
 
+    if getattr(model, "is_gradient_checkpointing", False):  # left on by the trainer
+        model.gradient_checkpointing_disable()
+    model.config.use_cache = True
+    model.eval()
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
