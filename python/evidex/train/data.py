@@ -1,0 +1,110 @@
+"""Contrastive training data: examples, JSONL loading and batching.
+
+An example is a query, one or more positives and optional hard negatives. Accepted
+forms: `ContrastiveExample`; a dict with ``query`` (or ``anchor``), ``positive`` or
+``positives``, and optional ``negative`` / ``negatives``; a tuple ``(query, positive,
+*negatives)``. A JSONL file holds one such dict per line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ContrastiveExample:
+    """One query with its positives and (optional) hard negatives."""
+
+    query: str
+    positives: list[str]
+    negatives: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContrastiveBatch:
+    """A batch as the losses see it.
+
+    ``documents`` holds every example's positives and hard negatives; ``positives[i]``
+    lists the indices in ``documents`` of query i's positives. Every other document is
+    a negative of query i (in-batch negatives), unless its text equals one of query i's
+    positives (a false negative, masked by the losses).
+    """
+
+    queries: list[str]
+    documents: list[str]
+    positives: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def _texts(value: Any, what: str, where: str) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    for t in items:
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"{where}: every {what} must be a non-empty string, got {t!r}")
+    return items
+
+
+def as_example(item: Any, where: str = "example") -> ContrastiveExample:
+    """A `ContrastiveExample` from any accepted form; a ValueError names what is wrong."""
+    if isinstance(item, ContrastiveExample):
+        query, positives, negatives = item.query, item.positives, item.negatives
+    elif isinstance(item, dict):
+        query = item.get("query", item.get("anchor"))
+        positives = item.get("positives", item.get("positive"))
+        negatives = item.get("negatives", item.get("negative"))
+    elif isinstance(item, (tuple, list)) and len(item) >= 2:
+        query, positives, negatives = item[0], item[1], list(item[2:])
+    else:
+        raise ValueError(
+            f"{where}: expected a dict with query/positive(s), a (query, positive, "
+            f"*negatives) tuple or a ContrastiveExample, got {type(item).__name__}"
+        )
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"{where}: the query must be a non-empty string, got {query!r}")
+    positives = _texts(positives, "positive", where)
+    if not positives:
+        raise ValueError(f"{where}: needs at least one positive")
+    return ContrastiveExample(query, positives, _texts(negatives, "negative", where))
+
+
+def as_examples(data: Iterable[Any]) -> list[ContrastiveExample]:
+    """Validate a list of examples (any accepted form)."""
+    return [as_example(item, f"example {i}") for i, item in enumerate(data)]
+
+
+def load_jsonl(path: str) -> list[ContrastiveExample]:
+    """Examples from a JSONL file; a malformed line raises a ValueError naming it."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            out.append(as_example(item, f"{path}:{n}"))
+    if not out:
+        raise ValueError(f"{path}: no examples")
+    return out
+
+
+def collate(examples: Sequence[Any]) -> ContrastiveBatch:
+    """One `ContrastiveBatch` from examples in any accepted form (each example's
+    documents kept in order)."""
+    queries, documents, positives = [], [], []
+    for i, item in enumerate(examples):
+        ex = as_example(item, f"example {i} of the batch")
+        queries.append(ex.query)
+        start = len(documents)
+        documents.extend(ex.positives)
+        positives.append(list(range(start, start + len(ex.positives))))
+        documents.extend(ex.negatives)
+    return ContrastiveBatch(queries, documents, positives)
