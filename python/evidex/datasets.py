@@ -94,3 +94,21 @@ def debian_descriptions() -> list[tuple[str, str, str]]:
             if package and synopsis:
                 out.append((package, synopsis, "\n".join(body).strip()))
     return out
+
+
+def debian_pairs(
+    min_chars: int = 80, max_chars: int = 1000, seed: int = 0
+) -> list[tuple[str, str]]:
+    """(synopsis, first description paragraph) pairs, shuffled with `seed`.
+
+    Paragraphs shorter than `min_chars` or longer than `max_chars` are dropped, and both
+    sides are de-duplicated, so each query has exactly one relevant document.
+    """
+    import random
+
+    rows = [(s, b.split("\n\n")[0].replace("\n", " ")) for _, s, b in debian_descriptions()]
+    rows = [r for r in rows if min_chars < len(r[1]) <= max_chars]
+    unique = list({r[1]: r for r in rows}.values())
+    unique = list({r[0]: r for r in unique}.values())
+    random.Random(seed).shuffle(unique)
+    return unique

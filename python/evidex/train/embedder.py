@@ -74,6 +74,29 @@ def _pooling_from_sentence_transformers(path: str) -> str | None:
     return None
 
 
+def length_groups(lengths: Sequence[int], overhead: int = 128) -> list[list[int]]:
+    """Split ascending `lengths` into contiguous groups minimising padded tokens plus
+    `overhead` token-equivalents per extra forward pass (dynamic programming).
+
+    A batch padded to its longest text wastes compute on padding; a pass per text
+    wastes the per-pass overhead. Returns lists of positions into `lengths`.
+    """
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(end):
+            cost = best[start] + overhead + (end - start) * lengths[end - 1]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups = []
+    end = n
+    while end > 0:
+        groups.append(list(range(cut[end], end)))
+        end = cut[end]
+    return groups[::-1]
+
+
 class Embedder(torch.nn.Module):
     """Transformers backbone + pooling + L2 normalisation.
 
@@ -156,25 +179,52 @@ class Embedder(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Unpadded token ids per text (``<emb>`` appended, never truncated away)."""
+        if self.pooling != "emb_token":
+            return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length - 1)["input_ids"]
+        return [row + [self.emb_token_id] for row in ids]
+
+    def _pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for i, r in enumerate(rows):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, span] = torch.tensor(r)
+            mask[i, span] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Padded tensors for `texts`; with ``emb_token`` pooling each text ends in ``<emb>``."""
-        texts = check_texts(texts)
-        if self.pooling != "emb_token":
-            return self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        # Truncate the text, never the <emb> token after it.
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length - 1)["input_ids"]
-        features = [{"input_ids": row + [self.emb_token_id]} for row in ids]
-        return self.tokenizer.pad(features, padding=True, return_tensors="pt")
+        return self._pad(self._token_ids(check_texts(texts)))
 
     def forward(self, texts: Sequence[str] | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Embeddings ``[n, dim]`` (float32, with gradients when enabled)."""
-        batch = texts if isinstance(texts, dict) else self.tokenize(texts)
+        """Embeddings ``[n, dim]`` (float32, with gradients when enabled).
+
+        Texts are run in length-sorted sub-batches (`length_groups`), so a batch of
+        mixed lengths is not padded to its longest text; the result is the same up to
+        float rounding, in the input order.
+        """
+        if isinstance(texts, dict):
+            return self._forward_padded(texts)
+        rows = self._token_ids(check_texts(texts))
+        if not rows:
+            return torch.empty((0, self.dim), device=self.device)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        parts, placed = [], []
+        for group in length_groups([len(rows[i]) for i in order]):
+            members = [order[j] for j in group]
+            parts.append(self._forward_padded(self._pad([rows[i] for i in members])))
+            placed.extend(members)
+        out = torch.cat(parts)
+        inverse = torch.empty(len(placed), dtype=torch.long)
+        inverse[torch.tensor(placed)] = torch.arange(len(placed))
+        return out[inverse.to(out.device)]
+
+    def _forward_padded(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = self.backbone(**batch, output_hidden_states=not self._has_last_hidden_state())
         hidden = out.last_hidden_state if self._has_last_hidden_state() else out.hidden_states[-1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 
@@ -22,13 +21,9 @@ import numpy as np
 
 
 def _pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    from ..datasets import debian_descriptions
+    from ..datasets import debian_pairs
 
-    rows = [(s, b.split("\n\n")[0].replace("\n", " ")) for _, s, b in debian_descriptions()]
-    rows = [r for r in rows if len(r[1]) > 80]
-    unique = list({r[1]: r for r in rows}.values())
-    random.Random(seed).shuffle(unique)
-    return unique[:n]
+    return debian_pairs(seed=seed)[:n]
 
 
 def _model(name: str):
