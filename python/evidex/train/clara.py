@@ -22,6 +22,18 @@ from ..ops import st_select
 from .embedder import pool
 
 
+def _token_states(module: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states and attention mask of `texts` under `module`'s encoder."""
+    batch = module.tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=module.max_length,
+        return_tensors="pt",
+    ).to(module.project.weight.device)
+    return module.encoder(**batch).last_hidden_state, batch["attention_mask"]
+
+
 class DocumentCompressor(torch.nn.Module):
     """Encoder + attention pooling into `n_memory` vectors + projection.
 
@@ -42,16 +54,9 @@ class DocumentCompressor(torch.nn.Module):
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Memories ``[len(texts), n_memory, out_dim]``."""
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.project.weight.device)
-        states = self.encoder(**batch).last_hidden_state  # [n, L, h]
+        states, mask = _token_states(self, texts)  # [n, L, h], [n, L]
         logits = torch.einsum("mh,nlh->nml", self.memory_queries, states) / states.shape[-1] ** 0.5
-        logits = logits.masked_fill(~batch["attention_mask"].bool()[:, None, :], -torch.inf)
+        logits = logits.masked_fill(~mask.bool()[:, None, :], -torch.inf)
         pooled = torch.einsum("nml,nlh->nmh", logits.softmax(-1), states)
         return self.project(pooled)
 
@@ -71,15 +76,8 @@ class QueryEncoder(torch.nn.Module):
         self.max_length = max_length
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.project.weight.device)
-        states = self.encoder(**batch).last_hidden_state
-        return self.project(pool(states, batch["attention_mask"], "mean"))
+        states, mask = _token_states(self, texts)
+        return self.project(pool(states, mask, "mean"))
 
 
 @dataclass

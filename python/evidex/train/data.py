@@ -9,7 +9,7 @@ forms: `ContrastiveExample`; a dict with ``query`` (or ``anchor``), ``positive``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,18 +79,21 @@ def as_examples(data: Iterable[Any]) -> list[ContrastiveExample]:
     return [as_example(item, f"example {i}") for i, item in enumerate(data)]
 
 
-def load_jsonl(path: str) -> list[ContrastiveExample]:
-    """Examples from a JSONL file; a malformed line raises a ValueError naming it."""
-    out = []
+def read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, object) per non-blank line; a ValueError names a malformed line."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            out.append(as_example(item, f"{path}:{n}"))
+
+
+def load_jsonl(path: str) -> list[ContrastiveExample]:
+    """Examples from a JSONL file; a malformed line raises a ValueError naming it."""
+    out = [as_example(item, f"{path}:{n}") for n, item in read_jsonl(path)]
     if not out:
         raise ValueError(f"{path}: no examples")
     return out

@@ -17,12 +17,12 @@ Generations are cached next to the data, so each item is enhanced once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
 from typing import Any
 
+from .data import read_jsonl
 from .rar import Item, RAREnhancer
 
 CONFIGS = [
@@ -39,26 +39,19 @@ def load_pairs(path: str) -> list[tuple[Item, Item]]:
 
     base = os.path.dirname(os.path.abspath(path))
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, row in read_jsonl(path):
 
-            def image(key: str, row: dict = row) -> Any:
-                value = row.get(key)
-                return load_image(os.path.join(base, value)) if value else None
+        def image(key: str, row: dict = row) -> Any:
+            value = row.get(key)
+            return load_image(os.path.join(base, value)) if value else None
 
-            query = Item(row.get("query"), image("query_image"))
-            target = Item(row.get("target"), image("target_image"))
-            if query.text is None and query.image is None:
-                raise ValueError(f"{path}:{n}: the query has neither text nor image")
-            if target.text is None and target.image is None:
-                raise ValueError(f"{path}:{n}: the target has neither text nor image")
-            pairs.append((query, target))
+        query = Item(row.get("query"), image("query_image"))
+        target = Item(row.get("target"), image("target_image"))
+        if query.text is None and query.image is None:
+            raise ValueError(f"{path}:{n}: the query has neither text nor image")
+        if target.text is None and target.image is None:
+            raise ValueError(f"{path}:{n}: the target has neither text nor image")
+        pairs.append((query, target))
     return pairs
 
 
