@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -60,7 +61,9 @@ def test_routing_images_and_caps() -> None:
     corpus = rar.enhance_corpus([Item("plain text"), Item(None, RED), Item("a bike", RED)])
     assert corpus[0] == "plain text"
     assert len(corpus[1].split()) == 100
-    assert corpus[2].startswith("a bike\nVisual Context: ") and len(corpus[2].split()) == 2 + 2 + 100
+    assert (
+        corpus[2].startswith("a bike\nVisual Context: ") and len(corpus[2].split()) == 2 + 2 + 100
+    )
     assert all(images == [RED] for _, images in gen.seen)
     gen.seen.clear()
     queries = rar.enhance_queries(
@@ -133,3 +136,36 @@ def test_ablation_cli_runs_the_four_configurations(
     data.write_text('{"query": null, "target": "x"}\n')
     with pytest.raises(ValueError, match="pairs.jsonl:1: the query has neither"):
         load_pairs(str(data))
+
+
+def test_easy_vqa_labels_and_pairs(tmp_path) -> None:
+    from evidex.train.rar_example import COLOURS, SHAPES, easy_vqa_labels, write_pairs
+
+    labels = easy_vqa_labels("test")
+    assert len(labels) > 500
+    assert all(c in COLOURS and s in SHAPES for c, s in labels.values())
+    path = tmp_path / "pairs.jsonl"
+    write_pairs(str(path), 40)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 40
+    assert all(os.path.isfile(r["target_image"]) for r in rows)
+    assert sum("query" in r for r in rows) >= 20 and sum("query_image" in r for r in rows) >= 1
+    for r in rows:
+        if "query" in r:
+            assert r["query"] == "a " + r["label"]
+    pairs = load_pairs(str(path))
+    assert pairs[0][0].label == pairs[0][1].label == rows[0]["label"]
+
+
+def test_captioner_trains_saves_and_serves_as_a_generator(tmp_path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from evidex.train.rar_example import caption_accuracy, train_captioner
+
+    loss = train_captioner(str(tmp_path / "cap"), steps=2, batch_size=4, lr=1e-3)
+    assert loss > 0
+    model = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "cap"))
+    processor = AutoProcessor.from_pretrained(str(tmp_path / "cap"))
+    gen = ImageTextGenerator(model, processor, "cap", max_new_tokens=4, batch_size=4)
+    assert 0.0 <= caption_accuracy(gen, n=4) <= 1.0
+    assert gen.calls == 1

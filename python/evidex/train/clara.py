@@ -31,11 +31,17 @@ def _token_states(module: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torc
         max_length=module.max_length,
         return_tensors="pt",
     ).to(module.project.weight.device)
-    return module.encoder(**batch).last_hidden_state, batch["attention_mask"]
+    # A frozen encoder runs without a graph: only the layers above it train.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not module.freeze_encoder):
+        states = module.encoder(**batch).last_hidden_state
+    return states, batch["attention_mask"]
 
 
 class DocumentCompressor(torch.nn.Module):
     """Encoder + attention pooling into `n_memory` vectors + projection.
+
+    ``freeze_encoder=True`` trains only the memory slots and the projection (the encoder
+    runs without a graph: much cheaper on a CPU).
 
     Each memory slot is a learned query that attends over the document's token states;
     the slots start at zero, i.e. as mean pooling, and specialise during training.
@@ -43,11 +49,19 @@ class DocumentCompressor(torch.nn.Module):
     """
 
     def __init__(
-        self, encoder: Any, tokenizer: Any, out_dim: int, n_memory: int = 4, max_length: int = 128
+        self,
+        encoder: Any,
+        tokenizer: Any,
+        out_dim: int,
+        n_memory: int = 4,
+        max_length: int = 128,
+        freeze_encoder: bool = False,
     ) -> None:
         super().__init__()
         hidden = int(encoder.config.hidden_size)
         self.encoder, self.tokenizer = encoder, tokenizer
+        self.freeze_encoder = freeze_encoder
+        encoder.requires_grad_(not freeze_encoder)
         self.memory_queries = torch.nn.Parameter(torch.zeros(n_memory, hidden))
         self.project = torch.nn.Linear(hidden, out_dim)
         self.n_memory, self.max_length = n_memory, max_length
@@ -67,11 +81,21 @@ class DocumentCompressor(torch.nn.Module):
 
 
 class QueryEncoder(torch.nn.Module):
-    """Encoder + mean pooling + projection into the generator's embedding space."""
+    """Encoder + mean pooling + projection into the generator's embedding space
+    (``freeze_encoder=True``: only the projection trains)."""
 
-    def __init__(self, encoder: Any, tokenizer: Any, out_dim: int, max_length: int = 64) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        tokenizer: Any,
+        out_dim: int,
+        max_length: int = 64,
+        freeze_encoder: bool = False,
+    ) -> None:
         super().__init__()
         self.encoder, self.tokenizer = encoder, tokenizer
+        self.freeze_encoder = freeze_encoder
+        encoder.requires_grad_(not freeze_encoder)
         self.project = torch.nn.Linear(int(encoder.config.hidden_size), out_dim)
         self.max_length = max_length
 

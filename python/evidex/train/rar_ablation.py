@@ -34,7 +34,12 @@ CONFIGS = [
 
 
 def load_pairs(path: str) -> list[tuple[Item, Item]]:
-    """(query, target) items from the JSONL; image paths are relative to the file."""
+    """(query, target) items from the JSONL; image paths are relative to the file.
+
+    An optional ``"label"`` per line makes every target with the same label relevant to
+    the query (the ground-truth relevance, which enhancement never changes); without
+    labels each query's only relevant target is its own.
+    """
     from ..media import load_image
 
     base = os.path.dirname(os.path.abspath(path))
@@ -47,6 +52,7 @@ def load_pairs(path: str) -> list[tuple[Item, Item]]:
 
         query = Item(row.get("query"), image("query_image"))
         target = Item(row.get("target"), image("target_image"))
+        query.label = target.label = row.get("label", f"line {n}")
         if query.text is None and query.image is None:
             raise ValueError(f"{path}:{n}: the query has neither text nor image")
         if target.text is None and target.image is None:
@@ -84,6 +90,10 @@ class _TextOnly:
 
     def generate_batch(self, prompts: list[str], images: list[Any] | None = None) -> list[str]:
         return self.inner.generate_batch(prompts)
+
+
+def _label(pair: tuple[Item, Item], index: int) -> Any:
+    return pair[0].label if pair[0].label is not None else f"#{index}"
 
 
 def texts_for(enhancer: RAREnhancer, items: list[Item], enhance: bool, corpus: bool) -> list[str]:
@@ -129,14 +139,26 @@ def run(
             seed=seed,
             show_progress=False,
         ).train()
+        labels = [_label(pairs[i], i) for i in held]
         result = evaluate_retrieval(
             model,
             [q_texts[i] or " " for i in held],
             [t_texts[i] or " " for i in held],
-            [{j} for j in range(len(held))],
+            [{j for j, other in enumerate(labels) if other == mine} for mine in labels],
         )
         rows.append({"config": name, **{k: v for k, v in result.items() if k != "queries"}})
     return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The ablation as a markdown table."""
+    print("| configuration | Recall@1 | Recall@5 | Recall@10 | nDCG@10 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | "
+            f"{r['recall@10']:.3f} | {r['ndcg@10']:.3f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,13 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
     )
-    print("| configuration | Recall@1 | Recall@5 | Recall@10 | nDCG@10 |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['config']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | "
-            f"{r['recall@10']:.3f} | {r['ndcg@10']:.3f} |"
-        )
+    print_table(rows)
     return 0
 
 
