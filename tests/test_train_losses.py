@@ -148,3 +148,14 @@ def test_cached_loss_without_grad_is_the_plain_loss(tiny_model_dir) -> None:
 def test_embedding_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="do not match"):
         InfoNCELoss(None).loss_from_embeddings(_unit(3, 4), _unit(2, 4), _batch(3))
+
+
+def test_no_negatives_gives_zero_loss_and_finite_gradients() -> None:
+    # Every positive has the same text: nothing in the batch is a negative of anyone.
+    batch = collate([ContrastiveExample(f"q{i}", ["same"]) for i in range(3)])
+    q = _unit(3, 4).requires_grad_()
+    d = _unit(3, 4, seed=1).requires_grad_()
+    loss = InfoNCELoss(None, symmetric=True).loss_from_embeddings(q, d, batch)
+    loss.backward()
+    assert abs(float(loss)) < 1e-6
+    assert torch.isfinite(q.grad).all() and torch.isfinite(d.grad).all()

@@ -214,7 +214,10 @@ class InfoNCELoss(torch.nn.Module):
     def _loss(self, q: torch.Tensor, d: torch.Tensor, m: dict[str, torch.Tensor]) -> torch.Tensor:
         scale = self.scale
         scores = scale * (q[m["local"]] @ d.T)  # [B_local, N]
-        neg_lse = scores.masked_fill(~m["neg"][m["local"]], -torch.inf).logsumexp(-1)
+        # A finite fill, not -inf: a query with no negatives at all (every document is
+        # one of its positives) must give loss 0, not a NaN gradient.
+        lowest = torch.finfo(scores.dtype).min
+        neg_lse = scores.masked_fill(~m["neg"][m["local"]], lowest).logsumexp(-1)
         rows = m["pair_row"]
         pos = scores[rows, m["pair_d"]]
         loss = ((torch.logaddexp(pos, neg_lse[rows]) - pos) * m["pair_w"]).sum()
@@ -222,7 +225,7 @@ class InfoNCELoss(torch.nn.Module):
             return loss
         # Document to query: each positive document against every query.
         rev = scale * (d[m["pair_d"]] @ q.T)  # [pairs, B_global]
-        rev_lse = rev.masked_fill(~m["qneg"], -torch.inf).logsumexp(-1)
+        rev_lse = rev.masked_fill(~m["qneg"], lowest).logsumexp(-1)
         rev_pos = rev[torch.arange(rev.shape[0], device=q.device), m["pair_q"]]
         rev_loss = ((torch.logaddexp(rev_pos, rev_lse) - rev_pos) * m["pair_w"]).sum()
         return 0.5 * (loss + rev_loss)

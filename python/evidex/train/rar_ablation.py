@@ -6,12 +6,13 @@
 `--data` holds one relevant (query, target) pair per line: ``{"query": text or null,
 "query_image": path or null, "target": text or null, "target_image": path or null}``.
 For every configuration the same train/held-out split is enhanced as configured (an
-image with no text and no enhancement is invisible to a text embedder: it embeds as
-empty text), a fresh copy of the embedder is fine-tuned on the train pairs with
-`ContrastiveTrainer`, and held-out queries are scored by Recall@K against all held-out
-targets. Generators: ``image-text:<dir>`` (transformers image-text-to-text model with its
-processor), ``causal:<dir>[::<file.gguf>]`` (text only; images are then not captioned).
-Generations are cached next to the data, so each item is enhanced once.
+image with no text and no enhancement is invisible to a text embedder: every such image
+embeds as the same placeholder text), a fresh copy of the embedder is fine-tuned on the
+train pairs with `ContrastiveTrainer`, and held-out queries are scored by Recall@K
+against all held-out targets. Generators: ``image-text:<dir>`` (transformers image-text-
+to-text model with its processor), ``causal:<dir>[::<file.gguf>]`` (text only; images
+are then not captioned). Generations are cached next to the data, so each item is
+enhanced once.
 """
 
 from __future__ import annotations
@@ -96,10 +97,14 @@ def _label(pair: tuple[Item, Item], index: int) -> Any:
     return pair[0].label if pair[0].label is not None else f"#{index}"
 
 
+# What a text embedder gets for an image nobody described: the same for every image.
+UNSEEN_IMAGE = "[image]"
+
+
 def texts_for(enhancer: RAREnhancer, items: list[Item], enhance: bool, corpus: bool) -> list[str]:
     if enhance:
         return enhancer.enhance_corpus(items) if corpus else enhancer.enhance_queries(items)
-    return [i.text or "" for i in items]
+    return [i.text or UNSEEN_IMAGE for i in items]
 
 
 def run(
@@ -129,7 +134,7 @@ def run(
         q_texts = texts_for(enhancer, queries, query_on, corpus=False)
         t_texts = texts_for(enhancer, targets, corpus_on, corpus=True)
         model = Embedder.from_pretrained(embedder_path)
-        train_pairs = [(q_texts[i] or " ", t_texts[i] or " ") for i in train]
+        train_pairs = [(q_texts[i] or UNSEEN_IMAGE, t_texts[i] or UNSEEN_IMAGE) for i in train]
         ContrastiveTrainer(
             model,
             train_pairs,
@@ -142,8 +147,8 @@ def run(
         labels = [_label(pairs[i], i) for i in held]
         result = evaluate_retrieval(
             model,
-            [q_texts[i] or " " for i in held],
-            [t_texts[i] or " " for i in held],
+            [q_texts[i] or UNSEEN_IMAGE for i in held],
+            [t_texts[i] or UNSEEN_IMAGE for i in held],
             [{j for j, other in enumerate(labels) if other == mine} for mine in labels],
         )
         rows.append({"config": name, **{k: v for k, v in result.items() if k != "queries"}})

@@ -3,10 +3,11 @@
     python -m evidex.train.rar_example --out runs/rar_easyvqa
 
 No vision-language model ships offline, so this example first trains one: a LLaVA-style
-image-text-to-text model (CLIP-style vision tower + small Llama, randomly initialised,
-about 2.7M parameters) learns to caption easy-VQA's training images ("a blue circle"),
-with captions assembled from the dataset's own question/answer labels. It is then used
-as RAR's generator, behind the same `ImageTextGenerator` a real VLM would use.
+image-text-to-text model (CLIP-style vision tower + small Llama with a word-level
+vocabulary, randomly initialised, about 0.2M parameters) learns to caption easy-VQA's
+training images ("a blue circle"), with captions assembled from the dataset's own
+question/answer labels. It is then used as RAR's generator, behind the same
+`ImageTextGenerator` a real VLM would use.
 
 Retrieval task, on easy-VQA's test images: the corpus is image-only entries; half of the
 queries are text ("a blue circle"), half are query-by-example images; a target is
@@ -65,6 +66,35 @@ def caption_of(label: tuple[str, str]) -> str:
     return f"a {label[0]} {label[1]} on a white background"
 
 
+def captioner_tokenizer() -> Any:
+    """A word-level tokenizer over RAR's prompts and the captions' words: the captioner's
+    output layer is then tiny, which is what makes training it on a CPU quick."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from .rar import MODIFICATION_PROMPT, QA_RESOLVE_PROMPT
+
+    text = " ".join(
+        [CAPTION_PROMPT, QA_RESOLVE_PROMPT, MODIFICATION_PROMPT, caption_of(("x", "y"))]
+        + sorted(COLOURS | SHAPES)
+    )
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
+    special = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+    vocab = {w: i for i, w in enumerate(special + [w for w in words if w not in special])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<image>"],
+    )
+
+
 def build_captioner(tokenizer: Any) -> tuple[Any, Any]:
     """A randomly initialised tiny LLaVA and its processor for 64x64 images."""
     from transformers import (
@@ -76,9 +106,6 @@ def build_captioner(tokenizer: Any) -> tuple[Any, Any]:
         LlavaProcessor,
     )
 
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     vision = CLIPVisionConfig(
         hidden_size=64,
         intermediate_size=128,
@@ -124,16 +151,11 @@ def build_captioner(tokenizer: Any) -> tuple[Any, Any]:
 def train_captioner(out_dir: str, steps: int, batch_size: int, lr: float, seed: int = 0) -> float:
     """Train the captioner on easy-VQA's training images; save it; return its final loss."""
     import easy_vqa
-    import tinycoder
 
     from ..media import load_image
-    from .rl import load_causal_lm
 
     torch.manual_seed(seed)
-    _, tokenizer = load_causal_lm(
-        os.path.join(os.path.dirname(tinycoder.__file__), "models"), "tiny.gguf"
-    )
-    model, processor = build_captioner(tokenizer)
+    model, processor = build_captioner(captioner_tokenizer())
     labels = easy_vqa_labels("train")
     paths = easy_vqa.get_train_image_paths()
     ids = sorted(labels)
@@ -141,7 +163,7 @@ def train_captioner(out_dir: str, steps: int, batch_size: int, lr: float, seed: 
     prompt = "<image>" + CAPTION_PROMPT.format(word_limit=QUERY_WORDS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     rng = random.Random(seed)
-    eos = tokenizer.eos_token
+    eos = processor.tokenizer.eos_token
     model.train()
     loss_value = float("nan")
     for step in range(steps):
