@@ -45,6 +45,22 @@ def episodes(n: int, offset: int, candidates: int, seed: int):
     return out
 
 
+@torch.no_grad()
+def answer_loss_gap(model, held) -> tuple[float, float]:
+    """Mean answer loss reading the gold document vs the first distractor."""
+    model.eval()
+    losses = []
+    for pick_gold in (True, False):
+        total = 0.0
+        for i in range(0, len(held), 50):
+            part = held[i : i + 50]
+            docs = [[e[1][e[3]] if pick_gold else e[1][(e[3] + 1) % len(e[1])]] for e in part]
+            total += model([e[0] for e in part], docs, [e[2] for e in part]).loss.item() * len(part)
+        losses.append(total / len(held))
+    model.train()
+    return losses[0], losses[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         if (step + 1) % args.eval_every == 0:
             print(f"pretrain {step + 1}: answer loss {out.loss.item():.3f}", flush=True)
     print(f"after stage 1 ({time.time() - t0:.0f} s): Recall@1 {recall():.3f}", flush=True)
+    gold, other = answer_loss_gap(model, held)
+    print(
+        f"held-out answer loss from the gold document {gold:.3f}, from a distractor "
+        f"{other:.3f}: the gap is the selector's only training signal",
+        flush=True,
+    )
     history = []
     for step in range(args.steps):  # stage 2: joint, through the selector
         batch = [train[(step * args.batch_size + j) % len(train)] for j in range(args.batch_size)]

@@ -45,11 +45,15 @@ def load_causal_lm(
 
     if not os.path.isdir(source):
         raise FileNotFoundError(f"no model directory at {source!r}")
-    if gguf_file is None:
+
+    def from_dir(path: str) -> tuple[Any, Any]:
         return (
-            AutoModelForCausalLM.from_pretrained(source, local_files_only=True),
-            AutoTokenizer.from_pretrained(source, local_files_only=True),
+            AutoModelForCausalLM.from_pretrained(path, local_files_only=True),
+            AutoTokenizer.from_pretrained(path, local_files_only=True),
         )
+
+    if gguf_file is None:
+        return from_dir(source)
     gguf_path = os.path.join(source, gguf_file)
     if not os.path.isfile(gguf_path):
         raise FileNotFoundError(f"no GGUF file at {gguf_path!r}")
@@ -59,10 +63,7 @@ def load_causal_lm(
         cache_dir or os.path.expanduser("~/.cache/evidex/models"), key.hexdigest()[:16]
     )
     if os.path.isfile(os.path.join(cache, "config.json")):
-        return (
-            AutoModelForCausalLM.from_pretrained(cache, local_files_only=True),
-            AutoTokenizer.from_pretrained(cache, local_files_only=True),
-        )
+        return from_dir(cache)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     # The weights are dequantised float tensors now; drop the GGUF marker that makes
@@ -79,10 +80,7 @@ def load_causal_lm(
     except OSError:  # another process cached it first
         pass
     # Reload from the cache: a plain float model, trainable (the GGUF-loaded one is not).
-    return (
-        AutoModelForCausalLM.from_pretrained(cache, local_files_only=True),
-        AutoTokenizer.from_pretrained(cache, local_files_only=True),
-    )
+    return from_dir(cache)
 
 
 def retrieval_dataset(queries: Sequence[str], targets: Sequence[str]) -> Any:
