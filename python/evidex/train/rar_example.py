@@ -95,8 +95,16 @@ def captioner_tokenizer() -> Any:
     )
 
 
-def build_captioner(tokenizer: Any) -> tuple[Any, Any]:
-    """A randomly initialised tiny LLaVA and its processor for 64x64 images."""
+def build_captioner(
+    tokenizer: Any,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    image_size: int = 64,
+    patch_size: int = 8,
+) -> tuple[Any, Any]:
+    """A randomly initialised tiny LLaVA and its processor (`tokenizer` must hold
+    ``<image>`` and a pad token); the defaults are the 64x64 easy-VQA captioner."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -107,21 +115,21 @@ def build_captioner(tokenizer: Any) -> tuple[Any, Any]:
     )
 
     vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=64,
-        patch_size=8,
-        projection_dim=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=hidden,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -135,12 +143,11 @@ def build_captioner(tokenizer: Any) -> tuple[Any, Any]:
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
+    square = {"height": image_size, "width": image_size}
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}
-        ),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
         tokenizer=tokenizer,
-        patch_size=8,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         image_token="<image>",
         num_additional_image_tokens=1,
