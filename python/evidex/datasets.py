@@ -96,19 +96,27 @@ def debian_descriptions() -> list[tuple[str, str, str]]:
     return out
 
 
-def debian_pairs(
+def debian_records(
     min_chars: int = 80, max_chars: int = 1000, seed: int = 0
-) -> list[tuple[str, str]]:
-    """(synopsis, first description paragraph) pairs, shuffled with `seed`.
+) -> list[tuple[str, str, str]]:
+    """(package, synopsis, first description paragraph), shuffled with `seed`.
 
-    Paragraphs shorter than `min_chars` or longer than `max_chars` are dropped, and both
-    sides are de-duplicated, so each query has exactly one relevant document.
+    Paragraphs shorter than `min_chars` or longer than `max_chars` are dropped, and
+    synopses and paragraphs are each de-duplicated, so each synopsis has exactly one
+    relevant paragraph.
     """
     import random
 
-    rows = [(s, b.split("\n\n")[0].replace("\n", " ")) for _, s, b in debian_descriptions()]
-    rows = [r for r in rows if min_chars < len(r[1]) <= max_chars]
-    unique = list({r[1]: r for r in rows}.values())
-    unique = list({r[0]: r for r in unique}.values())
+    rows = [(p, s, b.split("\n\n")[0].replace("\n", " ")) for p, s, b in debian_descriptions()]
+    rows = [r for r in rows if min_chars < len(r[2]) <= max_chars]
+    unique = list({r[2]: r for r in rows}.values())
+    unique = list({r[1]: r for r in unique}.values())
     random.Random(seed).shuffle(unique)
     return unique
+
+
+def debian_pairs(
+    min_chars: int = 80, max_chars: int = 1000, seed: int = 0
+) -> list[tuple[str, str]]:
+    """(synopsis, first description paragraph) pairs of `debian_records`."""
+    return [(s, b) for _, s, b in debian_records(min_chars, max_chars, seed)]

@@ -35,12 +35,9 @@ def episodes(n: int, offset: int, candidates: int, seed: int, task: str = "packa
     synopsis, documents are bare descriptions (the answer is about what the right
     description says, not a string it contains).
     """
-    from ..datasets import debian_descriptions
+    from ..datasets import debian_records
 
-    rows = [(p, s, b.split("\n\n")[0].replace("\n", " ")) for p, s, b in debian_descriptions()]
-    rows = [r for r in rows if 80 < len(r[2]) <= 600]
-    rows = list({r[1]: r for r in {r[2]: r for r in rows}.values()}.values())
-    random.Random(seed).shuffle(rows)
+    rows = debian_records(max_chars=600, seed=seed)
     rng = random.Random(seed + offset)
     out = []
     for i in range(offset, offset + n):

@@ -8,6 +8,7 @@ ordering.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -34,9 +35,10 @@ def _items(data: Sequence[str] | Mapping[Any, str], what: str) -> tuple[list[Any
 
 
 def _encode(embedder: Any, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
-    try:
+    accepted = inspect.signature(embedder.encode).parameters
+    if "batch_size" in accepted and "show_progress" in accepted:
         out = embedder.encode(texts, batch_size=batch_size, show_progress=show_progress)
-    except TypeError:  # a plain TextEmbedder: encode(texts)
+    else:  # a plain TextEmbedder: encode(texts)
         out = embedder.encode(texts)
     out = np.ascontiguousarray(out, dtype=np.float32)
     if out.ndim != 2 or out.shape[0] != len(texts):
