@@ -193,10 +193,11 @@ class InfoNCELoss(torch.nn.Module):
         for i, row in enumerate(g.positives):
             is_positive_text[i, [doc_text[p] for p in row]] = True
         neg = ~is_positive_text[:, torch.tensor(doc_text)]
+        pair_q_t = torch.tensor(pair_q, dtype=torch.long, device=device)
         out = {
             "local": local,
-            "pair_q": torch.tensor(pair_q, dtype=torch.long, device=device),
-            "pair_row": torch.tensor(pair_q, dtype=torch.long, device=device) - g.local.start,
+            "pair_q": pair_q_t,
+            "pair_row": pair_q_t - g.local.start,
             "pair_d": torch.tensor(pair_d, dtype=torch.long, device=device),
             "pair_w": torch.tensor(pair_w, dtype=torch.float32, device=device) / len(g.local),
             "neg": neg.to(device),
@@ -269,8 +270,9 @@ class CachedInfoNCELoss(InfoNCELoss):
     def forward(self, batch: ContrastiveBatch) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return super().forward(batch)
-        chunks = self._chunks(batch.queries) + self._chunks(batch.documents)
-        n_query_chunks = len(self._chunks(batch.queries))
+        query_chunks = self._chunks(batch.queries)
+        chunks = query_chunks + self._chunks(batch.documents)
+        n_query_chunks = len(query_chunks)
         states, reps = [], []
         with torch.no_grad():
             for chunk in chunks:
