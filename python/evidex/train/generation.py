@@ -14,7 +14,8 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -89,7 +90,9 @@ class GenerationCache:
 class _CachedGenerator:
     """Cache lookup and batching shared by the generators; subclasses generate."""
 
+    model: Any
     model_id: str
+    max_new_tokens: int
     batch_size: int
     cache: GenerationCache | None
     calls: int
@@ -98,6 +101,28 @@ class _CachedGenerator:
         self, prompts: list[str], images: list[Sequence[Any] | None]
     ) -> list[str]:
         raise NotImplementedError
+
+    def _greedy(self, inputs: Any, tokenizer: Any) -> list[str]:
+        """Greedy generation from model inputs; the new tokens decoded and stripped.
+        The model's training mode is restored afterwards."""
+        import torch
+
+        model = self.model
+        inputs = inputs.to(model.device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+        finally:
+            model.train(was_training)
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def generate(self, prompt: str, images: Sequence[Any] | None = None) -> str:
         return self.generate_batch([prompt], [images] if images else None)[0]
@@ -126,6 +151,16 @@ class _CachedGenerator:
                 if self.cache is not None:
                     self.cache.put(keys[i], text)
         return [o or "" for o in out]
+
+
+@contextmanager
+def _left_padding(tokenizer: Any) -> Iterator[None]:
+    """Pad on the left while the block runs (generation continues from the right)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
 
 
 def _as_cache(cache: str | GenerationCache | None) -> GenerationCache | None:
@@ -162,30 +197,12 @@ class CausalLMGenerator(_CachedGenerator):
     def _generate_uncached(
         self, prompts: list[str], images: list[Sequence[Any] | None]
     ) -> list[str]:
-        import torch
 
         if any(images):
             raise ValueError("a text-only causal LM cannot read images; use ImageTextGenerator")
-        tok = self.tokenizer
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            batch = tok(prompts, return_tensors="pt", padding=True).to(self.model.device)
-        finally:
-            tok.padding_side = side
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **batch,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                )
-        finally:
-            self.model.train(was_training)
-        new = out[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        with _left_padding(self.tokenizer):
+            batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        return self._greedy(batch, self.tokenizer)
 
 
 class ImageTextGenerator(_CachedGenerator):
@@ -213,7 +230,6 @@ class ImageTextGenerator(_CachedGenerator):
     def _generate_uncached(
         self, prompts: list[str], images: list[Sequence[Any] | None]
     ) -> list[str]:
-        import torch
 
         token = getattr(self.processor, "image_token", "<image>")
         texts, flat = [], []
@@ -222,21 +238,8 @@ class ImageTextGenerator(_CachedGenerator):
             missing = len(ims) - prompt.count(token)
             texts.append(token * max(0, missing) + prompt)
             flat.extend(ims)
-        tok = self.processor.tokenizer
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
+        with _left_padding(self.processor.tokenizer):
             inputs = self.processor(
                 text=texts, images=flat or None, return_tensors="pt", padding=True
-            ).to(self.model.device)
-        finally:
-            tok.padding_side = side
-        self.model.eval()
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
             )
-        new = out[:, inputs["input_ids"].shape[1] :]
-        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        return self._greedy(inputs, self.processor.tokenizer)
