@@ -342,6 +342,18 @@ def test_torch_compile_fullgraph() -> None:
 
 
 # ----------------------------------------------------------------- bad input
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [0, 7, 40, 98])
+def test_st_topk_rejects_non_finite_anywhere(dtype, bad, where) -> None:
+    # The finiteness check rides along with the top-k scan: it must see the first k
+    # entries, the vector blocks and the tail alike (n = 99: 6 blocks of 16 + 3).
+    s = torch.randn(3, 99, dtype=dtype)
+    s[1, where] = bad
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        O.st_topk(s, 5)
+
+
 def test_bad_input() -> None:
     s = torch.randn(2, 5)
     with pytest.raises(ValueError, match="k must be in"):

@@ -1,6 +1,7 @@
 #include "evidex/ops.h"
 
 #include <algorithm>
+#include <atomic>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -104,37 +105,78 @@ void check_finite(const T* x, std::size_t n, const char* what) {
 
 }  // namespace
 
+// float rows: cloned per ISA and chosen at load time from the CPU's features
+// (an ifunc), as the distance kernels are; the package is never built for one CPU.
+// The row bodies are forced inline so each clone compiles them for its own ISA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EVIDEX_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EVIDEX_ISA_CLONES
+#endif
+#define EVIDEX_ROW_INLINE inline __attribute__((always_inline))
+
+// The k best of one row into best[0..k), best first, ties to the lower index;
+// returns false if the row holds a NaN or infinity. One vector comparison per
+// block of 16 rejects most entries; the finiteness check rides along in the
+// same pass (x * 0 is 0 only for finite x).
+template <class T>
+EVIDEX_ROW_INLINE bool topk_row(const T* s, std::size_t n, std::size_t k, std::pair<T, std::int64_t>* best) {
+    constexpr std::size_t kBlock = 16;
+    T zero[kBlock] = {};
+    std::size_t count = 0;
+    auto offer = [&](std::size_t i) {
+        if (count == k && !(s[i] > best[k - 1].first)) return;
+        std::size_t pos = count < k ? count++ : k - 1;
+        while (pos > 0 && s[i] > best[pos - 1].first) {
+            best[pos] = best[pos - 1];
+            --pos;
+        }
+        best[pos] = {s[i], static_cast<std::int64_t>(i)};
+    };
+    std::size_t i = 0;
+    for (; i < n && count < k; ++i) offer(i);
+    T tail = 0;
+    for (std::size_t j = 0; j < i; ++j) tail += s[j] * T(0);
+    for (; i + kBlock <= n; i += kBlock) {
+        const T bar = best[k - 1].first;
+        int any = 0;
+        for (std::size_t l = 0; l < kBlock; ++l) {
+            any |= s[i + l] > bar;
+            zero[l] += s[i + l] * T(0);
+        }
+        if (any)
+            for (std::size_t l = 0; l < kBlock; ++l) offer(i + l);
+    }
+    for (; i < n; ++i) {
+        tail += s[i] * T(0);
+        offer(i);
+    }
+    for (std::size_t l = 0; l < kBlock; ++l) tail += zero[l];
+    return tail == T(0);
+}
+
+
+EVIDEX_ISA_CLONES
+bool topk_row_f32(const float* s, std::size_t n, std::size_t k,
+                  std::pair<float, std::int64_t>* best) {
+    return topk_row(s, n, k, best);
+}
+
 template <class T>
 void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
                std::int64_t* indices, T* mask, std::size_t num_threads) {
-    check_finite(scores, rows * n, "scores");
+    std::atomic<bool> finite{true};
     parallel_for(rows, threads_for(rows * n, num_threads), [&](std::size_t r) {
-        const T* s = scores + r * n;
-        // The k best so far, best first; one comparison rejects most entries, and
-        // a later entry never beats an equal earlier one (ties to the lower index).
         thread_local std::vector<std::pair<T, std::int64_t>> best;
-        best.clear();
-        constexpr std::size_t kBlock = 16;
-        for (std::size_t start = 0; start < n; start += kBlock) {
-            const std::size_t end = std::min(n, start + kBlock);
-            if (best.size() == k) {
-                // Skip a whole block when nothing in it beats the current k-th.
-                const T bar = best.back().first;
-                int any = 0;
-                for (std::size_t i = start; i < end; ++i) any |= s[i] > bar;
-                if (!any) continue;
-            }
-            for (std::size_t i = start; i < end; ++i) {
-                if (best.size() == k && !(s[i] > best.back().first)) continue;
-                std::size_t pos = best.size() < k ? best.size() : k - 1;
-                if (best.size() < k) best.emplace_back();
-                while (pos > 0 && s[i] > best[pos - 1].first) {
-                    best[pos] = best[pos - 1];
-                    --pos;
-                }
-                best[pos] = {s[i], static_cast<std::int64_t>(i)};
-            }
+        best.resize(k);
+        const T* s = scores + r * n;
+        bool ok;
+        if constexpr (std::is_same_v<T, float>) {
+            ok = topk_row_f32(s, n, k, best.data());
+        } else {
+            ok = topk_row(s, n, k, best.data());
         }
+        if (!ok) finite.store(false, std::memory_order_relaxed);
         T* m = mask + r * n;
         std::fill(m, m + n, T(0));
         for (std::size_t j = 0; j < k; ++j) {
@@ -142,28 +184,41 @@ void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
             m[best[j].second] = T(1);
         }
     });
+    if (!finite.load()) not_finite("scores");
 }
 
-// out = J(softmax(s * inv_tau))^T g for one row, in four simple passes that
-// the compiler vectorises (max, numerators, two lane-wise sums, product).
+// out = J(softmax(s * inv_tau))^T g for one row, in three passes that the
+// compiler vectorises: the max; the numerators with their sum and their dot
+// with g in 16 lanes (summed in double); the product.
 template <class T>
-EVIDEX_HD void softmax_backward_row(const T* s, const T* g, std::size_t n, T inv_tau, T* e,
-                                    T* out) {
+EVIDEX_ROW_INLINE void softmax_backward_row(const T* s, const T* g, std::size_t n, T inv_tau, T* e, T* out) {
+    constexpr std::size_t kWide = 16;
     const T mx = lanes_max(s, n) * inv_tau;
-    for (std::size_t i = 0; i < n; ++i) e[i] = exp_of(s[i] * inv_tau - mx);
-    thread_local std::vector<T> ones;
-    if (ones.size() < n) ones.assign(n, T(1));
-    const double total = lanes_dot(e, ones.data(), n);
-    const T mean = static_cast<T>(lanes_dot(e, g, n) / total);
+    T sum_l[kWide] = {}, dot_l[kWide] = {};
+    std::size_t i = 0;
+    for (; i + kWide <= n; i += kWide)
+        for (std::size_t l = 0; l < kWide; ++l) {
+            const T v = exp_of(s[i + l] * inv_tau - mx);
+            e[i + l] = v;
+            sum_l[l] += v;
+            dot_l[l] += v * g[i + l];
+        }
+    double total = 0.0, dot = 0.0;
+    for (; i < n; ++i) {
+        e[i] = exp_of(s[i] * inv_tau - mx);
+        total += e[i];
+        dot += static_cast<double>(e[i]) * g[i];
+    }
+    for (std::size_t l = 0; l < kWide; ++l) {
+        total += sum_l[l];
+        dot += dot_l[l];
+    }
+    const T mean = static_cast<T>(dot / total);
     const T scale = static_cast<T>(inv_tau / total);
-    for (std::size_t i = 0; i < n; ++i) out[i] = e[i] * scale * (g[i] - mean);
+    for (std::size_t j = 0; j < n; ++j) out[j] = e[j] * scale * (g[j] - mean);
 }
 
-// float rows: cloned per ISA and chosen at load time from the CPU's features
-// (an ifunc), as the distance kernels are; the package is never built for one CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
+EVIDEX_ISA_CLONES
 void softmax_backward_row_f32(const float* s, const float* g, std::size_t n, float inv_tau,
                               float* e, float* out) {
     softmax_backward_row(s, g, n, inv_tau, e, out);
@@ -301,20 +356,24 @@ inline double dot_of(const double* a, const double* b, std::size_t d) {
 template <class T>
 void frame_scores(const T* frames, std::size_t nt, const T* queries, std::size_t nq,
                   std::size_t d, T* out, std::size_t num_threads) {
-    std::vector<double> fnorm(nt);
-    for (std::size_t t = 0; t < nt; ++t) {
-        const double sq = dot_of(frames + t * d, frames + t * d, d);
-        if (!std::isfinite(sq)) not_finite("frames");  // a NaN or inf makes the norm so
-        fnorm[t] = std::max(std::sqrt(sq), 1e-12);
+    std::vector<double> qnorm(nq);
+    for (std::size_t q = 0; q < nq; ++q) {
+        const double sq = dot_of(queries + q * d, queries + q * d, d);
+        if (!std::isfinite(sq)) not_finite("queries");  // a NaN or inf makes the norm so
+        qnorm[q] = std::max(std::sqrt(sq), 1e-12);
     }
-    for (std::size_t q = 0; q < nq; ++q)
-        if (!std::isfinite(dot_of(queries + q * d, queries + q * d, d))) not_finite("queries");
-    parallel_for(nq, threads_for(nq * nt * d, num_threads), [&](std::size_t q) {
-        const T* qv = queries + q * d;
-        const double qn = std::max(std::sqrt(dot_of(qv, qv, d)), 1e-12);
-        for (std::size_t t = 0; t < nt; ++t)
-            out[q * nt + t] = static_cast<T>(dot_of(qv, frames + t * d, d) / (qn * fnorm[t]));
+    // One pass over the frames (the large operand): each frame's norm and its dots
+    // with every query while it is in cache.
+    std::atomic<bool> finite{true};
+    parallel_for(nt, threads_for(nq * nt * d, num_threads), [&](std::size_t t) {
+        const T* f = frames + t * d;
+        const double sq = dot_of(f, f, d);
+        if (!std::isfinite(sq)) finite.store(false, std::memory_order_relaxed);
+        const double fn = std::max(std::sqrt(sq), 1e-12);
+        for (std::size_t q = 0; q < nq; ++q)
+            out[q * nt + t] = static_cast<T>(dot_of(queries + q * d, f, d) / (qnorm[q] * fn));
     });
+    if (!finite.load()) not_finite("frames");
 }
 
 template <class T>
