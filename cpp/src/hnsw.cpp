@@ -14,12 +14,6 @@
 #include "evidex/beam.h"
 #include "evidex/errors.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define EVIDEX_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0)
-#else
-#define EVIDEX_PREFETCH(p) __builtin_prefetch(p)
-#endif
 
 namespace evidex {
 
@@ -60,18 +54,6 @@ struct Closer {
 
 }  // namespace
 
-// Prefetch every cache line of a node's vector: the distance that follows reads
-// all of them, and the hardware prefetcher cannot guess the next random node.
-inline void prefetch_vector(const char* p, std::size_t bytes) {
-    for (std::size_t off = 0; off < bytes; off += 64) EVIDEX_PREFETCH(p + off);
-}
-
-// How many neighbours' data to have in flight: about 24 cache lines, measured
-// best on GloVe-50 for both 64-byte codes (24 nodes) and 200-byte vectors (6).
-std::size_t prefetch_ahead(std::size_t bytes) {
-    const std::size_t lines = std::max<std::size_t>(1, (bytes + 63) / 64);
-    return std::min<std::size_t>(32, std::max<std::size_t>(2, 24 / lines));
-}
 
 std::size_t HNSW::ahead_for(std::size_t bytes) const {
     const std::size_t ahead = tune_ahead_.load();
@@ -163,6 +145,7 @@ void HNSW::resize(std::size_t new_max_elements) {
     if (new_max_elements >= BeamPool::kMaxId)
         throw std::invalid_argument("max_elements must be below 2^31 - 1");
     allocate(new_max_elements);
+    version_.store(next_graph_version(), std::memory_order_release);
 }
 
 label_t HNSW::label_at(node_id id) const {
@@ -229,10 +212,14 @@ void HNSW::add(const float* data, std::size_t n, const label_t* labels, std::siz
         // the Python layer), which copies it into owned memory.
         throw std::runtime_error("index is memory-mapped without free slots; resize it first");
     }
+    // New contents before and after: a kernel cache built during the insert is
+    // dropped at its end.
+    version_.store(next_graph_version(), std::memory_order_release);
     parallel_for(n, num_threads, [&](std::size_t i) {
         thread_local std::vector<float> scratch;
         add_one(data + i * dim_, labels[i], replace_deleted, forbid_update_deleted, scratch);
     });
+    version_.store(next_graph_version(), std::memory_order_release);
 }
 
 void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
@@ -412,28 +399,35 @@ node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id e
 }
 
 
-// hnswlib's heuristic (Algorithm 4 of the paper): keep a candidate only if it is
-// closer to the base than to every neighbour kept so far. Leaves `candidates`
-// sorted nearest first.
+// Neighbour selection through the construction slot of the kernel set (built in:
+// hnswlib's heuristic, kernels.cpp). Leaves `candidates` sorted nearest first.
 void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const {
     std::sort(candidates.begin(), candidates.end());
-    if (candidates.size() <= m) return;
-    MaxHeap kept;
-    kept.reserve(m);
-    for (const Candidate& c : candidates) {
-        bool good = true;
-        for (const Candidate& r : kept) {
-            if (distance(k, vec(c.id), vec(r.id)) < c.dist) {
-                good = false;
-                break;
-            }
-        }
-        if (good) {
-            kept.push_back(c);
-            if (kept.size() >= m) break;
-        }
+    if (candidates.empty()) return;
+    const std::size_t n = candidates.size();
+    thread_local std::vector<node_id> ids, kept_ids;
+    thread_local std::vector<float> dists, kept_dists;
+    ids.resize(n);
+    dists.resize(n);
+    kept_ids.resize(m);
+    kept_dists.resize(m);
+    for (std::size_t i = 0; i < n; ++i) {
+        ids[i] = candidates[i].id;
+        dists[i] = candidates[i].dist;
     }
-    candidates.swap(kept);
+    const evx_graph_view g = graph_view(k);
+    const std::int64_t kept =
+        kernels().select(&g, ids.data(), dists.data(), n, m, kept_ids.data(), kept_dists.data());
+    // A loaded kernel is checked like input: a bad answer would corrupt the graph.
+    if (kept < 1 || static_cast<std::size_t>(kept) > m)
+        throw std::runtime_error("construction kernel kept " + std::to_string(kept) +
+                                 " neighbours, expected 1 to " + std::to_string(m));
+    candidates.resize(static_cast<std::size_t>(kept));
+    for (std::size_t i = 0; i < candidates.size(); ++i) {
+        if (std::find(ids.begin(), ids.end(), kept_ids[i]) == ids.end())
+            throw std::runtime_error("construction kernel returned a node that was not a candidate");
+        candidates[i] = {kept_dists[i], kept_ids[i]};
+    }
 }
 
 node_id HNSW::link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level) {
@@ -475,39 +469,15 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
 
 // ------------------------------------------------------------------ search
 
-// Beam search on one level, no filter: the hot path of queries and of building
-// (when nothing is deleted). Neighbours are gathered first, their data
-// prefetched a few ahead of the distance computations. `dist(id)` measures a
-// node, `prefetch(id)` brings in what dist will read.
+// Beam search on one level, no filter (see beam_search in beam.h).
 template <class Dist, class Prefetch>
 void HNSW::search_beam(Dist&& dist, Prefetch&& prefetch, std::size_t ahead, node_id ep, int level,
                        std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const {
-    const std::size_t kAhead = ahead;  // nodes whose data is in flight
     auto visited = visited_pool_.acquire();
-    beam.reset(ef);
-    beam.insert(dist(ep), ep);
-    visited->mark(ep);
-    std::uint64_t computed = 1;
     node_id todo[kMaxLinks];
-    while (beam.has_next()) {
-        const node_id c = beam.pop();
-        const std::uint32_t* links = links_at(c, level);
-        const std::size_t n = link_count(links);
-        std::size_t m = 0;
-        for (std::size_t j = 1; j <= n; ++j) {
-            const node_id nb = links[j];
-            if (visited->try_visit(nb)) todo[m++] = nb;
-        }
-        for (std::size_t i = 0; i < std::min(m, kAhead); ++i) prefetch(todo[i]);
-        for (std::size_t i = 0; i < m; ++i) {
-            if (i + kAhead < m) prefetch(todo[i + kAhead]);
-            const float d = dist(todo[i]);
-            if (d < beam.bound()) beam.insert(d, todo[i]);
-        }
-        computed += m;
-        // The next node to expand: fetch its link list while this loop winds down.
-        if (beam.has_next()) EVIDEX_PREFETCH(links_at(beam.peek(), level));
-    }
+    const std::uint64_t computed =
+        beam_search([&](node_id id) { return links_at(id, level); }, dist, prefetch, ahead, ep, ef,
+                    *visited, beam, todo);
     if (dist_count) *dist_count += computed;
 }
 
@@ -635,8 +605,83 @@ HNSW::MaxHeap HNSW::search_layer(const DistanceKernels& k, node_id ep, const flo
         nullptr);
 }
 
-void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, std::size_t ef,
-                      const SearchFilter* filter, label_t* out_labels, float* out_distances,
+std::size_t HNSW::search_kernels(const DistanceKernels& k, const KernelSet& ks, node_id start,
+                                 const float* q, std::size_t kk, std::size_t ef,
+                                 label_t* out_labels, float* out_distances,
+                                 std::uint64_t* dist_count) const {
+    thread_local std::vector<node_id> ids, top_ids;
+    thread_local std::vector<float> dists, top_dists;
+    ids.resize(ef);
+    dists.resize(ef);
+    top_ids.resize(kk);
+    top_dists.resize(kk);
+    auto visited = visited_pool_.acquire();
+    evx_visited v = visited->abi();
+    const evx_graph_view g = graph_view(k);
+    std::uint64_t computed = 0;
+    const std::int64_t n = ks.search(&g, q, start, ef, &v, ids.data(), dists.data(), &computed);
+    if (n < 0 || static_cast<std::size_t>(n) > ef)
+        throw std::runtime_error("search kernel returned " + std::to_string(n) +
+                                 " results for a beam of " + std::to_string(ef));
+    const std::int64_t m = ks.refine(&g, q, ids.data(), dists.data(), static_cast<std::size_t>(n),
+                                     kk, &v, top_ids.data(), top_dists.data(), &computed);
+    if (m < 0 || static_cast<std::size_t>(m) > kk)
+        throw std::runtime_error("refinement kernel returned " + std::to_string(m) +
+                                 " results for k = " + std::to_string(kk));
+    const std::size_t count = count_.load();
+    for (std::size_t i = 0; i < static_cast<std::size_t>(m); ++i) {
+        if (top_ids[i] >= count)
+            throw std::runtime_error("search kernel returned node " + std::to_string(top_ids[i]) +
+                                     ", past the " + std::to_string(count) + " in the index");
+        out_labels[i] = label_at(top_ids[i]);
+        out_distances[i] = top_dists[i];
+    }
+    if (dist_count) *dist_count += computed;
+    return static_cast<std::size_t>(m);
+}
+
+evx_graph_view HNSW::graph_view(const DistanceKernels& k) const {
+    evx_graph_view g{};
+    g.abi_version = EVIDEX_KERNEL_ABI_VERSION;
+    g.metric = space_ == Space::L2 ? 0u : 1u;
+    g.nodes = level0_;
+    g.node_bytes = node_bytes_;
+    g.vector_offset = vec_offset_;
+    g.max_links = M0_;
+    g.num_nodes = count_.load();
+    g.dim = dim_;
+    g.distance = space_ == Space::L2 ? k.l2sq : k.dot;
+    const std::size_t bytes = dim_ * sizeof(float);
+    g.prefetch_ahead = ahead_for(bytes);
+    g.prefetch_bytes = prefetch_bytes(bytes);
+    g.version = version_.load(std::memory_order_acquire);
+    return g;
+}
+
+std::uint64_t HNSW::next_graph_version() {
+    static std::atomic<std::uint64_t> counter{0};
+    return ++counter;
+}
+
+std::shared_ptr<const KernelSet> HNSW::kernel_set() const {
+    std::lock_guard<std::mutex> lock(kernel_sets_mutex_);
+    const KernelSet* active = kernels_.load();
+    for (const auto& set : kernel_sets_)
+        if (set.get() == active) return set;
+    return std::make_shared<const KernelSet>(builtin_kernels());
+}
+
+void HNSW::set_kernels(std::shared_ptr<const KernelSet> kernels) {
+    if (!kernels || !kernels->search || !kernels->select || !kernels->refine)
+        throw std::invalid_argument("a kernel set needs all three slots");
+    std::lock_guard<std::mutex> lock(kernel_sets_mutex_);
+    kernel_sets_.push_back(kernels);
+    kernels_.store(kernels.get(), std::memory_order_release);
+}
+
+void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float* q,
+                      std::size_t kk, std::size_t ef, const SearchFilter* filter,
+                      label_t* out_labels, float* out_distances,
                       std::uint64_t* dist_count) const {
     std::size_t found = 0;
     const Entry e = entry();
@@ -654,13 +699,8 @@ void HNSW::search_one(const DistanceKernels& k, const float* q, std::size_t kk, 
         const node_id start = greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1,
                                           dist_count);
         if (plain) {
-            thread_local BeamPool beam;
-            search_beam_fp32(k, start, q, 0, std::max(ef, kk), beam, dist_count);
-            found = std::min(kk, beam.size());
-            for (std::size_t i = 0; i < found; ++i) {
-                out_labels[i] = label_at(beam.id(i));
-                out_distances[i] = beam.dist(i);
-            }
+            found = search_kernels(k, ks, start, q, kk, std::max(ef, kk), out_labels,
+                                   out_distances, dist_count);
         } else {
             auto allowed = [&](node_id id) {
                 return !deleted_at(id) && (filter == nullptr || filter->allowed(id, label_at(id)));
@@ -685,6 +725,7 @@ void HNSW::search(const float* queries, std::size_t nq, std::size_t k, std::size
                   float* out_distances) const {
     std::shared_lock<std::shared_mutex> lock(storage_mutex_);
     const DistanceKernels& kernels = active_kernels();
+    const KernelSet& ks = this->kernels();
     std::atomic<std::uint64_t> total{0};
     parallel_for(nq, num_threads, [&](std::size_t i) {
         const float* q = queries + i * dim_;
@@ -695,7 +736,7 @@ void HNSW::search(const float* queries, std::size_t nq, std::size_t k, std::size
             q = scratch.data();
         }
         std::uint64_t computed = 0;
-        search_one(kernels, q, k, ef, filter, out_labels + i * k, out_distances + i * k,
+        search_one(kernels, ks, q, k, ef, filter, out_labels + i * k, out_distances + i * k,
                    &computed);
         total.fetch_add(computed, std::memory_order_relaxed);
     });

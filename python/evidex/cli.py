@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         help="traverse on 8-bit codes, re-rank in float32",
     )
     p.set_defaults(func=demo)
+    from .crinn.cli import add_parsers
+
+    add_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

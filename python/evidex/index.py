@@ -41,6 +41,7 @@ class HNSWIndex:
             codes (one range per dimension, learnt by ``train`` or from the first
             ``add``), then re-rank the beam in float32, so distances stay exact.
             Costs ``dim`` bytes per vector more memory, saves memory bandwidth.
+        kernels: a compiled kernel library (path) to load at once, as ``use_kernels``.
 
     Ids are non-negative integers below ``2**63``; ``search`` returns them as int64,
     with ``-1`` (distance ``inf``) where fewer than ``k`` elements pass a filter.
@@ -58,6 +59,7 @@ class HNSWIndex:
         seed: int = 100,
         ef: int = 64,
         quantization: str | None = None,
+        kernels: PathLike | None = None,
     ) -> None:
         dim = check_positive_int(dim, "dim")
         if space not in SPACES:
@@ -73,6 +75,8 @@ class HNSWIndex:
             dim, _core.parse_space(space), M, ef_construction, max_elements, seed, quant
         )
         self.ef = ef
+        if kernels is not None:
+            self.use_kernels(kernels)
 
     @classmethod
     def _wrap(cls, core: _core.HNSW) -> HNSWIndex:
@@ -115,6 +119,47 @@ class HNSWIndex:
         for name, v in (("prefetch_ahead", prefetch_ahead), ("prefetch_lines", prefetch_lines)):
             check_positive_int(v, name, minimum=0)
         self._core.set_prefetch(int(prefetch_ahead), int(prefetch_lines))
+
+    # ------------------------------------------------------------ kernels
+    def use_kernels(
+        self, path: PathLike, *, self_test: bool = True, tolerance: float = 0.01
+    ) -> None:
+        """Load a compiled kernel library (``evidex.kernels``; a CRINN winner).
+
+        Its slots (search, construction, refinement) replace the active ones; the
+        others stay. The library must export this evidex's kernel ABI version and,
+        unless ``self_test=False``, pass :func:`evidex.kernels.self_test` against the
+        built-in kernels (recall within `tolerance`, exact distances, valid ids).
+
+        Raises:
+            FileNotFoundError: no such library.
+            ValueError: wrong ABI version, nothing exported, not loadable.
+            evidex.kernels.KernelSelfTestError: wrong results on the probe set.
+        """
+        from . import kernels as _kernels
+
+        candidate = _kernels.load_library(path, self._core.kernel_set())
+        if self_test:
+            _kernels.self_test(
+                candidate,
+                dim=self.dim,
+                space=self.space,
+                M=self.M,
+                ef_construction=min(self.ef_construction, 200),
+                index=self,
+                tolerance=tolerance,
+            )
+        self._core.set_kernel_set(candidate)
+
+    def reset_kernels(self) -> None:
+        """Go back to the built-in kernels."""
+        self._core.set_kernel_set(_core.builtin_kernel_set())
+
+    def kernels(self) -> dict[str, str]:
+        """Where each kernel slot comes from: ``"builtin"`` or a library path."""
+        from . import kernels as _kernels
+
+        return _kernels.describe(self._core.kernel_set())
 
     def train(self, vectors: Any) -> None:
         """Learn the SQ8 ranges from sample vectors (before the first ``add``)."""

@@ -10,7 +10,27 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define EVIDEX_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0)
+#else
+#define EVIDEX_PREFETCH(p) __builtin_prefetch(p)
+#endif
+
 namespace evidex {
+
+// Prefetch every cache line of a node's vector: the distance that follows reads
+// all of them, and the hardware prefetcher cannot guess the next random node.
+inline void prefetch_vector(const char* p, std::size_t bytes) {
+    for (std::size_t off = 0; off < bytes; off += 64) EVIDEX_PREFETCH(p + off);
+}
+
+// How many neighbours' data to have in flight: about 24 cache lines, measured
+// best on GloVe-50 for both 64-byte codes (24 nodes) and 200-byte vectors (6).
+inline std::size_t prefetch_ahead(std::size_t bytes) {
+    const std::size_t lines = std::max<std::size_t>(1, (bytes + 63) / 64);
+    return std::min<std::size_t>(32, std::max<std::size_t>(2, 24 / lines));
+}
 
 class BeamPool {
 public:
@@ -71,5 +91,41 @@ private:
     std::vector<std::uint32_t> id_;
     std::size_t capacity_ = 0, size_ = 0, cursor_ = 0;
 };
+
+// Beam search on one level of a graph: the hot path of queries and of building.
+// Unvisited neighbours are gathered first and their data prefetched `ahead`
+// nodes before the distance computations. `links(id)` gives a node's link list
+// ([count word, ids...]), `dist(id)` measures a node, `prefetch(id)` brings in
+// what dist will read, `visited` has try_visit(id) and mark(id); `todo` has
+// room for the longest link list. The HNSW class and the built-in search kernel
+// of the kernel ABI both run this body.
+template <class Links, class Dist, class Prefetch, class Visited>
+std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::size_t ahead,
+                          std::uint32_t ep, std::size_t ef, Visited& visited, BeamPool& beam,
+                          std::uint32_t* todo) {
+    beam.reset(ef);
+    beam.insert(dist(ep), ep);
+    visited.mark(ep);
+    std::uint64_t computed = 1;
+    while (beam.has_next()) {
+        const std::uint32_t* l = links(beam.pop());
+        const std::size_t n = *reinterpret_cast<const std::uint16_t*>(l);
+        std::size_t m = 0;
+        for (std::size_t j = 1; j <= n; ++j) {
+            const std::uint32_t nb = l[j];
+            if (visited.try_visit(nb)) todo[m++] = nb;
+        }
+        for (std::size_t i = 0; i < std::min(m, ahead); ++i) prefetch(todo[i]);
+        for (std::size_t i = 0; i < m; ++i) {
+            if (i + ahead < m) prefetch(todo[i + ahead]);
+            const float d = dist(todo[i]);
+            if (d < beam.bound()) beam.insert(d, todo[i]);
+        }
+        computed += m;
+        // The next node to expand: fetch its link list while this loop winds down.
+        if (beam.has_next()) EVIDEX_PREFETCH(links(beam.peek()));
+    }
+    return computed;
+}
 
 }  // namespace evidex

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "evidex/distance.h"
+#include "evidex/kernel_abi.h"
+#include "evidex/kernels.h"
 #include "evidex/parallel.h"
 #include "evidex/visited.h"
 
@@ -131,6 +133,14 @@ public:
     }
     IndexStats stats() const;
 
+    // The replaceable kernels (kernel_abi.h): searches and inserts that start
+    // after set_kernels use the new set; running ones finish with the old.
+    void set_kernels(std::shared_ptr<const KernelSet> kernels);
+    const KernelSet& kernels() const { return *kernels_.load(std::memory_order_acquire); }
+    std::shared_ptr<const KernelSet> kernel_set() const;  // the active set, shareable
+    // Level 0 as the kernel ABI sees it, for this index's metric and SIMD level.
+    evx_graph_view graph_view(const DistanceKernels& k) const;
+
     // Persistence: a versioned, checksummed file written to a temporary file and
     // renamed into place, so a failed write never destroys the previous file.
     void save(const std::string& path) const;
@@ -212,9 +222,14 @@ private:
     // Add the reverse links from each neighbour, pruning full lists.
     void link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level,
                    bool update);
-    void search_one(const DistanceKernels& k, const float* q, std::size_t kk, std::size_t ef,
-                    const SearchFilter* filter, label_t* out_labels, float* out_distances,
-                    std::uint64_t* dist_count) const;
+    void search_one(const DistanceKernels& k, const KernelSet& ks, const float* q, std::size_t kk,
+                    std::size_t ef, const SearchFilter* filter, label_t* out_labels,
+                    float* out_distances, std::uint64_t* dist_count) const;
+    // Plain level-0 search through the kernel set's search and refine slots.
+    std::size_t search_kernels(const DistanceKernels& k, const KernelSet& ks, node_id start,
+                               const float* q, std::size_t kk, std::size_t ef,
+                               label_t* out_labels, float* out_distances,
+                               std::uint64_t* dist_count) const;
     void allocate(std::size_t capacity);
     void allocate_slots(std::size_t capacity);
     void release_storage();
@@ -246,6 +261,14 @@ private:
     std::unique_ptr<std::mutex[]> link_locks_;
 
     std::atomic<std::size_t> ef_{64};
+    // The active kernel set: a plain pointer so the hot paths read it without a
+    // lock; every set ever made active stays alive in kernel_sets_ (a handful).
+    std::atomic<const KernelSet*> kernels_{&builtin_kernels()};
+    // evx_graph_view::version: a fresh process-wide number per change of contents.
+    std::atomic<std::uint64_t> version_{next_graph_version()};
+    static std::uint64_t next_graph_version();
+    std::vector<std::shared_ptr<const KernelSet>> kernel_sets_;
+    mutable std::mutex kernel_sets_mutex_;
     std::atomic<std::size_t> tune_ahead_{0}, tune_lines_{0};
     std::size_t ahead_for(std::size_t bytes) const;
     std::size_t prefetch_bytes(std::size_t bytes) const {

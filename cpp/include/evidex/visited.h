@@ -8,6 +8,8 @@
 #include <mutex>
 #include <vector>
 
+#include "evidex/kernel_abi.h"
+
 namespace evidex {
 
 class VisitedList {
@@ -30,6 +32,8 @@ public:
         return true;
     }
     const std::uint16_t* data() const { return tags_.data(); }
+    // The set as the kernel ABI passes it (kernel_abi.h), current epoch included.
+    evx_visited abi() { return evx_visited{tags_.data(), epoch_}; }
     std::size_t capacity() const { return tags_.size(); }
 
 private:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ann import qps_at_recall, qps_recall_auc
+from .ann import contrastive_rewards, qps_at_recall, qps_recall_auc
 
 _EMBEDRL = (
     "EmbedRLReward",
@@ -20,7 +20,7 @@ _EMBEDRL = (
     "outcome_reward_index",
 )
 
-__all__ = ["qps_at_recall", "qps_recall_auc", *_EMBEDRL]
+__all__ = ["contrastive_rewards", "qps_at_recall", "qps_recall_auc", *_EMBEDRL]
 
 
 def __getattr__(name: str) -> Any:

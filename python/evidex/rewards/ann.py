@@ -65,3 +65,24 @@ def qps_recall_auc(
     # Below the first measured recall the best QPS is the first point's (frontier).
     grid_q = np.where(grid_r < r[0], q[0], grid_q)
     return float(np.trapezoid(grid_q, grid_r))
+
+
+def contrastive_rewards(scores: Sequence[float]) -> list[float]:
+    """CRINN's contrastive reward of each variant against the others of its round.
+
+    Variant i gets the mean over the other variants j of the relative gain
+    ``(s_i - s_j) / max(s_i, s_j)`` (0 when both are 0), so rewards lie in
+    [-1, 1], sum to zero, and depend on score ratios, not on the machine's
+    absolute speed. A single variant gets 0.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {s.shape}")
+    if not np.isfinite(s).all() or (s < 0).any():
+        raise ValueError("scores must be finite and non-negative (AUCs)")
+    n = len(s)
+    if n < 2:
+        return [0.0] * n
+    top = np.maximum(s[:, None], s[None, :])
+    gain = np.divide(s[:, None] - s[None, :], top, out=np.zeros((n, n)), where=top > 0)
+    return (gain.sum(1) / (n - 1)).tolist()

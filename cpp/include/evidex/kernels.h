@@ -1,0 +1,30 @@
+// The index's replaceable kernels (kernel_abi.h): the built-in set, and sets
+// loaded from a compiled kernel library (a CRINN winner) with dlopen.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "evidex/kernel_abi.h"
+
+namespace evidex {
+
+struct KernelSet {
+    evx_search_fn search = nullptr;
+    evx_select_fn select = nullptr;
+    evx_refine_fn refine = nullptr;
+    // Where each slot comes from: "builtin" or the library's path.
+    std::string search_source = "builtin", select_source = "builtin", refine_source = "builtin";
+    std::shared_ptr<void> library;  // keeps the shared object loaded while in use
+};
+
+// The built-in kernels, compiled into the package.
+const KernelSet& builtin_kernels();
+
+// Slots found in the library at `path` replace those of `base`; the others stay.
+// Throws std::runtime_error if it cannot be loaded, has no or another ABI version,
+// or exports none of the slots.
+std::shared_ptr<KernelSet> load_kernel_library(const std::string& path,
+                                                     const KernelSet& base);
+
+}  // namespace evidex

@@ -1,0 +1,140 @@
+// The built-in kernels of the kernel ABI, and the loader of kernel libraries.
+#include "evidex/kernels.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "evidex/beam.h"
+#include "evidex/prune.h"
+
+namespace evidex {
+namespace {
+
+inline const char* node_of(const evx_graph_view* g, std::uint32_t id) {
+    return g->nodes + static_cast<std::size_t>(id) * g->node_bytes;
+}
+inline const float* vector_of(const evx_graph_view* g, std::uint32_t id) {
+    return reinterpret_cast<const float*>(node_of(g, id) + g->vector_offset);
+}
+inline float distance_of(const evx_graph_view* g, const float* a, const float* b) {
+    return evx_distance(g, a, b);
+}
+
+struct ViewVisited {
+    evx_visited* v;
+    void mark(std::uint32_t id) { v->tags[id] = v->epoch; }
+    bool try_visit(std::uint32_t id) {
+        if (v->tags[id] == v->epoch) return false;
+        v->tags[id] = v->epoch;
+        return true;
+    }
+};
+
+extern "C" std::int64_t builtin_search(const evx_graph_view* g, const float* q,
+                                       std::uint32_t entry, std::size_t ef, evx_visited* visited,
+                                       std::uint32_t* out_ids, float* out_dists,
+                                       std::uint64_t* dist_count) {
+    thread_local BeamPool beam;
+    thread_local std::vector<std::uint32_t> todo;
+    todo.resize(g->max_links);
+    ViewVisited vis{visited};
+    const std::size_t pb = g->prefetch_bytes;
+    const std::uint64_t computed = beam_search(
+        [g](std::uint32_t id) { return reinterpret_cast<const std::uint32_t*>(node_of(g, id)); },
+        [g, q](std::uint32_t id) { return distance_of(g, q, vector_of(g, id)); },
+        [g, pb](std::uint32_t id) { prefetch_vector(node_of(g, id) + g->vector_offset, pb); },
+        g->prefetch_ahead, entry, ef, vis, beam, todo.data());
+    *dist_count += computed;
+    const std::size_t n = beam.size();
+    for (std::size_t i = 0; i < n; ++i) {
+        out_ids[i] = beam.id(i);
+        out_dists[i] = beam.dist(i);
+    }
+    return static_cast<std::int64_t>(n);
+}
+
+// hnswlib's heuristic (prune.h with alpha = 1).
+extern "C" std::int64_t builtin_select(const evx_graph_view* g, const std::uint32_t* ids,
+                                       const float* dists, std::size_t n, std::size_t m,
+                                       std::uint32_t* out_ids, float* out_dists) {
+    return static_cast<std::int64_t>(prune_neighbors(
+        g, ids, dists, n, m, 1.0f,
+        [g](const float* a, const float* b) { return distance_of(g, a, b); }, out_ids, out_dists,
+        nullptr));
+}
+
+// The beam already holds exact float32 distances, sorted: the first k.
+extern "C" std::int64_t builtin_refine(const evx_graph_view*, const float*,
+                                       const std::uint32_t* ids, const float* dists,
+                                       std::size_t n, std::size_t k, evx_visited*,
+                                       std::uint32_t* out_ids, float* out_dists, std::uint64_t*) {
+    const std::size_t m = std::min(n, k);
+    std::copy(ids, ids + m, out_ids);
+    std::copy(dists, dists + m, out_dists);
+    return static_cast<std::int64_t>(m);
+}
+
+}  // namespace
+
+const KernelSet& builtin_kernels() {
+    static const KernelSet set = [] {
+        KernelSet s;
+        s.search = builtin_search;
+        s.select = builtin_select;
+        s.refine = builtin_refine;
+        return s;
+    }();
+    return set;
+}
+
+std::shared_ptr<KernelSet> load_kernel_library(const std::string& path,
+                                                     const KernelSet& base) {
+    // RTLD_LOCAL: a candidate's symbols never interpose on ours or on another's.
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        const char* why = dlerror();
+        throw std::runtime_error("cannot load kernel library '" + path +
+                                 "': " + (why ? why : "unknown error"));
+    }
+    std::shared_ptr<void> library(handle, [](void* h) { dlclose(h); });
+    using VersionFn = std::uint32_t (*)();
+    auto version = reinterpret_cast<VersionFn>(dlsym(handle, "evidex_kernel_abi_version"));
+    if (!version)
+        throw std::runtime_error("kernel library '" + path +
+                                 "' does not export evidex_kernel_abi_version");
+    if (version() != EVIDEX_KERNEL_ABI_VERSION)
+        throw std::runtime_error("kernel library '" + path + "' has kernel ABI version " +
+                                 std::to_string(version()) + ", this evidex needs " +
+                                 std::to_string(EVIDEX_KERNEL_ABI_VERSION));
+    auto set = std::make_shared<KernelSet>(base);
+    bool any = false;
+    if (auto f = reinterpret_cast<evx_search_fn>(dlsym(handle, "evidex_search"))) {
+        set->search = f;
+        set->search_source = path;
+        any = true;
+    }
+    if (auto f = reinterpret_cast<evx_select_fn>(dlsym(handle, "evidex_select_neighbors"))) {
+        set->select = f;
+        set->select_source = path;
+        any = true;
+    }
+    if (auto f = reinterpret_cast<evx_refine_fn>(dlsym(handle, "evidex_refine"))) {
+        set->refine = f;
+        set->refine_source = path;
+        any = true;
+    }
+    if (!any)
+        throw std::runtime_error("kernel library '" + path +
+                                 "' exports none of evidex_search, evidex_select_neighbors, "
+                                 "evidex_refine");
+    // Libraries stacked on a base keep the base's libraries loaded too.
+    set->library = std::shared_ptr<void>(
+        new std::pair<std::shared_ptr<void>, std::shared_ptr<void>>(library, base.library),
+        [](void* p) { delete static_cast<std::pair<std::shared_ptr<void>, std::shared_ptr<void>>*>(p); });
+    return set;
+}
+
+}  // namespace evidex

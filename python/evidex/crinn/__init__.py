@@ -1,0 +1,48 @@
+"""CRINN (arXiv 2508.02091) for evidex's own HNSW kernels.
+
+Proposers write candidate C++ kernels for a slot of the kernel ABI (search,
+construction, refinement; ``evidex/include/evidex/kernel_abi.h``); each is built
+with CMake in a fresh folder, benchmarked in a sandboxed worker process, scored by
+the area under its QPS-recall curve, and kept in an archive. Finalists are
+re-measured interleaved with the built-in kernel; a winner that beats it is
+marked, and ``HNSWIndex.use_kernels(winner)`` serves queries with it.
+
+    from evidex.crinn import CrinnRun, TemplateProposer
+    run = CrinnRun("runs/glove", data=vectors)
+    summary = run.optimize("search", budget=40)
+"""
+
+from .archive import Archive, Candidate
+from .build import BuildResult, build_kernel
+from .loop import CrinnRun, Settings
+from .sandbox import Limits, LocalPool, Pool, WorkerResult, run_worker
+from .templates import (
+    SLOTS,
+    SPACE,
+    Proposal,
+    TemplateProposer,
+    builtin_config,
+    reference_config,
+    render,
+)
+
+__all__ = [
+    "SLOTS",
+    "SPACE",
+    "Archive",
+    "BuildResult",
+    "Candidate",
+    "CrinnRun",
+    "Limits",
+    "LocalPool",
+    "Pool",
+    "Proposal",
+    "Settings",
+    "TemplateProposer",
+    "WorkerResult",
+    "build_kernel",
+    "builtin_config",
+    "reference_config",
+    "render",
+    "run_worker",
+]

@@ -1,0 +1,406 @@
+"""CRINN: kernel ABI and loading, templates, sandbox against hostile candidates,
+the loop with its archive, the LLM proposer and its learning step."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from crinn_hostile import source as hostile_source
+
+import evidex
+from conftest import clustered
+from evidex import HNSWIndex, kernels
+from evidex.crinn import (
+    CrinnRun,
+    Limits,
+    Proposal,
+    Settings,
+    TemplateProposer,
+    build_kernel,
+    builtin_config,
+    reference_config,
+    render,
+)
+from evidex.crinn.templates import SPACE, canonical, config_key
+from evidex.rewards import contrastive_rewards
+
+pytestmark = pytest.mark.skipif(
+    os.name != "posix", reason="kernel libraries are built and sandboxed on Linux"
+)
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory) -> dict[str, Path]:
+    """Kernel libraries built once for the module."""
+    root = tmp_path_factory.mktemp("libs")
+    out = {}
+    for name, slot, config in [
+        ("search_builtin", "search", builtin_config("search")),
+        ("search_tuned", "search", {**builtin_config("search"), "EVX_BATCH": 1, "EVX_VISITED": 1}),
+        ("construction_alpha", "construction", {"EVX_SELECT": 1, "EVX_ALPHA_X100": 110}),
+        ("refinement_hop", "refinement", {"EVX_REFINE": 1, "EVX_REFINE_TOP": 2}),
+        ("search_patience", "search", {**builtin_config("search"), "EVX_PATIENCE": 16}),
+    ]:
+        built = build_kernel(render(slot, config), root / name)
+        assert built.ok, built.log
+        out[name] = built.library
+    return out
+
+
+# ------------------------------------------------------------------ ABI and loading
+def test_abi_header_ships_with_the_package() -> None:
+    text = kernels.abi_header().read_text()
+    assert f"#define EVIDEX_KERNEL_ABI_VERSION {kernels.ABI_VERSION}u" in text
+    for symbol in ("evx_search_fn", "evx_select_fn", "evx_refine_fn", "evx_graph_view"):
+        assert symbol in text
+
+
+def test_template_kernel_equal_to_builtin_serves_queries(libs) -> None:
+    data = clustered(3000, 24)
+    index = HNSWIndex(24, "l2", max_elements=3000)
+    index.add(data)
+    q = data[:50] + 0.05
+    want = index.search(q, 10, ef=48)
+    assert index.kernels() == {
+        "search": "builtin",
+        "construction": "builtin",
+        "refinement": "builtin",
+    }
+    index.use_kernels(libs["search_builtin"])
+    assert index.kernels()["search"] == str(libs["search_builtin"])
+    got = index.search(q, 10, ef=48)
+    # The template's built-in configuration is the same algorithm: identical results.
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+    index.use_kernels(libs["search_tuned"])  # batched distances, bitset visited set
+    np.testing.assert_array_equal(index.search(q, 10, ef=48)[0], want[0])
+    index.reset_kernels()
+    assert index.kernels()["search"] == "builtin"
+
+
+def test_every_slot_loads_and_stacks(libs) -> None:
+    data = clustered(2000, 16, seed=1)
+    index = HNSWIndex(16, "cosine", max_elements=2000, kernels=libs["construction_alpha"])
+    index.use_kernels(libs["refinement_hop"])
+    index.use_kernels(libs["search_tuned"])
+    assert index.kernels() == {
+        "search": str(libs["search_tuned"]),
+        "construction": str(libs["construction_alpha"]),
+        "refinement": str(libs["refinement_hop"]),
+    }
+    index.add(data)  # built with the alpha-RNG neighbour selection
+    ids, dists = index.search(data[:20], 5, ef=32)
+    truth, true_d = evidex.exact_knn(data, data[:20], 5, "cosine")
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, truth)]) > 0.95
+    np.testing.assert_allclose(dists[:, 0], true_d[:, 0], atol=1e-5)
+
+
+def test_bad_libraries_are_refused(tmp_path, libs) -> None:
+    index = HNSWIndex(8)
+    index.add(np.random.default_rng(0).standard_normal((300, 8)))
+    with pytest.raises(FileNotFoundError):
+        index.use_kernels(tmp_path / "missing.so")
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"not an ELF file")
+    with pytest.raises(ValueError, match="cannot load"):
+        index.use_kernels(junk)
+    wrong = build_kernel(
+        '#include <evidex/kernel_abi.h>\nextern "C" __attribute__((visibility("default")))'
+        " uint32_t evidex_kernel_abi_version(void) { return 999; }\n",
+        tmp_path / "wrong",
+    )
+    assert wrong.ok, wrong.log
+    with pytest.raises(ValueError, match="ABI version 999"):
+        index.use_kernels(wrong.library)
+    empty = build_kernel(
+        '#include <evidex/kernel_abi.h>\nextern "C" __attribute__((visibility("default")))'
+        " uint32_t evidex_kernel_abi_version(void) { return EVIDEX_KERNEL_ABI_VERSION; }\n",
+        tmp_path / "empty",
+    )
+    with pytest.raises(ValueError, match="exports none"):
+        index.use_kernels(empty.library)
+    assert index.kernels()["search"] == "builtin"
+
+
+def test_self_test_rejects_wrong_results_and_keeps_the_old_kernels(tmp_path, libs) -> None:
+    index = HNSWIndex(8)
+    index.add(np.random.default_rng(0).standard_normal((500, 8)))
+    bad = build_kernel(hostile_source("wrong_answer"), tmp_path / "bad")
+    assert bad.ok, bad.log
+    with pytest.raises(kernels.KernelSelfTestError, match="recall|distances"):
+        index.use_kernels(bad.library)
+    assert index.kernels()["search"] == "builtin"
+    # Adaptive ef (patience) trades recall; the self-test measures it against the
+    # built-in kernels instead of trusting it.
+    report = kernels.self_test(kernels.load_library(libs["search_patience"]), dim=8)
+    assert set(report["recall"]) == {16, 64}
+
+
+def test_a_kernel_answer_out_of_range_is_an_error_not_a_crash(tmp_path) -> None:
+    index = HNSWIndex(8)
+    index.add(np.random.default_rng(0).standard_normal((100, 8)))
+    lib = build_kernel(hostile_source("out_of_range"), tmp_path / "oor")
+    index.use_kernels(lib.library, self_test=False)
+    with pytest.raises(RuntimeError, match="past the 100"):
+        index.search(np.zeros(8), 1)
+
+
+# ------------------------------------------------------------------ templates
+def test_template_space_renders_and_compiles_every_slot(tmp_path) -> None:
+    for slot in SPACE:
+        for config in (builtin_config(slot), reference_config(slot)):
+            built = build_kernel(render(slot, config), tmp_path / f"{slot}-{len(config)}")
+            assert built.ok, built.log
+
+
+def test_canonical_merges_configurations_that_build_the_same_kernel() -> None:
+    a = {**builtin_config("search"), "EVX_PREFETCH": 0, "EVX_AHEAD": 8}
+    b = {**builtin_config("search"), "EVX_PREFETCH": 0, "EVX_AHEAD": 2}
+    assert config_key("search", a) == config_key("search", b)
+    with pytest.raises(ValueError, match="not in the search space"):
+        canonical("search", {"EVX_UNROLL": 3})
+
+
+def test_template_proposer_never_repeats_and_exhausts() -> None:
+    proposer = TemplateProposer("refinement", seed=1)
+    seen = set()
+    for _ in range(40):
+        for p in proposer.propose([], 4):
+            key = config_key("refinement", p.config)
+            assert key not in seen
+            seen.add(key)
+    # Every distinct refinement kernel once: the space is small enough to exhaust.
+    assert len(seen) == len({config_key("refinement", c) for c in _all_configs("refinement")})
+    assert proposer.propose([], 1) == []
+
+
+def _all_configs(slot: str):
+    import itertools
+
+    names = list(SPACE[slot])
+    for values in itertools.product(*(SPACE[slot][n] for n in names)):
+        yield dict(zip(names, values))
+
+
+def test_template_proposer_starts_where_asked_and_mutates_the_best() -> None:
+    from evidex.crinn import Candidate
+
+    proposer = TemplateProposer("search", seed=0, explore=0.0, start=reference_config("search"))
+    first = proposer.propose([], 1)[0]
+    assert first.config == reference_config("search")
+    best = Candidate(
+        "search-0000", "search", "template", score=100.0, config=builtin_config("search")
+    )
+    children = proposer.propose([best], 6)
+    base = builtin_config("search")
+    # Mutations of the best: close to it (a few knobs changed).
+    assert all(sum(c.config[k] != base[k] for k in base) <= 4 for c in children)
+
+
+# ------------------------------------------------------------------ sandbox and loop
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> CrinnRun:
+    settings = Settings(
+        space="l2", screen_size=3000, queries=200, screen_queries=100, efs=(10, 20, 40, 80),
+        final_repeats=2, finalists=2, recall_range=(0.8, 0.99), batch=2,
+        limits=Limits(cpu_seconds=4, wall_seconds=8, memory_bytes=1 << 30),
+    )  # fmt: skip
+    return CrinnRun(tmp_path_factory.mktemp("crinn") / "run", clustered(4000, 16), settings)
+
+
+def test_hostile_candidates_score_zero_and_leave_the_host_alone(run, tmp_path) -> None:
+    target = tmp_path / "pwned.txt"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    expect = {
+        "crash": "segmentation fault",
+        "hang": "limit",
+        "memory": "abort|memory",
+        "fork_bomb": "forbidden system call",
+        "file_write": "forbidden system call",
+        "network": "forbidden system call",
+        "wrong_answer": "wrong answers",
+        "out_of_range": "past the",
+        "compile_error": "compile error",
+    }
+    for kind, reason in expect.items():
+        src = (
+            hostile_source(kind, target=target, port=port)
+            if kind in ("file_write", "network")
+            else hostile_source(kind)
+        )
+        cand = run.evaluate(Proposal("search", src, "test"))
+        assert cand.score == 0.0, kind
+        assert any(r in cand.reason for r in reason.split("|")), (kind, cand.reason)
+    assert not target.exists()
+    with pytest.raises(socket.timeout):
+        server.accept()
+    server.close()
+    # The loop goes on: a sound candidate still scores.
+    good = run.evaluate(Proposal("search", render("search", builtin_config("search")), "test"))
+    assert good.ok and good.score > 0
+    reasons = [c.reason for c in run.archive.candidates("search")]
+    assert sum(bool(r) for r in reasons) >= len(expect)
+
+
+def test_optimize_keeps_a_winner_only_if_it_beats_the_builtin_and_resumes(run) -> None:
+    run.settings.limits = Limits()
+    summary = run.optimize("refinement", budget=3, progress=False)
+    assert summary["candidates"] == 3
+    assert "builtin" in summary["final"] and summary["final"]["builtin"]["auc"] > 0
+    finalists = [c for c in run.archive.candidates("refinement") if c.final]
+    assert finalists and all("auc" in c.final for c in finalists)
+    winners = run.archive.winners()
+    if summary["winner"]:
+        assert winners["refinement"]["auc"] > winners["refinement"]["baseline_auc"]
+        assert Path(winners["refinement"]["library"]).is_file()
+    else:
+        assert "refinement" not in winners
+    # Resume: a new run object on the folder continues the count.
+    again = CrinnRun(run.root)
+    assert again.settings.efs == run.settings.efs
+    summary = again.optimize("refinement", budget=4, progress=False)
+    assert summary["candidates"] == 4
+    ids = [c.id for c in again.archive.candidates("refinement")]
+    assert len(ids) == len(set(ids)) == 4
+    configs = [config_key("refinement", c.config) for c in again.archive.candidates("refinement")]
+    assert len(set(configs)) == 4  # never the same configuration twice, across runs
+
+
+def test_cli_show_and_plot(run, capsys) -> None:
+    from evidex.cli import main
+    from evidex.crinn.cli import plot
+
+    main(["crinn", "show", str(run.root)])
+    out = capsys.readouterr().out
+    assert "search:" in out and "forbidden system call" in out
+    summary = {"baseline_screen_auc": 1.0, "final": {}, "winner": None}
+    path = plot(run.archive, "search", summary)
+    assert path is None or path.stat().st_size > 0
+
+
+def test_new_run_needs_data_and_matching_data(tmp_path) -> None:
+    with pytest.raises(ValueError, match="holds no run"):
+        CrinnRun(tmp_path / "empty")
+    with pytest.raises(ValueError, match="NaN"):
+        bad = clustered(1500, 4)
+        bad[3, 1] = np.nan
+        CrinnRun(tmp_path / "nan", bad, Settings(queries=100, screen_queries=50))
+
+
+def test_contrastive_rewards() -> None:
+    r = contrastive_rewards([100.0, 50.0, 0.0])
+    assert r[0] > r[1] > r[2]
+    assert abs(sum(r)) < 1e-12
+    assert r == pytest.approx([(0.5 + 1.0) / 2, (-0.5 + 1.0) / 2, (-1.0 - 1.0) / 2])
+    assert contrastive_rewards([5.0]) == [0.0]
+    with pytest.raises(ValueError, match="non-negative"):
+        contrastive_rewards([1.0, -1.0])
+
+
+# ------------------------------------------------------------------ LLM proposer
+def test_extract_code_blocks_diffs_and_malformed_output() -> None:
+    from evidex.crinn.llm import apply_unified_diff, extract_code
+
+    current = "int a = 1;\nint b = 2;\nint evidex_search_x = 3;\n"
+    assert "evidex_" in extract_code("Here:\n```cpp\nint evidex_search() {}\n```\n", current)
+    diff = "```diff\n--- a\n+++ b\n@@ -1,2 +1,2 @@\n int a = 1;\n-int b = 2;\n+int b = 4;\n```"
+    assert extract_code(diff, current) == "int a = 1;\nint b = 4;\nint evidex_search_x = 3;\n"
+    with pytest.raises(ValueError, match="malformed"):
+        extract_code("I would make it faster.", current)
+    with pytest.raises(ValueError, match="does not match"):
+        apply_unified_diff(current, "@@ -1,1 +1,1 @@\n-int z = 0;\n+int z = 1;\n")
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    answer = ""
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(
+            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+        )
+        reply = {"choices": [{"message": {"role": "assistant", "content": type(self).answer}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_llm_proposer_over_an_openai_compatible_endpoint(run) -> None:
+    from evidex.crinn.llm import LLMProposer, OpenAIBackend
+
+    improved = render("search", {**builtin_config("search"), "EVX_BATCH": 1})
+    _StubHandler.answer = f"Batching the distances helps.\n```cpp\n{improved}```\n"
+    server = http.server.HTTPServer(("127.0.0.1", 0), _StubHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAIBackend(
+            f"http://127.0.0.1:{server.server_port}/v1", "stub-model", "sk-test"
+        )
+        proposer = LLMProposer("search", backend, archive=run.archive)
+        proposals = proposer.propose(run.archive.candidates("search"), 1)
+    finally:
+        server.shutdown()
+    req = _StubHandler.requests[-1]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+    prompt = req["body"]["messages"][0]["content"]
+    # Contrastive: the ABI, a better and a failed variant with its reason.
+    assert "evx_graph_view" in prompt and "Faster variants" in prompt and "score 0 (" in prompt
+    assert proposals[0].source.strip() == improved.strip()
+    cand = run.evaluate(proposals[0])
+    assert cand.ok and cand.score > 0 and cand.origin == "llm"
+    _StubHandler.answer = "no code today"
+    server = http.server.HTTPServer(("127.0.0.1", 0), _StubHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAIBackend(f"http://127.0.0.1:{server.server_port}/v1", "stub-model", "")
+        bad = LLMProposer("search", backend).propose([], 1)[0]
+    finally:
+        server.shutdown()
+    cand = run.evaluate(bad)
+    assert cand.score == 0 and "malformed model output" in cand.reason
+
+
+def test_llm_proposer_with_a_local_model_and_a_learning_step(tiny_causal_lm) -> None:
+    torch = pytest.importorskip("torch")
+    from evidex.crinn import Candidate
+    from evidex.crinn.llm import LLMProposer, TransformersBackend, policy_gradient_step
+
+    model, tok = tiny_causal_lm
+    backend = TransformersBackend(model, tok, "tinycoder")
+    proposer = LLMProposer("search", backend, max_new_tokens=24, learning_rate=1e-2)
+    proposals = proposer.propose([], 2)
+    assert len(proposals) == 2
+    # A random 1M-parameter model writes no kernel: recorded as malformed, no crash.
+    assert all(p.error.startswith("malformed") or "evidex_" in p.source for p in proposals)
+    # The round's scores drive one GRPO-style step through contrastive rewards.
+    before = [p.detach().clone() for p in model.parameters()]
+    scored = [
+        Candidate("search-0000", "search", "llm", score=10.0),
+        Candidate("search-0001", "search", "llm", score=0.0, reason="compile error"),
+    ]
+    assert proposer.learn(scored) != 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # Equal scores: no advantage, no update.
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    prompt = proposer.history[0][0][-400:]
+    assert policy_gradient_step(model, tok, prompt, ["a", "b"], [1.0, 1.0], opt) == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
