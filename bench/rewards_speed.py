@@ -1,6 +1,7 @@
-"""Format + alignment rewards for 10,000 completions (issue #5: under a second).
+"""Format + alignment rewards for 10,000 completions (issue #5: under a second), and
+how much of the outcome reward's time is the embedder's.
 
-    python -m bench.rewards_speed
+    python -m bench.rewards_speed [--outcome]
 
 Parses each completion and scores format and alignment (keywords, one box against one
 reference box through the compiled IoU kernel, one key frame against a segment). The first
@@ -42,7 +43,45 @@ def main() -> int:
             f"round {round_}: parse {t1 - t0:.3f} s, format {t2 - t1:.3f} s, "
             f"alignment {t3 - t2:.3f} s, total {t3 - t0:.3f} s for {n} completions"
         )
+    if "--outcome" in sys.argv:
+        outcome_share()
     return 0
+
+
+def outcome_share(n: int = 512) -> None:
+    """EmbedRLReward (all three components, the batch as candidates) on `n` Debian
+    completions with the frozen all-MiniLM-L6-v2, and the share of its time spent in
+    the embedder's encode."""
+    from evidex.datasets import debian_pairs
+    from evidex.embedders import TransformersEmbedder
+    from evidex.rewards import EmbedRLReward
+
+    pairs = debian_pairs()[:n]
+    queries, targets = [q for q, _ in pairs], [t for _, t in pairs]
+    completions = [
+        render_evidence(Evidence(f"It needs {q.lower()}.", q.lower().split()[:3])) for q in queries
+    ]
+    embedder = TransformersEmbedder.minilm(cache_size=0)
+    encode, spent = embedder.encode, [0.0]
+
+    def timed(texts, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return encode(texts, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    embedder.encode = timed
+    reward = EmbedRLReward(embedder)
+    for round_ in range(2):
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        reward(["p"] * n, completions, query=queries, target=targets)
+        total = time.perf_counter() - t0
+        print(
+            f"outcome round {round_}: EmbedRLReward on {n} completions {total:.2f} s, "
+            f"of which embedder.encode {spent[0]:.2f} s ({spent[0] / total:.0%})"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ PRELUDE = """
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <thread>
 #include <vector>
 extern "C" __attribute__((visibility("default"))) uint32_t evidex_kernel_abi_version(void) {
     return EVIDEX_KERNEL_ABI_VERSION;
@@ -39,6 +40,8 @@ BODIES = {
                        return (int64_t)(ef < g->num_nodes ? ef : g->num_nodes);""",
     "out_of_range": "ids[0] = (uint32_t)g->num_nodes + 5; dists[0] = 0; return 1;",
     "compile_error": "this is not C++;",
+    # Not hostile: a thread is allowed (only its answer is wrong: one result).
+    "thread": "std::thread t([&] { ids[0] = entry; dists[0] = 0; }); t.join(); return 1;",
 }
 
 

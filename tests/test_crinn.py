@@ -246,6 +246,9 @@ def test_hostile_candidates_score_zero_and_leave_the_host_alone(run, tmp_path) -
     with pytest.raises(socket.timeout):
         server.accept()
     server.close()
+    # Threads are allowed in the sandbox (construction workers build with several).
+    threaded = run.evaluate(Proposal("search", hostile_source("thread"), "test"))
+    assert "wrong answers" in threaded.reason, threaded.reason
     # The loop goes on: a sound candidate still scores.
     good = run.evaluate(Proposal("search", render("search", builtin_config("search")), "test"))
     assert good.ok and good.score > 0

@@ -10,7 +10,13 @@ import torch
 from test_rewards_embedrl import BagOfWordsEmbedder
 
 from evidex.rewards import EmbedRLReward
-from evidex.train.rl import load_causal_lm, reasoner_prompt, retrieval_dataset, train_grpo
+from evidex.train.rl import (
+    DEFAULT_SHOTS,
+    load_causal_lm,
+    reasoner_prompt,
+    retrieval_dataset,
+    train_grpo,
+)
 
 MODEL_DIR = os.path.join(os.path.dirname(tinycoder.__file__), "models")
 
@@ -34,7 +40,10 @@ def test_grpo_step_updates_the_reasoner(tmp_path) -> None:
         ["red car", "blue boat", "green tree", "old house"],
         ["a red car on a street", "a blue boat on a lake", "a green tree", "an old house"],
     )
-    assert "Query: red car" in data[0]["prompt"] and data[0]["prompt"] == reasoner_prompt("red car")
+    assert data[0]["prompt"].endswith("Query: red car\n") and data[0]["prompt"] == reasoner_prompt(
+        "red car"
+    )
+    assert data[0]["prompt"].count("<evidence>") == len(DEFAULT_SHOTS)  # worked examples
     reward = EmbedRLReward(BagOfWordsEmbedder())
 
     def vowel_share(prompts, completions, **kwargs):

@@ -44,6 +44,7 @@ class Settings:
     finalists: int = 3
     recall_tolerance: float = 0.005
     batch: int = 2
+    build_threads: int = 2  # construction workers build their graphs with this many
     seccomp: bool = True
     limits: Limits = field(default_factory=Limits)
 
@@ -178,6 +179,7 @@ class CrinnRun:
             "M": s.M,
             "ef_construction": s.ef_construction,
             "seccomp": s.seccomp,
+            "build_threads": s.build_threads,
         }
         if slot == "construction":
             spec["base"] = str(d / f"base_{which}.npy")
@@ -251,8 +253,7 @@ class CrinnRun:
         others = self.other_winners(proposal.slot)
         spec = self.spec(proposal.slot, [*others, str(built.library)], "screen",
                          self.settings.screen_repeats)  # fmt: skip
-        if proposal.slot != "construction":  # same graph: measure the baseline alongside
-            spec["compare_libraries"] = others
+        spec["compare_libraries"] = others  # the built-in measured alongside
         baseline = self.baseline(proposal.slot)
         r = run_worker(spec, self.settings.limits)
         cand.eval_seconds = time.perf_counter() - t0
@@ -275,12 +276,10 @@ class CrinnRun:
     def remeasure(self, slot: str, candidates: Sequence[Candidate]) -> dict[str, Any]:
         """Finalists against the built-in kernel on the full set, ``final_repeats``
         rounds. Each round runs every finalist in its own worker, measured A B A B
-        per ef against the built-in kernel in that same worker; a finalist's final
-        AUC is the median over rounds of its AUC ratio to the built-in's, times the
-        built-in's median AUC. Construction finalists stay on the screening set and
-        are measured in separate workers (each builds its own graph)."""
+        per ef against the built-in kernel in that same worker (for construction,
+        each builds its graph there); a finalist's final AUC is the median over
+        rounds of its AUC ratio to the built-in's, times the built-in's median AUC."""
         s = self.settings
-        which = "screen" if slot == "construction" else "full"
         others = self.other_winners(slot)
         lib = {c.id: str(self.archive.folder(c.id) / "kernel.so") for c in candidates}
         ratios: dict[str, list[float]] = {c.id: [] for c in candidates}
@@ -289,30 +288,20 @@ class CrinnRun:
         base_curve: list[dict[str, float]] = []
         failed: dict[str, str] = {}
         for _ in range(s.final_repeats):
-            if slot == "construction":
-                r = run_worker(self.spec(slot, others, which, 1), s.limits)
-                if not r.ok:
-                    raise RuntimeError(f"the built-in kernels failed in the sandbox: {r.reason}")
-                base_aucs.append(self.auc(r.result["curve"]))
-                base_curve = r.result["curve"]
             for c in candidates:
                 if c.id in failed:
                     continue
-                spec = self.spec(slot, [*others, lib[c.id]], which, 1)
-                if slot != "construction":
-                    spec["compare_libraries"] = others
+                spec = self.spec(slot, [*others, lib[c.id]], "full", 1)
+                spec["compare_libraries"] = others
                 r = run_worker(spec, s.limits)
                 if not r.ok:
                     failed[c.id] = r.reason
                     continue
                 curves[c.id] = r.result["curve"]
-                if slot == "construction":
-                    ratios[c.id].append(self.auc(r.result["curve"]) / max(base_aucs[-1], 1e-9))
-                else:
-                    local = self.auc(r.result["baseline_curve"])
-                    base_aucs.append(local)
-                    base_curve = r.result["baseline_curve"]
-                    ratios[c.id].append(self.auc(r.result["curve"]) / max(local, 1e-9))
+                local = self.auc(r.result["baseline_curve"])
+                base_aucs.append(local)
+                base_curve = r.result["baseline_curve"]
+                ratios[c.id].append(self.auc(r.result["curve"]) / max(local, 1e-9))
         base_auc = statistics.median(base_aucs) if base_aucs else 0.0
         out: dict[str, Any] = {"builtin": {"auc": base_auc, "curve": base_curve}}
         for c in candidates:

@@ -21,10 +21,36 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import time
 
 import torch
+
+# Package-name conventions of Debian's language teams: the language a package is for.
+_LANGUAGE_PREFIXES = (
+    ("python3-", "python"), ("python-", "python"), ("golang-", "go"), ("r-cran-", "r"),
+    ("r-bioc-", "r"), ("node-", "javascript"), ("libjs-", "javascript"), ("ruby-", "ruby"),
+    ("libghc-", "haskell"), ("php-", "php"), ("elpa-", "emacs"), ("librust-", "rust"),
+)  # fmt: skip
+_LANGUAGE_SUFFIXES = (("-perl", "perl"), ("-java", "java"))
+# Words that name the language in a synopsis: masked, so only the document tells.
+_LANGUAGE_WORDS = re.compile(
+    r"\b(python ?3?|py|perl|rust|go(lang)?|javascript|js|node(\.js)?|ruby|gems?|rails|r|cran|"
+    r"bioconductor|haskell|ghc|php|emacs|elisp|java|jvm)\b",
+    re.I,
+)
+
+
+def language_of(package: str) -> str | None:
+    """The programming language a Debian package is for, from its name, or None."""
+    for prefix, language in _LANGUAGE_PREFIXES:
+        if package.startswith(prefix):
+            return language
+    for suffix, language in _LANGUAGE_SUFFIXES:
+        if package.endswith(suffix):
+            return language
+    return None
 
 
 def episodes(n: int, offset: int, candidates: int, seed: int, task: str = "package"):
@@ -33,15 +59,35 @@ def episodes(n: int, offset: int, candidates: int, seed: int, task: str = "packa
     ``package``: the synopsis asks, the answer is the package name, documents are
     "<package>: <description>". ``synopsis``: the package name asks, the answer is the
     synopsis, documents are bare descriptions (the answer is about what the right
-    description says, not a string it contains).
+    description says, not a string it contains). ``language``: the synopsis with the
+    language's name masked asks (the selector reads it; the generator does not), the
+    answer is the language the package is for (from Debian's naming rules), documents
+    are bare descriptions, distractors are packages for other languages: the answer is
+    in the right document and in no other.
     """
     from ..datasets import debian_records
 
     rows = debian_records(max_chars=600, seed=seed)
+    if task == "language":
+        rows = [r for r in rows if language_of(r[0])]
     rng = random.Random(seed + offset)
     out = []
     for i in range(offset, offset + n):
         package, synopsis, body = rows[i]
+        if task == "language":
+            language = language_of(package)
+            pool = range(offset + n, len(rows))
+            others = []
+            while len(others) < candidates - 1:
+                j = rng.choice(pool)
+                if language_of(rows[j][0]) != language and j not in others:
+                    others.append(j)
+            docs = [body] + [rows[j][2] for j in others]
+            question = " ".join(_LANGUAGE_WORDS.sub("…", synopsis).split())
+            order = list(range(candidates))
+            rng.shuffle(order)
+            out.append((question, [docs[o] for o in order], language, order.index(0)))
+            continue
         others = rng.sample(range(offset + n, len(rows)), candidates - 1)
         if task == "package":
             docs = [f"{package}: {body}"] + [f"{rows[j][0]}: {rows[j][2]}" for j in others]
@@ -84,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--task", choices=["package", "synopsis"], default="package")
+    p.add_argument("--task", choices=["package", "synopsis", "language"], default="package")
     p.add_argument(
         "--train-encoders",
         action="store_true",
@@ -112,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         k=1,
         tau=args.tau,
         train_generator=args.generator == "tinycoder",
+        # The language task's generator reads only the documents: given the question
+        # too, it learns the answer from the question's wording and ignores the
+        # memories, and the selector then gets no signal (measured: equal answer
+        # losses from the gold document and from a distractor).
+        **(
+            {"prompt": "\nThe package is for the programming language:"}
+            if args.task == "language"
+            else {}
+        ),
     )
     train = episodes(2000, 0, args.candidates, seed=0, task=args.task)
     held = episodes(200, 2000, args.candidates, seed=0, task=args.task)

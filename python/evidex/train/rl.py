@@ -14,23 +14,52 @@ from typing import Any
 
 from ..evidence import Box, Evidence, KeyFrame, render_evidence
 
-INSTRUCTION = (
-    "Explain why the query matches what it is looking for, then list evidence.\n"
-    "Answer in this format:\n{example}\n\nQuery: {query}\n"
+INSTRUCTION = "Explain what a good match for the query must contain, then list evidence.\n\n"
+
+# Worked examples shown before the query. Two, on different topics, so a small base
+# model learns the pattern (evidence taken from its own query) instead of copying
+# one example's keywords verbatim, which is what a single example invites.
+DEFAULT_SHOTS: tuple[tuple[str, Evidence], ...] = (
+    (
+        "data compression library",
+        Evidence(
+            reasoning="It needs a library that compresses files; a match explains the "
+            "compression format and the API.",
+            keywords=["compression", "library", "zlib format"],
+        ),
+    ),
+    (
+        "interactive process monitor",
+        Evidence(
+            reasoning="It needs a terminal tool to monitor processes; a match describes an "
+            "interactive process viewer.",
+            keywords=["process viewer", "terminal", "monitoring"],
+        ),
+    ),
 )
-_EXAMPLE = render_evidence(
-    Evidence(
-        reasoning="The query asks for a red car at a crossing.",
-        keywords=["red car", "crossing"],
-        boxes=[Box("query", (120, 40, 610, 380), "grid1000")],
-        key_frames=[KeyFrame("query", 12)],
-    )
+
+# For image and video queries: the same format with boxes and key frames.
+VISUAL_SHOTS: tuple[tuple[str, Evidence], ...] = (
+    (
+        "a red car at a crossing",
+        Evidence(
+            reasoning="The query asks for a red car at a crossing.",
+            keywords=["red car", "crossing"],
+            boxes=[Box("query", (120, 40, 610, 380), "grid1000")],
+            key_frames=[KeyFrame("query", 12)],
+        ),
+    ),
 )
 
 
-def reasoner_prompt(query: str) -> str:
-    """The prompt that asks the reasoner for a traceability chain of thought."""
-    return INSTRUCTION.format(example=_EXAMPLE, query=query)
+def reasoner_prompt(query: str, shots: Sequence[tuple[str, Evidence]] = DEFAULT_SHOTS) -> str:
+    """The prompt that asks the reasoner for a traceability chain of thought: the
+    instruction, worked examples (query, evidence) in the tagged format, the query."""
+    parts = [INSTRUCTION]
+    for example_query, evidence in shots:
+        parts.append(f"Query: {example_query}\n{render_evidence(evidence)}\n\n")
+    parts.append(f"Query: {query}\n")
+    return "".join(parts)
 
 
 def load_causal_lm(

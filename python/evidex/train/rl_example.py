@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--prompts-per-step", type=int, default=1, help="queries per GRPO step")
     p.add_argument("--out", default="runs/rl_example")
     args = p.parse_args(argv)
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         max_steps=args.steps,
         num_generations=4,
-        batch_size=4,
+        batch_size=4 * args.prompts_per_step,
         max_completion_length=args.max_new_tokens,
         learning_rate=args.lr,
     )
