@@ -416,15 +416,18 @@ void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::
         dists[i] = candidates[i].dist;
     }
     const evx_graph_view g = graph_view(k);
+    const evx_select_fn select = kernels().select;
     const std::int64_t kept =
-        kernels().select(&g, ids.data(), dists.data(), n, m, kept_ids.data(), kept_dists.data());
+        select(&g, ids.data(), dists.data(), n, m, kept_ids.data(), kept_dists.data());
     // A loaded kernel is checked like input: a bad answer would corrupt the graph.
+    // (The membership check costs n * m compares per call: only for loaded kernels.)
+    const bool loaded = select != builtin_kernels().select;
     if (kept < 1 || static_cast<std::size_t>(kept) > m)
         throw std::runtime_error("construction kernel kept " + std::to_string(kept) +
                                  " neighbours, expected 1 to " + std::to_string(m));
     candidates.resize(static_cast<std::size_t>(kept));
     for (std::size_t i = 0; i < candidates.size(); ++i) {
-        if (std::find(ids.begin(), ids.end(), kept_ids[i]) == ids.end())
+        if (loaded && std::find(ids.begin(), ids.end(), kept_ids[i]) == ids.end())
             throw std::runtime_error("construction kernel returned a node that was not a candidate");
         candidates[i] = {kept_dists[i], kept_ids[i]};
     }
