@@ -37,7 +37,21 @@ def _token_states(module: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torc
     return states, batch["attention_mask"]
 
 
-class DocumentCompressor(torch.nn.Module):
+class _EncoderHead(torch.nn.Module):
+    """A transformers encoder with trainable layers above it; a frozen encoder is a
+    fixed feature extractor and stays in eval mode (no dropout noise) under ``train()``."""
+
+    freeze_encoder: bool
+    encoder: Any
+
+    def train(self, mode: bool = True) -> _EncoderHead:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+
+class DocumentCompressor(_EncoderHead):
     """Encoder + attention pooling into `n_memory` vectors + projection.
 
     ``freeze_encoder=True`` trains only the memory slots and the projection (the encoder
@@ -62,6 +76,8 @@ class DocumentCompressor(torch.nn.Module):
         self.encoder, self.tokenizer = encoder, tokenizer
         self.freeze_encoder = freeze_encoder
         encoder.requires_grad_(not freeze_encoder)
+        if freeze_encoder:
+            encoder.eval()
         self.memory_queries = torch.nn.Parameter(torch.zeros(n_memory, hidden))
         self.project = torch.nn.Linear(hidden, out_dim)
         self.n_memory, self.max_length = n_memory, max_length
@@ -80,7 +96,7 @@ class DocumentCompressor(torch.nn.Module):
         return F.normalize(memories.mean(-2), dim=-1)
 
 
-class QueryEncoder(torch.nn.Module):
+class QueryEncoder(_EncoderHead):
     """Encoder + mean pooling + projection into the generator's embedding space
     (``freeze_encoder=True``: only the projection trains)."""
 
@@ -96,6 +112,8 @@ class QueryEncoder(torch.nn.Module):
         self.encoder, self.tokenizer = encoder, tokenizer
         self.freeze_encoder = freeze_encoder
         encoder.requires_grad_(not freeze_encoder)
+        if freeze_encoder:
+            encoder.eval()
         self.project = torch.nn.Linear(int(encoder.config.hidden_size), out_dim)
         self.max_length = max_length
 

