@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import evidex
 import evidex.ops as O
 
 torch.manual_seed(0)
@@ -284,6 +285,30 @@ def test_temporal_iou() -> None:
     torch.testing.assert_close(out, torch.tensor([[5 / 15, 1.0], [0.0, 0.0], [0.0, 0.0]]))
 
 
+def _greedy_keyframes(scores: torch.Tensor, k: int, gap: int) -> list[int]:
+    kept: list[int] = []
+    for f in torch.sort(scores, descending=True, stable=True).indices.tolist():
+        if all(abs(f - g) >= gap for g in kept):
+            kept.append(f)
+        if len(kept) == k:
+            break
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("kind", ["ties", "smooth", "constant"])
+@pytest.mark.parametrize("gap", [1, 3, 40])
+def test_select_keyframes_matches_greedy_nms_with_ties(kind: str, gap: int) -> None:
+    g = torch.Generator().manual_seed(gap)
+    if kind == "ties":  # few distinct values: ties everywhere, broken by lower index
+        s = torch.randint(0, 4, (500,), generator=g).double()
+    elif kind == "smooth":  # neighbouring frames alike, as in video
+        s = torch.randn(500, generator=g).cumsum(0)
+    else:
+        s = torch.zeros(500)
+    for k in (1, 7, 500):
+        assert O.select_keyframes(s, k, min_gap=gap).tolist() == _greedy_keyframes(s, k, gap)
+
+
 def test_select_keyframes_min_gap_one_is_plain_topk() -> None:
     s = torch.tensor([0.1, 0.9, 0.8, 0.7])
     assert O.select_keyframes(s, 2).tolist() == [1, 2]
@@ -342,16 +367,39 @@ def test_torch_compile_fullgraph() -> None:
 
 
 # ----------------------------------------------------------------- bad input
+def _simd_levels() -> list[str]:
+    order = ["scalar", "avx2", "avx512"]
+    return order[: order.index(evidex.cpu_simd_level()) + 1]
+
+
+@pytest.mark.parametrize("level", _simd_levels())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("where", [0, 7, 40, 98])
-def test_st_topk_rejects_non_finite_anywhere(dtype, bad, where) -> None:
+@pytest.mark.parametrize("where", [0, 7, 40, 130, 199])
+def test_st_topk_rejects_non_finite_anywhere(level, dtype, bad, where) -> None:
     # The finiteness check rides along with the top-k scan: it must see the first k
-    # entries, the vector blocks and the tail alike (n = 99: 6 blocks of 16 + 3).
-    s = torch.randn(3, 99, dtype=dtype)
+    # entries, the skipped and the searched 64-wide chunks and the tail alike
+    # (n = 200: k = 5 first, three chunks, then 3 in the tail), at every SIMD level.
+    evidex.set_simd_level(level)
+    s = torch.randn(3, 200, dtype=dtype)
     s[1, where] = bad
     with pytest.raises(ValueError, match="NaN or infinity"):
         O.st_topk(s, 5)
+
+
+@pytest.mark.parametrize("level", _simd_levels())
+def test_st_topk_forward_at_every_simd_level(level) -> None:
+    evidex.set_simd_level(level)
+    g = torch.Generator().manual_seed(1)
+    for n, k in ((4096, 8), (1000, 1), (130, 130), (64, 3), (67, 64)):
+        for s in (
+            torch.randn(5, n, generator=g),
+            torch.randint(0, 3, (5, n), generator=g).float(),  # ties everywhere
+            torch.arange(n, dtype=torch.float32).repeat(5, 1),  # rising: every chunk hits
+        ):
+            mask, idx = O.st_topk(s, k)
+            ref_mask, ref_idx = ref_topk(s, k)
+            assert torch.equal(idx, ref_idx) and torch.equal(mask, ref_mask)
 
 
 def test_bad_input() -> None:

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
-#if defined(__SSE2__)
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 #include <cmath>
@@ -17,6 +19,16 @@
 #include "evidex/ops_math.h"
 #include "evidex/parallel.h"
 
+// float rows: cloned per ISA and chosen at load time from the CPU's features
+// (an ifunc), as the distance kernels are; the package is never built for one CPU.
+// The row bodies are forced inline so each clone compiles them for its own ISA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EVIDEX_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EVIDEX_ISA_CLONES
+#endif
+#define EVIDEX_ROW_INLINE inline __attribute__((always_inline))
+
 namespace evidex {
 namespace ops {
 namespace {
@@ -28,50 +40,58 @@ std::size_t threads_for(std::size_t work, std::size_t num_threads) {
     return work < (std::size_t{1} << 22) ? 1 : num_threads;
 }
 
-// Reductions in 8 independent lanes: the compiler vectorises them without
-// reassociating (no -ffast-math), and the lanes are summed in double.
-constexpr std::size_t kLanes = 8;
 
-#if defined(__SSE2__)
-// maxps directly: the compiler will not vectorise a float max reduction itself
-// without -ffast-math (NaN ordering), and NaN never reaches here (checked first).
-inline float lanes_max(const float* x, std::size_t n) {
-    __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0;
+// Accumulators as vector-extension values: they stay in registers (GCC keeps
+// local arrays used as lane accumulators in memory, a store-to-load chain per
+// step) and compile to the widest vectors of the ISA clone they are inlined into.
+constexpr std::size_t kWide = 16;
+template <class T>
+struct WideOf {
+    typedef T type __attribute__((vector_size(kWide * sizeof(T))));
+};
+template <class T>
+using Wide = typename WideOf<T>::type;
+
+template <class T>
+EVIDEX_ROW_INLINE Wide<T> load_wide(const T* p) {
+    Wide<T> v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// In double, four partial sums: a chain of 16 dependent adds would cost more
+// than the row it ends when rows are short (a 512-d frame).
+template <class V>
+EVIDEX_ROW_INLINE double sum_lanes(const V& v) {
+    double part[4] = {};
+    for (std::size_t l = 0; l < kWide; l += 4)
+        for (std::size_t j = 0; j < 4; ++j) part[j] += v[l + j];
+    return (part[0] + part[1]) + (part[2] + part[3]);
+}
+
+// NaN never reaches here (inputs are checked first), so a compare-select is a max.
+template <class T>
+EVIDEX_ROW_INLINE T lanes_max(const T* x, std::size_t n) {
+    Wide<T> m = {};
+    m -= std::numeric_limits<T>::infinity();
     std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        m0 = _mm_max_ps(m0, _mm_loadu_ps(x + i));
-        m1 = _mm_max_ps(m1, _mm_loadu_ps(x + i + 4));
+    for (; i + kWide <= n; i += kWide) {
+        const Wide<T> v = load_wide(x + i);
+        m = v > m ? v : m;
     }
-    alignas(16) float lanes[4];
-    _mm_store_ps(lanes, _mm_max_ps(m0, m1));
-    float out = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
-    for (; i < n; ++i) out = std::max(out, x[i]);
-    return out;
-}
-#endif
-
-template <class T>
-T lanes_max(const T* x, std::size_t n) {
-    T m[kLanes];
-    for (std::size_t l = 0; l < kLanes; ++l) m[l] = -std::numeric_limits<T>::infinity();
-    std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (std::size_t l = 0; l < kLanes; ++l) m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
-    for (; i < n; ++i) m[0] = x[i] > m[0] ? x[i] : m[0];
-    T out = m[0];
-    for (std::size_t l = 1; l < kLanes; ++l) out = m[l] > out ? m[l] : out;
+    T out = -std::numeric_limits<T>::infinity();
+    for (std::size_t l = 0; l < kWide; ++l) out = m[l] > out ? m[l] : out;
+    for (; i < n; ++i) out = x[i] > out ? x[i] : out;
     return out;
 }
 
 template <class T>
-EVIDEX_HD double lanes_dot(const T* x, const T* y, std::size_t n) {
-    T s[kLanes] = {};
+EVIDEX_ROW_INLINE double lanes_dot(const T* x, const T* y, std::size_t n) {
+    Wide<T> acc = {};
     std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (std::size_t l = 0; l < kLanes; ++l) s[l] += x[i + l] * y[i + l];
-    double out = 0.0;
+    for (; i + kWide <= n; i += kWide) acc += load_wide(x + i) * load_wide(y + i);
+    double out = sum_lanes(acc);
     for (; i < n; ++i) out += static_cast<double>(x[i]) * y[i];
-    for (std::size_t l = 0; l < kLanes; ++l) out += s[l];
     return out;
 }
 
@@ -93,36 +113,122 @@ double softmax_numerators(const T* logits, std::size_t n, T* e, const T* ones) {
 template <class T>
 void check_finite(const T* x, std::size_t n, const char* what) {
     // Sum of x * 0 is 0 for finite values, NaN as soon as one is NaN or inf.
-    T acc[kLanes] = {};
+    Wide<T> acc = {};
     std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (std::size_t l = 0; l < kLanes; ++l) acc[l] += x[i + l] * T(0);
-    T tail = 0;
+    for (; i + kWide <= n; i += kWide) acc += load_wide(x + i) * T(0);
+    T tail = static_cast<T>(sum_lanes(acc));
     for (; i < n; ++i) tail += x[i] * T(0);
-    for (std::size_t l = 0; l < kLanes; ++l) tail += acc[l];
     if (tail != T(0)) not_finite(what);
 }
 
 }  // namespace
 
-// float rows: cloned per ISA and chosen at load time from the CPU's features
-// (an ifunc), as the distance kernels are; the package is never built for one CPU.
-// The row bodies are forced inline so each clone compiles them for its own ISA.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EVIDEX_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define EVIDEX_ISA_CLONES
+
+// Where a row may hold a new top-k candidate: the start of the first chunk of
+// kChunk entries at or after i with an entry above `bar` (its bit set in *hits,
+// entry j of the chunk at bit j), or the first position from which no whole
+// chunk fits. `check` gains x * 0 of every entry read (0 for finite x, NaN as
+// soon as one is NaN or infinite), so the finiteness check rides along in the
+// same pass. Per ISA, chosen with the distance kernels' level.
+constexpr std::size_t kChunk = 64;
+template <class T>
+using ScanAbove = std::size_t (*)(const T*, std::size_t, std::size_t, T, T*, std::uint64_t*);
+
+template <class T>
+std::size_t scan_above_generic(const T* s, std::size_t i, std::size_t n, T bar, T* check,
+                               std::uint64_t* hits) {
+    for (; i + kChunk <= n; i += kChunk) {
+        Wide<T> zero = {};
+        std::uint64_t bits = 0;
+        for (std::size_t j = 0; j < kChunk; j += kWide) {
+            zero += load_wide(s + i + j) * T(0);
+            for (std::size_t l = 0; l < kWide; ++l)
+                bits |= static_cast<std::uint64_t>(s[i + j + l] > bar) << (j + l);
+        }
+        *check += static_cast<T>(sum_lanes(zero));
+        if (bits) {
+            *hits = bits;
+            break;
+        }
+    }
+    return i;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) std::size_t scan_above_avx2(const float* s, std::size_t i,
+                                                                std::size_t n, float bar,
+                                                                float* check,
+                                                                std::uint64_t* hits) {
+    const __m256 b = _mm256_set1_ps(bar), zero = _mm256_setzero_ps();
+    __m256 acc = zero;
+    for (; i + kChunk <= n; i += kChunk) {
+        std::uint64_t bits = 0;
+        for (std::size_t j = 0; j < kChunk; j += 8) {
+            const __m256 v = _mm256_loadu_ps(s + i + j);
+            acc = _mm256_fmadd_ps(v, zero, acc);
+            bits |= static_cast<std::uint64_t>(
+                        static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ))))
+                    << j;
+        }
+        if (bits) {
+            *hits = bits;
+            break;
+        }
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, acc);
+    for (float l : lanes) *check += l;
+    return i;
+}
+
+__attribute__((target("avx512f"))) std::size_t scan_above_avx512(const float* s, std::size_t i,
+                                                                 std::size_t n, float bar,
+                                                                 float* check,
+                                                                 std::uint64_t* hits) {
+    const __m512 b = _mm512_set1_ps(bar), zero = _mm512_setzero_ps();
+    __m512 acc = zero;
+    for (; i + kChunk <= n; i += kChunk) {
+        const __m512 v0 = _mm512_loadu_ps(s + i), v1 = _mm512_loadu_ps(s + i + 16);
+        const __m512 v2 = _mm512_loadu_ps(s + i + 32), v3 = _mm512_loadu_ps(s + i + 48);
+        acc = _mm512_fmadd_ps(v0, zero, acc);
+        acc = _mm512_fmadd_ps(v1, zero, acc);
+        acc = _mm512_fmadd_ps(v2, zero, acc);
+        acc = _mm512_fmadd_ps(v3, zero, acc);
+        const std::uint64_t bits =
+            static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v0, b, _CMP_GT_OQ)) |
+            static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v1, b, _CMP_GT_OQ)) << 16 |
+            static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v2, b, _CMP_GT_OQ)) << 32 |
+            static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v3, b, _CMP_GT_OQ)) << 48;
+        if (bits) {
+            *hits = bits;
+            break;
+        }
+    }
+    *check += _mm512_reduce_add_ps(acc);
+    return i;
+}
 #endif
-#define EVIDEX_ROW_INLINE inline __attribute__((always_inline))
+
+ScanAbove<float> scan_above_f32() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    switch (active_kernels().level) {
+        case SimdLevel::AVX512:
+            return scan_above_avx512;
+        case SimdLevel::AVX2:
+            return scan_above_avx2;
+        default:
+            break;
+    }
+#endif
+    return scan_above_generic<float>;
+}
 
 // The k best of one row into best[0..k), best first, ties to the lower index;
-// returns false if the row holds a NaN or infinity. One vector comparison per
-// block of 16 rejects most entries; the finiteness check rides along in the
-// same pass (x * 0 is 0 only for finite x).
+// returns false if the row holds a NaN or infinity. The scan skips the chunks
+// that cannot change the k best (nearly all of a long row).
 template <class T>
-EVIDEX_ROW_INLINE bool topk_row(const T* s, std::size_t n, std::size_t k, std::pair<T, std::int64_t>* best) {
-    constexpr std::size_t kBlock = 16;
-    T zero[kBlock] = {};
+bool topk_row(const T* s, std::size_t n, std::size_t k, std::pair<T, std::int64_t>* best,
+              ScanAbove<T> scan) {
     std::size_t count = 0;
     auto offer = [&](std::size_t i) {
         if (count == k && !(s[i] > best[k - 1].first)) return;
@@ -134,49 +240,42 @@ EVIDEX_ROW_INLINE bool topk_row(const T* s, std::size_t n, std::size_t k, std::p
         best[pos] = {s[i], static_cast<std::int64_t>(i)};
     };
     std::size_t i = 0;
-    for (; i < n && count < k; ++i) offer(i);
-    T tail = 0;
-    for (std::size_t j = 0; j < i; ++j) tail += s[j] * T(0);
-    for (; i + kBlock <= n; i += kBlock) {
-        const T bar = best[k - 1].first;
-        int any = 0;
-        for (std::size_t l = 0; l < kBlock; ++l) {
-            any |= s[i + l] > bar;
-            zero[l] += s[i + l] * T(0);
-        }
-        if (any)
-            for (std::size_t l = 0; l < kBlock; ++l) offer(i + l);
-    }
-    for (; i < n; ++i) {
-        tail += s[i] * T(0);
+    T check = 0;
+    for (; i < n && count < k; ++i) {
+        check += s[i] * T(0);
         offer(i);
     }
-    for (std::size_t l = 0; l < kBlock; ++l) tail += zero[l];
-    return tail == T(0);
-}
-
-
-EVIDEX_ISA_CLONES
-bool topk_row_f32(const float* s, std::size_t n, std::size_t k,
-                  std::pair<float, std::int64_t>* best) {
-    return topk_row(s, n, k, best);
+    for (;;) {
+        std::uint64_t hits = 0;
+        i = scan(s, i, n, best[k - 1].first, &check, &hits);
+        if (i + kChunk > n) break;
+        // Only the entries that beat the bar when scanned (offer re-checks: the
+        // bar rises as they go in).
+        for (; hits; hits &= hits - 1) offer(i + static_cast<std::size_t>(__builtin_ctzll(hits)));
+        i += kChunk;
+    }
+    for (; i < n; ++i) {
+        check += s[i] * T(0);
+        offer(i);
+    }
+    return check == T(0);
 }
 
 template <class T>
 void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
                std::int64_t* indices, T* mask, std::size_t num_threads) {
+    ScanAbove<T> scan;
+    if constexpr (std::is_same_v<T, float>) {
+        scan = scan_above_f32();
+    } else {
+        scan = scan_above_generic<T>;
+    }
     std::atomic<bool> finite{true};
     parallel_for(rows, threads_for(rows * n, num_threads), [&](std::size_t r) {
         thread_local std::vector<std::pair<T, std::int64_t>> best;
         best.resize(k);
         const T* s = scores + r * n;
-        bool ok;
-        if constexpr (std::is_same_v<T, float>) {
-            ok = topk_row_f32(s, n, k, best.data());
-        } else {
-            ok = topk_row(s, n, k, best.data());
-        }
-        if (!ok) finite.store(false, std::memory_order_relaxed);
+        if (!topk_row(s, n, k, best.data(), scan)) finite.store(false, std::memory_order_relaxed);
         T* m = mask + r * n;
         std::fill(m, m + n, T(0));
         for (std::size_t j = 0; j < k; ++j) {
@@ -187,31 +286,34 @@ void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
     if (!finite.load()) not_finite("scores");
 }
 
-// out = J(softmax(s * inv_tau))^T g for one row, in three passes that the
-// compiler vectorises: the max; the numerators with their sum and their dot
-// with g in 16 lanes (summed in double); the product.
+// out = J(softmax(s * inv_tau))^T g for one row, in passes the compiler
+// vectorises: the max; the numerators; their sum and their dot with g (in
+// vector-register lanes, summed in double); the product.
 template <class T>
-EVIDEX_ROW_INLINE void softmax_backward_row(const T* s, const T* g, std::size_t n, T inv_tau, T* e, T* out) {
-    constexpr std::size_t kWide = 16;
+EVIDEX_ROW_INLINE void softmax_backward_row(const T* s, const T* g, std::size_t n, T inv_tau,
+                                            T* e, T* out) {
     const T mx = lanes_max(s, n) * inv_tau;
-    T sum_l[kWide] = {}, dot_l[kWide] = {};
+    for (std::size_t i = 0; i < n; ++i) e[i] = exp_of(s[i] * inv_tau - mx);
+    Wide<T> sum_v = {}, dot_v = {}, sum_w = {}, dot_w = {};
     std::size_t i = 0;
-    for (; i + kWide <= n; i += kWide)
-        for (std::size_t l = 0; l < kWide; ++l) {
-            const T v = exp_of(s[i + l] * inv_tau - mx);
-            e[i + l] = v;
-            sum_l[l] += v;
-            dot_l[l] += v * g[i + l];
-        }
-    double total = 0.0, dot = 0.0;
+    for (; i + 2 * kWide <= n; i += 2 * kWide) {
+        const Wide<T> v = load_wide(e + i), w = load_wide(e + i + kWide);
+        sum_v += v;
+        dot_v += v * load_wide(g + i);
+        sum_w += w;
+        dot_w += w * load_wide(g + i + kWide);
+    }
+    for (; i + kWide <= n; i += kWide) {
+        const Wide<T> v = load_wide(e + i);
+        sum_v += v;
+        dot_v += v * load_wide(g + i);
+    }
+    sum_v += sum_w;
+    dot_v += dot_w;
+    double total = sum_lanes(sum_v), dot = sum_lanes(dot_v);
     for (; i < n; ++i) {
-        e[i] = exp_of(s[i] * inv_tau - mx);
         total += e[i];
         dot += static_cast<double>(e[i]) * g[i];
-    }
-    for (std::size_t l = 0; l < kWide; ++l) {
-        total += sum_l[l];
-        dot += dot_l[l];
     }
     const T mean = static_cast<T>(dot / total);
     const T scale = static_cast<T>(inv_tau / total);
@@ -341,37 +443,97 @@ void temporal_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb,
         for (std::size_t j = 0; j < nb; ++j) out[i * nb + j] = temporal_iou(a + 2 * i, b + 2 * j);
 }
 
-namespace {
-// float32 uses the SIMD dot kernel of the index; float64 a plain loop.
-inline double dot_of(const float* a, const float* b, std::size_t d) {
-    return active_kernels().dot(a, b, d);
+// One frame against every query in a single read of the frame: its squared norm
+// rides along with the first query's dot, in vector lanes (summed in double).
+template <class T>
+EVIDEX_ROW_INLINE double frame_row(const T* f, const T* queries, std::size_t nq, std::size_t d,
+                                   double* dots) {
+    // Two accumulators each: an FMA's latency spans several issue slots.
+    Wide<T> norm_v = {}, dot_v = {}, norm_w = {}, dot_w = {};
+    std::size_t i = 0;
+    for (; i + 2 * kWide <= d; i += 2 * kWide) {
+        const Wide<T> v = load_wide(f + i), w = load_wide(f + i + kWide);
+        norm_v += v * v;
+        dot_v += v * load_wide(queries + i);
+        norm_w += w * w;
+        dot_w += w * load_wide(queries + i + kWide);
+    }
+    for (; i + kWide <= d; i += kWide) {
+        const Wide<T> v = load_wide(f + i);
+        norm_v += v * v;
+        dot_v += v * load_wide(queries + i);
+    }
+    norm_v += norm_w;
+    dot_v += dot_w;
+    double sq = sum_lanes(norm_v), dot = sum_lanes(dot_v);
+    for (; i < d; ++i) {
+        sq += static_cast<double>(f[i]) * f[i];
+        dot += static_cast<double>(f[i]) * queries[i];
+    }
+    dots[0] = dot;
+    for (std::size_t q = 1; q < nq; ++q) {
+        const T* qv = queries + q * d;
+        Wide<T> acc_v = {};
+        std::size_t j = 0;
+        for (; j + kWide <= d; j += kWide) acc_v += load_wide(f + j) * load_wide(qv + j);
+        double acc = sum_lanes(acc_v);
+        for (; j < d; ++j) acc += static_cast<double>(f[j]) * qv[j];
+        dots[q] = acc;
+    }
+    return sq;
 }
-inline double dot_of(const double* a, const double* b, std::size_t d) {
-    double s = 0.0;
-    for (std::size_t i = 0; i < d; ++i) s += a[i] * b[i];
-    return s;
+
+// A block of frames: squared norms and dots with every query, per ISA for float.
+template <class T>
+EVIDEX_ROW_INLINE void frame_block(const T* frames, std::size_t count, const T* queries,
+                                   std::size_t nq, std::size_t d, double* sq, double* dots) {
+    for (std::size_t t = 0; t < count; ++t)
+        sq[t] = frame_row(frames + t * d, queries, nq, d, dots + t * nq);
 }
-}  // namespace
+
+EVIDEX_ISA_CLONES
+void frame_block_f32(const float* frames, std::size_t count, const float* queries,
+                     std::size_t nq, std::size_t d, double* sq, double* dots) {
+    frame_block(frames, count, queries, nq, d, sq, dots);
+}
 
 template <class T>
 void frame_scores(const T* frames, std::size_t nt, const T* queries, std::size_t nq,
                   std::size_t d, T* out, std::size_t num_threads) {
-    std::vector<double> qnorm(nq);
+    std::vector<double> qnorm(nq), self(1);
     for (std::size_t q = 0; q < nq; ++q) {
-        const double sq = dot_of(queries + q * d, queries + q * d, d);
+        const T* qv = queries + q * d;
+        const double sq = frame_row(qv, qv, 1, d, self.data());
         if (!std::isfinite(sq)) not_finite("queries");  // a NaN or inf makes the norm so
         qnorm[q] = std::max(std::sqrt(sq), 1e-12);
     }
-    // One pass over the frames (the large operand): each frame's norm and its dots
-    // with every query while it is in cache.
+    // One pass over the frames (the large operand), in blocks: each frame's norm
+    // and its dots with every query while it is in cache; then the block's
+    // normalisation in loops the compiler vectorises (sqrt and division included).
+    constexpr std::size_t kBlock = 128;
     std::atomic<bool> finite{true};
-    parallel_for(nt, threads_for(nq * nt * d, num_threads), [&](std::size_t t) {
-        const T* f = frames + t * d;
-        const double sq = dot_of(f, f, d);
-        if (!std::isfinite(sq)) finite.store(false, std::memory_order_relaxed);
-        const double fn = std::max(std::sqrt(sq), 1e-12);
-        for (std::size_t q = 0; q < nq; ++q)
-            out[q * nt + t] = static_cast<T>(dot_of(queries + q * d, f, d) / (qnorm[q] * fn));
+    const std::size_t blocks = (nt + kBlock - 1) / kBlock;
+    parallel_for(blocks, threads_for(nq * nt * d, num_threads), [&](std::size_t b) {
+        const std::size_t t0 = b * kBlock, count = std::min(kBlock, nt - t0);
+        double sq[kBlock], inv[kBlock];
+        std::vector<double> dots(count * nq);
+        if constexpr (std::is_same_v<T, float>) {
+            frame_block_f32(frames + t0 * d, count, queries, nq, d, sq, dots.data());
+        } else {
+            frame_block(frames + t0 * d, count, queries, nq, d, sq, dots.data());
+        }
+        double check = 0.0;
+        for (std::size_t t = 0; t < count; ++t) {
+            check += sq[t] * 0.0;
+            inv[t] = 1.0 / std::max(std::sqrt(sq[t]), 1e-12);
+        }
+        if (check != 0.0) finite.store(false, std::memory_order_relaxed);
+        for (std::size_t q = 0; q < nq; ++q) {
+            T* row = out + q * nt + t0;
+            const double qi = 1.0 / qnorm[q];
+            for (std::size_t t = 0; t < count; ++t)
+                row[t] = static_cast<T>(dots[t * nq + q] * inv[t] * qi);
+        }
     });
     if (!finite.load()) not_finite("frames");
 }
@@ -380,15 +542,21 @@ template <class T>
 std::size_t select_keyframes(const T* scores, std::size_t n, std::size_t k, std::size_t min_gap,
                              std::int64_t* out) {
     check_finite(scores, n, "scores");
-    std::vector<std::int64_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [scores](std::int64_t a, std::int64_t b) { return scores[a] > scores[b]; });
+    // Greedy NMS visits frames best first, but usually stops after a few hundred of
+    // them: a heap (O(n) to build, O(log n) a visit) instead of sorting all n.
+    // Ties go to the lower index, as a stable sort would order them.
+    std::vector<std::int64_t> heap(n);
+    std::iota(heap.begin(), heap.end(), 0);
+    const auto worse = [scores](std::int64_t a, std::int64_t b) {
+        return scores[a] < scores[b] || (scores[a] == scores[b] && a > b);
+    };
+    std::make_heap(heap.begin(), heap.end(), worse);
     // A frame is blocked once a kept frame lies within min_gap - 1 of it.
     std::vector<char> blocked(n, 0);
     std::size_t kept = 0;
-    for (std::size_t r = 0; r < n && kept < k; ++r) {
-        const std::int64_t f = order[r];
+    for (auto end = heap.end(); end != heap.begin() && kept < k; --end) {
+        std::pop_heap(heap.begin(), end, worse);
+        const std::int64_t f = *(end - 1);
         if (blocked[static_cast<std::size_t>(f)]) continue;
         out[kept++] = f;
         const std::int64_t lo = std::max<std::int64_t>(0, f - static_cast<std::int64_t>(min_gap) + 1);
