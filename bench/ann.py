@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 import evidex
-from evidex.rewards import qps_at_recall, qps_recall_auc
+from evidex.rewards import qps_at_recall, qps_recall_auc, recall_at_k
 
 from .datasets import DATASETS, load_dataset
 
@@ -247,13 +247,6 @@ class Result:
     brute_force_qps: float | None = None
 
 
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    found = np.asarray(found, dtype=np.int64)[:, :k]
-    truth = truth[:, :k]
-    hits = (found[:, :, None] == truth[:, None, :]).any(axis=2).sum()
-    return float(hits) / truth.size
-
-
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -352,7 +345,7 @@ def run(args: argparse.Namespace) -> Result:
             p = Point(
                 lib.name,
                 ef,
-                recall_at(found[lib.name], data.neighbors, k),
+                recall_at_k(found[lib.name], data.neighbors, k),
                 data.queries.shape[0] / best[lib.name],
                 batch,
                 dc,

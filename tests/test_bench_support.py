@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.ann import recall_at
 from bench.datasets import read_fvecs
 
 
@@ -35,10 +34,3 @@ def test_fvecs_rejects_damaged_files(tmp_path) -> None:
     (tmp_path / "t.fvecs").write_bytes((tmp_path / "t.fvecs").read_bytes()[:-4])
     with pytest.raises(ValueError, match="not a valid"):
         read_fvecs(str(tmp_path / "t.fvecs"))
-
-
-def test_recall_at_counts_set_overlap() -> None:
-    truth = np.array([[1, 2, 3], [4, 5, 6]])
-    found = np.array([[3, 2, 9], [6, 5, 4]])
-    assert recall_at(found, truth, 3) == pytest.approx(5 / 6)
-    assert recall_at(found, truth, 1) == pytest.approx(0.0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from evidex.rewards import qps_at_recall, qps_recall_auc
+from evidex.rewards import qps_at_recall, qps_recall_auc, recall_at_k
 
 
 def test_auc_of_a_flat_curve_is_width_times_height() -> None:
@@ -64,3 +64,14 @@ def test_qps_at_recall_interpolates_in_log_space() -> None:
 def test_bad_curves_raise(recalls, qps, rng) -> None:
     with pytest.raises(ValueError):
         qps_recall_auc(recalls, qps, rng)
+
+
+def test_recall_at_k_counts_set_overlap_once() -> None:
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 2, 9], [6, 5, 4]])
+    assert recall_at_k(found, truth) == pytest.approx(5 / 6)
+    assert recall_at_k(found, truth, 1) == pytest.approx(0.0)
+    assert recall_at_k(np.array([[1, 1, 1], [-1, -1, 4]]), truth) == pytest.approx(2 / 6)
+    assert recall_at_k(np.array([[1, 2, 3, 7]]), np.array([[1, 2, 3, 4]]), 3) == 1.0
+    with pytest.raises(ValueError, match="result rows"):
+        recall_at_k(found[:1], truth)

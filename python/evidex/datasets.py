@@ -22,9 +22,9 @@ class VectorDataset:
 
     def recall(self, found: np.ndarray, k: int = 10) -> float:
         """Mean recall@k of `found` ([nq, >=k] row indices) against the ground truth."""
-        truth = self.neighbors[:, :k]
-        hits = sum(len(np.intersect1d(f[:k], t)) for f, t in zip(found, truth))
-        return hits / truth.size
+        from .rewards.ann import recall_at_k
+
+        return recall_at_k(found, self.neighbors, k)
 
 
 def glove_vectors() -> np.ndarray:

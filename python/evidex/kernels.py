@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _core
+from .rewards.ann import recall_at_k
 
 if TYPE_CHECKING:
     from .index import HNSWIndex
@@ -149,8 +150,8 @@ def self_test(
                 raise KernelSelfTestError(
                     f"query {row} at ef={ef}: distances differ from the exact ones"
                 )
-        r_ref = _recall(ids_ref, truth)
-        r_got = _recall(ids, truth)
+        r_ref = recall_at_k(ids_ref, truth)
+        r_got = recall_at_k(ids, truth)
         recalls[ef] = (r_ref, r_got)
         if r_got < r_ref - tolerance:
             raise KernelSelfTestError(
@@ -165,8 +166,3 @@ def _distances(vectors: np.ndarray, query: np.ndarray, space: str) -> np.ndarray
     if space == "cosine":
         query = query / max(float(np.linalg.norm(query)), 1e-30)
     return 1.0 - vectors @ query
-
-
-def _recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, truth))
-    return hits / truth.size

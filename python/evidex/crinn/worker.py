@@ -24,6 +24,7 @@ def main() -> int:
     from evidex import _core, kernels
     from evidex.crinn.sandbox import install_seccomp
     from evidex.index import HNSWIndex
+    from evidex.rewards.ann import recall_at_k
 
     queries = np.load(spec["queries"])
     truth = np.load(spec["ground_truth"])
@@ -95,11 +96,10 @@ def main() -> int:
             if (rows[:, 1:] == rows[:, :-1]).any():
                 print(json.dumps({"error": f"duplicate ids in a result row at ef={ef}"}))
                 return 0
-            hits = sum(len(np.intersect1d(a, t[:k])) for a, t in zip(ids, truth))
             curves[name].append(
                 {
                     "ef": ef,
-                    "recall": hits / (len(queries) * k),
+                    "recall": recall_at_k(ids, truth, k),
                     "qps": len(queries) / best[name],
                     "dist_per_query": computed / len(queries),
                 }

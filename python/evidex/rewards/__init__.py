@@ -1,15 +1,15 @@
 """Rewards: scores that the CRINN loop and the RL trainers optimise.
 
-`qps_recall_auc` / `qps_at_recall` score ANN search curves (numpy only); the Embed-RL rewards
-(`format_reward`, `alignment_reward`, `outcome_reward`, `EmbedRLReward`) score a reasoner's
-evidence and load on first use.
+`recall_at_k`, `qps_recall_auc` and `qps_at_recall` score ANN search (numpy only); the
+Embed-RL rewards (`format_reward`, `alignment_reward`, `outcome_reward`, `EmbedRLReward`)
+score a reasoner's evidence and load on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .ann import contrastive_rewards, qps_at_recall, qps_recall_auc
+from .ann import contrastive_rewards, qps_at_recall, qps_recall_auc, recall_at_k
 
 _EMBEDRL = (
     "EmbedRLReward",
@@ -20,7 +20,13 @@ _EMBEDRL = (
     "outcome_reward_index",
 )
 
-__all__ = ["contrastive_rewards", "qps_at_recall", "qps_recall_auc", *_EMBEDRL]
+__all__ = [
+    "contrastive_rewards",
+    "qps_at_recall",
+    "qps_recall_auc",
+    "recall_at_k",
+    *_EMBEDRL,
+]
 
 
 def __getattr__(name: str) -> Any:

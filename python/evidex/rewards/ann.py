@@ -1,10 +1,28 @@
-"""Scores of a QPS-recall curve: CRINN's area-under-curve reward and QPS at a recall."""
+"""ANN search scores: recall@k, and CRINN's area under the QPS-recall curve and QPS at a recall."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int | None = None) -> float:
+    """Mean recall@k: the share of each query's `k` true neighbours (``truth[:, :k]``)
+    among its first `k` results (``found[:, :k]``; -1 for a missing result).
+
+    A result repeated in a row counts once.
+    """
+    truth = np.asarray(truth)
+    k = truth.shape[1] if k is None else k
+    found = np.asarray(found)[:, :k]
+    truth = truth[:, :k]
+    if found.shape[0] != truth.shape[0]:
+        raise ValueError(f"{found.shape[0]} result rows for {truth.shape[0]} queries")
+    if truth.size == 0:
+        return 0.0
+    hits = (truth[:, :, None] == found[:, None, :]).any(axis=2).sum()
+    return float(hits) / truth.size
 
 
 def _frontier(recalls: Sequence[float], qps: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
