@@ -473,10 +473,14 @@ EVIDEX_ROW_INLINE double frame_row(const T* f, const T* queries, std::size_t nq,
     dots[0] = dot;
     for (std::size_t q = 1; q < nq; ++q) {
         const T* qv = queries + q * d;
-        Wide<T> acc_v = {};
+        Wide<T> acc_v = {}, acc_w = {};
         std::size_t j = 0;
+        for (; j + 2 * kWide <= d; j += 2 * kWide) {
+            acc_v += load_wide(f + j) * load_wide(qv + j);
+            acc_w += load_wide(f + j + kWide) * load_wide(qv + j + kWide);
+        }
         for (; j + kWide <= d; j += kWide) acc_v += load_wide(f + j) * load_wide(qv + j);
-        double acc = sum_lanes(acc_v);
+        double acc = sum_lanes(acc_v + acc_w);
         for (; j < d; ++j) acc += static_cast<double>(f[j]) * qv[j];
         dots[q] = acc;
     }
