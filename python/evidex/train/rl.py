@@ -146,7 +146,18 @@ def train_grpo(
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    import dataclasses
+
+    # TRL turns activation checkpointing on; transformers 5 renamed the option and
+    # warns on the old name, which older versions still need.
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    checkpointing = (
+        {"activation_checkpointing": True}
+        if "activation_checkpointing" in names
+        else {"gradient_checkpointing": True}
+    )
     config = GRPOConfig(
+        **checkpointing,
         output_dir=output_dir,
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,

@@ -42,7 +42,11 @@ def _model(name: str):
 def _generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:
     import torch
 
-    if getattr(model, "is_gradient_checkpointing", False):  # left on by the trainer
+    # The trainer leaves activation checkpointing on (transformers 5.x renamed the API).
+    if hasattr(model, "activation_checkpointing_disable"):
+        if model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif getattr(model, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
     model.config.use_cache = True
     model.eval()
