@@ -504,10 +504,11 @@ void frame_block_f32(const float* frames, std::size_t count, const float* querie
 template <class T>
 void frame_scores(const T* frames, std::size_t nt, const T* queries, std::size_t nq,
                   std::size_t d, T* out, std::size_t num_threads) {
-    std::vector<double> qnorm(nq), self(1);
+    std::vector<double> qnorm(nq);
     for (std::size_t q = 0; q < nq; ++q) {
         const T* qv = queries + q * d;
-        const double sq = frame_row(qv, qv, 1, d, self.data());
+        double self_dot;  // frame_row's dot output; the squared norm is its return value
+        const double sq = frame_row(qv, qv, 1, d, &self_dot);
         if (!std::isfinite(sq)) not_finite("queries");  // a NaN or inf makes the norm so
         qnorm[q] = std::max(std::sqrt(sq), 1e-12);
     }
