@@ -4,8 +4,6 @@
 #include <atomic>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#elif defined(__SSE2__)
-#include <emmintrin.h>
 #endif
 #include <cmath>
 #include <limits>
@@ -85,12 +83,17 @@ EVIDEX_ROW_INLINE T lanes_max(const T* x, std::size_t n) {
     return out;
 }
 
+// Two accumulators: an FMA's latency spans several issue slots.
 template <class T>
 EVIDEX_ROW_INLINE double lanes_dot(const T* x, const T* y, std::size_t n) {
-    Wide<T> acc = {};
+    Wide<T> acc_v = {}, acc_w = {};
     std::size_t i = 0;
-    for (; i + kWide <= n; i += kWide) acc += load_wide(x + i) * load_wide(y + i);
-    double out = sum_lanes(acc);
+    for (; i + 2 * kWide <= n; i += 2 * kWide) {
+        acc_v += load_wide(x + i) * load_wide(y + i);
+        acc_w += load_wide(x + i + kWide) * load_wide(y + i + kWide);
+    }
+    for (; i + kWide <= n; i += kWide) acc_v += load_wide(x + i) * load_wide(y + i);
+    double out = sum_lanes(acc_v + acc_w);
     for (; i < n; ++i) out += static_cast<double>(x[i]) * y[i];
     return out;
 }
@@ -448,7 +451,7 @@ void temporal_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb,
 template <class T>
 EVIDEX_ROW_INLINE double frame_row(const T* f, const T* queries, std::size_t nq, std::size_t d,
                                    double* dots) {
-    // Two accumulators each: an FMA's latency spans several issue slots.
+    // Two accumulators each, as in lanes_dot.
     Wide<T> norm_v = {}, dot_v = {}, norm_w = {}, dot_w = {};
     std::size_t i = 0;
     for (; i + 2 * kWide <= d; i += 2 * kWide) {
@@ -471,19 +474,7 @@ EVIDEX_ROW_INLINE double frame_row(const T* f, const T* queries, std::size_t nq,
         dot += static_cast<double>(f[i]) * queries[i];
     }
     dots[0] = dot;
-    for (std::size_t q = 1; q < nq; ++q) {
-        const T* qv = queries + q * d;
-        Wide<T> acc_v = {}, acc_w = {};
-        std::size_t j = 0;
-        for (; j + 2 * kWide <= d; j += 2 * kWide) {
-            acc_v += load_wide(f + j) * load_wide(qv + j);
-            acc_w += load_wide(f + j + kWide) * load_wide(qv + j + kWide);
-        }
-        for (; j + kWide <= d; j += kWide) acc_v += load_wide(f + j) * load_wide(qv + j);
-        double acc = sum_lanes(acc_v + acc_w);
-        for (; j < d; ++j) acc += static_cast<double>(f[j]) * qv[j];
-        dots[q] = acc;
-    }
+    for (std::size_t q = 1; q < nq; ++q) dots[q] = lanes_dot(f, queries + q * d, d);
     return sq;
 }
 
