@@ -41,8 +41,13 @@ class _EncoderHead(torch.nn.Module):
     """A transformers encoder with trainable layers above it; a frozen encoder is a
     fixed feature extractor and stays in eval mode (no dropout noise) under ``train()``."""
 
-    freeze_encoder: bool
-    encoder: Any
+    def __init__(self, encoder: Any, tokenizer: Any, max_length: int, freeze_encoder: bool) -> None:
+        super().__init__()
+        self.encoder, self.tokenizer = encoder, tokenizer
+        self.max_length, self.freeze_encoder = max_length, freeze_encoder
+        encoder.requires_grad_(not freeze_encoder)
+        if freeze_encoder:
+            encoder.eval()
 
     def train(self, mode: bool = True) -> _EncoderHead:
         super().train(mode)
@@ -71,16 +76,11 @@ class DocumentCompressor(_EncoderHead):
         max_length: int = 128,
         freeze_encoder: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder, tokenizer, max_length, freeze_encoder)
         hidden = int(encoder.config.hidden_size)
-        self.encoder, self.tokenizer = encoder, tokenizer
-        self.freeze_encoder = freeze_encoder
-        encoder.requires_grad_(not freeze_encoder)
-        if freeze_encoder:
-            encoder.eval()
         self.memory_queries = torch.nn.Parameter(torch.zeros(n_memory, hidden))
         self.project = torch.nn.Linear(hidden, out_dim)
-        self.n_memory, self.max_length = n_memory, max_length
+        self.n_memory = n_memory
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Memories ``[len(texts), n_memory, out_dim]``."""
@@ -108,14 +108,8 @@ class QueryEncoder(_EncoderHead):
         max_length: int = 64,
         freeze_encoder: bool = False,
     ) -> None:
-        super().__init__()
-        self.encoder, self.tokenizer = encoder, tokenizer
-        self.freeze_encoder = freeze_encoder
-        encoder.requires_grad_(not freeze_encoder)
-        if freeze_encoder:
-            encoder.eval()
+        super().__init__(encoder, tokenizer, max_length, freeze_encoder)
         self.project = torch.nn.Linear(int(encoder.config.hidden_size), out_dim)
-        self.max_length = max_length
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         states, mask = _token_states(self, texts)

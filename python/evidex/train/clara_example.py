@@ -125,7 +125,7 @@ def answer_loss_gap(model, held) -> tuple[float, float]:
 
 def build_model(
     generator: str = "tinycoder",
-    task: str = "package",
+    task: str = "language",
     memory: int = 4,
     tau: float = 0.1,
     train_encoders: bool = False,

@@ -7,6 +7,7 @@ The embedder inside the reward stays frozen; only the reasoner learns to write e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
@@ -146,8 +147,6 @@ def train_grpo(
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    import dataclasses
-
     # TRL turns activation checkpointing on; transformers 5 renamed the option and
     # warns on the old name, which older versions still need.
     names = {f.name for f in dataclasses.fields(GRPOConfig)}
