@@ -391,15 +391,74 @@ def test_st_topk_rejects_non_finite_anywhere(level, dtype, bad, where) -> None:
 def test_st_topk_forward_at_every_simd_level(level) -> None:
     evidex.set_simd_level(level)
     g = torch.Generator().manual_seed(1)
-    for n, k in ((4096, 8), (1000, 1), (130, 130), (64, 3), (67, 64)):
+    for n, k in ((4096, 8), (4096, 65), (1000, 1), (130, 130), (64, 3), (67, 64), (200, 64)):
+        one_class = torch.randn(5, n, generator=g)
+        one_class[:, ::64] += 100  # the k best share one residue class mod 64
         for s in (
             torch.randn(5, n, generator=g),
             torch.randint(0, 3, (5, n), generator=g).float(),  # ties everywhere
             torch.arange(n, dtype=torch.float32).repeat(5, 1),  # rising: every chunk hits
+            torch.arange(n, 0, -1, dtype=torch.float32).repeat(5, 1),  # falling
+            one_class,
         ):
             mask, idx = O.st_topk(s, k)
             ref_mask, ref_idx = ref_topk(s, k)
             assert torch.equal(idx, ref_idx) and torch.equal(mask, ref_mask)
+
+
+def _softmax_backward_reference(scores: torch.Tensor, grad: torch.Tensor, tau: float):
+    soft = torch.softmax(scores / tau, -1)
+    return soft * (grad - (grad * soft).sum(-1, keepdim=True)) / tau
+
+
+def _assert_as_accurate_as_torch(ours: torch.Tensor, scores, grad, tau: float) -> None:
+    """Row-wise error against a float64 softmax backward within 4x that of torch's
+    own float32 one (a near one-hot row cancels in float32 either way), plus 1e-5
+    of the row's largest gradient."""
+    exact = _softmax_backward_reference(scores.double(), grad.double(), tau)
+    torch_err = (_softmax_backward_reference(scores, grad, tau).double() - exact).abs()
+    bound = 4 * torch_err.amax(-1, keepdim=True) + 1e-5 * exact.abs().amax(-1, keepdim=True)
+    assert ((ours.double() - exact).abs() <= bound + 1e-30).all(), tau
+
+
+@pytest.mark.parametrize("level", _simd_levels())
+@pytest.mark.parametrize("n", [4096, 1000])
+def test_st_topk_float32_softmax_backward_sparse_and_dense_rows(level, n) -> None:
+    # At a small tau most softmax terms flush to exactly 0 and the kernel computes
+    # only the rest; rows where many survive go the dense way. Both must agree
+    # with a float64 softmax backward, at every SIMD level.
+    evidex.set_simd_level(level)
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.stack(
+        [
+            torch.randn(n, generator=gen),  # a few percent above the flush point: sparse
+            torch.rand(n, generator=gen),  # all within 1 of the max: dense
+            torch.randn(n, generator=gen) * 1e4,  # large magnitudes: sparse, rounding margin
+            torch.cat([torch.randn(n - 20, generator=gen) - 5, torch.randn(20, generator=gen)]),
+            torch.full((n,), 0.25),  # all tied
+        ]
+    )
+    grad = torch.randn(scores.shape, generator=gen)
+    for tau in (0.02, 1.0):
+        s = scores.clone().requires_grad_()
+        w, _ = O.st_topk(s, 8, tau=tau)
+        (w * grad).sum().backward()
+        _assert_as_accurate_as_torch(s.grad, scores, grad, tau)
+
+
+def test_st_topk_backward_kernel_finds_the_maximum_itself() -> None:
+    # The sparse backward takes the forward's best entry as the row maximum; given
+    # indices whose first entry is not the maximum it must still be right.
+    from evidex import _core
+
+    scores = torch.randn(4, 4096)
+    grad = torch.randn(4, 4096)
+    idx = scores.topk(8, -1).indices.flip(-1).contiguous()  # worst of the eight first
+    out = torch.empty_like(scores)
+    _core.ops.st_topk_backward_into(
+        scores.numpy(), idx.numpy(), grad.numpy(), 0.02, 0, False, out.numpy(), 1
+    )
+    _assert_as_accurate_as_torch(out, scores, grad, 0.02)
 
 
 def test_bad_input() -> None:

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #endif
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <stdexcept>
@@ -163,15 +164,20 @@ __attribute__((target("avx2,fma"))) std::size_t scan_above_avx2(const float* s, 
                                                                 float* check,
                                                                 std::uint64_t* hits) {
     const __m256 b = _mm256_set1_ps(bar), zero = _mm256_setzero_ps();
-    __m256 acc = zero;
+    // Two accumulators: one FMA chain would cost its latency per vector.
+    __m256 acc0 = zero, acc1 = zero;
     for (; i + kChunk <= n; i += kChunk) {
         std::uint64_t bits = 0;
-        for (std::size_t j = 0; j < kChunk; j += 8) {
-            const __m256 v = _mm256_loadu_ps(s + i + j);
-            acc = _mm256_fmadd_ps(v, zero, acc);
+        for (std::size_t j = 0; j < kChunk; j += 16) {
+            const __m256 v = _mm256_loadu_ps(s + i + j), w = _mm256_loadu_ps(s + i + j + 8);
+            acc0 = _mm256_fmadd_ps(v, zero, acc0);
+            acc1 = _mm256_fmadd_ps(w, zero, acc1);
             bits |= static_cast<std::uint64_t>(
                         static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ))))
-                    << j;
+                        << j |
+                    static_cast<std::uint64_t>(
+                        static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(w, b, _CMP_GT_OQ))))
+                        << (j + 8);
         }
         if (bits) {
             *hits = bits;
@@ -179,7 +185,7 @@ __attribute__((target("avx2,fma"))) std::size_t scan_above_avx2(const float* s, 
         }
     }
     alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, acc);
+    _mm256_store_ps(lanes, _mm256_add_ps(acc0, acc1));
     for (float l : lanes) *check += l;
     return i;
 }
@@ -189,14 +195,15 @@ __attribute__((target("avx512f"))) std::size_t scan_above_avx512(const float* s,
                                                                  float* check,
                                                                  std::uint64_t* hits) {
     const __m512 b = _mm512_set1_ps(bar), zero = _mm512_setzero_ps();
-    __m512 acc = zero;
+    // Four accumulators: one FMA chain would cost its latency per vector.
+    __m512 acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero;
     for (; i + kChunk <= n; i += kChunk) {
         const __m512 v0 = _mm512_loadu_ps(s + i), v1 = _mm512_loadu_ps(s + i + 16);
         const __m512 v2 = _mm512_loadu_ps(s + i + 32), v3 = _mm512_loadu_ps(s + i + 48);
-        acc = _mm512_fmadd_ps(v0, zero, acc);
-        acc = _mm512_fmadd_ps(v1, zero, acc);
-        acc = _mm512_fmadd_ps(v2, zero, acc);
-        acc = _mm512_fmadd_ps(v3, zero, acc);
+        acc0 = _mm512_fmadd_ps(v0, zero, acc0);
+        acc1 = _mm512_fmadd_ps(v1, zero, acc1);
+        acc2 = _mm512_fmadd_ps(v2, zero, acc2);
+        acc3 = _mm512_fmadd_ps(v3, zero, acc3);
         const std::uint64_t bits =
             static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v0, b, _CMP_GT_OQ)) |
             static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v1, b, _CMP_GT_OQ)) << 16 |
@@ -207,7 +214,8 @@ __attribute__((target("avx512f"))) std::size_t scan_above_avx512(const float* s,
             break;
         }
     }
-    *check += _mm512_reduce_add_ps(acc);
+    *check += _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
     return i;
 }
 #endif
@@ -226,12 +234,57 @@ ScanAbove<float> scan_above_f32() {
     return scan_above_generic<float>;
 }
 
-// The k best of one row into best[0..k), best first, ties to the lower index;
-// returns false if the row holds a NaN or infinity. The scan skips the chunks
-// that cannot change the k best (nearly all of a long row).
+// The largest entry of each of the kChunk residue classes of a row (entries j,
+// j + kChunk, j + 2 kChunk, ...): vertical maxima, so one vector max per load.
+// These are kChunk maxima of disjoint sets, so the k-th largest of them (k <=
+// kChunk) is a lower bound of the row's k-th best.
 template <class T>
-bool topk_row(const T* s, std::size_t n, std::size_t k, std::pair<T, std::int64_t>* best,
-              ScanAbove<T> scan) {
+EVIDEX_ROW_INLINE void class_maxima(const T* s, std::size_t n, T* out) {
+    static_assert(kChunk == 4 * kWide, "four vector accumulators span a chunk");
+    Wide<T> m0 = load_wide(s), m1 = load_wide(s + kWide), m2 = load_wide(s + 2 * kWide),
+            m3 = load_wide(s + 3 * kWide);
+    std::size_t i = kChunk;
+    for (; i + kChunk <= n; i += kChunk) {
+        const Wide<T> v0 = load_wide(s + i), v1 = load_wide(s + i + kWide);
+        const Wide<T> v2 = load_wide(s + i + 2 * kWide), v3 = load_wide(s + i + 3 * kWide);
+        m0 = v0 > m0 ? v0 : m0;
+        m1 = v1 > m1 ? v1 : m1;
+        m2 = v2 > m2 ? v2 : m2;
+        m3 = v3 > m3 ? v3 : m3;
+    }
+    __builtin_memcpy(out, &m0, sizeof m0);
+    __builtin_memcpy(out + kWide, &m1, sizeof m1);
+    __builtin_memcpy(out + 2 * kWide, &m2, sizeof m2);
+    __builtin_memcpy(out + 3 * kWide, &m3, sizeof m3);
+    for (std::size_t j = 0; i < n; ++i, ++j) out[j] = s[i] > out[j] ? s[i] : out[j];
+}
+
+EVIDEX_ISA_CLONES
+void class_maxima_f32(const float* s, std::size_t n, float* out) { class_maxima(s, n, out); }
+
+// A lower bound of the k-th best entry of a row (n >= kChunk, k <= kChunk):
+// the k-th largest of its residue classes' maxima. -inf where it does not apply.
+template <class T>
+T kth_best_floor(const T* s, std::size_t n, std::size_t k) {
+    if (n < kChunk || k > kChunk) return -std::numeric_limits<T>::infinity();
+    T maxima[kChunk];
+    if constexpr (std::is_same_v<T, float>) {
+        class_maxima_f32(s, n, maxima);
+    } else {
+        class_maxima(s, n, maxima);
+    }
+    std::nth_element(maxima, maxima + (k - 1), maxima + kChunk, std::greater<T>());
+    return maxima[k - 1];
+}
+
+// The k best of one row into best[0..k), best first, ties to the lower index;
+// returns false if the row holds a NaN or infinity. Entries are offered in
+// index order, and only those the scan finds above the bar: first just below
+// `floor` (a lower bound of the k-th best, so every one of the k best is
+// offered), then the k-th best so far. Nearly all of a long row is skipped.
+template <class T>
+bool topk_row(const T* s, std::size_t n, std::size_t k, T floor,
+              std::pair<T, std::int64_t>* best, ScanAbove<T> scan) {
     std::size_t count = 0;
     auto offer = [&](std::size_t i) {
         if (count == k && !(s[i] > best[k - 1].first)) return;
@@ -242,18 +295,15 @@ bool topk_row(const T* s, std::size_t n, std::size_t k, std::pair<T, std::int64_
         }
         best[pos] = {s[i], static_cast<std::int64_t>(i)};
     };
+    // The scan keeps entries strictly above its bar; entries equal to the floor
+    // may be among the k best.
+    const T below_floor = std::nextafter(floor, -std::numeric_limits<T>::infinity());
     std::size_t i = 0;
     T check = 0;
-    for (; i < n && count < k; ++i) {
-        check += s[i] * T(0);
-        offer(i);
-    }
     for (;;) {
         std::uint64_t hits = 0;
-        i = scan(s, i, n, best[k - 1].first, &check, &hits);
+        i = scan(s, i, n, count < k ? below_floor : best[k - 1].first, &check, &hits);
         if (i + kChunk > n) break;
-        // Only the entries that beat the bar when scanned (offer re-checks: the
-        // bar rises as they go in).
         for (; hits; hits &= hits - 1) offer(i + static_cast<std::size_t>(__builtin_ctzll(hits)));
         i += kChunk;
     }
@@ -278,7 +328,8 @@ void topk_rows(const T* scores, std::size_t rows, std::size_t n, std::size_t k,
         thread_local std::vector<std::pair<T, std::int64_t>> best;
         best.resize(k);
         const T* s = scores + r * n;
-        if (!topk_row(s, n, k, best.data(), scan)) finite.store(false, std::memory_order_relaxed);
+        if (!topk_row(s, n, k, kth_best_floor(s, n, k), best.data(), scan))
+            finite.store(false, std::memory_order_relaxed);
         T* m = mask + r * n;
         std::fill(m, m + n, T(0));
         for (std::size_t j = 0; j < k; ++j) {
@@ -323,6 +374,71 @@ EVIDEX_ROW_INLINE void softmax_backward_row(const T* s, const T* g, std::size_t 
     for (std::size_t j = 0; j < n; ++j) out[j] = e[j] * scale * (g[j] - mean);
 }
 
+// The same row when most of softmax(s * inv_tau) is exactly 0: at a small tau
+// every entry more than 87 / inv_tau below the row's maximum has its numerator
+// flushed to 0 (exp_nonpositive), so its gradient is exactly 0 too. Finds the
+// others with the top-k scan (bar: the flush point, less a rounding margin),
+// computes only those and zero-fills the rest; the result equals the dense
+// row's up to summation order. Returns false, having written nothing, when more
+// than 1/8 of the row (or of the part scanned so far) survives: there the dense
+// passes are faster.
+EVIDEX_ISA_CLONES
+bool softmax_backward_row_sparse(const float* s, const float* g, std::size_t n, float inv_tau,
+                                 std::size_t top, ScanAbove<float> scan, float* e,
+                                 std::uint32_t* pos, float* out) {
+    // The forward pass's best entry is the row's maximum (checked below: an
+    // entry above it falls back to the dense row, which finds the maximum).
+    const float mx = s[top] * inv_tau;
+    // s <= bar implies s * inv_tau - mx < -87 in float arithmetic: the margin
+    // covers the rounding of the products and differences, relative to |mx|.
+    const float bar = (mx - 87.0f - (1.0f + std::fabs(mx) * 0x1p-20f)) / inv_tau;
+    if (!std::isfinite(bar) || !std::isfinite(mx)) return false;
+    const std::size_t cap = n / 8;
+    std::size_t count = 0, i = 0;
+    float check = 0;  // the forward pass has checked finiteness
+    for (;;) {
+        std::uint64_t hits = 0;
+        i = scan(s, i, n, bar, &check, &hits);
+        if (i + kChunk > n) break;
+        for (; hits; hits &= hits - 1)
+            pos[count++] = static_cast<std::uint32_t>(i + __builtin_ctzll(hits));
+        i += kChunk;
+        // Dense so far: give up early, before the wasted scan costs much.
+        if (count > std::min(cap, i / 8 + 16)) return false;
+    }
+    for (; i < n; ++i)
+        if (s[i] > bar) pos[count++] = static_cast<std::uint32_t>(i);
+    if (count > cap) return false;
+    float highest = -std::numeric_limits<float>::infinity();
+    for (std::size_t c = 0; c < count; ++c) {
+        e[c] = s[pos[c]] * inv_tau - mx;
+        highest = e[c] > highest ? e[c] : highest;
+    }
+    // The top entry itself may land a rounding error above 0 (the product and
+    // difference contract to an FMA); anything more means mx was not the maximum.
+    if (highest > (1.0f + std::fabs(mx)) * 0x1p-20f) return false;
+    for (std::size_t c = 0; c < count; ++c) e[c] = exp_nonpositive(e[c]);
+    // Four partial sums each: one chain would cost an add's latency per entry.
+    double total_part[4] = {}, dot_part[4] = {};
+    std::size_t c = 0;
+    for (; c + 4 <= count; c += 4)
+        for (std::size_t j = 0; j < 4; ++j) {
+            total_part[j] += e[c + j];
+            dot_part[j] += static_cast<double>(e[c + j]) * g[pos[c + j]];
+        }
+    for (; c < count; ++c) {
+        total_part[0] += e[c];
+        dot_part[0] += static_cast<double>(e[c]) * g[pos[c]];
+    }
+    const double total = (total_part[0] + total_part[1]) + (total_part[2] + total_part[3]);
+    const double dot = (dot_part[0] + dot_part[1]) + (dot_part[2] + dot_part[3]);
+    const float mean = static_cast<float>(dot / total);
+    const float scale = static_cast<float>(inv_tau / total);
+    std::fill(out, out + n, 0.0f);
+    for (std::size_t c = 0; c < count; ++c) out[pos[c]] = e[c] * scale * (g[pos[c]] - mean);
+    return true;
+}
+
 EVIDEX_ISA_CLONES
 void softmax_backward_row_f32(const float* s, const float* g, std::size_t n, float inv_tau,
                               float* e, float* out) {
@@ -337,13 +453,19 @@ void st_topk_backward(const T* scores, const std::int64_t* indices, const T* gra
     if (mode == 0 && !per_slot) {
         // Softmax mode, one upstream gradient: three fused passes, no buffers
         // but the numerators.
+        ScanAbove<float> scan = scan_above_f32();
         parallel_for(rows, threads_for(rows * n, num_threads), [&](std::size_t r) {
             thread_local std::vector<T> e;
             e.resize(n);
             const T inv_tau = static_cast<T>(1.0 / tau);
             if constexpr (std::is_same_v<T, float>) {
-                softmax_backward_row_f32(scores + r * n, grad + r * n, n, inv_tau, e.data(),
-                                         grad_scores + r * n);
+                thread_local std::vector<std::uint32_t> pos;
+                pos.resize(n / 8 + kChunk + 1);
+                if (!softmax_backward_row_sparse(scores + r * n, grad + r * n, n, inv_tau,
+                                                 static_cast<std::size_t>(indices[r * k]), scan,
+                                                 e.data(), pos.data(), grad_scores + r * n))
+                    softmax_backward_row_f32(scores + r * n, grad + r * n, n, inv_tau, e.data(),
+                                             grad_scores + r * n);
             } else {
                 softmax_backward_row(scores + r * n, grad + r * n, n, inv_tau, e.data(),
                                      grad_scores + r * n);
