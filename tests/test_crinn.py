@@ -46,6 +46,11 @@ def libs(tmp_path_factory) -> dict[str, Path]:
         ("search_tuned", "search", {**builtin_config("search"), "EVX_BATCH": 1, "EVX_VISITED": 1}),
         ("construction_alpha", "construction", {"EVX_SELECT": 1, "EVX_ALPHA_X100": 110}),
         ("refinement_hop", "refinement", {"EVX_REFINE": 1, "EVX_REFINE_TOP": 2}),
+        (
+            "construction_extend",
+            "construction",
+            {"EVX_SELECT": 1, "EVX_ALPHA_X100": 110, "EVX_EXTEND": 8},
+        ),
         ("search_patience", "search", {**builtin_config("search"), "EVX_PATIENCE": 16}),
     ]:
         built = build_kernel(render(slot, config), root / name)
@@ -150,6 +155,59 @@ def test_a_kernel_answer_out_of_range_is_an_error_not_a_crash(tmp_path) -> None:
     index.use_kernels(lib.library, self_test=False)
     with pytest.raises(RuntimeError, match="past the 100"):
         index.search(np.zeros(8), 1)
+
+
+def test_a_construction_kernel_may_add_level0_neighbours_of_its_candidates(libs) -> None:
+    # EVX_EXTEND: the pool grows by the links of the nearest candidates, measured
+    # against the node itself (ABI 3 passes the node and its level).
+    data = clustered(3000, 16, seed=2)
+    index = HNSWIndex(16, "l2", max_elements=3000, kernels=libs["construction_extend"])
+    index.add(data, num_threads=2)
+    ids, _ = index.search(data[:50] + 0.01, 10, ef=64)
+    truth, _ = evidex.exact_knn(data, data[:50] + 0.01, 10, "l2")
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]) > 0.95
+
+
+_SELECT_HEAD = """#include <evidex/kernel_abi.h>
+extern "C" __attribute__((visibility("default"))) uint32_t evidex_kernel_abi_version(void) {
+    return EVIDEX_KERNEL_ABI_VERSION;
+}
+extern "C" __attribute__((visibility("default"))) int64_t evidex_select_neighbors(
+    const evx_graph_view* g, uint32_t node, uint32_t level, const uint32_t* ids,
+    const float* dists, size_t n, size_t m, uint32_t* out_ids, float* out_dists) {
+    size_t kept = 0;
+    for (; kept < n && kept < m; ++kept) {
+        out_ids[kept] = ids[kept];
+        out_dists[kept] = dists[kept];
+    }
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        ("self", "out_ids[0] = node;", "invalid neighbour"),
+        ("repeat", "if (kept > 1) out_ids[1] = out_ids[0];", "invalid neighbour"),
+        ("range", "out_ids[0] = (uint32_t)g->num_nodes + 5;", "invalid neighbour"),
+        (
+            # Above level 0 the view's links are the wrong level's: candidates only.
+            "upper",
+            "if (level > 0) { uint32_t x = 0; for (bool hit = true; hit; ++x) { hit = x == node;"
+            " for (size_t i = 0; i < n; ++i) hit = hit || ids[i] == x; if (!hit) break; }"
+            " out_ids[0] = x; }",
+            "not a candidate above level 0",
+        ),
+    ],
+)
+def test_a_construction_kernel_that_breaks_the_contract_is_refused(
+    tmp_path, name, body, message
+) -> None:
+    lib = build_kernel(_SELECT_HEAD + body + "\n    return (int64_t)kept;\n}\n", tmp_path / name)
+    assert lib.ok, lib.log
+    index = HNSWIndex(8, max_elements=3000, M=4)
+    index.use_kernels(lib.library, self_test=False)
+    with pytest.raises(RuntimeError, match=message):
+        index.add(np.random.default_rng(0).standard_normal((3000, 8)))
 
 
 # ------------------------------------------------------------------ templates

@@ -400,8 +400,10 @@ node_id HNSW::greedy_descend(const DistanceKernels& k, const float* q, node_id e
 
 
 // Neighbour selection through the construction slot of the kernel set (built in:
-// hnswlib's heuristic, kernels.cpp). Leaves `candidates` sorted nearest first.
-void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const {
+// hnswlib's heuristic, kernels.cpp) for `node` on `level`. Leaves `candidates`
+// sorted nearest first.
+void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m,
+                            node_id node, int level) const {
     std::sort(candidates.begin(), candidates.end());
     if (candidates.empty()) return;
     const std::size_t n = candidates.size();
@@ -417,24 +419,33 @@ void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::
     }
     const evx_graph_view g = graph_view(k);
     const evx_select_fn select = kernels().select;
-    const std::int64_t kept =
-        select(&g, ids.data(), dists.data(), n, m, kept_ids.data(), kept_dists.data());
+    const std::int64_t kept = select(&g, node, static_cast<std::uint32_t>(level), ids.data(),
+                                     dists.data(), n, m, kept_ids.data(), kept_dists.data());
     // A loaded kernel is checked like input: a bad answer would corrupt the graph.
-    // (The membership check costs n * m compares per call: only for loaded kernels.)
+    // (The checks cost up to n * m compares per call: only for loaded kernels.)
     const bool loaded = select != builtin_kernels().select;
     if (kept < 1 || static_cast<std::size_t>(kept) > m)
         throw std::runtime_error("construction kernel kept " + std::to_string(kept) +
                                  " neighbours, expected 1 to " + std::to_string(m));
     candidates.resize(static_cast<std::size_t>(kept));
     for (std::size_t i = 0; i < candidates.size(); ++i) {
-        if (loaded && std::find(ids.begin(), ids.end(), kept_ids[i]) == ids.end())
-            throw std::runtime_error("construction kernel returned a node that was not a candidate");
-        candidates[i] = {kept_dists[i], kept_ids[i]};
+        const node_id id = kept_ids[i];
+        if (loaded) {
+            if (id >= g.num_nodes || id == node ||
+                std::find(kept_ids.begin(), kept_ids.begin() + i, id) != kept_ids.begin() + i)
+                throw std::runtime_error(
+                    "construction kernel returned an invalid neighbour (out of range, the node "
+                    "itself, or repeated)");
+            if (level > 0 && std::find(ids.begin(), ids.end(), id) == ids.end())
+                throw std::runtime_error(
+                    "construction kernel returned a node that was not a candidate above level 0");
+        }
+        candidates[i] = {kept_dists[i], id};
     }
 }
 
 node_id HNSW::link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level) {
-    select_neighbors(k, candidates, M_);
+    select_neighbors(k, candidates, M_, id, level);
     std::lock_guard<std::mutex> lock(link_locks_[id]);
     std::uint32_t* links = links_at(id, level);
     std::size_t n = 0;
@@ -463,7 +474,7 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
         pool.push_back({c.dist, id});
         for (std::size_t j = 1; j <= n; ++j)
             pool.push_back({distance(k, vec(other), vec(links[j])), links[j]});
-        select_neighbors(k, pool, max_links);
+        select_neighbors(k, pool, max_links, other, level);
         std::size_t m = 0;
         for (const Candidate& p : pool) links[1 + m++] = p.id;
         set_link_count(links, m);

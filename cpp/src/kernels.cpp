@@ -57,9 +57,10 @@ extern "C" std::int64_t builtin_search(const evx_graph_view* g, const float* q,
 }
 
 // hnswlib's heuristic (prune.h with alpha = 1).
-extern "C" std::int64_t builtin_select(const evx_graph_view* g, const std::uint32_t* ids,
-                                       const float* dists, std::size_t n, std::size_t m,
-                                       std::uint32_t* out_ids, float* out_dists) {
+extern "C" std::int64_t builtin_select(const evx_graph_view* g, std::uint32_t, std::uint32_t,
+                                       const std::uint32_t* ids, const float* dists,
+                                       std::size_t n, std::size_t m, std::uint32_t* out_ids,
+                                       float* out_dists) {
     return static_cast<std::int64_t>(prune_neighbors(
         g, ids, dists, n, m, 1.0f,
         [g](const float* a, const float* b) { return distance_of(g, a, b); }, out_ids, out_dists,

@@ -215,7 +215,8 @@ private:
     template <class Accept>
     MaxHeap search_filtered(const DistanceKernels& k, node_id ep, const float* q, int level,
                             std::size_t ef, Accept&& accept, std::uint64_t* dist_count) const;
-    void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m) const;
+    void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m,
+                          node_id node, int level) const;
     // Choose a node's out-links on one level from `candidates` (pruned in place,
     // nearest first); returns the nearest, the next level's entry.
     node_id link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level);

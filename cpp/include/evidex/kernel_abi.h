@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-#define EVIDEX_KERNEL_ABI_VERSION 2u
+#define EVIDEX_KERNEL_ABI_VERSION 3u
 
 /* Distance between two stored-layout vectors of `dim` floats: squared L2, or
  * 1 - dot for inner product and cosine (vectors stored normalised). */
@@ -74,13 +74,19 @@ typedef int64_t (*evx_search_fn)(const evx_graph_view* graph, const float* query
                                  size_t ef, evx_visited* visited, uint32_t* out_ids,
                                  float* out_dists, uint64_t* dist_count);
 
-/* Choose at most `m` out-links for a node from `n` candidates sorted nearest
- * first (cand_dists: distance to the node). Writes the kept ids and distances,
- * nearest first, to out_ids / out_dists (room for m); returns how many. */
-typedef int64_t (*evx_select_fn)(const evx_graph_view* graph, const uint32_t* cand_ids,
-                                 const float* cand_dists, size_t n, size_t m, uint32_t* out_ids,
-                                 float* out_dists);
-
+/* Choose at most `m` out-links for `node` on HNSW level `level` from `n` candidates
+ * sorted nearest first (cand_dists: their distances to the node, whose vector is
+ * already stored in the view). Writes the kept ids and their exact distances to
+ * the node, nearest first, to out_ids / out_dists (room for m); returns how many.
+ * The links in the view are level 0's: on level 0 a kernel may add nodes reached
+ * through them (the candidates' neighbours, say) to what it keeps; on higher
+ * levels it must keep candidates only. Kept ids must be distinct, below
+ * num_nodes and not `node`; the index rejects a kernel that breaks this. Other
+ * threads may be inserting meanwhile: a link list read here may be mid-update,
+ * but every id in it is a node whose vector is stored. */
+typedef int64_t (*evx_select_fn)(const evx_graph_view* graph, uint32_t node, uint32_t level,
+                                 const uint32_t* cand_ids, const float* cand_dists, size_t n,
+                                 size_t m, uint32_t* out_ids, float* out_dists);
 /* Turn the final beam (n candidates, nearest first) into the k results, nearest
  * first, written to out_ids / out_dists (room for k); returns how many. `visited`
  * still holds the search's marks, so a kernel may measure nodes it did not see

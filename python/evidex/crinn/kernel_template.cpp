@@ -28,6 +28,8 @@
 //   EVX_SELECT        0: hnswlib heuristic; 1: Vamana's alpha-RNG rule;
 //                     2: heuristic, then fill with pruned candidates; 3: nearest m
 //   EVX_ALPHA_X100    alpha of rule 1, times 100
+//   EVX_EXTEND        on level 0, add the links of the EVX_EXTEND nearest
+//                     candidates to the pool before selecting (0: candidates only)
 // Build: EVX_NATIVE 1 compiles for this machine (-march=native), 0 portably.
 // Refinement:
 //   EVX_REFINE        0: the first k of the beam; 1: also measure the unvisited
@@ -94,6 +96,9 @@
 #endif
 #ifndef EVX_ALPHA_X100
 #define EVX_ALPHA_X100 120
+#endif
+#ifndef EVX_EXTEND
+#define EVX_EXTEND 0
 #endif
 #ifndef EVX_REFINE
 #define EVX_REFINE 0
@@ -475,9 +480,51 @@ __attribute__((visibility("default"))) int64_t evidex_search(
 
 #ifdef EVX_SLOT_CONSTRUCTION
 __attribute__((visibility("default"))) int64_t evidex_select_neighbors(
-    const evx_graph_view* g, const uint32_t* ids, const float* dists, size_t n, size_t m,
-    uint32_t* out_ids, float* out_dists) {
+    const evx_graph_view* g, uint32_t node, uint32_t level, const uint32_t* ids,
+    const float* dists, size_t n, size_t m, uint32_t* out_ids, float* out_dists) {
     size_t kept = 0;
+#if EVX_EXTEND
+    // A wider pool than the insertion beam found: the level-0 neighbours of the
+    // nearest candidates, measured against the node (what a larger
+    // ef_construction would mostly have reached).
+    thread_local std::vector<std::pair<float, uint32_t>> pool;
+    thread_local std::vector<uint32_t> known, wide_ids;
+    thread_local std::vector<float> wide_dists;
+    if (level == 0 && node < g->num_nodes) {
+        known.assign(ids, ids + n);
+        known.push_back(node);
+        std::sort(known.begin(), known.end());
+        pool.clear();
+        for (size_t i = 0; i < n; ++i) pool.push_back({dists[i], ids[i]});
+        const float* base = vector_of(g, node);
+        const size_t from = std::min<size_t>(EVX_EXTEND, n);
+        for (size_t i = 0; i < from; ++i) {
+            const uint32_t* l = links_of(g, ids[i]);
+            const size_t c = std::min(link_count(l), g->max_links);
+            for (size_t j = 1; j <= c; ++j) {
+                const uint32_t id = l[j];
+                if (id >= g->num_nodes) continue;  // a list mid-update
+                auto at = std::lower_bound(known.begin(), known.end(), id);
+                if (at != known.end() && *at == id) continue;
+                known.insert(at, id);
+                pool.push_back({distance(g, base, vector_of(g, id)), id});
+            }
+        }
+        std::sort(pool.begin(), pool.end());
+        wide_ids.resize(pool.size());
+        wide_dists.resize(pool.size());
+        for (size_t i = 0; i < pool.size(); ++i) {
+            wide_dists[i] = pool[i].first;
+            wide_ids[i] = pool[i].second;
+        }
+        ids = wide_ids.data();
+        dists = wide_dists.data();
+        n = pool.size();
+    }
+#else
+    (void)node;
+    (void)level;
+#endif
 #if EVX_SELECT == 3
     for (; kept < n && kept < m; ++kept) {
         out_ids[kept] = ids[kept];

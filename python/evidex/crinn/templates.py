@@ -38,6 +38,7 @@ SPACE: dict[str, dict[str, tuple[int, ...]]] = {
         "EVX_SELECT": (0, 1, 2, 3),
         "EVX_NATIVE": (0, 1),
         "EVX_ALPHA_X100": (120, 100, 105, 110, 115, 130),
+        "EVX_EXTEND": (0, 2, 4, 8),
         "EVX_DISTANCE": (0, 1, 2),
         "EVX_UNROLL": (4, 8, 16),
     },
