@@ -51,6 +51,7 @@ def libs(tmp_path_factory) -> dict[str, Path]:
             "construction",
             {"EVX_SELECT": 1, "EVX_ALPHA_X100": 110, "EVX_EXTEND": 8},
         ),
+        ("construction_extend_nearest", "construction", {"EVX_SELECT": 3, "EVX_EXTEND": 4}),
         ("search_patience", "search", {**builtin_config("search"), "EVX_PATIENCE": 16}),
     ]:
         built = build_kernel(render(slot, config), root / name)
@@ -166,6 +167,14 @@ def test_a_construction_kernel_may_add_level0_neighbours_of_its_candidates(libs)
     ids, _ = index.search(data[:50] + 0.01, 10, ef=64)
     truth, _ = evidex.exact_knn(data, data[:50] + 0.01, 10, "l2")
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]) > 0.95
+    # Concurrent inserts: a widened pool can link a node into a list before its own
+    # back-link arrives there; the index must not add it twice (the nearest-m rule
+    # keeps every repeat, and the index refuses repeated neighbours).
+    index = HNSWIndex(16, "l2", max_elements=20000)
+    # (its recall is below the built-in's, which the self-test rightly refuses)
+    index.use_kernels(libs["construction_extend_nearest"], self_test=False)
+    index.add(np.random.default_rng(3).standard_normal((20000, 16)), num_threads=2)
+    assert len(index) == 20000
 
 
 _SELECT_HEAD = """#include <evidex/kernel_abi.h>

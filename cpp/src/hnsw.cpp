@@ -325,7 +325,7 @@ void HNSW::insert_new(node_id id, int level, const float* v) {
     // Only now make the node reachable, level 0 first: a concurrent search that
     // reaches it on any level then finds its level-0 links already in place.
     for (int lc = 0; lc <= top_level; ++lc)
-        link_back(k, id, chosen[static_cast<std::size_t>(lc)], lc, false);
+        link_back(k, id, chosen[static_cast<std::size_t>(lc)], lc);
     if (level > max_level) set_entry(id, level);
 }
 
@@ -351,7 +351,7 @@ void HNSW::relink_existing(node_id id, const float* v) {
         MaxHeap top = search_layer(k, cur, v, lc, ef_construction_, id);
         if (top.empty()) continue;
         cur = link_out(k, id, top, lc);
-        link_back(k, id, top, lc, true);
+        link_back(k, id, top, lc);
     }
 }
 
@@ -431,11 +431,17 @@ void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::
     for (std::size_t i = 0; i < candidates.size(); ++i) {
         const node_id id = kept_ids[i];
         if (loaded) {
-            if (id >= g.num_nodes || id == node ||
-                std::find(kept_ids.begin(), kept_ids.begin() + i, id) != kept_ids.begin() + i)
-                throw std::runtime_error(
-                    "construction kernel returned an invalid neighbour (out of range, the node "
-                    "itself, or repeated)");
+            const char* bad = nullptr;
+            if (id >= g.num_nodes)
+                bad = "out of range";
+            else if (id == node)
+                bad = "the node itself";
+            else if (std::find(kept_ids.begin(), kept_ids.begin() + i, id) != kept_ids.begin() + i)
+                bad = "repeated";
+            if (bad)
+                throw std::runtime_error("construction kernel returned an invalid neighbour (" +
+                                         std::string(bad) + ": " + std::to_string(id) + " for node " +
+                                         std::to_string(node) + ")");
             if (level > 0 && std::find(ids.begin(), ids.end(), id) == ids.end())
                 throw std::runtime_error(
                     "construction kernel returned a node that was not a candidate above level 0");
@@ -454,15 +460,17 @@ node_id HNSW::link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates
     return candidates.front().id;
 }
 
-void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level,
-                     bool update) {
+void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level) {
     const std::size_t max_links = level == 0 ? M0_ : M_;
     for (const Candidate& c : neighbors) {
         const node_id other = c.id;
         std::lock_guard<std::mutex> lock(link_locks_[other]);
         std::uint32_t* links = links_at(other, level);
         const std::size_t n = link_count(links);
-        if (update && std::find(links + 1, links + 1 + n, id) != links + 1 + n) continue;
+        // Already linked: an update re-links a known node, and a construction
+        // kernel may have added the node to this list while it was being inserted
+        // (one that widens its pool reaches nodes linked moments ago).
+        if (std::find(links + 1, links + 1 + n, id) != links + 1 + n) continue;
         if (n < max_links) {
             links[1 + n] = id;
             set_link_count(links, n + 1);

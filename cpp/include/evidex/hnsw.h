@@ -220,9 +220,9 @@ private:
     // Choose a node's out-links on one level from `candidates` (pruned in place,
     // nearest first); returns the nearest, the next level's entry.
     node_id link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level);
-    // Add the reverse links from each neighbour, pruning full lists.
-    void link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level,
-                   bool update);
+    // Add the reverse links from each neighbour (unless already there), pruning
+    // full lists.
+    void link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level);
     void search_one(const DistanceKernels& k, const KernelSet& ks, const float* q, std::size_t kk,
                     std::size_t ef, const SearchFilter* filter, label_t* out_labels,
                     float* out_distances, std::uint64_t* dist_count) const;
