@@ -43,7 +43,11 @@ def libs(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, slot, config in [
         ("search_builtin", "search", builtin_config("search")),
-        ("search_tuned", "search", {**builtin_config("search"), "EVX_BATCH": 1, "EVX_VISITED": 1}),
+        (
+            "search_tuned",
+            "search",
+            {**builtin_config("search"), "EVX_BATCH": 1, "EVX_VISITED": 1, "EVX_PREFETCH_LINKS": 3},
+        ),
         ("construction_alpha", "construction", {"EVX_SELECT": 1, "EVX_ALPHA_X100": 110}),
         ("refinement_hop", "refinement", {"EVX_REFINE": 1, "EVX_REFINE_TOP": 2}),
         (

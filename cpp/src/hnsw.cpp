@@ -498,8 +498,9 @@ void HNSW::search_beam(Dist&& dist, Prefetch&& prefetch, std::size_t ahead, node
     auto visited = visited_pool_.acquire();
     node_id todo[kMaxLinks];
     const std::uint64_t computed =
-        beam_search([&](node_id id) { return links_at(id, level); }, dist, prefetch, ahead, ep, ef,
-                    *visited, beam, todo);
+        beam_search([&](node_id id) { return links_at(id, level); }, dist, prefetch, ahead,
+                    ((level == 0 ? M0_ : M_) + 1) * sizeof(std::uint32_t), ep, ef, *visited, beam,
+                    todo);
     if (dist_count) *dist_count += computed;
 }
 

@@ -46,7 +46,8 @@ extern "C" std::int64_t builtin_search(const evx_graph_view* g, const float* q,
         [g](std::uint32_t id) { return reinterpret_cast<const std::uint32_t*>(node_of(g, id)); },
         [g, q](std::uint32_t id) { return distance_of(g, q, vector_of(g, id)); },
         [g, pb](std::uint32_t id) { prefetch_vector(node_of(g, id) + g->vector_offset, pb); },
-        g->prefetch_ahead, entry, ef, vis, beam, todo.data());
+        g->prefetch_ahead, (g->max_links + 1) * sizeof(std::uint32_t), entry, ef, vis, beam,
+        todo.data());
     *dist_count += computed;
     const std::size_t n = beam.size();
     for (std::size_t i = 0; i < n; ++i) {

@@ -95,20 +95,27 @@ private:
 // Beam search on one level of a graph: the hot path of queries and of building.
 // Unvisited neighbours are gathered first and their data prefetched `ahead`
 // nodes before the distance computations. `links(id)` gives a node's link list
-// ([count word, ids...]), `dist(id)` measures a node, `prefetch(id)` brings in
-// what dist will read, `visited` has try_visit(id) and mark(id); `todo` has
-// room for the longest link list. The HNSW class and the built-in search kernel
-// of the kernel ABI both run this body.
+// ([count word, ids...], `link_bytes` long), `dist(id)` measures a node,
+// `prefetch(id)` brings in what dist will read, `visited` has try_visit(id) and
+// mark(id); `todo` has room for the longest link list. The HNSW class and the
+// built-in search kernel of the kernel ABI both run this body.
 template <class Links, class Dist, class Prefetch, class Visited>
 std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::size_t ahead,
-                          std::uint32_t ep, std::size_t ef, Visited& visited, BeamPool& beam,
-                          std::uint32_t* todo) {
+                          std::size_t link_bytes, std::uint32_t ep, std::size_t ef,
+                          Visited& visited, BeamPool& beam, std::uint32_t* todo) {
+    // The link list of the node likely expanded next, fetched as soon as it is
+    // known, so the fetch overlaps this node's distances rather than following
+    // them (found by the CRINN loop: bench/RESULTS.md, "link prefetch").
+    auto prefetch_links = [&](std::uint32_t id) {
+        prefetch_vector(reinterpret_cast<const char*>(links(id)), link_bytes);
+    };
     beam.reset(ef);
     beam.insert(dist(ep), ep);
     visited.mark(ep);
     std::uint64_t computed = 1;
     while (beam.has_next()) {
         const std::uint32_t* l = links(beam.pop());
+        if (beam.has_next()) prefetch_links(beam.peek());
         const std::size_t n = *reinterpret_cast<const std::uint16_t*>(l);
         std::size_t m = 0;
         for (std::size_t j = 1; j <= n; ++j) {
@@ -119,11 +126,11 @@ std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::
         for (std::size_t i = 0; i < m; ++i) {
             if (i + ahead < m) prefetch(todo[i + ahead]);
             const float d = dist(todo[i]);
-            if (d < beam.bound()) beam.insert(d, todo[i]);
+            // A neighbour that lands ahead of the next node becomes the next.
+            if (d < beam.bound() && beam.insert(d, todo[i]) && beam.peek() == todo[i])
+                prefetch_links(todo[i]);
         }
         computed += m;
-        // The next node to expand: fetch its link list while this loop winds down.
-        if (beam.has_next()) EVIDEX_PREFETCH(links(beam.peek()));
     }
     return computed;
 }

@@ -14,7 +14,10 @@
 //   EVX_AHEAD         neighbours in flight (0: the index's hint)
 //   EVX_LINES         cache lines prefetched per vector (0: the whole vector)
 //   EVX_PREFETCH_LINKS 1: fetch the first line of the next node's link list while
-//                     finishing one; 2: all of its lines
+//                     finishing one; 2: all of its lines; 3: all of its lines as
+//                     soon as the current node is popped (and again for a
+//                     neighbour that becomes the next), so the fetch overlaps this
+//                     node's distances instead of following them
 //   EVX_BATCH         1: all unvisited neighbours' distances first, then inserts
 //   EVX_QUEUE         0: sorted array beam (linear pool); 1: two binary heaps
 //   EVX_VISITED       0: the index's epoch tags; 1: a thread-local bitset
@@ -155,6 +158,11 @@ inline float raw_distance(const evx_graph_view* g, const float* a, const float* 
 inline float distance(const evx_graph_view* g, const float* a, const float* b) {
     const float d = raw_distance(g, a, b);
     return g->metric == 0 ? d : 1.0f - d;
+}
+
+// Every cache line of a node's link list (count word and max_links ids).
+inline void prefetch_links(const evx_graph_view* g, uint32_t id) {
+    evidex::prefetch_vector(node_of(g, id), (g->max_links + 1) * sizeof(uint32_t));
 }
 
 inline void prefetch_node(const evx_graph_view* g, uint32_t id) {
@@ -394,6 +402,11 @@ int64_t beam_search(const evx_graph_view* g, const float* q, uint32_t entry, siz
 #endif
     while (beam.has_next()) {
         const uint32_t* l = links_of(g, beam.pop());
+#if EVX_PREFETCH_LINKS == 3
+        // The likely next node, fetched while this one's distances are computed
+        // (a neighbour that lands ahead of it is fetched when it does).
+        if (beam.has_next()) prefetch_links(g, beam.peek());
+#endif
         const size_t n = link_count(l);
         size_t m = 0;
         for (size_t j = 1; j <= n; ++j)
@@ -404,21 +417,32 @@ int64_t beam_search(const evx_graph_view* g, const float* q, uint32_t entry, siz
             if (i + ahead < m) prefetch(todo[i + ahead]);
             todo_dist[i] = measure(todo[i]);
         }
-        for (size_t i = 0; i < m; ++i)
+        for (size_t i = 0; i < m; ++i) {
+#if EVX_PREFETCH_LINKS == 3 && EVX_QUEUE == 0
+            if (todo_dist[i] < beam.bound() && beam.insert(todo_dist[i], todo[i]) &&
+                beam.peek() == todo[i])
+                prefetch_links(g, todo[i]);
+#else
             if (todo_dist[i] < beam.bound()) beam.insert(todo_dist[i], todo[i]);
+#endif
+        }
 #else
         for (size_t i = 0; i < m; ++i) {
             if (i + ahead < m) prefetch(todo[i + ahead]);
             const float d = measure(todo[i]);
+#if EVX_PREFETCH_LINKS == 3 && EVX_QUEUE == 0
+            if (d < beam.bound() && beam.insert(d, todo[i]) && beam.peek() == todo[i])
+                prefetch_links(g, todo[i]);
+#else
             if (d < beam.bound()) beam.insert(d, todo[i]);
+#endif
         }
 #endif
         computed += m;
 #if EVX_PREFETCH_LINKS == 1
         if (beam.has_next()) EVIDEX_PREFETCH(node_of(g, beam.peek()));
 #elif EVX_PREFETCH_LINKS == 2
-        if (beam.has_next())
-            evidex::prefetch_vector(node_of(g, beam.peek()), (g->max_links + 1) * sizeof(uint32_t));
+        if (beam.has_next()) prefetch_links(g, beam.peek());
 #endif
 #if EVX_PATIENCE && EVX_QUEUE == 0
         // Adaptive ef: the beam's k-th best has not moved for a while.

@@ -25,7 +25,7 @@ SPACE: dict[str, dict[str, tuple[int, ...]]] = {
         "EVX_PREFETCH": (1, 0),
         "EVX_AHEAD": (0, 1, 2, 4, 8, 12, 16, 24, 32),
         "EVX_LINES": (0, 1, 2),
-        "EVX_PREFETCH_LINKS": (1, 0, 2),
+        "EVX_PREFETCH_LINKS": (3, 1, 0, 2),
         "EVX_BATCH": (0, 1),
         "EVX_QUEUE": (0, 1),
         "EVX_VISITED": (0, 1),
