@@ -275,6 +275,24 @@ def test_template_proposer_starts_where_asked_and_mutates_the_best() -> None:
     assert all(sum(c.config[k] != base[k] for k in base) <= 4 for c in children)
 
 
+def test_template_proposer_tries_every_single_knob_change_of_the_best() -> None:
+    from evidex.crinn import Candidate
+    from evidex.crinn.templates import config_key
+
+    proposer = TemplateProposer("construction", seed=1, explore=0.0, local=1.0)
+    base = builtin_config("construction")
+    best = Candidate("construction-0000", "construction", "template", score=1.0, config=base)
+    proposer.seen.add(config_key("construction", base))
+    steps = {
+        config_key("construction", canonical("construction", {**base, k: v}))
+        for k, values in SPACE["construction"].items()
+        for v in values
+    } - {config_key("construction", base)}
+    got = proposer.propose([best], len(steps))
+    # All of them, each once, before any other move.
+    assert {config_key("construction", p.config) for p in got} == steps
+
+
 # ------------------------------------------------------------------ sandbox and loop
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> CrinnRun:

@@ -135,9 +135,10 @@ class Proposal:
 
 class TemplateProposer:
     """Proposes kernels from the template space: random configurations first,
-    then mutations and crossovers of the best in the archive (CRINN's learning
-    from the comparison of fast and slow variants, over a discrete space).
-    Never proposes a configuration twice (canonical form, across the archive).
+    then single-knob changes, mutations and crossovers of the best in the archive
+    (CRINN's learning from the comparison of fast and slow variants, over a
+    discrete space). Never proposes a configuration twice (canonical form,
+    across the archive).
 
     Args:
         slot: the kernel slot to optimise.
@@ -147,6 +148,9 @@ class TemplateProposer:
         start: configuration of the first proposal (e.g. :func:`reference_config`).
         dim: the data's dimension: lets the search space compile it into the
             distance loop (``EVX_FIXED_DIM``).
+        local: probability of an untried single-knob change of the best so far
+            (hill climbing: a one-knob win is otherwise found only by chance,
+            one knob value among dozens).
     """
 
     origin = "template"
@@ -158,6 +162,7 @@ class TemplateProposer:
         explore: float = 0.2,
         start: Mapping[str, int] | None = None,
         dim: int | None = None,
+        local: float = 0.4,
     ) -> None:
         _check_slot(slot)
         self.slot = slot
@@ -166,6 +171,7 @@ class TemplateProposer:
             self.space["EVX_FIXED_DIM"] = (0, int(dim))
         self.rng = random.Random(seed)
         self.explore = explore
+        self.local = local
         self.start = canonical(slot, start) if start is not None else None
         self.seen: set[str] = set()
 
@@ -195,6 +201,12 @@ class TemplateProposer:
         space = self.space
         if not good or self.rng.random() < self.explore:
             return canonical(self.slot, {k: self.rng.choice(v) for k, v in space.items()})
+        if self.rng.random() < self.local:
+            best = canonical(self.slot, good[0].config or {})
+            steps = [canonical(self.slot, {**best, k: v}) for k in space for v in space[k]]
+            untried = [c for c in steps if config_key(self.slot, c) not in self.seen]
+            if untried:
+                return self.rng.choice(untried)
         # Tournament among the best few, then crossover and mutation.
         parents = good[: max(2, min(5, len(good)))]
         a = dict(self.rng.choice(parents).config or {})
