@@ -56,6 +56,11 @@ def libs(tmp_path_factory) -> dict[str, Path]:
             {"EVX_SELECT": 1, "EVX_ALPHA_X100": 110, "EVX_EXTEND": 8},
         ),
         ("construction_extend_nearest", "construction", {"EVX_SELECT": 3, "EVX_EXTEND": 4}),
+        (
+            "search_quant_wide",
+            "search",
+            {**builtin_config("search"), "EVX_QUANT": 1, "EVX_QUANT_WIDEN": 8, "EVX_ENTRY": 1},
+        ),
         ("search_patience", "search", {**builtin_config("search"), "EVX_PATIENCE": 16}),
     ]:
         built = build_kernel(render(slot, config), root / name)
@@ -110,6 +115,28 @@ def test_every_slot_loads_and_stacks(libs) -> None:
     truth, true_d = evidex.exact_knn(data, data[:20], 5, "cosine")
     assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, truth)]) > 0.95
     np.testing.assert_allclose(dists[:, 0], true_d[:, 0], atol=1e-5)
+
+
+def test_quantised_search_with_a_widened_beam_returns_ef_exact_results(libs) -> None:
+    # 8-bit traversal over ef + 8 slots, re-ranked in float32: never more than ef
+    # results (the ABI's buffers hold ef), with exact distances, at least the
+    # built-in's recall.
+    data = clustered(3000, 24, seed=4)
+    index = HNSWIndex(24, "l2", max_elements=3000)
+    index.add(data)
+    q = data[:100] + 0.05
+    truth, _ = evidex.exact_knn(data, q, 10, "l2")
+    want_ids, _ = index.search(q, 10, ef=10)
+    index.use_kernels(libs["search_quant_wide"])  # passes the self-test
+    ids, dists = index.search(q, 10, ef=10)
+    assert ids.shape == (100, 10)
+    exact = ((data[ids] - q[:, None, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(dists, exact, rtol=1e-4, atol=1e-4)
+
+    def recall(found):
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+
+    assert recall(ids) >= recall(want_ids) - 0.005
 
 
 def test_bad_libraries_are_refused(tmp_path, libs) -> None:

@@ -27,6 +27,8 @@
 //   EVX_QUANT         0: float32 traversal; 1: traverse on 8-bit codes (one range
 //                     per dimension, built once per graph version and cached),
 //                     then re-rank the whole beam with exact float32 distances
+//   EVX_QUANT_WIDEN   with EVX_QUANT, beam slots beyond ef (the approximate
+//                     ranking's misses get a second chance at the re-rank)
 // Construction (neighbour selection):
 //   EVX_SELECT        0: hnswlib heuristic; 1: Vamana's alpha-RNG rule;
 //                     2: heuristic, then fill with pruned candidates; 3: nearest m
@@ -93,6 +95,9 @@
 #endif
 #ifndef EVX_QUANT
 #define EVX_QUANT 0
+#endif
+#ifndef EVX_QUANT_WIDEN
+#define EVX_QUANT_WIDEN 0
 #endif
 #ifndef EVX_SELECT
 #define EVX_SELECT 0
@@ -380,7 +385,11 @@ int64_t beam_search(const evx_graph_view* g, const float* q, uint32_t entry, siz
     auto prefetch = [&](uint32_t id) { prefetch_node(g, id); };
 #endif
     uint64_t computed = 1;
+#if EVX_QUANT
+    beam.reset(ef + EVX_QUANT_WIDEN);
+#else
     beam.reset(ef);
+#endif
     visited.try_visit(entry);
     float entry_dist = measure(entry);
 #if EVX_ENTRY == 1
@@ -456,19 +465,28 @@ int64_t beam_search(const evx_graph_view* g, const float* q, uint32_t entry, siz
 #endif
     }
     *dist_count += computed;
-    const size_t found = beam.write(out_ids, out_dists);
 #if EVX_QUANT
-    // The ABI returns exact distances: re-rank the whole beam in float32.
+    // The ABI returns exact distances: re-rank the whole (widened) beam in
+    // float32 and keep the ef best.
+    thread_local std::vector<uint32_t> tls_ids;
+    thread_local std::vector<float> tls_dists;
+    tls_ids.resize(ef + EVX_QUANT_WIDEN);
+    tls_dists.resize(ef + EVX_QUANT_WIDEN);
+    const size_t measured = beam.write(tls_ids.data(), tls_dists.data());
     thread_local std::vector<std::pair<float, uint32_t>> tls_exact;
     std::vector<std::pair<float, uint32_t>>& exact = tls_exact;
-    exact.resize(found);
-    for (size_t i = 0; i < found; ++i) exact[i] = {distance(g, q, vector_of(g, out_ids[i])), out_ids[i]};
+    exact.resize(measured);
+    for (size_t i = 0; i < measured; ++i)
+        exact[i] = {distance(g, q, vector_of(g, tls_ids[i])), tls_ids[i]};
     std::sort(exact.begin(), exact.end());
+    const size_t found = std::min(measured, ef);
     for (size_t i = 0; i < found; ++i) {
         out_dists[i] = exact[i].first;
         out_ids[i] = exact[i].second;
     }
-    *dist_count += found;
+    *dist_count += measured;
+#else
+    const size_t found = beam.write(out_ids, out_dists);
 #endif
     return static_cast<int64_t>(found);
 }

@@ -33,6 +33,7 @@ SPACE: dict[str, dict[str, tuple[int, ...]]] = {
         "EVX_PATIENCE_K": (10, 20),
         "EVX_ENTRY": (0, 1),
         "EVX_QUANT": (0, 1),
+        "EVX_QUANT_WIDEN": (0, 2, 4, 8),
     },
     "construction": {
         "EVX_SELECT": (0, 1, 2, 3),
@@ -93,6 +94,8 @@ def canonical(slot: str, config: Mapping[str, int]) -> dict[str, int]:
     if slot == "search":
         if not c["EVX_PREFETCH"]:
             c["EVX_AHEAD"], c["EVX_LINES"] = first["EVX_AHEAD"], first["EVX_LINES"]
+        if not c["EVX_QUANT"]:
+            c["EVX_QUANT_WIDEN"] = first["EVX_QUANT_WIDEN"]
         if c["EVX_QUEUE"] == 1 or not c["EVX_PATIENCE"]:
             c["EVX_PATIENCE"], c["EVX_PATIENCE_K"] = 0, first["EVX_PATIENCE_K"]
     if slot == "construction" and c["EVX_SELECT"] != 1:
