@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 import evidex.ops as O
+from evidex.ops import _kernels
 
 
 def torch_st_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
@@ -63,11 +64,6 @@ def _(scores, indices, grad, tau, mode, per_slot):
     return torch.empty_like(scores)
 
 
-def _floor_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[1])
-    ctx.tau, ctx.mode = inputs[2], inputs[3]
-
-
 def _floor_backward(ctx, grad_mask, grad_indices):
     scores, indices = ctx.saved_tensors
     return (
@@ -79,7 +75,7 @@ def _floor_backward(ctx, grad_mask, grad_indices):
 
 
 torch.library.register_autograd(
-    "evidex_bench::topk_floor", _floor_backward, setup_context=_floor_setup
+    "evidex_bench::topk_floor", _floor_backward, setup_context=_kernels._st_topk_setup
 )
 
 

@@ -384,6 +384,15 @@ int64_t beam_search(const evx_graph_view* g, const float* q, uint32_t entry, siz
     auto measure = [&](uint32_t id) { return distance(g, q, vector_of(g, id)); };
     auto prefetch = [&](uint32_t id) { prefetch_node(g, id); };
 #endif
+    // Into the beam if it beats the bound; a node that becomes the next to expand
+    // has its link list fetched at once (EVX_PREFETCH_LINKS 3).
+    auto offer = [&](float d, uint32_t id) {
+#if EVX_PREFETCH_LINKS == 3 && EVX_QUEUE == 0
+        if (d < beam.bound() && beam.insert(d, id) && beam.peek() == id) prefetch_links(g, id);
+#else
+        if (d < beam.bound()) beam.insert(d, id);
+#endif
+    };
     uint64_t computed = 1;
 #if EVX_QUANT
     beam.reset(ef + EVX_QUANT_WIDEN);
@@ -426,25 +435,11 @@ int64_t beam_search(const evx_graph_view* g, const float* q, uint32_t entry, siz
             if (i + ahead < m) prefetch(todo[i + ahead]);
             todo_dist[i] = measure(todo[i]);
         }
-        for (size_t i = 0; i < m; ++i) {
-#if EVX_PREFETCH_LINKS == 3 && EVX_QUEUE == 0
-            if (todo_dist[i] < beam.bound() && beam.insert(todo_dist[i], todo[i]) &&
-                beam.peek() == todo[i])
-                prefetch_links(g, todo[i]);
-#else
-            if (todo_dist[i] < beam.bound()) beam.insert(todo_dist[i], todo[i]);
-#endif
-        }
+        for (size_t i = 0; i < m; ++i) offer(todo_dist[i], todo[i]);
 #else
         for (size_t i = 0; i < m; ++i) {
             if (i + ahead < m) prefetch(todo[i + ahead]);
-            const float d = measure(todo[i]);
-#if EVX_PREFETCH_LINKS == 3 && EVX_QUEUE == 0
-            if (d < beam.bound() && beam.insert(d, todo[i]) && beam.peek() == todo[i])
-                prefetch_links(g, todo[i]);
-#else
-            if (d < beam.bound()) beam.insert(d, todo[i]);
-#endif
+            offer(measure(todo[i]), todo[i]);
         }
 #endif
         computed += m;
