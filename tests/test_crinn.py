@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -146,7 +145,7 @@ def test_bad_libraries_are_refused(tmp_path, libs) -> None:
         index.use_kernels(tmp_path / "missing.so")
     junk = tmp_path / "junk.so"
     junk.write_bytes(b"not an ELF file")
-    with pytest.raises(ValueError, match="cannot load"):
+    with pytest.raises(ValueError, match="not a valid ELF"):
         index.use_kernels(junk)
     wrong = build_kernel(
         '#include <evidex/kernel_abi.h>\nextern "C" __attribute__((visibility("default")))'
@@ -164,6 +163,58 @@ def test_bad_libraries_are_refused(tmp_path, libs) -> None:
     with pytest.raises(ValueError, match="exports none"):
         index.use_kernels(empty.library)
     assert index.kernels()["search"] == "builtin"
+
+
+def test_a_library_for_another_cpu_is_refused_before_any_of_its_code_runs(tmp_path) -> None:
+    """Archives move between machines: a library needing an extension this CPU
+    lacks is refused with its name (read from the file, no code run); one that
+    declares nothing, or a name evidex cannot check, is refused too."""
+    lacking = [f for f in evidex._core.known_cpu_features() if f not in evidex._core.cpu_features()]
+    assert lacking, "this CPU has every extension evidex knows"
+    marker = tmp_path / "constructor-ran"
+    body = (
+        "#include <evidex/kernel_abi.h>\n#include <cstdio>\n"
+        'EVIDEX_KERNEL_CPU_FEATURES("{features}");\n'
+        f'__attribute__((constructor)) static void ran() {{ fclose(fopen("{marker}", "w")); }}\n'
+        'extern "C" __attribute__((visibility("default"))) uint32_t evidex_kernel_abi_version(void)'
+        " { return EVIDEX_KERNEL_ABI_VERSION; }\n"
+    )
+    index = HNSWIndex(8)
+    index.add(np.random.default_rng(0).standard_normal((300, 8)))
+    for features, match in [
+        (lacking[0], f"lacks: {lacking[0]}"),
+        ("avx2 quantum-foo", "lacks: .*quantum-foo"),
+    ]:
+        lib = build_kernel(body.replace("{features}", features), tmp_path / features[:6],
+                           native=False)  # fmt: skip
+        assert lib.ok, lib.reason
+        with pytest.raises(ValueError, match=match):
+            index.use_kernels(lib.library)
+        assert (
+            evidex._core.kernel_library_cpu_features(str(lib.library))[-1] == features.split()[-1]
+        )
+    assert not marker.exists()
+    # No declaration at all (a library built by other means): refused.
+    bare = tmp_path / "bare.so"
+    import shutil
+    import subprocess
+
+    shutil.copy(lib.library, bare)
+    subprocess.run(["objcopy", "--remove-section", ".evidex_cpu", str(bare)], check=True)
+    with pytest.raises(ValueError, match="declares no CPU features"):
+        index.use_kernels(bare)
+    assert not marker.exists() and index.kernels()["search"] == "builtin"
+
+
+def test_native_builds_declare_exactly_the_extensions_they_use(tmp_path) -> None:
+    from evidex.crinn.build import compile_flags, native_features
+
+    flags, features = compile_flags(native=True)
+    assert "-march=native" not in flags and "-march=x86-64" in flags
+    assert set(features) <= set(evidex._core.cpu_features())
+    assert all(f"-m{f}" in flags for f in features) and features == native_features()
+    lib = build_kernel(render("search", builtin_config("search")), tmp_path / "n")
+    assert tuple(evidex._core.kernel_library_cpu_features(str(lib.library))) == features
 
 
 def test_self_test_rejects_wrong_results_and_keeps_the_old_kernels(tmp_path, libs) -> None:
@@ -324,52 +375,19 @@ def test_template_proposer_tries_every_single_knob_change_of_the_best() -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> CrinnRun:
     settings = Settings(
-        space="l2", screen_size=3000, queries=200, screen_queries=100, efs=(10, 20, 40, 80),
-        final_repeats=2, finalists=2, recall_range=(0.8, 0.99), batch=2,
+        space="l2", screen_size=3000, queries=100, screen_queries=50, efs=(10, 20, 40, 80),
+        screen_repeats=2, final_repeats=2, finalists=2, recall_range=(0.8, 0.99), batch=2,
         limits=Limits(cpu_seconds=4, wall_seconds=8, memory_bytes=1 << 30),
     )  # fmt: skip
     return CrinnRun(tmp_path_factory.mktemp("crinn") / "run", clustered(4000, 16), settings)
 
 
-def test_hostile_candidates_score_zero_and_leave_the_host_alone(run, tmp_path) -> None:
-    target = tmp_path / "pwned.txt"
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.2)
-    port = server.getsockname()[1]
-    expect = {
-        "crash": "segmentation fault",
-        "hang": "limit",
-        "memory": "abort|memory",
-        "fork_bomb": "forbidden system call",
-        "file_write": "forbidden system call",
-        "network": "forbidden system call",
-        "wrong_answer": "wrong answers",
-        "out_of_range": "past the",
-        "compile_error": "compile error",
-    }
-    for kind, reason in expect.items():
-        src = (
-            hostile_source(kind, target=target, port=port)
-            if kind in ("file_write", "network")
-            else hostile_source(kind)
-        )
-        cand = run.evaluate(Proposal("search", src, "test"))
-        assert cand.score == 0.0, kind
-        assert any(r in cand.reason for r in reason.split("|")), (kind, cand.reason)
-    assert not target.exists()
-    with pytest.raises(socket.timeout):
-        server.accept()
-    server.close()
-    # Threads are allowed in the sandbox (construction workers build with several).
-    threaded = run.evaluate(Proposal("search", hostile_source("thread"), "test"))
-    assert "wrong answers" in threaded.reason, threaded.reason
-    # The loop goes on: a sound candidate still scores.
+def test_a_failed_candidate_keeps_the_loops_reason(run) -> None:
+    # (Every attack class is in test_crinn_sandbox.py.)
+    cand = run.evaluate(Proposal("search", hostile_source("fork"), "test"))
+    assert cand.score == 0.0 and "forbidden system call" in cand.reason, cand.reason
     good = run.evaluate(Proposal("search", render("search", builtin_config("search")), "test"))
     assert good.ok and good.score > 0
-    reasons = [c.reason for c in run.archive.candidates("search")]
-    assert sum(bool(r) for r in reasons) >= len(expect)
 
 
 def test_optimize_keeps_a_winner_only_if_it_beats_the_builtin_and_resumes(run) -> None:
@@ -400,6 +418,7 @@ def test_cli_show_and_plot(run, capsys) -> None:
     from evidex.cli import main
     from evidex.crinn.cli import plot
 
+    run.evaluate(Proposal("search", hostile_source("fork"), "test"))
     main(["crinn", "show", str(run.root)])
     out = capsys.readouterr().out
     assert "search:" in out and "forbidden system call" in out
@@ -411,8 +430,10 @@ def test_cli_show_and_plot(run, capsys) -> None:
 def test_new_run_needs_data_and_matching_data(tmp_path) -> None:
     with pytest.raises(ValueError, match="holds no run"):
         CrinnRun(tmp_path / "empty")
+    with pytest.raises(ValueError, match="holds out"):
+        CrinnRun(tmp_path / "small", clustered(1500, 4), Settings(queries=100, screen_queries=50))
     with pytest.raises(ValueError, match="NaN"):
-        bad = clustered(1500, 4)
+        bad = clustered(8000, 4)
         bad[3, 1] = np.nan
         CrinnRun(tmp_path / "nan", bad, Settings(queries=100, screen_queries=50))
 

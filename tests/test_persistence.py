@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,13 +137,30 @@ def test_failed_write_keeps_previous_file(index, tmp_path) -> None:
     path = tmp_path / "keep.evx"
     index.save(path)
     before = path.read_bytes()
-    # Block the temporary file's name so the write fails before the rename.
-    os.mkdir(str(path) + f".tmp{os.getpid()}")
-    bigger = evidex.HNSWIndex(20, "cosine")
-    bigger.add(clustered(50, 20))
-    with pytest.raises(OSError):
-        bigger.save(path)
+    # A write that fails half-way (the file size limit of a child process): the
+    # previous file stays, and no temporary file is left behind.
+    script = f"""
+import resource, signal, sys
+import numpy as np
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import evidex
+from conftest import clustered
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+bigger = evidex.HNSWIndex(20, "cosine")
+bigger.add(clustered(3000, 20))
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    bigger.save({str(path)!r})
+except OSError as e:
+    print("OSError", e.errno)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.stdout.startswith("OSError"), out.stderr
     assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.evx"]
     with pytest.raises(OSError):
-        bigger.save(tmp_path / "no" / "such" / "dir.evx")
+        index.save(tmp_path / "no" / "such" / "dir.evx")
     assert not (tmp_path / "no").exists()
+    with pytest.raises(OSError):
+        index.save(tmp_path)  # a directory: the rename fails, nothing is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.evx"]

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "evidex/cpu_features.h"
 #include "evidex/distance.h"
 #include "evidex/errors.h"
 #include "evidex/hnsw.h"
@@ -28,8 +29,37 @@ namespace {
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using LabelArray = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
 
+// Squared norms above this could overflow float32 distances: |a - b|^2 <=
+// 2|a|^2 + 2|b|^2 and |<a, b>| <= |a||b| stay finite below FLT_MAX / 4.
+constexpr float kMaxSquaredNorm = 8.5e37f;
+
+// Checks that `n` rows of `dim` floats are usable by an index of `space`: finite,
+// and (l2, ip) of a norm whose distances fit in float32. Cosine rows are
+// normalised (in double) before use, so any finite row will do.
+void check_rows(const float* p, std::size_t n, std::size_t dim, Space space, const char* what) {
+    for (std::size_t r = 0; r < n; ++r) {
+        const float* row = p + r * dim;
+        if (space != Space::Cosine) {
+            float sq = 0.f;  // inf or NaN here if any entry is
+            for (std::size_t i = 0; i < dim; ++i) sq += row[i] * row[i];
+            if (sq <= kMaxSquaredNorm) continue;
+        }
+        for (std::size_t i = 0; i < dim; ++i)
+            if (!std::isfinite(row[i]))
+                throw py::value_error(std::string(what) + " contain NaN or infinity (row " +
+                                      std::to_string(r) + ")");
+        if (space == Space::Cosine) continue;
+        double sq = 0.0;
+        for (std::size_t i = 0; i < dim; ++i) sq += static_cast<double>(row[i]) * row[i];
+        throw py::value_error(std::string(what) + " row " + std::to_string(r) +
+                              " has squared norm " + std::to_string(sq) +
+                              ", too large for float32 distances (at most 8.5e37): scale the "
+                              "data down");
+    }
+}
+
 // Checks a [n, dim] float32 matrix and returns n.
-std::size_t check_matrix(const FloatArray& a, std::size_t dim, const char* what) {
+std::size_t check_matrix(const FloatArray& a, std::size_t dim, const char* what, Space space) {
     if (a.ndim() != 2)
         throw py::value_error(std::string(what) + " must be a 2-D array, got " +
                               std::to_string(a.ndim()) + " dimensions");
@@ -37,14 +67,8 @@ std::size_t check_matrix(const FloatArray& a, std::size_t dim, const char* what)
         throw py::value_error("Wrong dimensionality of the vectors: " + std::string(what) +
                               " have dimension " + std::to_string(a.shape(1)) +
                               ", the index has " + std::to_string(dim));
-    const float* p = a.data();
     const std::size_t n = static_cast<std::size_t>(a.shape(0));
-    const std::size_t total = n * dim;
-    for (std::size_t i = 0; i < total; ++i) {
-        if (!std::isfinite(p[i]))
-            throw py::value_error(std::string(what) + " contain NaN or infinity (row " +
-                                  std::to_string(i / dim) + ")");
-    }
+    check_rows(a.data(), n, dim, space, what);
     return n;
 }
 
@@ -100,10 +124,7 @@ py::tuple query(const HNSW& index, const py::array_t<float, py::array::c_style>&
                               std::to_string(dim) + ", the index has " +
                               std::to_string(index.dim()));
     const float* q = queries.data();
-    for (std::size_t i = 0; i < nq * dim; ++i)
-        if (!std::isfinite(q[i]))
-            throw py::value_error("queries contain NaN or infinity (row " +
-                                  std::to_string(i / dim) + ")");
+    check_rows(q, nq, dim, index.space(), "queries");
     const std::size_t kk = static_cast<std::size_t>(k);
     std::vector<py::ssize_t> shape = one ? std::vector<py::ssize_t>{k}
                                          : std::vector<py::ssize_t>{static_cast<py::ssize_t>(nq), k};
@@ -118,13 +139,14 @@ py::tuple query(const HNSW& index, const py::array_t<float, py::array::c_style>&
         py::gil_scoped_release release;
         index.search(q, nq, kk, e, nullptr, threads, out_l, out_d);
     } else if (py::isinstance<py::function>(filter)) {
+        // The callable needs the GIL: one thread, which holds it throughout.
         PyCallableFilter f(filter.cast<py::function>());
         index.search(q, nq, kk, e, &f, 1, out_l, out_d);
     } else {
         const LabelArray allow = filter.cast<LabelArray>();
-        std::unique_ptr<BitsetFilter> f = index.make_filter(allow.data(), allow.size());
         py::gil_scoped_release release;
-        index.search(q, nq, kk, e, f.get(), threads, out_l, out_d);
+        index.search_allowed(q, nq, kk, e, allow.data(), static_cast<std::size_t>(allow.size()),
+                             threads, out_l, out_d);
     }
     return py::make_tuple(ids, distances);
 }
@@ -140,6 +162,7 @@ PYBIND11_MODULE(_core, m) {
                                                              PyExc_ValueError);
     (void)corrupt;
     py::register_exception_translator([](std::exception_ptr p) {
+        // (ReentrantCall is a std::logic_error: pybind11 raises RuntimeError.)
         try {
             if (p) std::rethrow_exception(p);
         } catch (const FileError& e) {
@@ -155,6 +178,20 @@ PYBIND11_MODULE(_core, m) {
           "SIMD level of the active distance kernels: 'scalar', 'avx2' or 'avx512'.");
     m.def("cpu_simd_level", [] { return simd_level_name(cpu_simd_level()); },
           "Best SIMD level this CPU supports.");
+    m.def("cpu_features", [] { return cpu_features(); },
+          "Instruction-set extensions of this CPU (GCC's -m names) that evidex can check.");
+    m.def("known_cpu_features", [] { return known_cpu_features(); },
+          "Every extension name a kernel library may declare.");
+    m.def(
+        "kernel_library_cpu_features",
+        [](const std::string& path) {
+            try {
+                return kernel_library_cpu_features(path);
+            } catch (const std::runtime_error& e) {
+                throw py::value_error(e.what());
+            }
+        },
+        py::arg("path"), "The CPU features a kernel library declares, read without loading it.");
     m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); },
           py::arg("level"), "Force the SIMD level of every index in this process.");
 
@@ -207,8 +244,8 @@ PYBIND11_MODULE(_core, m) {
             if (data.ndim() != 2) throw py::value_error("data must be a 2-D array");
             const std::size_t dim = static_cast<std::size_t>(data.shape(1));
             const std::size_t n = static_cast<std::size_t>(data.shape(0));
-            const std::size_t nq = check_matrix(queries, dim, "queries");
             const Space sp = parse_space(space);
+            const std::size_t nq = check_matrix(queries, dim, "queries", sp);
             py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast> mask;
             const std::uint8_t* mask_ptr = nullptr;
             if (!allow.is_none()) {
@@ -266,7 +303,8 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "train",
             [](HNSW& self, const FloatArray& data) {
-                const std::size_t n = check_matrix(data, self.dim(), "training vectors");
+                const std::size_t n =
+                    check_matrix(data, self.dim(), "training vectors", self.space());
                 py::gil_scoped_release release;
                 self.train(data.data(), n);
             },
@@ -278,42 +316,81 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "add",
             [](HNSW& self, const FloatArray& data, const LabelArray& labels,
-               std::size_t num_threads, bool replace_deleted, bool forbid_update_deleted) {
-                const std::size_t n = check_matrix(data, self.dim(), "vectors");
+               std::size_t num_threads, bool replace_deleted, bool forbid_update_deleted,
+               bool grow) {
+                const std::size_t n = check_matrix(data, self.dim(), "vectors", self.space());
                 if (labels.ndim() != 1 || static_cast<std::size_t>(labels.shape(0)) != n)
                     throw py::value_error("got " + std::to_string(labels.size()) + " ids for " +
                                           std::to_string(n) + " vectors");
                 py::gil_scoped_release release;
                 self.add(data.data(), n, labels.data(), num_threads, replace_deleted,
-                         forbid_update_deleted);
+                         forbid_update_deleted, grow);
             },
             py::arg("data"), py::arg("labels"), py::arg("num_threads") = 0,
-            py::arg("replace_deleted") = false, py::arg("forbid_update_deleted") = false)
+            py::arg("replace_deleted") = false, py::arg("forbid_update_deleted") = false,
+            py::arg("grow") = false)
+        .def(
+            "add_auto",
+            [](HNSW& self, const FloatArray& data, std::size_t num_threads, bool replace_deleted,
+               bool grow) {
+                const std::size_t n = check_matrix(data, self.dim(), "vectors", self.space());
+                py::gil_scoped_release release;
+                return self.add_auto(data.data(), n, num_threads, replace_deleted, grow);
+            },
+            py::arg("data"), py::arg("num_threads") = 0, py::arg("replace_deleted") = false,
+            py::arg("grow") = true,
+            "add() with the next free automatic ids, reserved atomically; returns the first.")
         .def("query", &query, py::arg("queries"), py::arg("k"), py::arg("ef"),
              py::arg("filter"), py::arg("num_threads"))
-        .def("mark_deleted", &HNSW::mark_deleted)
-        .def("unmark_deleted", &HNSW::unmark_deleted)
-        .def("is_deleted", &HNSW::is_deleted)
-        .def("contains", &HNSW::contains)
+        .def(
+            "mark_deleted",
+            [](HNSW& self, const LabelArray& labels) {
+                py::gil_scoped_release release;
+                self.mark_deleted(labels.data(), static_cast<std::size_t>(labels.size()));
+            },
+            py::arg("labels"), "Delete ids, all or none (KeyError / ValueError otherwise).")
+        .def(
+            "unmark_deleted",
+            [](HNSW& self, const LabelArray& labels) {
+                py::gil_scoped_release release;
+                self.unmark_deleted(labels.data(), static_cast<std::size_t>(labels.size()));
+            },
+            py::arg("labels"), "Undelete ids, all or none (KeyError / ValueError otherwise).")
+        .def("is_deleted", &HNSW::is_deleted, py::call_guard<py::gil_scoped_release>())
+        .def("contains", &HNSW::contains, py::call_guard<py::gil_scoped_release>())
         .def("resize", &HNSW::resize, py::call_guard<py::gil_scoped_release>())
         .def("get_vectors",
              [](const HNSW& self, const LabelArray& labels) {
                  const std::size_t n = static_cast<std::size_t>(labels.size());
                  py::array_t<float> out({n, self.dim()});
                  float* o = out.mutable_data();
-                 for (std::size_t i = 0; i < n; ++i)
-                     self.get_vector(labels.data()[i], o + i * self.dim());
+                 {
+                     py::gil_scoped_release release;
+                     self.get_vectors(labels.data(), n, o);
+                 }
                  return out;
              })
         .def("labels",
              [](const HNSW& self, bool include_deleted) {
-                 const std::vector<label_t> v = self.labels(include_deleted);
+                 std::vector<label_t> v;
+                 {
+                     py::gil_scoped_release release;
+                     v = self.labels(include_deleted);
+                 }
                  py::array_t<std::uint64_t> out(v.size());
                  std::copy(v.begin(), v.end(), out.mutable_data());
                  return out;
              },
              py::arg("include_deleted") = false)
-        .def("stats", [](const HNSW& self) { return stats_dict(self.stats()); })
+        .def("stats",
+             [](const HNSW& self) {
+                 IndexStats s;
+                 {
+                     py::gil_scoped_release release;
+                     s = self.stats();
+                 }
+                 return stats_dict(s);
+             })
         .def("kernel_set",
              [](const HNSW& self) {
                  return std::const_pointer_cast<KernelSet>(self.kernel_set());

@@ -44,6 +44,9 @@ void normalize_into(const float* v, std::size_t dim, float* out) {
     for (std::size_t i = 0; i < dim; ++i) out[i] = v[i] * inv;
 }
 
+// Indexes whose locks this thread holds (see HNSW::Busy).
+thread_local std::vector<const HNSW*> t_busy;
+
 // Min-heap on distance for the candidate frontier.
 struct Closer {
     template <class C>
@@ -54,6 +57,16 @@ struct Closer {
 
 }  // namespace
 
+
+HNSW::Busy::Busy(const HNSW* index) {
+    if (std::find(t_busy.begin(), t_busy.end(), index) != t_busy.end())
+        throw ReentrantCall(
+            "the index is in use by a search on this thread: a filter callable must not call "
+            "methods of the index it filters");
+    t_busy.push_back(index);
+}
+
+HNSW::Busy::~Busy() { t_busy.pop_back(); }
 
 std::size_t HNSW::ahead_for(std::size_t bytes) const {
     const std::size_t ahead = tune_ahead_.load();
@@ -70,7 +83,11 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
       seed_(seed),
       visited_pool_(0) {
     if (dim == 0) throw std::invalid_argument("dim must be at least 1");
+    if (dim > (std::size_t{1} << 24)) throw std::invalid_argument("dim must be at most 2**24");
     if (M < 2 || M > 2048) throw std::invalid_argument("M must be in [2, 2048]");
+    if (ef_construction < 1 || ef_construction > kMaxEf)
+        throw std::invalid_argument("ef_construction must be in [1, " + std::to_string(kMaxEf) +
+                                    "], got " + std::to_string(ef_construction));
     if (max_elements >= BeamPool::kMaxId)
         throw std::invalid_argument("max_elements must be below 2^31 - 1");
     level_mult_ = 1.0 / std::log(static_cast<double>(M_));
@@ -138,6 +155,8 @@ void HNSW::allocate_slots(std::size_t capacity) {
 }
 
 void HNSW::resize(std::size_t new_max_elements) {
+    Busy busy(this);
+    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
     std::unique_lock<std::shared_mutex> lock(storage_mutex_);
     if (new_max_elements < count_.load())
         throw std::runtime_error(
@@ -158,8 +177,22 @@ void HNSW::set_label(node_id id, label_t label) {
     std::memcpy(node(id) + label_offset_, &label, sizeof(label));
 }
 
+void HNSW::set_ef(std::size_t ef) {
+    if (ef < 1 || ef > kMaxEf)
+        throw std::invalid_argument("ef must be in [1, " + std::to_string(kMaxEf) + "], got " +
+                                    std::to_string(ef));
+    ef_.store(ef);
+}
+
 void HNSW::train(const float* data, std::size_t n) {
+    Busy busy(this);
+    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
     std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+    train_locked(data, n);
+}
+
+// The caller holds storage_mutex_ exclusively.
+void HNSW::train_locked(const float* data, std::size_t n) {
     if (quant_ != Quantization::SQ8) return;
     if (count_.load() > 0) throw std::runtime_error("train() must precede the first add");
     if (n == 0) throw std::invalid_argument("train() needs at least one vector");
@@ -204,26 +237,94 @@ int HNSW::random_level() {
 // ------------------------------------------------------------------ insert
 
 void HNSW::add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads,
-               bool replace_deleted, bool forbid_update_deleted) {
-    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
-    if (!trained()) throw std::runtime_error("an SQ8 index must be trained before the first add");
-    if (is_mapped()) {
-        // A mapped index has no spare slots; add() needs a resize first (done by
-        // the Python layer), which copies it into owned memory.
-        throw std::runtime_error("index is memory-mapped without free slots; resize it first");
+               bool replace_deleted, bool forbid_update_deleted, bool grow) {
+    Busy busy(this);
+    for (std::size_t i = 0; i < n; ++i)
+        if (labels[i] >= kLabelLimit)
+            throw std::invalid_argument("ids must be below 2**63, got " +
+                                        std::to_string(labels[i]));
+    if (n == 0) return;
+    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
+    add_locked(data, n, labels, num_threads, replace_deleted, forbid_update_deleted, grow);
+}
+
+label_t HNSW::add_auto(const float* data, std::size_t n, std::size_t num_threads,
+                       bool replace_deleted, bool grow) {
+    Busy busy(this);
+    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
+    label_t first = next_label_.load();
+    do {
+        if (n > kLabelLimit - first)
+            throw std::overflow_error("automatic ids would pass 2**63 - 1 (the next one is " +
+                                      std::to_string(first) + "); pass ids explicitly");
+    } while (!next_label_.compare_exchange_weak(first, first + n));
+    std::vector<label_t> labels(n);
+    for (std::size_t i = 0; i < n; ++i) labels[i] = first + i;
+    if (n > 0)
+        add_locked(data, n, labels.data(), num_threads, replace_deleted, false, grow);
+    return first;
+}
+
+void HNSW::bump_next_label(label_t next) {
+    label_t cur = next_label_.load();
+    while (cur < next && !next_label_.compare_exchange_weak(cur, next)) {
     }
-    // New contents before and after: a kernel cache built during the insert is
-    // dropped at its end.
-    version_.store(next_graph_version(), std::memory_order_release);
-    parallel_for(n, num_threads, [&](std::size_t i) {
-        thread_local std::vector<float> scratch;
-        add_one(data + i * dim_, labels[i], replace_deleted, forbid_update_deleted, scratch);
-    });
-    version_.store(next_graph_version(), std::memory_order_release);
+}
+
+// The caller holds write_mutex_ shared. Inserts under storage_mutex_ shared; when
+// a new slot is needed and none is left, every thread stops, the storage grows
+// under the exclusive lock, and the items not yet inserted are tried again.
+void HNSW::add_locked(const float* data, std::size_t n, const label_t* labels,
+                      std::size_t num_threads, bool replace_deleted, bool forbid_update_deleted,
+                      bool grow) {
+    std::vector<std::uint8_t> done(n, 0);
+    for (;;) {
+        {
+            std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+            if (trained() && !is_mapped()) {
+                bool full = false;
+                // New contents before and after: a kernel cache built during the
+                // insert is dropped at its end.
+                version_.store(next_graph_version(), std::memory_order_release);
+                try {
+                    parallel_for(n, num_threads, [&](std::size_t i) {
+                        if (done[i]) return;
+                        thread_local std::vector<float> scratch;
+                        add_one(data + i * dim_, labels[i], replace_deleted, forbid_update_deleted,
+                                grow, scratch);
+                        done[i] = 1;
+                    });
+                } catch (const NeedCapacity&) {
+                    full = true;
+                }
+                version_.store(next_graph_version(), std::memory_order_release);
+                if (!full) return;
+            } else if (!grow) {
+                if (!trained())
+                    throw std::runtime_error("an SQ8 index must be trained before the first add");
+                // A mapped index has no spare slots; resize() copies it into memory.
+                throw std::runtime_error(
+                    "index is memory-mapped without free slots; resize it first");
+            }
+        }
+        std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+        if (!trained()) train_locked(data, n);
+        std::size_t remaining = 0;
+        for (std::size_t i = 0; i < n; ++i) remaining += done[i] == 0;
+        const std::size_t needed = count_.load() + remaining;
+        if (is_mapped() || needed > capacity_) {
+            const std::size_t limit = BeamPool::kMaxId - 1;
+            if (needed > limit)
+                throw std::runtime_error("an index holds at most " + std::to_string(limit) +
+                                         " elements");
+            allocate(std::min(limit, std::max({needed, 2 * capacity_, std::size_t{1024}})));
+            version_.store(next_graph_version(), std::memory_order_release);
+        }
+    }
 }
 
 void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
-                   bool forbid_update_deleted, std::vector<float>& scratch) {
+                   bool forbid_update_deleted, bool grow, std::vector<float>& scratch) {
     const float* v = vector;
     if (space_ == Space::Cosine) {
         scratch.resize(dim_);
@@ -267,8 +368,10 @@ void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
             }
             if (!reused) {
                 const std::size_t c = count_.load();
-                if (c >= capacity_)
+                if (c >= capacity_) {
+                    if (grow) throw NeedCapacity{};
                     throw std::runtime_error("The number of elements exceeds the specified limit");
+                }
                 id = static_cast<node_id>(c);
                 std::memset(node(id), 0, node_bytes_);
                 set_label(id, label);
@@ -276,8 +379,8 @@ void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
                 count_.store(c + 1);
             }
         }
-        if (label != kNoLabel && label + 1 > next_label_.load()) next_label_.store(label + 1);
     }
+    bump_next_label(label + 1);
 
     if (quant_ == Quantization::SQ8) encode(v, codes_ + static_cast<std::size_t>(id) * code_stride_);
     if (kind == kExisting) {
@@ -308,17 +411,18 @@ void HNSW::insert_new(node_id id, int level, const float* v) {
     node_id cur = static_cast<node_id>(ep);
     if (level < max_level) cur = greedy_descend(k, v, cur, max_level, level + 1, nullptr);
     const int top_level = std::min(level, max_level);
+    const std::size_t ef = construction_ef();
     std::vector<MaxHeap> chosen(static_cast<std::size_t>(top_level) + 1);
     for (int lc = top_level; lc >= 0; --lc) {
         MaxHeap& top = chosen[static_cast<std::size_t>(lc)];
         if (num_deleted_.load() == 0) {
             // The new node is not linked yet, so it cannot appear in its own beam.
             thread_local BeamPool beam;
-            search_beam_fp32(k, cur, v, lc, ef_construction_, beam, nullptr);
+            search_beam_fp32(k, cur, v, lc, ef, beam, nullptr);
             top.resize(beam.size());
             for (std::size_t i = 0; i < beam.size(); ++i) top[i] = {beam.dist(i), beam.id(i)};
         } else {
-            top = search_layer(k, cur, v, lc, ef_construction_, id);
+            top = search_layer(k, cur, v, lc, ef, id);
         }
         if (!top.empty()) cur = link_out(k, id, top, lc);
     }
@@ -348,7 +452,7 @@ void HNSW::relink_existing(node_id id, const float* v) {
     }
     if (level < max_level) cur = greedy_descend(k, v, cur, max_level, level + 1, nullptr);
     for (int lc = std::min(level, max_level); lc >= 0; --lc) {
-        MaxHeap top = search_layer(k, cur, v, lc, ef_construction_, id);
+        MaxHeap top = search_layer(k, cur, v, lc, construction_ef(), id);
         if (top.empty()) continue;
         cur = link_out(k, id, top, lc);
         link_back(k, id, top, lc);
@@ -711,8 +815,8 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
     if (e.node >= 0) {
         const bool plain = filter == nullptr && num_deleted_.load() == 0;
         if (plain && quant_ == Quantization::SQ8) {
-            found = search_sq8(k, static_cast<node_id>(e.node), e.level, q, kk, std::max(ef, kk),
-                               out_labels, out_distances, dist_count);
+            found = search_sq8(k, static_cast<node_id>(e.node), e.level, q, kk, ef, out_labels,
+                               out_distances, dist_count);
             for (std::size_t i = found; i < kk; ++i) {
                 out_labels[i] = kNoLabel;
                 out_distances[i] = kInf;
@@ -722,13 +826,13 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
         const node_id start = greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1,
                                           dist_count);
         if (plain) {
-            found = search_kernels(k, ks, start, q, kk, std::max(ef, kk), out_labels,
-                                   out_distances, dist_count);
+            found = search_kernels(k, ks, start, q, kk, ef, out_labels, out_distances,
+                                   dist_count);
         } else {
             auto allowed = [&](node_id id) {
                 return !deleted_at(id) && (filter == nullptr || filter->allowed(id, label_at(id)));
             };
-            MaxHeap top = search_filtered(k, start, q, 0, std::max(ef, kk), allowed, dist_count);
+            MaxHeap top = search_filtered(k, start, q, 0, ef, allowed, dist_count);
             std::sort(top.begin(), top.end());
             found = std::min(kk, top.size());
             for (std::size_t i = 0; i < found; ++i) {
@@ -746,7 +850,26 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
 void HNSW::search(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
                   const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
                   float* out_distances) const {
+    Busy busy(this);
     std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    search_locked(queries, nq, k, ef, filter, num_threads, out_labels, out_distances);
+}
+
+void HNSW::search_allowed(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                          const label_t* allowed, std::size_t n_allowed, std::size_t num_threads,
+                          label_t* out_labels, float* out_distances) const {
+    Busy busy(this);
+    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    const std::unique_ptr<BitsetFilter> filter = make_filter(allowed, n_allowed);
+    search_locked(queries, nq, k, ef, filter.get(), num_threads, out_labels, out_distances);
+}
+
+// The caller holds storage_mutex_ shared.
+void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                         const SearchFilter* filter, std::size_t num_threads,
+                         label_t* out_labels, float* out_distances) const {
+    // A beam wider than the graph finds nothing more: clamp, never allocate it.
+    ef = std::min(std::max(ef, k), std::max(count_.load(), k));
     const DistanceKernels& kernels = active_kernels();
     const KernelSet& ks = this->kernels();
     std::atomic<std::uint64_t> total{0};
@@ -769,52 +892,78 @@ void HNSW::search(const float* queries, std::size_t nq, std::size_t k, std::size
 
 // ------------------------------------------------------------------ labels
 
-void HNSW::mark_deleted(label_t label) {
-    std::lock_guard<std::mutex> lk(label_mutex_);
-    auto it = label_map_.find(label);
-    if (it == label_map_.end()) throw LabelNotFound("Label not found");
-    const node_id id = it->second;
-    if (deleted_at(id)) throw std::runtime_error("The requested to delete element is already deleted");
-    flags(id) |= kDeletedFlag;
-    ++num_deleted_;
-    deleted_slots_.push_back(id);
-}
+void HNSW::mark_deleted(const label_t* labels, std::size_t n) { set_deleted(labels, n, true); }
 
-void HNSW::unmark_deleted(label_t label) {
+void HNSW::unmark_deleted(const label_t* labels, std::size_t n) { set_deleted(labels, n, false); }
+
+// Every label is checked before any flag changes, under one label_mutex_ hold, so
+// a batch is deleted (or undeleted) whole or not at all.
+void HNSW::set_deleted(const label_t* labels, std::size_t n, bool deleted) {
+    Busy busy(this);
+    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
+    std::shared_lock<std::shared_mutex> slock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
-    auto it = label_map_.find(label);
-    if (it == label_map_.end()) throw LabelNotFound("Label not found");
-    const node_id id = it->second;
-    if (!deleted_at(id)) throw std::runtime_error("The requested to undelete element is not deleted");
-    flags(id) &= ~kDeletedFlag;
-    --num_deleted_;
+    std::vector<node_id> ids(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        auto it = label_map_.find(labels[i]);
+        if (it == label_map_.end())
+            throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
+        ids[i] = it->second;
+        if (deleted_at(ids[i]) == deleted)
+            throw std::invalid_argument("id " + std::to_string(labels[i]) +
+                                        (deleted ? " is already deleted" : " is not deleted"));
+    }
+    if (n > 1) {
+        std::vector<node_id> sorted(ids);
+        std::sort(sorted.begin(), sorted.end());
+        auto twice = std::adjacent_find(sorted.begin(), sorted.end());
+        if (twice != sorted.end())
+            throw std::invalid_argument("id " + std::to_string(label_at(*twice)) +
+                                        " is listed twice");
+    }
+    for (const node_id id : ids) {
+        if (deleted) {
+            flags(id) |= kDeletedFlag;
+            deleted_slots_.push_back(id);
+        } else {
+            flags(id) &= ~kDeletedFlag;
+        }
+    }
+    if (deleted)
+        num_deleted_ += n;
+    else
+        num_deleted_ -= n;
 }
 
 bool HNSW::is_deleted(label_t label) const {
+    Busy busy(this);
+    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
     auto it = label_map_.find(label);
-    if (it == label_map_.end()) throw LabelNotFound("Label not found");
+    if (it == label_map_.end()) throw LabelNotFound("id " + std::to_string(label) + " is not in the index");
     return deleted_at(it->second);
 }
 
 bool HNSW::contains(label_t label) const {
+    Busy busy(this);
     std::lock_guard<std::mutex> lk(label_mutex_);
     return label_map_.count(label) != 0;
 }
 
-void HNSW::get_vector(label_t label, float* out) const {
+void HNSW::get_vectors(const label_t* labels, std::size_t n, float* out) const {
+    Busy busy(this);
     std::shared_lock<std::shared_mutex> lock(storage_mutex_);
-    node_id id;
-    {
-        std::lock_guard<std::mutex> lk(label_mutex_);
-        auto it = label_map_.find(label);
-        if (it == label_map_.end()) throw LabelNotFound("Label not found");
-        id = it->second;
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    for (std::size_t i = 0; i < n; ++i) {
+        auto it = label_map_.find(labels[i]);
+        if (it == label_map_.end())
+            throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
+        std::memcpy(out + i * dim_, vec(it->second), dim_ * sizeof(float));
     }
-    std::memcpy(out, vec(id), dim_ * sizeof(float));
 }
 
 std::vector<label_t> HNSW::labels(bool include_deleted) const {
+    Busy busy(this);
     std::shared_lock<std::shared_mutex> lock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
     std::vector<label_t> out;
@@ -825,9 +974,10 @@ std::vector<label_t> HNSW::labels(bool include_deleted) const {
     return out;
 }
 
+// The caller holds storage_mutex_ (the bitset is sized to the slots of now).
 std::unique_ptr<BitsetFilter> HNSW::make_filter(const label_t* labels, std::size_t n) const {
     std::lock_guard<std::mutex> lk(label_mutex_);
-    auto filter = std::make_unique<BitsetFilter>(capacity_);
+    auto filter = std::make_unique<BitsetFilter>(count_.load());
     for (std::size_t i = 0; i < n; ++i) {
         auto it = label_map_.find(labels[i]);
         if (it != label_map_.end()) filter->allow(it->second);
@@ -836,6 +986,7 @@ std::unique_ptr<BitsetFilter> HNSW::make_filter(const label_t* labels, std::size
 }
 
 IndexStats HNSW::stats() const {
+    Busy busy(this);
     std::shared_lock<std::shared_mutex> lock(storage_mutex_);
     IndexStats s;
     const std::size_t n = count_.load();

@@ -2,10 +2,17 @@
 #include "evidex/kernels.h"
 
 #include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
+#include <string>
 #include <vector>
+
+#include "evidex/cpu_features.h"
 
 #include "evidex/beam.h"
 #include "evidex/prune.h"
@@ -79,7 +86,88 @@ extern "C" std::int64_t builtin_refine(const evx_graph_view*, const float*,
     return static_cast<std::int64_t>(m);
 }
 
+// The contents of section `name` of an ELF64 little-endian shared object, read
+// with plain reads (no code of the file runs); `found` is false when absent.
+std::string elf_section(const std::string& path, const char* name, bool& found) {
+    found = false;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error("cannot open kernel library '" + path + "'");
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    auto read_at = [&](std::uint64_t off, void* dst, std::size_t len) {
+        char* p = static_cast<char*>(dst);
+        while (len > 0) {
+            const ssize_t got = ::pread(fd, p, len, static_cast<off_t>(off));
+            if (got <= 0)
+                throw std::runtime_error("kernel library '" + path + "' is not a valid ELF file");
+            p += got;
+            off += static_cast<std::uint64_t>(got);
+            len -= static_cast<std::size_t>(got);
+        }
+    };
+    Elf64_Ehdr eh;
+    read_at(0, &eh, sizeof(eh));
+    if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 || eh.e_ident[EI_CLASS] != ELFCLASS64 ||
+        eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_shentsize != sizeof(Elf64_Shdr) ||
+        eh.e_shnum == 0 || eh.e_shnum > 4096 || eh.e_shstrndx >= eh.e_shnum)
+        throw std::runtime_error("kernel library '" + path + "' is not an ELF64 shared object");
+    std::vector<Elf64_Shdr> sections(eh.e_shnum);
+    read_at(eh.e_shoff, sections.data(), sections.size() * sizeof(Elf64_Shdr));
+    const Elf64_Shdr& strtab = sections[eh.e_shstrndx];
+    if (strtab.sh_size > (1u << 20))
+        throw std::runtime_error("kernel library '" + path + "' has an oversized section table");
+    std::string names(strtab.sh_size, '\0');
+    read_at(strtab.sh_offset, names.data(), names.size());
+    for (const Elf64_Shdr& sh : sections) {
+        if (sh.sh_name >= names.size() || std::strcmp(names.c_str() + sh.sh_name, name) != 0)
+            continue;
+        if (sh.sh_size > (1u << 16))
+            throw std::runtime_error("kernel library '" + path + "' has an oversized " + name);
+        std::string data(sh.sh_size, '\0');
+        read_at(sh.sh_offset, data.data(), data.size());
+        found = true;
+        return data;
+    }
+    return {};
+}
+
+// The CPU features a library declares (EVIDEX_KERNEL_CPU_FEATURES in kernel_abi.h):
+// names separated by spaces, commas or NULs (several declarations add up).
+std::vector<std::string> declared_cpu_features(const std::string& path) {
+    bool found = false;
+    const std::string text = elf_section(path, ".evidex_cpu", found);
+    if (!found)
+        throw std::runtime_error(
+            "kernel library '" + path +
+            "' declares no CPU features (no .evidex_cpu section): build it with "
+            "evidex.crinn.build_kernel, or declare them with EVIDEX_KERNEL_CPU_FEATURES "
+            "(kernel_abi.h)");
+    std::vector<std::string> out;
+    std::string cur;
+    for (const char c : text + '\0') {
+        if (c == '\0' || c == ' ' || c == ',' || c == '\n' || c == '\t') {
+            if (!cur.empty()) out.push_back(cur);
+            cur.clear();
+        } else {
+            cur += c;
+        }
+    }
+    return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+}
+
 }  // namespace
+
+std::vector<std::string> kernel_library_cpu_features(const std::string& path) {
+    return declared_cpu_features(path);
+}
 
 const KernelSet& builtin_kernels() {
     static const KernelSet set = [] {
@@ -94,6 +182,14 @@ const KernelSet& builtin_kernels() {
 
 std::shared_ptr<KernelSet> load_kernel_library(const std::string& path,
                                                      const KernelSet& base) {
+    // Checked before dlopen runs any of its code (constructors included).
+    const std::vector<std::string> needed = declared_cpu_features(path);
+    const std::vector<std::string> missing = missing_cpu_features(needed);
+    if (!missing.empty())
+        throw std::runtime_error("kernel library '" + path +
+                                 "' needs CPU features this machine lacks: " + join(missing) +
+                                 " (it was built for: " + join(needed) +
+                                 "); rebuild it on this machine");
     // RTLD_LOCAL: a candidate's symbols never interpose on ours or on another's.
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {

@@ -5,20 +5,30 @@
 //                   private memory mapping can serve it directly
 //   upper section   one level byte per node (padded to 8), then each node's upper
 //                   link lists, level * (M + 1) u32
-// Loading validates every field, both checksums and the graph's structure, so a
-// truncated, corrupted or hostile file raises instead of crashing a search later.
+//   quant section   (SQ8 only) per-dimension minimum and scale, then the codes
+//
+// A file is input from a stranger. The checksums catch accidents; the bounds
+// catch attackers, who can recompute any checksum: every header field is bounded
+// and every size computed with overflow checks, against the real file size,
+// before anything is allocated, so no file makes the loader allocate more than a
+// small multiple of its own size. The data is validated where it will be used
+// (in our own copy, or the private mapping), so what was checked is what runs.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
 #include <type_traits>
 
+#include "evidex/beam.h"
 #include "evidex/errors.h"
 #include "evidex/hnsw.h"
 
@@ -29,6 +39,7 @@ constexpr char kMagic[8] = {'E', 'V', 'D', 'X', 'H', 'N', 'S', 'W'};
 constexpr std::uint32_t kFormatVersion = 1;
 constexpr std::uint32_t kEndianTag = 0x01020304;
 constexpr std::size_t kHeaderBytes = 256;
+constexpr std::size_t kChunkBytes = std::size_t{4} << 20;  // streaming reads
 
 struct Header {
     char magic[8];
@@ -99,10 +110,330 @@ std::uint64_t header_checksum(const Header& h) {
     return c.digest();
 }
 
-std::size_t round_up(std::size_t x, std::size_t a) { return (x + a - 1) / a * a; }
-
 [[noreturn]] void corrupt(const std::string& what) {
     throw CorruptIndexError("invalid evidex index file: " + what);
+}
+
+// Overflow-checked arithmetic: a sum or product that wraps is a corrupt file.
+std::uint64_t add(std::uint64_t a, std::uint64_t b) {
+    std::uint64_t r;
+    if (__builtin_add_overflow(a, b, &r)) corrupt("a section size overflows");
+    return r;
+}
+std::uint64_t mul(std::uint64_t a, std::uint64_t b) {
+    std::uint64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) corrupt("a section size overflows");
+    return r;
+}
+std::uint64_t round_up(std::uint64_t x, std::uint64_t a) { return mul((add(x, a - 1)) / a, a); }
+
+template <class T>
+T load_as(const char* p) {
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    return v;
+}
+
+// Every size of a file, derived from its bounded parameters the way the index
+// lays itself out, and checked against the header and the real file size.
+struct Layout {
+    std::size_t n = 0, dim = 0, M = 0, M0 = 0;
+    std::size_t node_bytes = 0, vec_offset = 0, label_offset = 0, code_stride = 0;
+    std::uint64_t level0_offset = 0, level0_bytes = 0, upper_offset = 0, upper_bytes = 0;
+    std::uint64_t quant_offset = 0, quant_bytes = 0, file_bytes = 0;
+    bool sq8 = false;
+    int max_level = -1;
+    std::int64_t entry = -1;
+};
+
+Layout check_header(const Header& h, std::uint64_t size) {
+    if (std::memcmp(h.magic, kMagic, 8) != 0) corrupt("bad magic, not an evidex index");
+    if (h.version > kFormatVersion)
+        corrupt("format version " + std::to_string(h.version) +
+                " is newer than this evidex supports (" + std::to_string(kFormatVersion) +
+                "); upgrade evidex");
+    if (h.version == 0) corrupt("format version 0 is not valid");
+    if (h.endian_tag != kEndianTag) corrupt("written on a machine of other byte order");
+    if (h.header_checksum != header_checksum(h)) corrupt("header checksum mismatch");
+    if (h.file_bytes != size)
+        corrupt((size < h.file_bytes ? "truncated: expected " : "trailing data: expected ") +
+                std::to_string(h.file_bytes) + " bytes, found " + std::to_string(size));
+    if (h.header_bytes != kHeaderBytes) corrupt("unknown header size");
+    if (h.space > 2 || h.dim == 0 || h.dim > (std::uint64_t{1} << 24) || h.M < 2 || h.M > 2048 ||
+        h.M0 != 2 * h.M || h.ef_construction < 1 || h.ef_construction > kMaxEf || h.ef < 1 ||
+        h.ef > kMaxEf || h.count > h.capacity || h.capacity >= BeamPool::kMaxId ||
+        h.num_deleted > h.count || h.next_label > kLabelLimit || h.max_level < -1 ||
+        h.max_level > 255 || h.entry_point < -1 ||
+        h.entry_point >= static_cast<std::int64_t>(h.count) ||
+        (h.count == 0) != (h.entry_point == -1) || (h.count == 0) != (h.max_level == -1))
+        corrupt("inconsistent parameters in the header");
+    if (h.quantization > 1 || h.trained > 1 || (h.quantization == 0 && h.trained) ||
+        (h.quantization == 1 && h.count > 0 && !h.trained))
+        corrupt("inconsistent quantisation fields in the header");
+
+    Layout L;
+    L.n = h.count;
+    L.dim = h.dim;
+    L.M = h.M;
+    L.M0 = h.M0;
+    L.sq8 = h.quantization == 1;
+    L.max_level = static_cast<int>(h.max_level);
+    L.entry = h.entry_point;
+    // As the HNSW constructor lays out a node.
+    L.vec_offset = mul(sizeof(std::uint32_t), L.M0 + 1);
+    L.label_offset = add(L.vec_offset, mul(sizeof(float), L.dim));
+    L.node_bytes = round_up(add(L.label_offset, sizeof(label_t)), 8);
+    L.code_stride = L.sq8 ? round_up(L.dim, 64) : 0;
+    L.file_bytes = size;
+    L.level0_offset = h.level0_offset;
+    L.level0_bytes = mul(L.n, L.node_bytes);
+    L.upper_offset = add(L.level0_offset, L.level0_bytes);
+    L.upper_bytes = h.upper_bytes;
+    L.quant_offset = add(L.upper_offset, L.upper_bytes);
+    L.quant_bytes = L.sq8 ? round_up(add(mul(2 * sizeof(float), L.dim), mul(L.n, L.code_stride)), 8)
+                          : 0;
+    if (h.node_bytes != L.node_bytes || h.level0_offset < kHeaderBytes ||
+        h.level0_offset % 64 != 0 || h.level0_bytes != L.level0_bytes ||
+        h.upper_offset != L.upper_offset || L.upper_bytes < round_up(L.n, 8) ||
+        L.upper_bytes % 8 != 0 || h.quant_offset != L.quant_offset ||
+        h.quant_bytes != L.quant_bytes || add(L.quant_offset, L.quant_bytes) != size)
+        corrupt("inconsistent section sizes in the header");
+    return L;
+}
+
+// Checks the sections of an image fed in file order (level-0 nodes in chunks,
+// the upper section, the quantiser's ranges, then its codes): structure and
+// checksum together. The first structural problem is kept and reported after
+// the checksum, so an accidental corruption reads as a checksum mismatch.
+class ImageChecker {
+public:
+    ImageChecker(const Header& h, const Layout& L) : h_(h), L_(L) { labels_.reserve(L.n); }
+
+    void nodes(const char* p, std::size_t count) {
+        sum_.update(p, count * L_.node_bytes);
+        for (std::size_t i = 0; i < count; ++i, p += L_.node_bytes) {
+            const std::size_t links = load_as<std::uint16_t>(p);
+            const std::uint8_t flags = static_cast<std::uint8_t>(p[2]);
+            if (links > L_.M0) fail("a link list is longer than M allows");
+            for (std::size_t j = 1; j <= std::min(links, L_.M0); ++j)
+                if (load_as<std::uint32_t>(p + 4 * j) >= L_.n) fail("a link points outside the graph");
+            if (flags & ~1u) fail("unknown node flags");
+            deleted_ += flags & 1u;
+            const char* v = p + L_.vec_offset;
+            for (std::size_t d = 0; d < L_.dim; ++d)
+                if (!std::isfinite(load_as<float>(v + 4 * d)))
+                    fail("a stored vector holds NaN or infinity");
+            const label_t label = load_as<label_t>(p + L_.label_offset);
+            if (label >= kLabelLimit) fail("a stored id is 2**63 or more");
+            labels_.push_back(label);
+        }
+        seen_ += count;
+    }
+
+    // The whole upper section (L.upper_bytes at p).
+    void upper(const char* p) {
+        sum_.update(p, L_.upper_bytes);
+        const std::size_t n = L_.n;
+        const auto* levels = reinterpret_cast<const std::uint8_t*>(p);
+        const std::size_t list_bytes = (L_.M + 1) * sizeof(std::uint32_t);
+        std::uint64_t offset = round_up(n, 8);
+        int highest = -1;
+        for (std::size_t id = 0; id < n; ++id) {
+            const int level = levels[id];
+            if (level > L_.max_level) return fail("a node's level exceeds the maximum level");
+            highest = std::max(highest, level);
+            const std::uint64_t bytes = static_cast<std::uint64_t>(level) * list_bytes;
+            if (offset + bytes > L_.upper_bytes)
+                return fail("upper levels run past the end of their section");
+            for (int lc = 1; lc <= level; ++lc) {
+                const char* list = p + offset + static_cast<std::size_t>(lc - 1) * list_bytes;
+                const std::size_t links = load_as<std::uint16_t>(list);
+                if (links > L_.M) return fail("a link list is longer than M allows");
+                for (std::size_t j = 1; j <= links; ++j) {
+                    const std::uint32_t to = load_as<std::uint32_t>(list + 4 * j);
+                    if (to >= n || levels[to] < lc) return fail("a link points outside the graph");
+                }
+            }
+            offset += bytes;
+        }
+        if (round_up(offset, 8) != L_.upper_bytes)
+            return fail("the upper section's size does not match the nodes' levels");
+        if (highest != L_.max_level) return fail("maximum level does not match the nodes");
+        if (n > 0 && levels[L_.entry] != L_.max_level)
+            return fail("entry point is not on the top level");
+    }
+
+    // The quantiser's per-dimension minimum and scale (2 * dim floats).
+    void ranges(const char* p) {
+        sum_.update(p, 2 * L_.dim * sizeof(float));
+        if (!h_.trained) return;
+        for (std::size_t d = 0; d < L_.dim; ++d) {
+            const float lo = load_as<float>(p + 4 * d);
+            const float scale = load_as<float>(p + 4 * (L_.dim + d));
+            if (!std::isfinite(lo) || !(scale > 0.f) || !std::isfinite(scale))
+                return fail("invalid quantiser ranges");
+        }
+    }
+
+    void bytes(const char* p, std::size_t n) { sum_.update(p, n); }
+
+    // Throws CorruptIndexError naming the first problem, if any.
+    void finish() {
+        if (sum_.digest() != h_.payload_checksum)
+            corrupt("data checksum mismatch: the file is corrupted");
+        if (!error_.empty()) corrupt(error_);
+        if (seen_ != L_.n) corrupt("the level-0 block is incomplete");
+        if (deleted_ != h_.num_deleted) corrupt("deleted count does not match the nodes");
+        std::sort(labels_.begin(), labels_.end());
+        if (std::adjacent_find(labels_.begin(), labels_.end()) != labels_.end())
+            corrupt("duplicate labels");
+        if (!labels_.empty() && h_.next_label <= labels_.back())
+            corrupt("the next automatic id is not past the stored ids");
+    }
+
+private:
+    void fail(const char* what) {
+        if (error_.empty()) error_ = what;
+    }
+    const Header& h_;
+    const Layout& L_;
+    Checksum sum_;
+    std::string error_;
+    std::size_t seen_ = 0, deleted_ = 0;
+    std::vector<label_t> labels_;
+};
+
+// Where an image is read from: memory (bytes, a mapping) or a file descriptor.
+class Source {
+public:
+    virtual ~Source() = default;
+    virtual void read(std::uint64_t offset, std::size_t len, char* dst) const = 0;
+    // The bytes in place, for sources that are memory; nullptr otherwise.
+    virtual const char* view(std::uint64_t offset) const = 0;
+};
+
+class MemorySource final : public Source {
+public:
+    explicit MemorySource(const char* data) : data_(data) {}
+    void read(std::uint64_t offset, std::size_t len, char* dst) const override {
+        std::memcpy(dst, data_ + offset, len);
+    }
+    const char* view(std::uint64_t offset) const override { return data_ + offset; }
+
+private:
+    const char* data_;
+};
+
+// pread, not mmap: a file truncated by someone else while we read it gives a
+// short read (an error), never a SIGBUS.
+class FileSource final : public Source {
+public:
+    FileSource(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+    void read(std::uint64_t offset, std::size_t len, char* dst) const override {
+        while (len > 0) {
+            const ssize_t got = ::pread(fd_, dst, len, static_cast<off_t>(offset));
+            if (got < 0 && errno == EINTR) continue;
+            if (got < 0) {
+                const int err = errno;
+                throw FileError("cannot read " + path_ + ": " + std::strerror(err), err, path_);
+            }
+            if (got == 0) corrupt("truncated while being read (" + path_ + ")");
+            dst += got;
+            offset += static_cast<std::uint64_t>(got);
+            len -= static_cast<std::size_t>(got);
+        }
+    }
+    const char* view(std::uint64_t) const override { return nullptr; }
+
+private:
+    int fd_;
+    std::string path_;
+};
+
+Header read_header(const Source& src, std::uint64_t size) {
+    if (size < kHeaderBytes)
+        corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header");
+    Header h;
+    src.read(0, sizeof(h), reinterpret_cast<char*>(&h));
+    return h;
+}
+
+// Feeds `bytes` bytes at `offset` to `fn(ptr, len)` in chunks, through `buffer`
+// when the source is not memory.
+template <class Fn>
+void stream(const Source& src, std::uint64_t offset, std::uint64_t bytes, std::size_t unit,
+            std::vector<char>& buffer, Fn&& fn) {
+    const std::size_t step = std::max<std::size_t>(unit, kChunkBytes / unit * unit);
+    while (bytes > 0) {
+        const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(bytes, step));
+        const char* p = src.view(offset);
+        if (p == nullptr) {
+            buffer.resize(std::max(buffer.size(), len));
+            src.read(offset, len, buffer.data());
+            p = buffer.data();
+        }
+        fn(p, len);
+        offset += len;
+        bytes -= len;
+    }
+}
+
+// Validates a whole image without building an index (used on what save and
+// serialize wrote); memory: one chunk, the upper section and the ids.
+void verify_image(const Source& src, std::uint64_t size) {
+    const Header h = read_header(src, size);
+    const Layout L = check_header(h, size);
+    ImageChecker check(h, L);
+    std::vector<char> buffer;
+    stream(src, L.level0_offset, L.level0_bytes, L.node_bytes, buffer,
+           [&](const char* p, std::size_t len) { check.nodes(p, len / L.node_bytes); });
+    std::vector<char> upper(L.upper_bytes);
+    src.read(L.upper_offset, upper.size(), upper.data());
+    check.upper(upper.data());
+    if (L.sq8) {
+        std::vector<char> ranges(2 * L.dim * sizeof(float));
+        src.read(L.quant_offset, ranges.size(), ranges.data());
+        check.ranges(ranges.data());
+        stream(src, L.quant_offset + ranges.size(), L.quant_bytes - ranges.size(), 1, buffer,
+               [&](const char* p, std::size_t len) { check.bytes(p, len); });
+    }
+    check.finish();
+}
+
+std::atomic<std::uint64_t> g_temp_counter{0};
+
+// A new file beside `path` that no other writer uses (O_EXCL), mode 0666 less
+// the umask, like any file the user creates.
+int create_temp(const std::string& path, std::string& tmp) {
+    std::random_device rd;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        char suffix[64];
+        std::snprintf(suffix, sizeof(suffix), ".tmp-%d-%llu-%08x", static_cast<int>(::getpid()),
+                      static_cast<unsigned long long>(g_temp_counter.fetch_add(1)),
+                      static_cast<unsigned>(rd()));
+        tmp = path + suffix;
+        const int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0) return fd;
+        if (errno != EEXIST) {
+            const int err = errno;
+            throw FileError("cannot create " + tmp + ": " + std::strerror(err), err, tmp);
+        }
+    }
+    throw FileError("cannot create a temporary file beside " + path, EEXIST, path);
+}
+
+void write_all(int fd, const void* data, std::size_t n, int& err) {
+    const char* p = static_cast<const char*>(data);
+    while (err == 0 && n > 0) {
+        const ssize_t put = ::write(fd, p, n);
+        if (put < 0 && errno == EINTR) continue;
+        if (put <= 0) {
+            err = put < 0 ? errno : EIO;
+            return;
+        }
+        p += put;
+        n -= static_cast<std::size_t>(put);
+    }
 }
 
 }  // namespace
@@ -111,7 +442,7 @@ std::size_t round_up(std::size_t x, std::size_t a) { return (x + a - 1) / a * a;
 class HNSW::Serializer {
 public:
     // Write the whole file through `sink(const void*, size_t)`; the caller holds
-    // the storage lock exclusively.
+    // write_mutex_ exclusively (no change runs) and storage_mutex_ shared.
     template <class Sink>
     static void write(const HNSW& index, Sink&& sink) {
         const std::size_t n = index.count_.load();
@@ -141,7 +472,7 @@ public:
         for (node_id id = 0; id < n; ++id) upper += upper_block_bytes(index, id);
         h.upper_bytes = round_up(upper, 8);
         h.quantization = static_cast<std::uint64_t>(index.quant_);
-        h.trained = index.trained_;
+        h.trained = index.quant_ == Quantization::SQ8 && index.trained_;
         h.quant_offset = h.upper_offset + h.upper_bytes;
         h.quant_bytes = quant_section_bytes(index, n);
         h.file_bytes = h.quant_offset + h.quant_bytes;
@@ -159,76 +490,62 @@ public:
         for_each_payload_chunk(index, h, sink);
     }
 
-    // Build an index from a complete file image. With `mapping` set, the level-0
-    // block is used in place (the index then owns and unmaps the mapping).
-    static std::unique_ptr<HNSW> read(const char* data, std::size_t size, std::size_t max_elements,
-                                      void* mapping, std::size_t mapping_bytes) {
-        if (size < kHeaderBytes)
-            corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header");
-        Header h;
-        std::memcpy(&h, data, sizeof(h));
-        if (std::memcmp(h.magic, kMagic, 8) != 0) corrupt("bad magic, not an evidex index");
-        if (h.version > kFormatVersion)
-            corrupt("format version " + std::to_string(h.version) +
-                    " is newer than this evidex supports (" + std::to_string(kFormatVersion) +
-                    "); upgrade evidex");
-        if (h.version == 0) corrupt("format version 0 is not valid");
-        if (h.endian_tag != kEndianTag) corrupt("written on a machine of other byte order");
-        if (h.header_checksum != header_checksum(h)) corrupt("header checksum mismatch");
-        if (h.file_bytes != size)
-            corrupt((size < h.file_bytes ? "truncated: expected " : "trailing data: expected ") +
-                    std::to_string(h.file_bytes) + " bytes, found " + std::to_string(size));
-        if (h.space > 2 || h.dim == 0 || h.dim > (1u << 24) || h.M < 2 || h.M > 2048 ||
-            h.M0 != 2 * h.M || h.count > h.capacity || h.capacity >= 0xffffffffULL ||
-            h.num_deleted > h.count || h.max_level < -1 || h.max_level > 255 ||
-            h.entry_point < -1 || h.entry_point >= static_cast<std::int64_t>(h.count) ||
-            (h.count == 0) != (h.entry_point == -1))
-            corrupt("inconsistent parameters in the header");
-
-        if (h.quantization > 1 || h.trained > 1 || (h.quantization == 1 && h.count > 0 && !h.trained))
-            corrupt("inconsistent quantisation fields in the header");
+    // Build an index from an image, validating it in the memory it will live in.
+    // With `mapping` set (a private mapping of the image), the level-0 block is
+    // used in place and the index then owns and unmaps the mapping.
+    static std::unique_ptr<HNSW> read(const Source& src, std::uint64_t size,
+                                      std::size_t max_elements, void* mapping,
+                                      std::size_t mapping_bytes) {
+        const Header h = read_header(src, size);
+        const Layout L = check_header(h, size);
+        if (max_elements >= BeamPool::kMaxId)
+            throw std::invalid_argument("max_elements must be below 2^31 - 1");
         std::unique_ptr<HNSW> index(new HNSW(h.dim, static_cast<Space>(h.space), h.M,
                                              h.ef_construction, 0, h.seed,
                                              static_cast<Quantization>(h.quantization)));
-        if (index->node_bytes_ != h.node_bytes || h.level0_offset < kHeaderBytes ||
-            h.level0_offset % 64 != 0 || h.level0_bytes != h.count * h.node_bytes ||
-            h.upper_offset != h.level0_offset + h.level0_bytes || h.upper_bytes < h.count ||
-            h.quant_offset != h.upper_offset + h.upper_bytes ||
-            h.quant_bytes != quant_section_bytes(*index, h.count) ||
-            h.quant_offset + h.quant_bytes != h.file_bytes)
-            corrupt("inconsistent section sizes in the header");
-
-        Checksum payload;
-        payload.update(data + h.level0_offset, h.file_bytes - h.level0_offset);
-        if (payload.digest() != h.payload_checksum)
-            corrupt("data checksum mismatch: the file is corrupted");
-
-        const std::size_t n = h.count;
+        if (index->node_bytes_ != L.node_bytes || index->code_stride_ != L.code_stride)
+            corrupt("inconsistent node layout");
+        ImageChecker check(h, L);
+        const std::size_t n = L.n;
         const std::size_t capacity = std::max<std::size_t>(n, max_elements);
-        index->ef_.store(h.ef);
-        index->trained_ = h.trained != 0;
-        index->count_.store(n);
-        index->num_deleted_.store(h.num_deleted);
-        index->next_label_.store(h.next_label);
-        index->set_entry(h.entry_point, static_cast<int>(h.max_level));
-        const char* level0 = data + h.level0_offset;
+        std::vector<char> buffer;
+        // Level 0, checked where it will be searched.
         if (mapping != nullptr && capacity == n) {
             index->release_storage();
-            index->level0_ = const_cast<char*>(level0);
+            index->level0_ = const_cast<char*>(src.view(L.level0_offset));
             index->mapping_ = mapping;
             index->mapping_bytes_ = mapping_bytes;
-            index->count_.store(0);  // nothing to carry over into the new slots
             index->allocate_slots(n);
-            index->count_.store(n);
         } else {
-            index->count_.store(0);
             index->allocate(capacity);
-            index->count_.store(n);
-            std::memcpy(index->level0_, level0, h.level0_bytes);
+            if (n > 0) src.read(L.level0_offset, L.level0_bytes, index->level0_);
         }
-
         try {
-            read_upper_and_validate(*index, h, data);
+            check.nodes(index->level0_, n);
+            std::vector<char> upper(L.upper_bytes);
+            src.read(L.upper_offset, upper.size(), upper.data());
+            check.upper(upper.data());
+            if (L.sq8) {
+                const std::size_t rbytes = 2 * L.dim * sizeof(float);
+                std::vector<char> ranges(rbytes);
+                src.read(L.quant_offset, rbytes, ranges.data());
+                check.ranges(ranges.data());
+                const std::size_t cbytes = n * L.code_stride;
+                if (cbytes > 0) {
+                    src.read(L.quant_offset + rbytes, cbytes, reinterpret_cast<char*>(index->codes_));
+                    check.bytes(reinterpret_cast<const char*>(index->codes_), cbytes);
+                }
+                std::vector<char> pad(L.quant_bytes - rbytes - cbytes);
+                src.read(L.quant_offset + rbytes + cbytes, pad.size(), pad.data());
+                check.bytes(pad.data(), pad.size());
+                std::memcpy(index->qmin_.data(), ranges.data(), L.dim * sizeof(float));
+                std::memcpy(index->qscale_.data(), ranges.data() + L.dim * sizeof(float),
+                            L.dim * sizeof(float));
+                for (std::size_t d = 0; d < L.dim; ++d)
+                    index->qweight_[d] = index->qscale_[d] * index->qscale_[d];
+            }
+            check.finish();
+            adopt_upper(*index, L, upper.data());
         } catch (...) {
             // The mapping is the caller's again until read() returns.
             if (index->mapping_ != nullptr) {
@@ -237,39 +554,28 @@ public:
             }
             throw;
         }
+        index->ef_.store(h.ef);
+        index->trained_ = h.trained != 0;
+        index->count_.store(n);
+        index->num_deleted_.store(h.num_deleted);
+        index->next_label_.store(h.next_label);
+        index->set_entry(h.entry_point, static_cast<int>(h.max_level));
+        index->rebuild_label_map();
         return index;
     }
 
 private:
-    static void read_upper_and_validate(HNSW& target, const Header& h, const char* data) {
-        HNSW* index = &target;
-        const std::size_t n = h.count;
-        const char* up = data + h.upper_offset;
-        const char* up_end = up + h.upper_bytes;
-        std::memcpy(index->levels_.data(), up, n);
-        const char* cursor = up + round_up(n, 8);
-        for (node_id id = 0; id < n; ++id) {
-            const std::size_t bytes = upper_block_bytes(*index, id);
+    // Levels and upper link lists from a validated upper section.
+    static void adopt_upper(HNSW& index, const Layout& L, const char* up) {
+        std::memcpy(index.levels_.data(), up, L.n);
+        std::size_t offset = round_up(L.n, 8);
+        for (node_id id = 0; id < L.n; ++id) {
+            const std::size_t bytes = upper_block_bytes(index, id);
             if (bytes == 0) continue;
-            if (cursor + bytes > up_end) corrupt("upper levels run past the end of the file");
-            index->upper_[id].reset(new std::uint32_t[bytes / sizeof(std::uint32_t)]);
-            std::memcpy(index->upper_[id].get(), cursor, bytes);
-            cursor += bytes;
+            index.upper_[id].reset(new std::uint32_t[bytes / sizeof(std::uint32_t)]);
+            std::memcpy(index.upper_[id].get(), up + offset, bytes);
+            offset += bytes;
         }
-        if (index->quant_ == Quantization::SQ8) {
-            const char* qp = data + h.quant_offset;
-            const std::size_t dbytes = index->dim_ * sizeof(float);
-            std::memcpy(index->qmin_.data(), qp, dbytes);
-            std::memcpy(index->qscale_.data(), qp + dbytes, dbytes);
-            for (std::size_t d = 0; d < index->dim_; ++d) {
-                if (!std::isfinite(index->qmin_[d]) || !(index->qscale_[d] > 0.f) ||
-                    !std::isfinite(index->qscale_[d]))
-                    if (index->trained_) corrupt("invalid quantiser ranges");
-                index->qweight_[d] = index->qscale_[d] * index->qscale_[d];
-            }
-            std::memcpy(index->codes_, qp + 2 * dbytes, n * index->code_stride_);
-        }
-        index->rebuild_label_map_and_validate();
     }
 
     static std::size_t quant_section_bytes(const HNSW& index, std::size_t n) {
@@ -306,74 +612,87 @@ private:
     }
 };
 
-// Structural checks after load: every link in range and at a level its target
-// has, link counts within M, unique labels, consistent deletion count.
-void HNSW::rebuild_label_map_and_validate() {
+// The label map and the list of deleted slots, from validated nodes.
+void HNSW::rebuild_label_map() {
     const std::size_t n = count_.load();
-    const int max_level = entry().level;
-    std::size_t deleted = 0;
     label_map_.clear();
     label_map_.reserve(n);
     deleted_slots_.clear();
-    int highest = -1;
     for (node_id id = 0; id < n; ++id) {
-        const int level = levels_[id];
-        if (level > max_level) corrupt("a node's level exceeds the maximum level");
-        highest = std::max(highest, level);
-        for (int lc = 0; lc <= level; ++lc) {
-            const std::uint32_t* links = links_at(id, lc);
-            const std::size_t c = link_count(links);
-            if (c > (lc == 0 ? M0_ : M_)) corrupt("a link list is longer than M allows");
-            for (std::size_t j = 1; j <= c; ++j)
-                if (links[j] >= n || levels_[links[j]] < lc) corrupt("a link points outside the graph");
-        }
-        if (flags(id) & ~kDeletedFlag) corrupt("unknown node flags");
-        if (deleted_at(id)) {
-            ++deleted;
-            deleted_slots_.push_back(id);
-        }
+        if (deleted_at(id)) deleted_slots_.push_back(id);
         if (!label_map_.emplace(label_at(id), id).second) corrupt("duplicate labels");
     }
-    if (deleted != num_deleted_.load()) corrupt("deleted count does not match the nodes");
-    if (highest != max_level) corrupt("maximum level does not match the nodes");
-    if (n > 0 && levels_[entry().node] != max_level)
-        corrupt("entry point is not on the top level");
 }
 
 std::string HNSW::serialize() const {
-    std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+    Busy busy(this);
     std::string out;
-    Serializer::write(*this, [&](const void* p, std::size_t n) {
-        out.append(static_cast<const char*>(p), n);
-    });
+    {
+        std::unique_lock<std::shared_mutex> wlock(write_mutex_);
+        std::shared_lock<std::shared_mutex> slock(storage_mutex_);
+        Serializer::write(*this, [&](const void* p, std::size_t n) {
+            out.append(static_cast<const char*>(p), n);
+        });
+    }
+    try {
+        verify_image(MemorySource(out.data()), out.size());
+    } catch (const CorruptIndexError& e) {
+        throw std::runtime_error(std::string("the index's snapshot failed its own check (") +
+                                 e.what() + "); please report this");
+    }
     return out;
 }
 
 void HNSW::save(const std::string& path) const {
-    std::unique_lock<std::shared_mutex> lock(storage_mutex_);
-    const std::string tmp = path + ".tmp" + std::to_string(::getpid());
-    FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (f == nullptr) {
-        const int err = errno;
-        throw FileError("cannot create " + tmp + ": " + std::strerror(err), err, tmp);
-    }
+    Busy busy(this);
+    std::string tmp;
+    int fd = -1;
     int err = 0;
-    Serializer::write(*this, [&](const void* p, std::size_t n) {
-        if (err == 0 && n > 0 && std::fwrite(p, 1, n, f) != n) err = errno ? errno : EIO;
-    });
-    if (err == 0 && std::fflush(f) != 0) err = errno;
-    if (err == 0 && ::fsync(fileno(f)) != 0) err = errno;
-    if (std::fclose(f) != 0 && err == 0) err = errno;
-    if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
-    if (err != 0) {
-        std::remove(tmp.c_str());  // the previous file at `path` is untouched
+    std::uint64_t size = 0;
+    {
+        // A snapshot: no change runs while it is written; searches go on.
+        std::unique_lock<std::shared_mutex> wlock(write_mutex_);
+        std::shared_lock<std::shared_mutex> slock(storage_mutex_);
+        fd = create_temp(path, tmp);
+        Serializer::write(*this, [&](const void* p, std::size_t n) {
+            write_all(fd, p, n, err);
+            size += n;
+        });
+    }
+    if (err == 0 && ::fsync(fd) != 0) err = errno;
+    std::string invalid;
+    if (err == 0) {
+        // Read back what reached the file, and check it as load() would.
+        try {
+            verify_image(FileSource(fd, tmp), size);
+        } catch (const CorruptIndexError& e) {
+            invalid = e.what();
+        } catch (const FileError& e) {
+            err = e.error_number ? e.error_number : EIO;
+        }
+    }
+    if (::close(fd) != 0 && err == 0) err = errno;
+    if (err == 0 && invalid.empty() && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+    if (err != 0 || !invalid.empty()) {
+        ::unlink(tmp.c_str());  // the previous file at `path` is untouched
+        if (!invalid.empty())
+            throw std::runtime_error("not saved: the written file failed its check (" + invalid +
+                                     "); " + path + " is unchanged");
         throw FileError("cannot write " + path + ": " + std::strerror(err), err, path);
+    }
+    // Make the rename itself durable.
+    const std::size_t slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
     }
 }
 
 std::unique_ptr<HNSW> HNSW::deserialize(const char* data, std::size_t size,
                                         std::size_t max_elements) {
-    return Serializer::read(data, size, max_elements, nullptr, 0);
+    return Serializer::read(MemorySource(data), size, max_elements, nullptr, 0);
 }
 
 std::unique_ptr<HNSW> HNSW::load(const std::string& path, bool mmap, std::size_t max_elements) {
@@ -382,27 +701,31 @@ std::unique_ptr<HNSW> HNSW::load(const std::string& path, bool mmap, std::size_t
         const int err = errno;
         throw FileError("cannot open " + path + ": " + std::strerror(err), err, path);
     }
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         const int err = errno ? errno : EINVAL;
-        ::close(fd);
         throw FileError("not a regular file: " + path, err, path);
     }
-    const std::size_t size = static_cast<std::size_t>(st.st_size);
-    if (size < kHeaderBytes) {
-        ::close(fd);
-        corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header (" + path + ")");
-    }
+    const std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+    if (size < kHeaderBytes)
+        corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header (" + path +
+                ")");
+    if (!mmap) return Serializer::read(FileSource(fd, path), size, max_elements, nullptr, 0);
     // MAP_PRIVATE: pages stay shared with the page cache until written, and a
-    // write (an add after load) never reaches the file.
+    // write (a delete after load) never reaches the file. The file must not be
+    // changed by others while mapped (evidex itself only ever renames over it).
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    const int map_err = errno;
-    ::close(fd);
-    if (base == MAP_FAILED)
-        throw FileError("cannot map " + path + ": " + std::strerror(map_err), map_err, path);
+    if (base == MAP_FAILED) {
+        const int err = errno;
+        throw FileError("cannot map " + path + ": " + std::strerror(err), err, path);
+    }
     try {
-        auto index = Serializer::read(static_cast<const char*>(base), size, max_elements,
-                                      mmap ? base : nullptr, size);
+        auto index = Serializer::read(MemorySource(static_cast<const char*>(base)), size,
+                                      max_elements, base, size);
         if (!index->is_mapped()) ::munmap(base, size);
         return index;
     } catch (...) {

@@ -19,6 +19,7 @@ from ._arrays import (
 )
 
 SPACES = ("l2", "ip", "cosine")
+_MAX_EF = 2**31 - 1
 _NO_LABEL = np.uint64(np.iinfo(np.uint64).max)
 
 Filter = Union[None, Callable[[int], bool], np.ndarray, "list[int]"]
@@ -190,10 +191,10 @@ class HNSWIndex:
 
     def __contains__(self, id: int) -> bool:
         try:
-            label = as_labels(id, 1)[0]
-        except (TypeError, ValueError):
+            label = int(as_labels(id, 1)[0])
+            return not self._core.is_deleted(label)
+        except (TypeError, ValueError, KeyError):
             return False
-        return self._core.contains(int(label)) and not self._core.is_deleted(int(label))
 
     def __repr__(self) -> str:
         return (
@@ -224,24 +225,16 @@ class HNSWIndex:
             The ids of the added vectors (int64).
         """
         data, _ = as_float_matrix(vectors, self.dim, "vectors")
-        n = data.shape[0]
-        if ids is None:
-            start = int(self._core.next_label)
-            labels = np.arange(start, start + n, dtype=np.uint64)
-        else:
-            labels = as_labels(ids, n)
-            if n and int(labels.max()) >= 2**63:
-                raise ValueError("ids must be below 2**63")
         threads = check_threads(num_threads)
-        if n == 0:
-            return labels.astype(np.int64)
-        reusable = self._core.deleted_count if replace_deleted else 0
-        needed = self._core.element_count + max(0, n - reusable)
-        if needed > self._core.capacity or self._core.is_mapped:
-            self._core.resize(max(needed, 2 * self._core.capacity, 1024))
-        if not self._core.trained:
-            self._core.train(data)
-        self._core.add(data, labels, threads, bool(replace_deleted))
+        # Growth, training an SQ8 index on its first batch and automatic ids all
+        # happen inside the core, under its locks: concurrent adds never collide.
+        if ids is None:
+            start = self._core.add_auto(data, threads, bool(replace_deleted), True)
+            return np.arange(start, start + data.shape[0], dtype=np.int64)
+        labels = as_labels(ids, data.shape[0])
+        if labels.size and int(labels.max()) >= 2**63:
+            raise ValueError(f"ids must be below 2**63, got {int(labels.max())}")
+        self._core.add(data, labels, threads, bool(replace_deleted), False, True)
         return labels.astype(np.int64)
 
     def resize(self, max_elements: int) -> None:
@@ -288,6 +281,8 @@ class HNSWIndex:
             ef = check_positive_int(ef, "ef")
         elif ef < 1:
             raise ValueError(f"ef must be at least 1, got {ef}")
+        if ef > _MAX_EF:  # the core clamps to the element count anyway
+            ef = _MAX_EF
         if type(num_threads) is not int:
             num_threads = check_threads(num_threads)
         if not (
@@ -304,38 +299,22 @@ class HNSWIndex:
     def delete(self, ids: Any) -> None:
         """Mark ids deleted: they leave results but keep their slot (see ``replace_deleted``).
 
-        Raises KeyError for an id that is not in the index, ValueError for one that
-        is already deleted; nothing is deleted then.
+        All or nothing: raises KeyError for an id that is not in the index, ValueError
+        for one that is already deleted or listed twice, and then deletes none.
         """
-        labels = as_labels(ids, None)
-        self._check_known(labels)
-        for label in labels.tolist():
-            if self._core.is_deleted(label):
-                raise ValueError(f"id {label} is already deleted")
-        for label in labels.tolist():
-            self._core.mark_deleted(label)
+        self._core.mark_deleted(as_labels(ids, None))
 
     def undelete(self, ids: Any) -> None:
-        """Bring deleted ids back into the results."""
-        labels = as_labels(ids, None)
-        self._check_known(labels)
-        for label in labels.tolist():
-            if not self._core.is_deleted(label):
-                raise ValueError(f"id {label} is not deleted")
-        for label in labels.tolist():
-            self._core.unmark_deleted(label)
-
-    def _check_known(self, labels: np.ndarray) -> None:
-        for label in labels.tolist():
-            if not self._core.contains(label):
-                raise KeyError(f"id {label} is not in the index")
+        """Bring deleted ids back into the results (all or nothing, as ``delete``)."""
+        self._core.unmark_deleted(as_labels(ids, None))
 
     # ------------------------------------------------------------ access
     def get_vectors(self, ids: Any) -> np.ndarray:
-        """Stored vectors ``[n, dim]`` (normalised for ``cosine``); deleted ids included."""
-        labels = as_labels(ids, None)
-        self._check_known(labels)
-        return self._core.get_vectors(labels)
+        """Stored vectors ``[n, dim]`` (normalised for ``cosine``); deleted ids included.
+
+        Raises KeyError for an id that is not in the index.
+        """
+        return self._core.get_vectors(as_labels(ids, None))
 
     def ids(self, include_deleted: bool = False) -> np.ndarray:
         """Ids in insertion order (int64)."""

@@ -25,4 +25,10 @@ struct LabelNotFound : std::out_of_range {
     using std::out_of_range::out_of_range;
 };
 
+// A method of an index called from inside a callback (a search filter) that runs
+// while the same index is locked by this thread. Python: RuntimeError.
+struct ReentrantCall : std::logic_error {
+    using std::logic_error::logic_error;
+};
+
 }  // namespace evidex

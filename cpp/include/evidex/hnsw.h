@@ -39,6 +39,11 @@ using node_id = std::uint32_t;  // internal slot number
 
 // Labels returned where fewer than k results exist (a restrictive filter).
 constexpr label_t kNoLabel = ~label_t{0};
+// Labels are below 2^63, so that they read as non-negative int64 everywhere.
+constexpr label_t kLabelLimit = label_t{1} << 63;
+// The largest beam width (ef, ef_construction) accepted; searches clamp it to the
+// number of elements anyway.
+constexpr std::size_t kMaxEf = 0x7fffffff;
 
 // Decides whether a node may appear in the results. Implementations must be
 // safe to call from several threads unless the caller searches with one.
@@ -48,16 +53,20 @@ public:
     virtual bool allowed(node_id id, label_t label) const = 0;
 };
 
-// Allow-list over internal ids, built from labels.
+// Allow-list over internal ids, built from labels. Ids past the end (slots added
+// after it was built) are not allowed.
 class BitsetFilter final : public SearchFilter {
 public:
-    explicit BitsetFilter(std::size_t capacity) : words_((capacity + 63) / 64, 0) {}
-    void allow(node_id id) { words_[id >> 6] |= std::uint64_t{1} << (id & 63); }
+    explicit BitsetFilter(std::size_t capacity) : size_(capacity), words_((capacity + 63) / 64, 0) {}
+    void allow(node_id id) {
+        if (id < size_) words_[id >> 6] |= std::uint64_t{1} << (id & 63);
+    }
     bool allowed(node_id id, label_t) const override {
-        return (words_[id >> 6] >> (id & 63)) & 1u;
+        return id < size_ && ((words_[id >> 6] >> (id & 63)) & 1u);
     }
 
 private:
+    std::size_t size_;
     std::vector<std::uint64_t> words_;
 };
 
@@ -72,6 +81,22 @@ struct IndexStats {
     std::uint64_t last_search_queries = 0;
 };
 
+// Thread safety. Every public method may be called from any thread, concurrently
+// with every other. Locks, always taken in this order (outer first), never the
+// other way round:
+//   1. write_mutex_     shared by every change of contents (add, delete, undelete,
+//                       train, resize); exclusive for a snapshot (save, serialize),
+//                       which therefore never sees half a change. Searches skip it.
+//   2. storage_mutex_   shared by everything that reads or writes per-slot storage;
+//                       exclusive where storage moves (resize, growth, train).
+//   3. label_op_locks_  one stripe, serialising work on one label
+//   4. label_mutex_     label map, deleted slots, deletion flags, slot allocation
+//   5. global_mutex_    entry point and top level
+//   6. link_locks_[i]   one node's link lists, one node at a time
+//   leaves: rng_mutex_, kernel_sets_mutex_, the visited pool's mutex.
+// A filter callback runs while its search holds storage_mutex_ shared: calling
+// any locking method of the same index from it raises ReentrantCall instead of
+// deadlocking.
 class HNSW {
 public:
     HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
@@ -84,14 +109,27 @@ public:
     // Insert or update `n` vectors (row-major, dim floats each). An existing label
     // is updated in place. With replace_deleted, new labels reuse deleted slots.
     // forbid_update_deleted mirrors hnswlib's rule when replacement is enabled.
+    // With grow, capacity doubles as needed (and an untrained SQ8 index trains on
+    // this batch); without, a full index throws hnswlib's "exceeds the specified
+    // limit". Labels must be below kLabelLimit (checked before anything changes).
     void add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads,
-             bool replace_deleted, bool forbid_update_deleted = false);
+             bool replace_deleted, bool forbid_update_deleted = false, bool grow = false);
+    // add() with labels next_label(), next_label() + 1, ...: reserved atomically, so
+    // concurrent calls never hand out one label twice. Returns the first.
+    label_t add_auto(const float* data, std::size_t n, std::size_t num_threads,
+                     bool replace_deleted, bool grow);
 
     // k nearest neighbours of each of `nq` queries; rows padded with kNoLabel / +inf
     // when fewer than k elements pass the filter.
+    // ef is clamped to [k, number of elements]: a larger beam finds nothing more.
     void search(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
                 const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
                 float* out_distances) const;
+    // search() over the elements whose labels are listed (the allow-list is resolved
+    // under the same lock as the search, so slots added meanwhile cannot leak in).
+    void search_allowed(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                        const label_t* allowed, std::size_t n_allowed, std::size_t num_threads,
+                        label_t* out_labels, float* out_distances) const;
 
     // SQ8: learn each dimension's range from `n` sample vectors (normalised first
     // for cosine). Must precede the first add; values outside the range clamp.
@@ -99,17 +137,20 @@ public:
     bool trained() const { return quant_ == Quantization::None || trained_; }
     Quantization quantization() const { return quant_; }
 
-    void mark_deleted(label_t label);
-    void unmark_deleted(label_t label);
+    // Delete (or undelete) `n` labels, all or none: an unknown label throws
+    // LabelNotFound, one already deleted (not deleted) or listed twice throws
+    // std::invalid_argument, and then nothing has changed.
+    void mark_deleted(const label_t* labels, std::size_t n);
+    void unmark_deleted(const label_t* labels, std::size_t n);
+    void mark_deleted(label_t label) { mark_deleted(&label, 1); }
+    void unmark_deleted(label_t label) { unmark_deleted(&label, 1); }
     bool is_deleted(label_t label) const;
     bool contains(label_t label) const;
     void resize(std::size_t new_max_elements);
 
-    // Copy the stored vector (normalised for cosine) of `label` into out[dim].
-    void get_vector(label_t label, float* out) const;
+    // Copy the stored vectors (normalised for cosine) of `n` labels into out[n, dim].
+    void get_vectors(const label_t* labels, std::size_t n, float* out) const;
     std::vector<label_t> labels(bool include_deleted) const;
-    // Internal ids of the given labels, for building a BitsetFilter.
-    std::unique_ptr<BitsetFilter> make_filter(const label_t* labels, std::size_t n) const;
 
     std::size_t dim() const { return dim_; }
     Space space() const { return space_; }
@@ -123,7 +164,7 @@ public:
     std::uint64_t seed() const { return seed_; }
     // Default beam width of search, stored in saved files.
     std::size_t ef() const { return ef_.load(); }
-    void set_ef(std::size_t ef) { ef_.store(ef); }
+    void set_ef(std::size_t ef);  // in [1, kMaxEf]
     bool is_mapped() const { return mapping_ != nullptr; }
     // Search tuning (not saved: it belongs to the machine): how many neighbours'
     // data to prefetch ahead, and how many cache lines of each; 0 picks by size.
@@ -141,8 +182,10 @@ public:
     // Level 0 as the kernel ABI sees it, for this index's metric and SIMD level.
     evx_graph_view graph_view(const DistanceKernels& k) const;
 
-    // Persistence: a versioned, checksummed file written to a temporary file and
-    // renamed into place, so a failed write never destroys the previous file.
+    // Persistence: a versioned, checksummed snapshot written to a fresh temporary
+    // file, read back and validated as load() would, then renamed into place: a
+    // failed or unloadable write never replaces the previous file. Searches go on
+    // meanwhile; changes wait. serialize() validates the image it returns alike.
     void save(const std::string& path) const;
     std::string serialize() const;
     static std::unique_ptr<HNSW> load(const std::string& path, bool mmap,
@@ -188,8 +231,25 @@ private:
     }
 
     int random_level();
+    // Thrown by add_one when a new slot is needed and growth is allowed: nothing
+    // was changed, the caller grows the storage and retries.
+    struct NeedCapacity {};
     void add_one(const float* vector, label_t label, bool replace_deleted,
-                 bool forbid_update_deleted, std::vector<float>& scratch);
+                 bool forbid_update_deleted, bool grow, std::vector<float>& scratch);
+    void train_locked(const float* data, std::size_t n);
+    void add_locked(const float* data, std::size_t n, const label_t* labels,
+                    std::size_t num_threads, bool replace_deleted, bool forbid_update_deleted,
+                    bool grow);
+    void bump_next_label(label_t next);
+    void search_locked(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                       const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
+                       float* out_distances) const;
+    // The beam width of an insert: ef_construction, but never wider than the graph.
+    std::size_t construction_ef() const {
+        return std::max<std::size_t>(1, std::min(ef_construction_, count_.load()));
+    }
+    void set_deleted(const label_t* labels, std::size_t n, bool deleted);
+    std::unique_ptr<BitsetFilter> make_filter(const label_t* labels, std::size_t n) const;
     void insert_new(node_id id, int level, const float* v);
     void relink_existing(node_id id, const float* v);
     node_id greedy_descend(const DistanceKernels& k, const float* q, node_id ep, int from_level,
@@ -234,7 +294,17 @@ private:
     void allocate(std::size_t capacity);
     void allocate_slots(std::size_t capacity);
     void release_storage();
-    void rebuild_label_map_and_validate();
+    void rebuild_label_map();
+    // Marks, for its scope, that this thread holds locks of the index: a second
+    // Busy of the same index on the same thread (a filter callback calling back
+    // into it) throws ReentrantCall instead of deadlocking.
+    class Busy {
+    public:
+        explicit Busy(const HNSW* index);
+        ~Busy();
+        Busy(const Busy&) = delete;
+        Busy& operator=(const Busy&) = delete;
+    };
 
     // parameters
     std::size_t dim_;
@@ -309,7 +379,8 @@ private:
     std::mt19937_64 level_rng_;
     std::mt19937_64 update_rng_;
 
-    // Shared by add/search/get; exclusive for resize (which moves storage).
+    // See the lock order above the class.
+    mutable std::shared_mutex write_mutex_;
     mutable std::shared_mutex storage_mutex_;
     mutable VisitedPool visited_pool_;
     mutable std::atomic<std::uint64_t> last_distance_computations_{0};

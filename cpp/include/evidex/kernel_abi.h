@@ -4,7 +4,12 @@
  *
  *     uint32_t evidex_kernel_abi_version(void);   returns EVIDEX_KERNEL_ABI_VERSION
  *
- * and any of the three slots below under these names:
+ * declares the CPU features its code needs (GCC's -m names; "" for the x86-64
+ * baseline) in a section the loader reads before running any of its code:
+ *
+ *     EVIDEX_KERNEL_CPU_FEATURES("avx2 fma bmi2")
+ *
+ * and exports any of the three slots below under these names:
  *
  *     evidex_search             level-0 beam search           (evx_search_fn)
  *     evidex_select_neighbors   neighbour selection on insert (evx_select_fn)
@@ -18,7 +23,8 @@
  * A kernel may keep caches derived from the graph (quantised codes, say) if it
  * keys them on the view's `nodes` and `version` and frees them when unloaded.
  *
- * Bump EVIDEX_KERNEL_ABI_VERSION on any change to these structs or signatures.
+ * Bump EVIDEX_KERNEL_ABI_VERSION on any change to these structs or signatures
+ * (4: the CPU feature declaration became required).
  */
 #ifndef EVIDEX_KERNEL_ABI_H
 #define EVIDEX_KERNEL_ABI_H
@@ -30,7 +36,14 @@
 extern "C" {
 #endif
 
-#define EVIDEX_KERNEL_ABI_VERSION 3u
+#define EVIDEX_KERNEL_ABI_VERSION 4u
+
+/* A library needing features the CPU lacks is refused with their names, never
+ * loaded to die on an illegal instruction. Declarations add up (a library may
+ * hold several); evidex.crinn builds add one for the flags they compile with. */
+#define EVIDEX_KERNEL_CPU_FEATURES(list)                                       \
+    __attribute__((used, section(".evidex_cpu"))) static const char          \
+        evidex_kernel_cpu_features_[] = list
 
 /* Distance between two stored-layout vectors of `dim` floats: squared L2, or
  * 1 - dot for inner product and cosine (vectors stored normalised). */

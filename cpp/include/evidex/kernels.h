@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "evidex/kernel_abi.h"
 
@@ -22,9 +23,13 @@ struct KernelSet {
 const KernelSet& builtin_kernels();
 
 // Slots found in the library at `path` replace those of `base`; the others stay.
-// Throws std::runtime_error if it cannot be loaded, has no or another ABI version,
-// or exports none of the slots.
+// Throws std::runtime_error if it declares CPU features this machine lacks (or
+// none at all), cannot be loaded, has no or another ABI version, or exports none
+// of the slots. The CPU check reads the file and runs none of its code.
 std::shared_ptr<KernelSet> load_kernel_library(const std::string& path,
                                                      const KernelSet& base);
+
+// The CPU features a library declares (its .evidex_cpu section), without loading it.
+std::vector<std::string> kernel_library_cpu_features(const std::string& path);
 
 }  // namespace evidex

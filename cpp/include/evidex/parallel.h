@@ -6,14 +6,17 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 namespace evidex {
 
+// Threads for `work_items` items: `requested` (0: one per core), never more than
+// the items, nor more than four per core (beyond that a thread only costs).
 inline std::size_t resolve_threads(std::size_t requested, std::size_t work_items) {
-    std::size_t n = requested;
-    if (n == 0) n = std::max<unsigned>(1u, std::thread::hardware_concurrency());
+    const std::size_t cores = std::max<unsigned>(1u, std::thread::hardware_concurrency());
+    std::size_t n = requested == 0 ? cores : std::min(requested, std::max<std::size_t>(64, 4 * cores));
     return std::max<std::size_t>(1, std::min(n, work_items));
 }
 
@@ -40,11 +43,24 @@ void parallel_for(std::size_t n, std::size_t num_threads, Fn&& fn) {
             }
         }
     };
-    std::vector<std::thread> pool;
-    pool.reserve(threads - 1);
-    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+    // Joins whatever was started, also when starting a thread fails part-way: a
+    // joinable std::thread destroyed unjoined would terminate the process.
+    struct Pool {
+        std::vector<std::thread> threads;
+        ~Pool() {
+            for (auto& t : threads)
+                if (t.joinable()) t.join();
+        }
+    } pool;
+    for (std::size_t t = 1; t < threads; ++t) {
+        try {
+            pool.threads.emplace_back(worker);
+        } catch (const std::system_error&) {
+            break;  // the system gives no more threads: the ones we have do the work
+        }
+    }
     worker();
-    for (auto& th : pool) th.join();
+    for (auto& th : pool.threads) th.join();
     if (error) std::rethrow_exception(error);
 }
 

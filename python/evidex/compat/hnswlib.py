@@ -195,12 +195,16 @@ class Index:
             self._core.mark_deleted(int(label))
         except KeyError:
             raise RuntimeError("Label not found") from None
+        except ValueError:
+            raise RuntimeError("The requested to delete element is already deleted") from None
 
     def unmark_deleted(self, label: int) -> None:
         try:
             self._core.unmark_deleted(int(label))
         except KeyError:
             raise RuntimeError("Label not found") from None
+        except ValueError:
+            raise RuntimeError("The requested to undelete element is not deleted") from None
 
     def resize_index(self, new_size: int) -> None:
         self._core.resize(int(new_size))

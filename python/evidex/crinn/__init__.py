@@ -2,8 +2,9 @@
 
 Proposers write candidate C++ kernels for a slot of the kernel ABI (search,
 construction, refinement; ``evidex/include/evidex/kernel_abi.h``); each is built
-with CMake in a fresh folder, benchmarked in a sandboxed worker process, scored by
-the area under its QPS-recall curve, and kept in an archive. Finalists are
+with CMake and benchmarked in a namespace jail with a default-deny seccomp filter
+(``sandbox``), timed and checked by the loop itself, scored by the area under its
+QPS-recall curve, and kept in an archive. Finalists are
 re-measured interleaved with the built-in kernel; a winner that beats it is
 marked, and ``HNSWIndex.use_kernels(winner)`` serves queries with it.
 
@@ -15,7 +16,7 @@ marked, and ``HNSWIndex.use_kernels(winner)`` serves queries with it.
 from .archive import Archive, Candidate
 from .build import BuildResult, build_kernel
 from .loop import CrinnRun, Settings
-from .sandbox import Limits, LocalPool, Pool, WorkerResult, run_worker
+from .sandbox import Limits, LocalPool, Pool, Protection, Worker, WorkerFailed, protection
 from .templates import (
     SLOTS,
     SPACE,
@@ -37,12 +38,14 @@ __all__ = [
     "LocalPool",
     "Pool",
     "Proposal",
+    "Protection",
     "Settings",
     "TemplateProposer",
-    "WorkerResult",
+    "Worker",
+    "WorkerFailed",
     "build_kernel",
     "builtin_config",
+    "protection",
     "reference_config",
     "render",
-    "run_worker",
 ]

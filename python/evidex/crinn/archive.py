@@ -18,11 +18,37 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of the archive, or None if there is none. Only a regular file
+    is read (never a FIFO or a device someone put in its place, which would block
+    or never end), and only up to MAX_JSON_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read as an archive file: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if st.st_size > MAX_JSON_BYTES:
+            raise ValueError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MiB")
+        raw = f.read(MAX_JSON_BYTES + 1)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -86,10 +112,10 @@ class Archive:
     def __iter__(self) -> Iterator[Candidate]:
         for meta in sorted((self.root / "candidates").glob("*/meta.json")):
             try:
-                data = json.loads(meta.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            yield Candidate(**data)
+                data = read_json(meta)
+                yield Candidate(**data)
+            except (ValueError, TypeError):
+                continue  # unreadable or not a candidate: skipped, as unfinished
 
     def candidates(self, slot: str | None = None) -> list[Candidate]:
         return [c for c in self if slot is None or c.slot == slot]
@@ -104,8 +130,8 @@ class Archive:
 
     # ------------------------------------------------------------ winners
     def winners(self) -> dict[str, dict[str, Any]]:
-        path = self.root / "winners.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        data = read_json(self.root / "winners.json")
+        return data if isinstance(data, dict) else {}
 
     def mark_winner(self, slot: str, candidate: Candidate, baseline_auc: float) -> None:
         winners = self.winners()
@@ -123,8 +149,8 @@ class Archive:
         return w["library"] if w else None
 
     def settings(self) -> dict[str, Any]:
-        path = self.root / "run.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        data = read_json(self.root / "run.json")
+        return data if isinstance(data, dict) else {}
 
     def save_settings(self, settings: dict[str, Any]) -> None:
         write_json(self.root / "run.json", settings)

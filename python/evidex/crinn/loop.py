@@ -1,4 +1,13 @@
-"""The CRINN loop: propose, build, screen in the sandbox, re-measure, keep winners."""
+"""The CRINN loop: propose, build, screen in the sandbox, re-measure, keep winners.
+
+Measurements (`CrinnRun.measure`) are the loop's, not the candidate's: a baseline
+worker and a candidate worker, each its own sandboxed process, receive the same
+batches of queries in turn (A B, then B A), every batch one neither has seen
+before in this measurement; the loop times each round trip itself, stops the
+idle worker meanwhile, and checks every answer (ids, exact distances, recall)
+against its own ground truth. A kernel that caches answers, forges output or
+patches clocks gains nothing from it.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +26,19 @@ import numpy as np
 
 from ..bruteforce import exact_knn
 from ..index import HNSWIndex
-from ..rewards.ann import qps_recall_auc
+from ..rewards.ann import qps_recall_auc, recall_at_k
 from .archive import Archive, Candidate, write_json
 from .build import build_kernel
-from .sandbox import Limits, LocalPool, Pool, run_worker
+from .sandbox import (
+    CORES,
+    Limits,
+    LocalPool,
+    Pool,
+    Protection,
+    Worker,
+    WorkerFailed,
+    require_protection,
+)
 from .templates import SLOTS, Proposal, TemplateProposer
 
 DEFAULT_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -28,7 +46,12 @@ DEFAULT_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 @dataclass
 class Settings:
-    """How candidates are measured (stored in run.json; a resumed run reuses it)."""
+    """How candidates are measured (stored in run.json; a resumed run reuses it).
+
+    A screening measurement sends ``len(efs) * screen_repeats`` batches of
+    ``screen_queries`` queries, a final one ``len(efs)`` batches of ``queries``,
+    each batch fresh: the run holds out enough queries for the larger of the two.
+    """
 
     k: int = 10
     efs: tuple[int, ...] = DEFAULT_EFS
@@ -37,9 +60,9 @@ class Settings:
     M: int = 16
     ef_construction: int = 100
     screen_size: int = 50_000
-    screen_queries: int = 500
-    queries: int = 1_000
-    screen_repeats: int = 5
+    screen_queries: int = 200
+    queries: int = 500
+    screen_repeats: int = 3
     final_repeats: int = 5
     finalists: int = 3
     recall_tolerance: float = 0.005
@@ -47,6 +70,15 @@ class Settings:
     build_threads: int = 2  # construction workers build their graphs with this many
     seccomp: bool = True
     limits: Limits = field(default_factory=Limits)
+
+    def pool_size(self, which: str) -> int:
+        if which == "screen":
+            return len(self.efs) * self.screen_repeats * self.screen_queries
+        return len(self.efs) * self.queries
+
+    @property
+    def held_out(self) -> int:
+        return max(self.pool_size("screen"), self.pool_size("full"))
 
 
 def machine_fingerprint() -> dict[str, str]:
@@ -58,9 +90,12 @@ def machine_fingerprint() -> dict[str, str]:
             )
     except OSError:
         pass
+    from .. import _core
+
     return {
         "machine": platform.machine(),
         "cpu": cpu,
+        "cpu_features": " ".join(_core.cpu_features()),
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
     }
@@ -73,6 +108,51 @@ def _fingerprint(a: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+class _Data:
+    """One side of a run's data as the loop holds it: base vectors (as stored by
+    the index), the query pool and its exact neighbours."""
+
+    def __init__(self, root: Path, which: str, space: str) -> None:
+        d = root / "data"
+        self.base = np.load(d / f"base_{which}.npy")
+        self.queries = np.load(d / f"queries_{which}.npy")
+        self.truth = np.load(d / f"gt_{which}.npy")
+        self.space = space
+        self.stored = self.base
+        self.unit_queries = self.queries
+        if space == "cosine":
+            self.stored = self.base / np.maximum(
+                np.linalg.norm(self.base, axis=1, keepdims=True), 1e-30
+            )
+            self.unit_queries = self.queries / np.maximum(
+                np.linalg.norm(self.queries, axis=1, keepdims=True), 1e-30
+            )
+
+    def check(self, ids: np.ndarray, dists: np.ndarray, rows: slice, ef: int) -> str:
+        """The loop's judgement of one answer: "" if it is sound."""
+        n = len(self.base)
+        if (ids < 0).any():
+            return f"wrong answers: fewer than k results at ef={ef}"
+        if (ids >= n).any():
+            return f"wrong answers: ids out of range at ef={ef}"
+        ordered = np.sort(ids, axis=1)
+        if (ordered[:, 1:] == ordered[:, :-1]).any():
+            return f"wrong answers: an id repeated in a result row at ef={ef}"
+        q = self.unit_queries[rows]
+        x = self.stored[ids]
+        if self.space == "l2":
+            exact = ((x - q[:, None, :]) ** 2).sum(-1)
+        else:
+            exact = 1.0 - np.einsum("qkd,qd->qk", x, q)
+        if not np.allclose(dists, exact, rtol=1e-3, atol=1e-4):
+            return f"wrong answers: distances differ from the exact ones at ef={ef}"
+        return ""
+
+
+class MeasurementFailed(Exception):
+    """The candidate's worker failed; str() is the reason, in the loop's words."""
+
+
 class CrinnRun:
     """One run folder: its dataset files, settings, archive and measurements.
 
@@ -82,6 +162,9 @@ class CrinnRun:
             start a run; None to resume one.
         settings: measurement settings for a new run.
         pool: where sandboxed workers run (default: one at a time, here).
+        allow_weak_sandbox: accept model-written candidates where the system cannot
+            jail them fully (no user namespaces or no seccomp); off by default, and
+            the run says at start what is missing.
     """
 
     def __init__(
@@ -91,6 +174,7 @@ class CrinnRun:
         settings: Settings | None = None,
         pool: Pool | None = None,
         seed: int = 0,
+        allow_weak_sandbox: bool = False,
     ) -> None:
         self.archive = Archive(out)
         self.root = self.archive.root
@@ -108,26 +192,33 @@ class CrinnRun:
             self.settings = settings or Settings()
             self._prepare(np.asarray(data, np.float32), seed)
         self.baselines: dict[tuple[str, str], dict[str, Any]] = {}
+        self._data: dict[str, _Data] = {}
+        self.allow_weak = allow_weak_sandbox
+        self.protection: Protection = require_protection(False, allow_weak_sandbox)
 
     # ------------------------------------------------------------ data
     def _prepare(self, data: np.ndarray, seed: int) -> None:
         s = self.settings
-        if data.ndim != 2 or len(data) < s.queries + 100:
-            raise ValueError(f"data must be [n, d] with n > {s.queries + 100}, got {data.shape}")
+        held_out = s.held_out
+        if data.ndim != 2 or len(data) < held_out + 1000:
+            raise ValueError(
+                f"data must be [n, d] with n > {held_out + 1000} (the run holds out {held_out} "
+                f"queries), got {data.shape}"
+            )
         if not np.isfinite(data).all():
             raise ValueError("data contain NaN or infinity")
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(data))
-        queries = data[order[: s.queries]]
-        base = data[order[s.queries :]]
+        pool = data[order[:held_out]]
+        base = data[order[held_out:]]
         screen = base[: min(s.screen_size, len(base))]
         d = self.root / "data"
         d.mkdir(exist_ok=True)
         files = {
             "base_full": base,
             "base_screen": screen,
-            "queries_full": queries,
-            "queries_screen": queries[: s.screen_queries],
+            "queries_full": pool[: s.pool_size("full")],
+            "queries_screen": pool[: s.pool_size("screen")],
         }
         for name, arr in files.items():
             np.save(d / f"{name}.npy", np.ascontiguousarray(arr, np.float32))
@@ -147,34 +238,49 @@ class CrinnRun:
             }
         )
 
+    def data(self, which: str) -> _Data:
+        if which not in self._data:
+            self._data[which] = _Data(self.root, which, self.settings.space)
+        return self._data[which]
+
     def _index_file(self, which: str) -> Path:
-        """The graph the search and refinement slots run on, built with the
-        construction winner when there is one."""
+        """The graph the search and refinement slots run on. With a construction
+        winner it is built by that winner in a sandboxed worker, and only its
+        file image (validated on load) comes back: no candidate code ever runs
+        in the loop's process."""
         construction = self.archive.winner_library("construction")
         tag = "builtin" if construction is None else Path(construction).parent.name
         path = self.root / "data" / f"index_{which}_{tag}.evx"
-        if not path.exists():
-            s = self.settings
-            base = np.load(self.root / "data" / f"base_{which}.npy")
+        if path.exists():
+            return path
+        s = self.settings
+        base_file = self.root / "data" / f"base_{which}.npy"
+        if construction is None:
+            base = np.load(base_file)
             index = HNSWIndex(base.shape[1], s.space, M=s.M, ef_construction=s.ef_construction,
                               max_elements=len(base))  # fmt: skip
-            if construction is not None:
-                index.use_kernels(construction)
             index.add(base)
             index.save(path)
+            return path
+        setup = self._setup("construction", [construction], which)
+        files = [str(base_file), construction]
+        cpu = CORES.acquire()
+        try:
+            with Worker(setup, files, s.limits, sorted(os.sched_getaffinity(0))) as w:
+                w.start()
+                blob = w.export(max_bytes=1 << 34)
+        except WorkerFailed as e:
+            raise RuntimeError(f"the construction winner failed to build the graph: {e}") from e
+        finally:
+            CORES.release(cpu)
+        HNSWIndex.from_bytes(blob).save(path)  # validated as any file from a stranger
         return path
 
-    def spec(self, slot: str, libraries: Sequence[str], which: str, repeats: int) -> dict[str, Any]:
+    def _setup(self, slot: str, libraries: Sequence[str], which: str) -> dict[str, Any]:
         s = self.settings
-        d = self.root / "data"
-        spec = {
+        setup: dict[str, Any] = {
             "slot": slot,
             "libraries": [str(x) for x in libraries],
-            "queries": str(d / f"queries_{which}.npy"),
-            "ground_truth": str(d / f"gt_{which}.npy"),
-            "k": s.k,
-            "efs": list(s.efs),
-            "repeats": repeats,
             "space": s.space,
             "M": s.M,
             "ef_construction": s.ef_construction,
@@ -182,10 +288,99 @@ class CrinnRun:
             "build_threads": s.build_threads,
         }
         if slot == "construction":
-            spec["base"] = str(d / f"base_{which}.npy")
+            setup["base"] = str(self.root / "data" / f"base_{which}.npy")
         else:
-            spec["index"] = str(self._index_file(which))
-        return spec
+            setup["index"] = str(self._index_file(which))
+        return setup
+
+    def measure(
+        self,
+        slot: str,
+        candidate: Sequence[str] | None,
+        baseline: Sequence[str],
+        which: str,
+        repeats: int,
+    ) -> dict[str, Any]:
+        """QPS-recall curves of the baseline libraries and (optionally) the
+        candidate's, measured interleaved in two sandboxed workers on one core.
+
+        Returns ``{"baseline": curve, "candidate": curve}`` (no "candidate" key
+        without one). Raises MeasurementFailed with the loop's reason when the
+        candidate fails; RuntimeError when the baseline does.
+        """
+        s = self.settings
+        data = self.data(which)
+        batch = s.screen_queries if which == "screen" else s.queries
+        cpu = CORES.acquire()
+        build_cpus = sorted(os.sched_getaffinity(0)) if slot == "construction" else [cpu]
+        workers: dict[str, Worker] = {}
+        try:
+            sides = {"baseline": list(baseline)}
+            if candidate is not None:
+                sides["candidate"] = list(candidate)
+            for name, libs in sides.items():
+                setup = self._setup(slot, libs, which)
+                files = [setup.get("index") or setup["base"], *libs]
+                workers[name] = Worker(setup, files, s.limits, build_cpus)
+            for name, w in workers.items():
+                try:
+                    w.start()
+                except WorkerFailed as e:
+                    raise self._failure(name, str(e)) from None
+                if w.pin(cpu) > 1 and name == "candidate":
+                    raise MeasurementFailed("the kernel left threads running after the build")
+                w.pause()
+            return self._rounds(workers, data, batch, repeats)
+        finally:
+            for w in workers.values():
+                w.close()
+            CORES.release(cpu)
+
+    def _failure(self, side: str, reason: str) -> Exception:
+        if side == "candidate":
+            return MeasurementFailed(reason)
+        return RuntimeError(f"the built-in kernels failed in the sandbox: {reason}")
+
+    def _rounds(
+        self, workers: dict[str, Worker], data: _Data, batch: int, repeats: int
+    ) -> dict[str, Any]:
+        s = self.settings
+        names = list(workers)
+        curves: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        r = 0
+        for ef in s.efs:
+            best = dict.fromkeys(names, float("inf"))
+            found = {name: [] for name in names}
+            computed = dict.fromkeys(names, 0)
+            rows_used = []
+            for _ in range(repeats):
+                rows = slice(r * batch, (r + 1) * batch)
+                queries = data.queries[rows]
+                rows_used.append(rows)
+                order = names if r % 2 == 0 else names[::-1]  # A B, then B A
+                r += 1
+                for name in order:
+                    try:
+                        ids, dists, dc, seconds = workers[name].search(queries, s.k, ef)
+                    except WorkerFailed as e:
+                        raise self._failure(name, str(e)) from None
+                    problem = data.check(ids, dists, rows, ef)
+                    if problem:
+                        raise self._failure(name, problem)
+                    best[name] = min(best[name], seconds)
+                    found[name].append(ids)
+                    computed[name] += dc
+            truth = np.concatenate([data.truth[rows] for rows in rows_used])
+            for name in names:
+                curves[name].append(
+                    {
+                        "ef": ef,
+                        "recall": recall_at_k(np.concatenate(found[name]), truth, s.k),
+                        "qps": batch / best[name],
+                        "dist_per_query": computed[name] / (repeats * batch),
+                    }
+                )
+        return curves
 
     def other_winners(self, slot: str) -> list[str]:
         """Winners of the slots before `slot` (CRINN optimises them in order)."""
@@ -206,13 +401,10 @@ class CrinnRun:
         """The built-in kernel's screening curve (measured once per slot)."""
         key = (slot, "screen")
         if key not in self.baselines:
-            spec = self.spec(slot, self.other_winners(slot), "screen", self.settings.screen_repeats)
-            r = run_worker(spec, self.settings.limits)
-            if not r.ok:
-                raise RuntimeError(
-                    f"the built-in kernels failed in the sandbox: {r.reason}\n{r.stderr}"
-                )
-            self.baselines[key] = {"curve": r.result["curve"], "auc": self.auc(r.result["curve"])}
+            curves = self.measure(
+                slot, None, self.other_winners(slot), "screen", self.settings.screen_repeats
+            )
+            self.baselines[key] = {"curve": curves["baseline"], "auc": self.auc(curves["baseline"])}
         return self.baselines[key]
 
     def gate(self, curve: Sequence[dict[str, float]], baseline: Sequence[dict[str, float]]) -> str:
@@ -238,6 +430,13 @@ class CrinnRun:
             cand.reason = proposal.error
             self.archive.save(cand)
             return cand
+        if proposal.origin != "template" and not self.protection.complete and not self.allow_weak:
+            folder.mkdir(parents=True, exist_ok=True)
+            cand.reason = (
+                "refused: the sandbox is incomplete here (" + self.protection.describe() + ")"
+            )
+            self.archive.save(cand)
+            return cand
         built = build_kernel(
             proposal.source,
             folder,
@@ -246,38 +445,34 @@ class CrinnRun:
         )
         cand.build_seconds = built.seconds
         if not built.ok:
-            cand.reason = "compile error: " + _last_error(built.log)
+            cand.reason = built.reason
             self.archive.save(cand)
             return cand
         t0 = time.perf_counter()
         others = self.other_winners(proposal.slot)
-        spec = self.spec(proposal.slot, [*others, str(built.library)], "screen",
-                         self.settings.screen_repeats)  # fmt: skip
-        spec["compare_libraries"] = others  # the built-in measured alongside
         baseline = self.baseline(proposal.slot)
-        r = run_worker(spec, self.settings.limits)
-        cand.eval_seconds = time.perf_counter() - t0
-        if not r.ok:
-            cand.reason = r.reason
+        try:
+            curves = self.measure(proposal.slot, [*others, str(built.library)], others, "screen",
+                                  self.settings.screen_repeats)  # fmt: skip
+        except MeasurementFailed as e:
+            cand.reason = str(e)
         else:
-            cand.curve = r.result["curve"]
-            cand.reason = self.gate(cand.curve, baseline["curve"])
+            cand.curve = curves["candidate"]
+            cand.reason = self.gate(cand.curve, curves["baseline"])
             if not cand.reason:
-                cand.score = self.auc(cand.curve)
-                local = r.result.get("baseline_curve")
-                if local:
-                    # Scaled by the baseline measured in the same worker, so a
-                    # candidate is not lucky or unlucky with the machine's state.
-                    cand.score *= baseline["auc"] / max(self.auc(local), 1e-9)
+                # Scaled by the baseline measured alongside, so a candidate is not
+                # lucky or unlucky with the machine's state.
+                local = self.auc(curves["baseline"])
+                cand.score = self.auc(cand.curve) * baseline["auc"] / max(local, 1e-9)
                 cand.screen_score = cand.score
+        cand.eval_seconds = time.perf_counter() - t0
         self.archive.save(cand)
         return cand
 
     def remeasure(self, slot: str, candidates: Sequence[Candidate]) -> dict[str, Any]:
         """Finalists against the built-in kernel on the full set, ``final_repeats``
-        rounds. Each round runs every finalist in its own worker, measured A B A B
-        per ef against the built-in kernel in that same worker (for construction,
-        each builds its graph there); a finalist's final AUC is the median over
+        rounds. Each round measures every finalist in a pair of fresh workers
+        against the built-in kernel; a finalist's final AUC is the median over
         rounds of its AUC ratio to the built-in's, times the built-in's median AUC."""
         s = self.settings
         others = self.other_winners(slot)
@@ -291,17 +486,16 @@ class CrinnRun:
             for c in candidates:
                 if c.id in failed:
                     continue
-                spec = self.spec(slot, [*others, lib[c.id]], "full", 1)
-                spec["compare_libraries"] = others
-                r = run_worker(spec, s.limits)
-                if not r.ok:
-                    failed[c.id] = r.reason
+                try:
+                    result = self.measure(slot, [*others, lib[c.id]], others, "full", 1)
+                except MeasurementFailed as e:
+                    failed[c.id] = str(e)
                     continue
-                curves[c.id] = r.result["curve"]
-                local = self.auc(r.result["baseline_curve"])
+                curves[c.id] = result["candidate"]
+                local = self.auc(result["baseline"])
                 base_aucs.append(local)
-                base_curve = r.result["baseline_curve"]
-                ratios[c.id].append(self.auc(r.result["curve"]) / max(local, 1e-9))
+                base_curve = result["baseline"]
+                ratios[c.id].append(self.auc(result["candidate"]) / max(local, 1e-9))
         base_auc = statistics.median(base_aucs) if base_aucs else 0.0
         out: dict[str, Any] = {"builtin": {"auc": base_auc, "curve": base_curve}}
         for c in candidates:
@@ -335,6 +529,8 @@ class CrinnRun:
             raise ValueError(f"unknown kernel slot {slot!r}; expected one of {SLOTS}")
         dim = self.archive.settings()["dataset"]["dim"]
         proposers = list(proposers or [TemplateProposer(slot, dim=dim)])
+        if any(not isinstance(p, TemplateProposer) for p in proposers):
+            require_protection(True, self.allow_weak)  # model-written code: refuse if weak
         baseline = self.baseline(slot)
         done = len(self.archive.candidates(slot))
         bar = _bar(budget, done, progress, f"crinn {slot}")
@@ -411,11 +607,6 @@ def _bar(total: int, done: int, enabled: bool, desc: str) -> Any:
     if bar is not None and done:
         bar.update(min(done, total))
     return bar
-
-
-def _last_error(log: str) -> str:
-    lines = [line for line in log.splitlines() if "error" in line.lower()]
-    return (lines[0] if lines else (log.strip().splitlines() or ["unknown"])[-1])[:300]
 
 
 def _settings_dict(s: Settings) -> dict[str, Any]:

@@ -1,112 +1,99 @@
-"""The sandboxed benchmark of one candidate (run by evidex.crinn.sandbox).
+"""The sandboxed side of a CRINN measurement (started by evidex.crinn.sandbox in the
+jail). It is trusted only until the candidate loads; everything it says after
+that may be forged, so it reports results, never judgements: the loop times
+each request itself and checks every answer against its own ground truth.
 
-Reads a JSON spec on stdin, prints one JSON line: the QPS-recall curve, or
-``{"error": ...}`` for a wrong answer. Everything it needs is read before the
-seccomp filter goes on; the candidate library is loaded after.
+Protocol (frames of evidex.crinn.channel, stdin to stdout):
+
+1. ``setup`` {slot, libraries, index | base, space, M, ef_construction,
+   build_threads, seccomp}: load the graph (or the base vectors), install the
+   seccomp filter, load the kernel libraries, build the graph for the
+   construction slot; answer ``ready`` {n, dim}.
+2. ``search`` {k, ef, nq} + float32 queries: answer ``result`` {dist_count} +
+   int64 ids + float32 distances.
+3. ``export``: answer ``graph`` + the graph's file image (to build the search
+   slot's graph with a construction winner without loading it in the loop).
+End of input ends the worker.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
-import time
-
-
-def stage(name: str) -> None:
-    print(f"evidex-worker-stage: {name}", file=sys.stderr, flush=True)
 
 
 def main() -> int:
-    spec = json.loads(sys.stdin.read())
-    stage("starting")
-    import numpy as np
+    from evidex.crinn.channel import ChannelError, read_frame, write_frame
 
-    from evidex import _core, kernels
-    from evidex.crinn.sandbox import install_seccomp
-    from evidex.index import HNSWIndex
-    from evidex.rewards.ann import recall_at_k
+    stage = "starting"
+    try:
+        setup, _ = read_frame(0, max_payload=0)
+        stage = "loading"
+        import numpy as np
 
-    queries = np.load(spec["queries"])
-    truth = np.load(spec["ground_truth"])
-    k = int(spec["k"])
-    if spec["slot"] == "construction":
-        base = np.load(spec["base"])
-        index = None
-    else:
-        index = HNSWIndex.load(spec["index"])
-        base = None
-    sandboxed = install_seccomp() if spec.get("seccomp", True) else False
-    stage("loading the kernel library")
+        from evidex import _core, kernels
+        from evidex.crinn import seccomp
+        from evidex.index import HNSWIndex
 
-    def load(libraries: list[str]) -> object:
-        kernel_set = _core.builtin_kernel_set()
-        for library in libraries:
-            kernel_set = kernels.load_library(library, kernel_set)
-        return kernel_set
-
-    kernel_set = load(spec.get("libraries", []))
-    # The baseline measured in the same process, interleaved with the candidate
-    # (A B A B per ef): machine drift then cancels out of their ratio.
-    compare = spec.get("compare_libraries")
-    baseline_set = load(compare) if compare is not None else None
-    sets = {"curve": kernel_set}
-    if baseline_set is not None:
-        sets["baseline_curve"] = baseline_set
-    # Construction: each kernel set builds its own graph, searched with the
-    # built-in search; otherwise one graph, searched through each set in turn.
-    graphs: dict[str, HNSWIndex] = {}
-    build_seconds: dict[str, float] = {}
-    for name, ks in sets.items():
-        if index is None:
-            stage("building the index")
-            graph = HNSWIndex(
-                base.shape[1], spec["space"], M=spec["M"],
-                ef_construction=spec["ef_construction"], max_elements=len(base),
-            )  # fmt: skip
-            graph._core.set_kernel_set(ks)
-            t0 = time.perf_counter()
-            graph.add(base, num_threads=int(spec.get("build_threads", 1)))
-            build_seconds[name] = time.perf_counter() - t0
-            graphs[name] = graph
+        construction = setup["slot"] == "construction"
+        threads = max(1, int(setup.get("build_threads", 1)))
+        if construction:
+            base = np.load(setup["base"])
+            index = None
         else:
-            graphs[name] = index
-    n = len(graphs["curve"])
-    stage("searching")
-    curves: dict[str, list[dict[str, float]]] = {name: [] for name in sets}
-    for ef in spec["efs"]:
-        best = dict.fromkeys(sets, float("inf"))
-        found: dict[str, tuple[np.ndarray, int]] = {}
-        for _ in range(int(spec.get("repeats", 1))):
-            for name, ks in sets.items():
-                graph = graphs[name]
-                graph._core.set_kernel_set(ks)
-                t0 = time.perf_counter()
-                ids, _ = graph.search(queries, k, ef=ef, num_threads=1)
-                best[name] = min(best[name], time.perf_counter() - t0)
-                found[name] = (ids, graph.stats()["last_search_distance_computations"])
-        for name in sets:
-            ids, computed = found[name]
-            if (ids < 0).any():
-                print(json.dumps({"error": f"wrong answers: fewer than k results at ef={ef}"}))
-                return 0
-            if (ids >= n).any():
-                print(json.dumps({"error": f"ids out of range at ef={ef}"}))
-                return 0
-            rows = np.sort(ids, axis=1)
-            if (rows[:, 1:] == rows[:, :-1]).any():
-                print(json.dumps({"error": f"duplicate ids in a result row at ef={ef}"}))
-                return 0
-            curves[name].append(
-                {
-                    "ef": ef,
-                    "recall": recall_at_k(ids, truth, k),
-                    "qps": len(queries) / best[name],
-                    "dist_per_query": computed / len(queries),
-                }
-            )
-    result = {**curves, "build_seconds": build_seconds, "seccomp": sandboxed}
-    print(json.dumps(result))
-    return 0
+            index = HNSWIndex.load(setup["index"])
+        # The filter goes on before any candidate code runs (dlopen runs its
+        # constructors). Threads only where a construction kernel builds.
+        sandboxed = bool(setup.get("seccomp", True))
+        if sandboxed:
+            profile = "kernel-threads" if construction and threads > 1 else "kernel"
+            seccomp.install(profile, self_pid=os.getpid())
+        stage = "loading the kernel library"
+        kernel_set = _core.builtin_kernel_set()
+        for library in setup.get("libraries", []):
+            kernel_set = kernels.load_library(library, kernel_set)
+        if construction:
+            stage = "building the index"
+            index = HNSWIndex(
+                base.shape[1], setup["space"], M=int(setup["M"]),
+                ef_construction=int(setup["ef_construction"]), max_elements=len(base),
+            )  # fmt: skip
+            index._core.set_kernel_set(kernel_set)
+            index.add(base, num_threads=threads)
+            if sandboxed and threads > 1:
+                seccomp.install("kernel", self_pid=os.getpid())  # no more threads
+        else:
+            index._core.set_kernel_set(kernel_set)
+        write_frame(1, {"op": "ready", "n": len(index), "dim": index.dim})
+        stage = "searching"
+        while True:
+            try:
+                request, payload = read_frame(0, max_payload=1 << 31)
+            except ChannelError:
+                return 0  # the loop closed the channel
+            op = request.get("op")
+            if op == "search":
+                k, ef, nq = int(request["k"]), int(request["ef"]), int(request["nq"])
+                queries = np.frombuffer(payload, np.float32).reshape(nq, index.dim)
+                ids, dists = index.search(queries, k, ef=ef, num_threads=1)
+                computed = index._core.stats()["last_search_distance_computations"]
+                write_frame(
+                    1,
+                    {"op": "result", "dist_count": int(computed)},
+                    np.ascontiguousarray(ids, np.int64).tobytes()
+                    + np.ascontiguousarray(dists, np.float32).tobytes(),
+                )
+            elif op == "export":
+                write_frame(1, {"op": "graph"}, index.to_bytes())
+            else:
+                write_frame(1, {"op": "error", "stage": stage})
+                return 1
+    except Exception:  # noqa: BLE001 - reported as a stage; the loop words the reason
+        try:
+            write_frame(1, {"op": "error", "stage": stage})
+        except OSError:
+            pass
+        return 1
 
 
 if __name__ == "__main__":
