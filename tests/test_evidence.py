@@ -10,6 +10,7 @@ from evidex.evidence import (
     Box,
     Evidence,
     KeyFrame,
+    ParseResult,
     parse_evidence,
     render_evidence,
     unusable_crops,
@@ -135,3 +136,48 @@ def test_fuzz_never_raises() -> None:
         junk = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 200)))
         parse_evidence(junk)
         parse_evidence("<think>" + junk + "</think><evidence>" + junk + "</evidence>")
+
+
+# ------------------------------------------------------------------ hostile output
+def _deep_chat(depth: int) -> dict:
+    d: dict = {"content": "<think>x</think>"}
+    for _ in range(depth):
+        d = {"content": d}
+    return d
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        '<think>x</think><evidence>{"boxes": [[' + "9" * 400 + ", 1, 2, 3]]}</evidence>",
+        '<evidence>{"key_frames": [' + "9" * 400 + ', {"frame": 1e400}]}</evidence>',
+        '<evidence>{"boxes": [[' + "9" * 5000 + ", 1, 2, 3]]}</evidence>",
+        _deep_chat(100_000),
+        [{"role": "assistant", "content": _deep_chat(100_000)}],
+        "<evidence>{'boxes': [" + ",".join(["[1, 2, 3, 4]"] * 350_000) + "]}</evidence>",
+        "<evidence>{'k': [" + "1," * 10_000_000 + "]}",
+        '<evidence>{"boxes": ' + "[" * 100_000 + "]" * 100_000 + "}</evidence>",
+        "<think>" * 200_000,
+        '<evidence>{"boxes": [' + ",".join(['{"bbox_2d": [1, 2, "x", 4]}'] * 5000) + "]}",
+        [{"role": "assistant", "content": [{"text": 5}, {"text": "<think>a</think>"}]}],
+        {"content": 12},
+    ],
+    ids=[
+        "int-400-digits", "frame-overflow", "int-5000-digits", "deep-chat", "deep-message",
+        "4mb-literal", "20mb-literal", "nested-json", "unclosed-tags", "5000-bad-boxes",
+        "odd-parts", "not-text",
+    ],
+)  # fmt: skip
+def test_hostile_output_is_bounded_and_never_raises(completion) -> None:
+    result = parse_evidence(completion)
+    assert isinstance(result, ParseResult)
+    assert len(result.problems) <= 21  # at most 20, then one "... and N more"
+    assert all(len(p) < 400 for p in result.problems)
+    assert len(result.evidence.boxes) <= 256 and len(result.evidence.key_frames) <= 256
+
+
+def test_only_the_first_max_chars_are_read() -> None:
+    text = "<think>" + "a" * 200 + "</think><evidence>{}</evidence>"
+    result = parse_evidence(text, max_chars=100)
+    assert "the first 100 were read" in result.problems[0]
+    assert result.evidence.reasoning == "a" * 93

@@ -112,3 +112,106 @@ def test_torch_ids_and_filters(idx) -> None:
     idx.add(torch.zeros(2, 8), torch.tensor([1000, 1001]))
     ids, _ = idx.search(torch.zeros(8), k=2, filter=torch.tensor([1000, 1001]))
     assert sorted(ids.tolist()) == [1000, 1001]
+
+
+# ------------------------------------------------------------------ hostile input
+def test_automatic_ids_past_the_limit_raise_and_change_nothing() -> None:
+    index = evidex.HNSWIndex(4)
+    index.add(np.ones((1, 4)), [2**63 - 1])
+    with pytest.raises(OverflowError, match="2\\*\\*63"):
+        index.add(np.ones((2, 4)))
+    assert len(index) == 1
+    with pytest.raises(ValueError, match="below 2\\*\\*63"):
+        index.add(np.ones((1, 4)), [2**63])
+    with pytest.raises(ValueError, match="below 2\\*\\*63"):
+        index._core.add(np.ones((1, 4), np.float32), np.array([2**63], np.uint64))
+
+
+def test_a_batch_delete_is_all_or_nothing(idx) -> None:
+    for bad, error, match in [
+        ([5, 5], ValueError, "listed twice"),
+        ([5, 10**6], KeyError, "not in the index"),
+    ]:
+        with pytest.raises(error, match=match):
+            idx.delete(bad)
+        assert 5 in idx and len(idx) == 50
+    idx.delete([5])
+    with pytest.raises(ValueError, match="already deleted"):
+        idx.delete([6, 5])
+    assert 6 in idx
+    with pytest.raises(ValueError, match="not deleted"):
+        idx.undelete([5, 6])
+    assert 5 not in idx
+
+
+def test_vectors_whose_distances_would_overflow_are_refused(idx) -> None:
+    huge = np.full((1, 8), 1e19, np.float32)  # |x|^2 = 8e38 > FLT_MAX
+    with pytest.raises(ValueError, match="too large for float32 distances"):
+        idx.add(huge)
+    with pytest.raises(ValueError, match="too large for float32 distances"):
+        idx.search(huge[0], k=1)
+    assert len(idx) == 50
+    # Below the bound every distance is finite and real results come back.
+    index = evidex.HNSWIndex(8, "l2")
+    index.add(np.full((3, 8), 3e18, np.float32) * np.array([[1], [-1], [0.5]], np.float32))
+    ids, dist = index.search(np.zeros(8, np.float32), k=3)
+    assert (ids >= 0).all() and np.isfinite(dist).all()
+    # Cosine normalises first: any finite vector will do.
+    cos = evidex.HNSWIndex(8, "cosine")
+    cos.add(np.full((2, 8), 1e30, np.float32) * np.array([[1], [-1]], np.float32))
+    ids, dist = cos.search(np.full(8, 1e30, np.float32), k=2)
+    assert sorted(ids.tolist()) == [0, 1] and np.allclose(sorted(dist.tolist()), [0, 2], atol=1e-6)
+
+
+def test_beam_widths_are_bounded_and_clamped() -> None:
+    with pytest.raises(ValueError, match="ef_construction"):
+        evidex.HNSWIndex(8, ef_construction=2**64 - 1)
+    index = evidex.HNSWIndex(8)
+    index.add(np.random.default_rng(0).standard_normal((200, 8)))
+    ids, _ = index.search(np.zeros(8), k=5, ef=2**27)  # clamped to the 200 elements
+    assert (ids >= 0).all()
+    with pytest.raises(ValueError, match="ef must be"):
+        index.ef = 2**40
+
+
+def test_more_threads_than_the_system_gives_work_with_those_it_gets() -> None:
+    index = evidex.HNSWIndex(8)
+    index.add(np.random.default_rng(0).standard_normal((300, 8)), num_threads=10**6)
+    q = np.random.default_rng(1).standard_normal((500, 8))
+    ids, _ = index.search(q, k=3, num_threads=10**6)
+    assert ids.shape == (500, 3) and (ids >= 0).all()
+
+
+def test_a_filter_that_calls_back_into_its_index_raises_instead_of_deadlocking(idx) -> None:
+    for call in (
+        lambda: idx.add(np.ones((1, 8))),
+        lambda: idx.resize(10_000),
+        lambda: idx.save("/dev/null/x"),
+        lambda: idx.delete([1]),
+        lambda: idx.search(np.ones(8), k=1),
+    ):
+
+        def filter_(i: int, call=call) -> bool:
+            call()
+            return True
+
+        with pytest.raises(RuntimeError, match="must not call methods of the index"):
+            idx.search(np.ones(8), k=1, filter=filter_)
+    assert len(idx) == 50 and idx.search(np.ones(8), k=1)[0][0] >= 0
+    # Another index may be used from a filter.
+    other = evidex.HNSWIndex(8)
+    other.add(np.ones((2, 8)))
+    ids, _ = idx.search(
+        np.ones(8), k=1, filter=lambda i: len(other.search(np.ones(8), k=1)[0]) == 1
+    )
+    assert ids[0] >= 0
+
+
+def test_a_loaded_index_keeps_its_capacity_limit_without_allocating_it(tmp_path) -> None:
+    index = evidex.HNSWIndex(8, max_elements=100_000)
+    index.add(np.ones((3, 8)))
+    index.save(tmp_path / "a.evx")
+    loaded = evidex.HNSWIndex.load(tmp_path / "a.evx")
+    assert loaded.max_elements == 100_000
+    assert loaded.stats()["memory_bytes"] < 1 << 20  # not 100,000 slots
+    assert loaded.to_bytes() == index.to_bytes()

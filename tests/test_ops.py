@@ -491,3 +491,84 @@ def test_bad_input() -> None:
         O.select_keyframes(torch.zeros(5), 2, min_gap=0)
     with pytest.raises(ValueError, match="reduction"):
         O.generalized_box_iou_loss(torch.zeros(1, 4), torch.zeros(1, 4), reduction="max")
+
+
+# ------------------------------------------------------------------ hostile input
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_boxes_beyond_the_float_range_of_their_areas_stay_exact(dtype) -> None:
+    # (1e20)^2 overflows float32: the formula runs on scaled coordinates instead.
+    big = torch.tensor([[0, 0, 1e20, 1e20], [1e20, 1e20, 3e20, 2e20]], dtype=dtype)
+    same = torch.tensor([[0, 0, 1e20, 1e20], [0, 0, 1e20, 1e20]], dtype=dtype)
+    assert O.box_iou(big, same)[0].tolist() == [1.0, 1.0]
+    assert O.box_iou_pairs(big, same).tolist() == [1.0, 0.0]
+    np.testing.assert_allclose(O.generalized_box_iou_pairs(big, same), [1.0, -0.5], rtol=1e-6)
+    pred = big.clone().requires_grad_(True)
+    loss = O.generalized_box_iou_loss(pred, same, reduction="sum")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+    # Scale invariance: the same boxes at ordinary size give the same loss, and a
+    # gradient 1e20 times larger.
+    small = (big / 1e20).requires_grad_(True)
+    ref = O.generalized_box_iou_loss(small, same / 1e20, reduction="sum")
+    ref.backward()
+    np.testing.assert_allclose(loss.item(), ref.item(), rtol=1e-6)
+    np.testing.assert_allclose(pred.grad * 1e20, small.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: torch.ops.evidex.st_topk(torch.rand(2, 5), 2, 1.0, 77), "mode must be"),
+        (lambda: torch.ops.evidex.st_topk(torch.rand(2, 5), 2, 0.0, 0), "tau must be"),
+        (lambda: torch.ops.evidex.st_topk(torch.rand(2, 5), 9, 1.0, 0), "k must be"),
+        (lambda: torch.ops.evidex.st_topk(torch.rand(5), 1, 1.0, 0), "2-D"),
+        (lambda: torch.ops.evidex.st_slots(torch.rand(2, 5), 2, float("nan"), 0), "tau must be"),
+        (
+            lambda: torch.ops.evidex.st_topk_backward(
+                torch.rand(2, 5), torch.zeros(2, 1, dtype=torch.int64), torch.rand(2, 5), 0.0, 0,
+                False,
+            ),
+            "tau must be",
+        ),
+        (
+            lambda: torch.ops.evidex.box_iou_matrix(torch.rand(2, 6), torch.rand(2, 6), False),
+            r"\[N, 4\]",
+        ),
+        (
+            lambda: torch.ops.evidex.box_iou_pairs(torch.rand(2, 4), torch.rand(3, 4), True),
+            "as many rows",
+        ),
+        (
+            lambda: torch.ops.evidex.giou_pairs_backward(
+                torch.rand(2, 4), torch.rand(2, 4), torch.rand(3)
+            ),
+            r"grad must be \[N\]",
+        ),
+        (lambda: torch.ops.evidex.frame_scores(torch.rand(3, 0), torch.rand(2, 0)), "D >= 1"),
+        (lambda: torch.ops.evidex.select_keyframes(torch.rand(5), 0, 1), "k must be"),
+        (lambda: torch.ops.evidex.select_keyframes(torch.rand(5), 1, 0), "min_gap"),
+        (lambda: torch.ops.evidex.temporal_iou(torch.rand(2, 3), torch.rand(2, 2)), r"\[N, 2\]"),
+        (lambda: O.st_select(torch.rand(2, 0), torch.rand(2, 3, 0), 1), "D >= 1"),
+        (
+            lambda: evidex._core.ops.box_iou_matrix(
+                np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32), False, 0
+            ),
+            r"\[N, 4\]",
+        ),
+    ],
+    ids=[
+        "mode", "tau", "k", "rank", "slots-tau", "backward-tau", "box-shape", "pairs-rows",
+        "grad-shape", "frames-D0", "keyframes-k", "keyframes-gap", "intervals", "st_select-D0",
+        "core-box-shape",
+    ],
+)  # fmt: skip
+def test_raw_op_calls_get_the_same_checks(call, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_fake_implementations_check_too() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), pytest.raises(ValueError, match="mode must be"):
+        torch.ops.evidex.st_topk(torch.empty(2, 5), 2, 1.0, 5)

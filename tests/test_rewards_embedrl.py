@@ -145,7 +145,7 @@ def test_outcome_over_an_hnsw_index() -> None:
     emb = BagOfWordsEmbedder(dim=4096)  # wide enough that no two words collide here
     corpus = [f"document number {i} about topic{i % 50} and item{i}" for i in range(2000)]
     index = evidex.HNSWIndex(emb.dim, "cosine")
-    index.add(emb.encode(corpus), np.arange(2000) + 10)
+    index.add(emb.encode(corpus), np.arange(2000) + 10, num_threads=1)  # one graph every time
     q = emb.encode(["about topic7 and item7", "document number 1999 about topic49 and item1999"])
     base = emb.encode(corpus)
     exact_rank = [

@@ -191,7 +191,9 @@ def test_clara_example_keeps_its_encoders_frozen_and_trains_the_layers_above() -
         assert not any(p.requires_grad for p in head.encoder.parameters())
         assert not head.encoder.training  # a fixed feature extractor: no dropout noise
         assert head.project.training
-    question, docs, answer, _ = episodes(2, 0, 3, seed=0, task="language")[0]
+    # Records the tests ship (tests/data), not apt's lists, which a fresh machine lacks.
+    rows = [(r["package"], r["query"], r["positive"]) for r in debian_pairs()]
+    question, docs, answer, _ = episodes(2, 0, 3, seed=0, task="language", rows=rows)[0]
     out = model([question], [docs], [answer])
     out.loss.backward()
     assert all(p.grad is None for p in model.compressor.encoder.parameters())

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -17,6 +18,23 @@ namespace {
 
 template <class T>
 using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// Rows of `width` values: [n, width] exactly (a [2, 6] array is not 3 boxes).
+template <class T>
+std::size_t rows_of(const Arr<T>& a, std::size_t width, const char* what) {
+    if (a.ndim() != 2 || static_cast<std::size_t>(a.shape(1)) != width)
+        throw py::value_error(std::string(what) + " must be [N, " + std::to_string(width) +
+                              "], got " + std::to_string(a.ndim()) + " dimensions");
+    return static_cast<std::size_t>(a.shape(0));
+}
+
+void check_tau_mode(double tau, int mode) {
+    if (!(tau > 0) || !std::isfinite(tau))
+        throw py::value_error("tau must be positive and finite, got " + std::to_string(tau));
+    if (mode != 0 && mode != 1)
+        throw py::value_error("mode must be 0 (softmax) or 1 (successive), got " +
+                              std::to_string(mode));
+}
 
 template <class T>
 void require(const Arr<T>& a, std::size_t size, const char* what) {
@@ -60,6 +78,7 @@ void register_dtype(py::module_& m) {
     m.def("st_topk_backward_into", [](const Arr<T>& scores, const Arr<std::int64_t>& indices,
                                       const Arr<T>& grad, double tau, int mode, bool per_slot,
                                       py::array_t<T> out, std::size_t num_threads) {
+        check_tau_mode(tau, mode);
         if (scores.ndim() != 2 || indices.ndim() != 2) throw py::value_error("bad ranks");
         const std::size_t rows = scores.shape(0), n = scores.shape(1), k = indices.shape(1);
         require(indices, rows * k, "indices");
@@ -78,6 +97,7 @@ void register_dtype(py::module_& m) {
     m.def("st_topk_backward", [](const Arr<T>& scores, const Arr<std::int64_t>& indices,
                                  const Arr<T>& grad, double tau, int mode, bool per_slot,
                                  std::size_t num_threads) {
+        check_tau_mode(tau, mode);
         if (scores.ndim() != 2 || indices.ndim() != 2) throw py::value_error("bad ranks");
         const std::size_t rows = scores.shape(0), n = scores.shape(1), k = indices.shape(1);
         require(indices, rows * k, "indices");
@@ -97,9 +117,7 @@ void register_dtype(py::module_& m) {
     });
     m.def("box_iou_matrix", [](const Arr<T>& a, const Arr<T>& b, bool generalized,
                                std::size_t num_threads) {
-        const std::size_t na = a.size() / 4, nb = b.size() / 4;
-        require(a, na * 4, "boxes1");
-        require(b, nb * 4, "boxes2");
+        const std::size_t na = rows_of(a, 4, "boxes1"), nb = rows_of(b, 4, "boxes2");
         py::array_t<T> out({na, nb});
         auto* op = out.mutable_data();
         {
@@ -109,17 +127,15 @@ void register_dtype(py::module_& m) {
         return out;
     });
     m.def("box_iou_pairs", [](const Arr<T>& a, const Arr<T>& b, bool generalized) {
-        const std::size_t n = a.size() / 4;
-        require(a, n * 4, "boxes1");
-        require(b, n * 4, "boxes2");
+        const std::size_t n = rows_of(a, 4, "boxes1");
+        if (rows_of(b, 4, "boxes2") != n) throw py::value_error("boxes1 and boxes2 differ in N");
         py::array_t<T> out(n);
         ops::box_iou_pairs(a.data(), b.data(), n, generalized, out.mutable_data());
         return out;
     });
     m.def("giou_pairs_backward", [](const Arr<T>& a, const Arr<T>& b, const Arr<T>& g) {
-        const std::size_t n = a.size() / 4;
-        require(a, n * 4, "boxes1");
-        require(b, n * 4, "boxes2");
+        const std::size_t n = rows_of(a, 4, "boxes1");
+        if (rows_of(b, 4, "boxes2") != n) throw py::value_error("boxes1 and boxes2 differ in N");
         require(g, n, "grad");
         py::array_t<T> ga({n, std::size_t{4}}), gb({n, std::size_t{4}});
         ops::giou_pairs_backward(a.data(), b.data(), g.data(), n, ga.mutable_data(),
@@ -127,17 +143,16 @@ void register_dtype(py::module_& m) {
         return py::make_tuple(ga, gb);
     });
     m.def("temporal_iou_matrix", [](const Arr<T>& a, const Arr<T>& b) {
-        const std::size_t na = a.size() / 2, nb = b.size() / 2;
-        require(a, na * 2, "intervals1");
-        require(b, nb * 2, "intervals2");
+        const std::size_t na = rows_of(a, 2, "intervals1"), nb = rows_of(b, 2, "intervals2");
         py::array_t<T> out({na, nb});
         ops::temporal_iou_matrix(a.data(), na, b.data(), nb, out.mutable_data());
         return out;
     });
     m.def("frame_scores", [](const Arr<T>& frames, const Arr<T>& queries,
                              std::size_t num_threads) {
-        if (frames.ndim() != 2 || queries.ndim() != 2 || frames.shape(1) != queries.shape(1))
-            throw py::value_error("frame_scores needs frames [T, D] and queries [Q, D]");
+        if (frames.ndim() != 2 || queries.ndim() != 2 || frames.shape(1) != queries.shape(1) ||
+            frames.shape(1) < 1)
+            throw py::value_error("frame_scores needs frames [T, D] and queries [Q, D], D >= 1");
         const std::size_t nt = frames.shape(0), nq = queries.shape(0), d = frames.shape(1);
         py::array_t<T> out({nq, nt});
         auto* op = out.mutable_data();
@@ -148,6 +163,8 @@ void register_dtype(py::module_& m) {
         return out;
     });
     m.def("select_keyframes", [](const Arr<T>& scores, std::size_t k, std::size_t min_gap) {
+        if (scores.ndim() != 1) throw py::value_error("scores must be 1-D [T]");
+        if (k < 1 || min_gap < 1) throw py::value_error("k and min_gap must be at least 1");
         const std::size_t n = scores.size();
         std::vector<std::int64_t> picked(std::min(k, n));
         const std::size_t kept = ops::select_keyframes(scores.data(), n, k, min_gap, picked.data());

@@ -106,6 +106,7 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
         qweight_.assign(padded_dim_, 0.f);
     }
     allocate(max_elements);
+    max_elements_.store(max_elements);
 }
 
 HNSW::~HNSW() {
@@ -164,6 +165,7 @@ void HNSW::resize(std::size_t new_max_elements) {
     if (new_max_elements >= BeamPool::kMaxId)
         throw std::invalid_argument("max_elements must be below 2^31 - 1");
     allocate(new_max_elements);
+    max_elements_.store(new_max_elements);
     version_.store(next_graph_version(), std::memory_order_release);
 }
 
@@ -313,11 +315,17 @@ void HNSW::add_locked(const float* data, std::size_t n, const label_t* labels,
         for (std::size_t i = 0; i < n; ++i) remaining += done[i] == 0;
         const std::size_t needed = count_.load() + remaining;
         if (is_mapped() || needed > capacity_) {
-            const std::size_t limit = BeamPool::kMaxId - 1;
-            if (needed > limit)
-                throw std::runtime_error("an index holds at most " + std::to_string(limit) +
+            // Growing: up to any size; otherwise up to max_elements (add_one then
+            // fails the items past it with hnswlib's message).
+            const std::size_t hard = BeamPool::kMaxId - 1;
+            const std::size_t limit = grow ? hard : max_elements_.load();
+            if (grow && needed > hard)
+                throw std::runtime_error("an index holds at most " + std::to_string(hard) +
                                          " elements");
-            allocate(std::min(limit, std::max({needed, 2 * capacity_, std::size_t{1024}})));
+            const std::size_t target =
+                std::min(limit, std::max({needed, 2 * capacity_, std::size_t{1024}}));
+            allocate(std::max(target, count_.load()));
+            if (grow && capacity_ > max_elements_.load()) max_elements_.store(capacity_);
             version_.store(next_graph_version(), std::memory_order_release);
         }
     }
@@ -369,7 +377,7 @@ void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
             if (!reused) {
                 const std::size_t c = count_.load();
                 if (c >= capacity_) {
-                    if (grow) throw NeedCapacity{};
+                    if (grow || c < max_elements_.load()) throw NeedCapacity{};
                     throw std::runtime_error("The number of elements exceeds the specified limit");
                 }
                 id = static_cast<node_id>(c);
@@ -992,7 +1000,7 @@ IndexStats HNSW::stats() const {
     const std::size_t n = count_.load();
     s.deleted = num_deleted_.load();
     s.count = n - s.deleted;
-    s.capacity = capacity_;
+    s.capacity = max_elements_.load();
     s.max_level = entry().level;
     s.level_counts.assign(static_cast<std::size_t>(std::max(0, s.max_level) + 1), 0);
     std::size_t upper_bytes = 0;

@@ -527,12 +527,19 @@ void box_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb, bool
         by2[j] = b[4 * j + 3];
         barea[j] = box_area(b + 4 * j);
     }
+    // Boxes whose products would overflow take the scaled formula, pair by pair;
+    // the vectorised loops below never see them.
+    bool wide_b = false;
+    for (std::size_t j = 0; j < nb; ++j)
+        wide_b = wide_b || max_abs_coordinate(b + 4 * j) > overflow_limit<T>();
     parallel_for(na, threads_for(na * nb, num_threads), [&](std::size_t i) {
         const T* ai = a + 4 * i;
         const T area = box_area(ai);
         const T ax1 = ai[0], ay1 = ai[1], ax2 = ai[2], ay2 = ai[3];
         T* o = out + i * nb;
-        if (generalized) {
+        if (wide_b || max_abs_coordinate(ai) > overflow_limit<T>()) {
+            for (std::size_t j = 0; j < nb; ++j) o[j] = iou_pair(ai, b + 4 * j, generalized);
+        } else if (generalized) {
             for (std::size_t j = 0; j < nb; ++j)
                 o[j] = iou_xyxy(ax1, ay1, ax2, ay2, area, bx1[j], by1[j], bx2[j], by2[j],
                                 barea[j], true);

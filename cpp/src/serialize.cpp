@@ -458,7 +458,7 @@ public:
         h.ef_construction = index.ef_construction_;
         h.seed = index.seed_;
         h.ef = index.ef_.load();
-        h.capacity = index.capacity_;
+        h.capacity = index.max_elements_.load();
         h.count = n;
         h.num_deleted = index.num_deleted_.load();
         h.next_label = index.next_label_.load();
@@ -555,6 +555,8 @@ public:
             throw;
         }
         index->ef_.store(h.ef);
+        // The limit comes back; storage beyond the nodes is allocated when used.
+        index->max_elements_.store(std::max<std::size_t>(h.capacity, capacity));
         index->trained_ = h.trained != 0;
         index->count_.store(n);
         index->num_deleted_.store(h.num_deleted);

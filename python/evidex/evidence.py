@@ -20,6 +20,7 @@ import ast
 import json
 import math
 import re
+import reprlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -90,6 +91,12 @@ class ParseResult:
 
 # ----------------------------------------------------------------- parsing
 _TAG = r"<{0}>(.*?)(?:</{0}>|$)"
+MAX_CHARS = 100_000  # of a completion read; a reasoner's output is far shorter
+MAX_ITEMS = 256  # keywords, boxes and key frames each
+MAX_PROBLEMS = 20
+_LITERAL_CHARS = 20_000  # Python-literal fallback only below this (its parser is costly)
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 2, 40, 40, 4, 4
 
 
 def _tagged(text: str, tag: str, problems: list[str]) -> str | None:
@@ -131,6 +138,8 @@ def _loads_lenient(raw: str, problems: list[str]) -> Any:
             return json.loads(fixed)
         except (ValueError, RecursionError):
             pass
+        if len(fixed) > _LITERAL_CHARS:
+            continue
         py = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", fixed))
         py = re.sub(r"\bnull\b", "None", py)
         try:
@@ -146,17 +155,19 @@ def _loads_lenient(raw: str, problems: list[str]) -> Any:
 
 
 def _number(v: Any) -> float | None:
+    """A finite float, or None (also for integers beyond float's range)."""
     if isinstance(v, bool):
         return None
-    if isinstance(v, (int, float)):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, str):
-        try:
+    try:
+        if isinstance(v, (int, float)):
+            f = float(v)
+        elif isinstance(v, str) and len(v) <= 64:
             f = float(v.strip())
-        except ValueError:
+        else:
             return None
-        return f if math.isfinite(f) else None
-    return None
+    except (ValueError, OverflowError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _infer_scale(xyxy: tuple[float, ...], default: Scale) -> Scale:
@@ -181,11 +192,11 @@ def _parse_box(item: Any, default_image: str, default_scale: Scale, problems: li
     elif isinstance(item, (list, tuple)):
         coords = item
     if not isinstance(coords, (list, tuple)) or len(coords) != 4:
-        problems.append(f"box {item!r:.60} has no four coordinates")
+        problems.append(f"box {_short.repr(item)} has no four coordinates")
         return None
     xyxy = tuple(_number(c) for c in coords)
     if any(c is None for c in xyxy):
-        problems.append(f"box {item!r:.60} has a non-numeric coordinate")
+        problems.append(f"box {_short.repr(item)} has a non-numeric coordinate")
         return None
     if scale is not None and scale not in SCALES:
         problems.append(f"box scale {scale!r} is not one of {SCALES}")
@@ -198,7 +209,10 @@ def _parse_frame(item: Any, default_video: str, problems: list[str]) -> KeyFrame
         problems.append(f"key frame {item!r} is not a frame")
         return None
     if isinstance(item, int):
-        return KeyFrame(default_video, frame=item) if item >= 0 else None
+        if 0 <= item < 2**63:
+            return KeyFrame(default_video, frame=item)
+        problems.append(f"key frame {_short.repr(item)} is out of range")
+        return None
     if isinstance(item, float):
         return KeyFrame(default_video, time=item) if math.isfinite(item) and item >= 0 else None
     if isinstance(item, dict):
@@ -206,15 +220,15 @@ def _parse_frame(item: Any, default_video: str, problems: list[str]) -> KeyFrame
         frame = _number(item.get("frame", item.get("index", item.get("frame_index"))))
         time = _number(item.get("time", item.get("timestamp", item.get("seconds"))))
         if frame is None and time is None:
-            problems.append(f"key frame {item!r:.60} has neither a frame nor a time")
+            problems.append(f"key frame {_short.repr(item)} has neither a frame nor a time")
             return None
-        if (frame is not None and (frame < 0 or frame != int(frame))) or (
+        if (frame is not None and (frame < 0 or frame >= 2**63 or frame != int(frame))) or (
             time is not None and time < 0
         ):
-            problems.append(f"key frame {item!r:.60} is out of range")
+            problems.append(f"key frame {_short.repr(item)} is out of range")
             return None
         return KeyFrame(video, None if frame is None else int(frame), time)
-    problems.append(f"key frame {item!r:.60} is not a number or an object")
+    problems.append(f"key frame {_short.repr(item)} is not a number or an object")
     return None
 
 
@@ -222,7 +236,9 @@ def _as_list(v: Any, name: str, problems: list[str]) -> list:
     if v is None:
         return []
     if isinstance(v, (list, tuple)):
-        return list(v)
+        if len(v) > MAX_ITEMS:
+            problems.append(f"{name}: {len(v)} items, only the first {MAX_ITEMS} were read")
+        return list(v[:MAX_ITEMS])
     problems.append(f"{name} should be a list")
     return [v]
 
@@ -232,17 +248,41 @@ def parse_evidence(
     default_image: str = "query",
     default_video: str = "query",
     default_scale: Scale = "grid1000",
+    max_chars: int = MAX_CHARS,
 ) -> ParseResult:
     """Read a reasoner's output; never raises. Missing or malformed parts become problems.
 
     Accepts a string or a chat completion (a list of ``{"role", "content"}`` messages, whose
-    last assistant content is read).
+    last assistant content is read). Bounded for any input: only the first `max_chars`
+    characters are read, at most 256 keywords, boxes and key frames each, and at most
+    20 problems are listed; the work is linear in what is read.
     """
     problems: list[str] = []
+    try:
+        result = _parse(text, default_image, default_video, default_scale, max_chars, problems)
+    except Exception as e:  # noqa: BLE001 - the promise: model output never raises
+        result = ParseResult(Evidence(), problems + [f"unreadable completion ({type(e).__name__})"])
+    if len(result.problems) > MAX_PROBLEMS:
+        more = len(result.problems) - MAX_PROBLEMS
+        result.problems = result.problems[:MAX_PROBLEMS] + [f"... and {more} more problems"]
+    return result
+
+
+def _parse(
+    text: Any,
+    default_image: str,
+    default_video: str,
+    default_scale: Scale,
+    max_chars: int,
+    problems: list[str],
+) -> ParseResult:
     try:
         text = _completion_text(text)
     except (TypeError, ValueError) as e:
         return ParseResult(Evidence(), [str(e)])
+    if len(text) > max_chars:
+        problems.append(f"completion has {len(text)} characters; the first {max_chars} were read")
+        text = text[:max_chars]
     ev = Evidence()
     think = _tagged(text, "think", problems)
     if think is None:
@@ -268,7 +308,7 @@ def parse_evidence(
         if isinstance(kw, str) and kw.strip():
             ev.keywords.append(kw.strip())
         else:
-            problems.append(f"keyword {kw!r:.40} is not a non-empty string")
+            problems.append(f"keyword {_short.repr(kw)} is not a non-empty string")
     boxes = data.get("boxes", data.get("bboxes", data.get("bbox_2d")))
     if (
         isinstance(boxes, (list, tuple))
@@ -286,28 +326,41 @@ def parse_evidence(
         if kf is not None:
             ev.key_frames.append(kf)
     if answer is None and isinstance(data.get("answer"), (str, int, float)):
-        answer = str(data["answer"])
+        answer = str(data["answer"])[:max_chars]
     ev.answer = answer
     return ParseResult(ev, problems)
 
 
 def _completion_text(completion: Any) -> str:
-    """The text of a completion: a string, or TRL's conversational form."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict) and "content" in completion:
-        return _completion_text(completion["content"])
-    if isinstance(completion, (list, tuple)):
-        for message in reversed(completion):
-            if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
-                content = message.get("content", "")
-                if isinstance(content, list):  # multimodal content parts
-                    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-                return str(content)
-        raise ValueError("the completion holds no assistant message")
-    raise TypeError(
-        f"a completion must be a string or chat messages, got {type(completion).__name__}"
-    )
+    """The text of a completion: a string, or TRL's conversational form (read
+    without recursion, so no nesting depth can exhaust the stack)."""
+    for _ in range(16):
+        if isinstance(completion, str):
+            return completion
+        if isinstance(completion, dict) and "content" in completion:
+            completion = completion["content"]
+            continue
+        if isinstance(completion, (list, tuple)):
+            for message in reversed(completion):
+                if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
+                    content = message.get("content", "")
+                    if isinstance(content, list):  # multimodal content parts
+                        return "".join(
+                            p.get("text", "")
+                            for p in content
+                            if isinstance(p, dict) and isinstance(p.get("text", ""), str)
+                        )
+                    if isinstance(content, str):
+                        return content
+                    completion = content
+                    break
+            else:
+                raise ValueError("the completion holds no assistant message")
+            continue
+        raise TypeError(
+            f"a completion must be a string or chat messages, got {type(completion).__name__}"
+        )
+    raise ValueError("the completion is nested too deeply")
 
 
 # ----------------------------------------------------------------- rendering

@@ -156,7 +156,11 @@ public:
     Space space() const { return space_; }
     std::size_t M() const { return M_; }
     std::size_t ef_construction() const { return ef_construction_; }
-    std::size_t capacity() const { return capacity_; }
+    // max_elements: the limit hnswlib users know (an add past it fails unless the
+    // add may grow). Storage is allocated up to it as needed: a loaded file
+    // restores its limit without allocating it.
+    std::size_t capacity() const { return max_elements_.load(); }
+    std::size_t allocated() const { return capacity_; }
     std::size_t element_count() const { return count_.load(); }  // including deleted
     std::size_t deleted_count() const { return num_deleted_.load(); }
     std::size_t live_count() const { return element_count() - deleted_count(); }
@@ -323,7 +327,8 @@ private:
     std::uint8_t* codes_ = nullptr;
 
     // storage
-    std::size_t capacity_ = 0;
+    std::size_t capacity_ = 0;  // slots allocated
+    std::atomic<std::size_t> max_elements_{0};
     char* level0_ = nullptr;
     void* mapping_ = nullptr;  // when level0_ points into a private file mapping
     std::size_t mapping_bytes_ = 0;

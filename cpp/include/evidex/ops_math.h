@@ -60,16 +60,50 @@ EVIDEX_HD T iou_xyxy(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, 
     return iou - ratio_or_zero(enclose - uni, enclose);
 }
 
+// Coordinates past this make the formula's products overflow T (float32 areas
+// of boxes near 1e20 are inf, and inf / inf is NaN).
+template <class T>
+EVIDEX_HD T overflow_limit() {
+    return sizeof(T) == sizeof(float) ? T(1e18f) : T(1e150);
+}
+
+template <class T>
+EVIDEX_HD T max_abs_coordinate(const T* b) {
+    T m = T(0);
+    for (int i = 0; i < 4; ++i) m = max_(m, b[i] < T(0) ? -b[i] : b[i]);
+    return m;
+}
+
+// The scale that brings two boxes' coordinates into [-1, 1], or 0 when they are
+// small enough for the plain formula. IoU and GIoU are ratios of areas, so they
+// are the same on scaled boxes (and their gradients scale by it).
+template <class T>
+EVIDEX_HD T overflow_scale(const T* a, const T* b) {
+    const T m = max_(max_abs_coordinate(a), max_abs_coordinate(b));
+    return m > overflow_limit<T>() ? T(1) / m : T(0);
+}
+
+template <class T>
+EVIDEX_HD T iou_pair(const T* a, const T* b, bool generalized) {
+    const T s = overflow_scale(a, b);
+    if (s > T(0)) {
+        const T sa[4] = {a[0] * s, a[1] * s, a[2] * s, a[3] * s};
+        const T sb[4] = {b[0] * s, b[1] * s, b[2] * s, b[3] * s};
+        return iou_xyxy(sa[0], sa[1], sa[2], sa[3], box_area(sa), sb[0], sb[1], sb[2], sb[3],
+                        box_area(sb), generalized);
+    }
+    return iou_xyxy(a[0], a[1], a[2], a[3], box_area(a), b[0], b[1], b[2], b[3], box_area(b),
+                    generalized);
+}
+
 template <class T>
 EVIDEX_HD T box_iou(const T* a, const T* b) {
-    return iou_xyxy(a[0], a[1], a[2], a[3], box_area(a), b[0], b[1], b[2], b[3], box_area(b),
-                    false);
+    return iou_pair(a, b, false);
 }
 
 template <class T>
 EVIDEX_HD T generalized_box_iou(const T* a, const T* b) {
-    return iou_xyxy(a[0], a[1], a[2], a[3], box_area(a), b[0], b[1], b[2], b[3], box_area(b),
-                    true);
+    return iou_pair(a, b, true);
 }
 
 // expf(x) for x <= 0 (a softmax after max subtraction): Cody-Waite range
@@ -106,7 +140,7 @@ EVIDEX_HD float exp_nonpositive(float x) {
 // Follows the same piecewise branches as the forward (subgradient 0 at ties and
 // on clamped sides), so it matches autograd of the plain-torch composition.
 template <class T>
-EVIDEX_HD void generalized_box_iou_backward(const T* a, const T* b, T g, T* ga, T* gb) {
+EVIDEX_HD void giou_backward_unscaled(const T* a, const T* b, T g, T* ga, T* gb) {
     // Forward pieces.
     const T wa = a[2] - a[0], ha = a[3] - a[1], wb = b[2] - b[0], hb = b[3] - b[1];
     const bool wa_pos = wa > T(0), ha_pos = ha > T(0), wb_pos = wb > T(0), hb_pos = hb > T(0);
@@ -170,6 +204,23 @@ EVIDEX_HD void generalized_box_iou_backward(const T* a, const T* b, T g, T* ga, 
         (cy2_a ? ga[3] : gb[3]) += g_ch;
         (cy1_a ? ga[1] : gb[1]) -= g_ch;
     }
+}
+
+template <class T>
+EVIDEX_HD void generalized_box_iou_backward(const T* a, const T* b, T g, T* ga, T* gb) {
+    const T s = overflow_scale(a, b);
+    if (s > T(0)) {
+        const T sa[4] = {a[0] * s, a[1] * s, a[2] * s, a[3] * s};
+        const T sb[4] = {b[0] * s, b[1] * s, b[2] * s, b[3] * s};
+        T da[4] = {T(0), T(0), T(0), T(0)}, db[4] = {T(0), T(0), T(0), T(0)};
+        giou_backward_unscaled(sa, sb, g, da, db);
+        for (int i = 0; i < 4; ++i) {
+            ga[i] += da[i] * s;  // d f(s x) / dx = s f'(s x), and f(s x) = f(x)
+            gb[i] += db[i] * s;
+        }
+        return;
+    }
+    giou_backward_unscaled(a, b, g, ga, gb);
 }
 
 // IoU of two frame intervals [start, end] (inclusive ends count as length end-start).

@@ -140,10 +140,16 @@ def st_select(
     query and the documents. Returns ``(selected, weights, indices)``."""
     q, _ = _float_tensor(query, "query")
     d, _ = _float_tensor(docs, "docs")
-    if q.dim() != 2 or d.dim() != 3 or q.shape[0] != d.shape[0] or q.shape[1] != d.shape[2]:
+    if (
+        q.dim() != 2
+        or d.dim() != 3
+        or q.shape[0] != d.shape[0]
+        or q.shape[1] != d.shape[2]
+        or q.shape[1] < 1
+    ):
         raise ValueError(
-            f"st_select needs query [B, D] and docs [B, N, D], got {tuple(q.shape)} and "
-            f"{tuple(d.shape)}"
+            f"st_select needs query [B, D] and docs [B, N, D] with D >= 1, got "
+            f"{tuple(q.shape)} and {tuple(d.shape)}"
         )
     if q.dtype != d.dtype:
         raise TypeError(f"query and docs must share a dtype, got {q.dtype} and {d.dtype}")

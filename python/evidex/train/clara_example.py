@@ -59,7 +59,14 @@ def language_of(package: str) -> str | None:
     return None
 
 
-def episodes(n: int, offset: int, candidates: int, seed: int, task: str = "package"):
+def episodes(
+    n: int,
+    offset: int,
+    candidates: int,
+    seed: int,
+    task: str = "package",
+    rows: list[tuple[str, str, str]] | None = None,
+):
     """(question, candidate documents, answer, gold position) tuples.
 
     ``package``: the synopsis asks, the answer is the package name, documents are
@@ -69,11 +76,13 @@ def episodes(n: int, offset: int, candidates: int, seed: int, task: str = "packa
     language's name masked asks (the selector reads it; the generator does not), the
     answer is the language the package is for (from Debian's naming rules), documents
     are bare descriptions, distractors are packages for other languages: the answer is
-    in the right document and in no other.
+    in the right document and in no other. `rows`: (package, synopsis, description)
+    records, by default every Debian package of apt's lists.
     """
-    from ..datasets import debian_records
+    if rows is None:
+        from ..datasets import debian_records
 
-    rows = debian_records(max_chars=600, seed=seed)
+        rows = debian_records(max_chars=600, seed=seed)
     if task == "language":
         rows = [r for r in rows if language_of(r[0])]
     rng = random.Random(seed + offset)
