@@ -102,7 +102,7 @@ def tiny_vlm_dir(tmp_path_factory) -> str:
     import tinycoder
     import torch
 
-    from evidex.train.rar_example import build_captioner
+    from evidex.examples.rar import build_captioner
     from evidex.train.rl import load_causal_lm
 
     _, tok = load_causal_lm(

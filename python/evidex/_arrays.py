@@ -1,4 +1,4 @@
-"""Input conversion shared by the index and the compat layer.
+"""Input conversion shared by the index, the compat layer and the embedders.
 
 Arrays arrive as numpy arrays, torch tensors (any device, with or without grad)
 or nested sequences. They leave as C-contiguous float32 / uint64 numpy arrays,
@@ -8,6 +8,7 @@ copied only when the input is not already in that form.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,14 @@ def check_threads(num_threads: Any) -> int:
     if num_threads < -1:
         raise ValueError(f"num_threads must be -1, 0 (all cores) or positive, got {num_threads}")
     return max(0, int(num_threads))
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list, or a TypeError naming what is not a string."""
+    if isinstance(texts, str):
+        raise TypeError("expected a sequence of strings, not one string")
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"expected strings, got {type(t).__name__}")
+    return texts

@@ -22,7 +22,7 @@ class VectorDataset:
 
     def recall(self, found: np.ndarray, k: int = 10) -> float:
         """Mean recall@k of `found` ([nq, >=k] row indices) against the ground truth."""
-        from .rewards.ann import recall_at_k
+        from .metrics import recall_at_k
 
         return recall_at_k(found, self.neighbors, k)
 

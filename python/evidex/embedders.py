@@ -11,9 +11,20 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from ._arrays import check_texts
+from ._progress import progress_bar
+
+__all__ = [
+    "TextEmbedder",
+    "TransformersEmbedder",
+    "check_texts",
+    "minilm_path",
+    "progress_bar",
+]
 
 
 @runtime_checkable
@@ -60,7 +71,7 @@ class TransformersEmbedder:
         cache_size: int = 100_000,
         device: str = "cpu",
     ) -> None:
-        from .train.embedder import Embedder
+        from .embedding_model import Embedder
 
         self.embedder = Embedder.from_pretrained(
             path, pooling=pooling, max_length=max_length, device=device
@@ -117,25 +128,3 @@ class TransformersEmbedder:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return out
-
-
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """`texts` as a list, or a TypeError naming what is not a string."""
-    if isinstance(texts, str):
-        raise TypeError("expected a sequence of strings, not one string")
-    texts = list(texts)
-    for t in texts:
-        if not isinstance(t, str):
-            raise TypeError(f"expected strings, got {type(t).__name__}")
-    return texts
-
-
-def progress_bar(total: int, enabled: bool, desc: str, unit: str = "text") -> Any:
-    """A tqdm bar, or None when disabled, empty or tqdm is missing."""
-    if not enabled or total == 0:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit=unit)

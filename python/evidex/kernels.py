@@ -15,16 +15,24 @@ an index (they belong to the machine): load them again after ``HNSWIndex.load``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import _core
-from .rewards.ann import recall_at_k
+from .bruteforce import exact_knn
+from .metrics import recall_at_k
 
-if TYPE_CHECKING:
-    from .index import HNSWIndex
+
+class _Vectors(Protocol):
+    """What the self-test reads of an index (HNSWIndex has it)."""
+
+    def __len__(self) -> int: ...
+    def ids(self) -> np.ndarray: ...
+    def get_vectors(self, ids: Any) -> np.ndarray: ...
+
 
 ABI_VERSION: int = _core.KERNEL_ABI_VERSION
 SLOTS = ("search", "construction", "refinement")
@@ -36,10 +44,9 @@ class KernelSelfTestError(ValueError):
 
 def abi_header() -> Path:
     """Path of ``kernel_abi.h``; its folder's parent goes on a candidate's include path."""
-    import evidex
-
     here = Path(__file__).resolve().parent
-    candidates = [Path(p) / "include" / "evidex" / "kernel_abi.h" for p in evidex.__path__]
+    package = sys.modules[__name__.rpartition(".")[0]]  # evidex, already imported
+    candidates = [Path(p) / "include" / "evidex" / "kernel_abi.h" for p in package.__path__]
     # A source checkout (editable install): the header beside the C++ core.
     candidates.append(here.parents[1] / "cpp" / "include" / "evidex" / "kernel_abi.h")
     for path in candidates:
@@ -72,7 +79,7 @@ def load_library(path: str | os.PathLike[str], base: Any = None) -> Any:
     )
 
 
-def _probe_data(index: HNSWIndex | None, dim: int, n: int, seed: int) -> np.ndarray:
+def _probe_data(index: _Vectors | None, dim: int, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if index is not None and len(index) >= n:
         ids = rng.choice(index.ids(), size=n, replace=False)
@@ -89,7 +96,7 @@ def self_test(
     space: str = "l2",
     M: int = 16,
     ef_construction: int = 100,
-    index: HNSWIndex | None = None,
+    index: _Vectors | None = None,
     probe_size: int = 1000,
     queries: int = 100,
     k: int = 10,
@@ -113,9 +120,6 @@ def self_test(
     Raises:
         KernelSelfTestError: naming the first failed check.
     """
-    from .bruteforce import exact_knn
-    from .index import HNSWIndex
-
     data = _probe_data(index, dim, probe_size, seed)
     rng = np.random.default_rng(seed + 1)
     picks = rng.choice(len(data), size=min(queries, len(data)), replace=False)
@@ -123,22 +127,26 @@ def self_test(
     q = q * float(np.std(data)) / max(float(np.std(q)), 1e-12)
     truth = exact_knn(data, q, k, space)[0]
 
-    def build(ks: Any) -> HNSWIndex:
-        probe = HNSWIndex(dim, space, M=M, ef_construction=ef_construction, max_elements=len(data))
-        probe._core.set_kernel_set(ks)
-        probe.add(data, num_threads=1)
+    # Probe indexes on the compiled layer itself (this module sits below HNSWIndex).
+    def build(ks: Any) -> Any:
+        probe = _core.HNSW(dim, _core.parse_space(space), M, ef_construction, len(data), 100)
+        probe.set_kernel_set(ks)
+        probe.add_auto(np.ascontiguousarray(data, np.float32), 1, False, True)
         return probe
+
+    def search(probe: Any, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        return probe.query(np.ascontiguousarray(q, np.float32), k, ef, None, 1)
 
     try:
         reference, candidate = build(_core.builtin_kernel_set()), build(kernel_set)
     except RuntimeError as e:
         raise KernelSelfTestError(f"building the probe index failed: {e}") from e
-    stored = candidate.get_vectors(np.arange(len(data)))
+    stored = candidate.get_vectors(np.arange(len(data), dtype=np.uint64))
     recalls: dict[int, tuple[float, float]] = {}
     for ef in efs:
-        ids_ref, _ = reference.search(q, k, ef=ef, num_threads=1)
+        ids_ref, _ = search(reference, ef)
         try:
-            ids, dists = candidate.search(q, k, ef=ef, num_threads=1)
+            ids, dists = search(candidate, ef)
         except RuntimeError as e:
             raise KernelSelfTestError(f"search at ef={ef} failed: {e}") from e
         for row, (r_ids, r_d) in enumerate(zip(ids, dists)):

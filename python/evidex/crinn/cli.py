@@ -53,6 +53,9 @@ def add_parsers(sub: Any) -> None:
     o.add_argument("--llm-url", default=None)
     o.add_argument("--llm-model", default=None)
     o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--allow-weak-sandbox", action="store_true",
+                   help="run model-written kernels even where the system cannot jail them "
+                        "fully (no user namespaces or no seccomp); off by default")  # fmt: skip
     o.add_argument("--no-progress", action="store_true")
     o.set_defaults(func=optimize)
     s = csub.add_parser("show", help="list a run's archive")
@@ -62,11 +65,13 @@ def add_parsers(sub: Any) -> None:
 
 def optimize(args: argparse.Namespace) -> int:
     from .loop import CrinnRun, Settings
-    from .sandbox import LocalPool
+    from .sandbox import LocalPool, protection
 
+    print(protection().describe(), flush=True)
     data = load_data(args.data, args.size) if args.data else None
     settings = Settings(space=args.space, screen_size=args.screen_size)
-    run = CrinnRun(args.out, data, settings, pool=LocalPool(args.workers), seed=args.seed)
+    run = CrinnRun(args.out, data, settings, pool=LocalPool(args.workers), seed=args.seed,
+                   allow_weak_sandbox=args.allow_weak_sandbox)  # fmt: skip
     slots = list(SLOTS) if args.slot == "all" else [args.slot]
     for slot in slots:
         start = {"builtin": builtin_config(slot), "reference": reference_config(slot)}.get(

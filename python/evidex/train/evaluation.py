@@ -62,7 +62,8 @@ def evaluate_retrieval(
     Args:
         embedder: anything with ``encode(texts) -> [n, d]`` (an `Embedder`, a
             `TransformersEmbedder`, ...); cosine similarity ranks.
-        queries, corpus: lists (ids are positions) or mappings id -> text.
+        queries: a list (ids are positions) or a mapping id -> text.
+        corpus: a list (ids are positions) or a mapping id -> text.
         relevant: per query (same order / ids as `queries`) the ids of its relevant
             corpus entries. Queries with none are skipped (counted in ``"queries"``).
         k_values: cut-offs for Recall@K (MRR and nDCG are @10).

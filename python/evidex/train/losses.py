@@ -251,10 +251,11 @@ class CachedInfoNCELoss(InfoNCELoss):
     """`InfoNCELoss` with GradCache: the batch can exceed what fits in memory at once.
 
     Args:
+        model: the embedder, as for `InfoNCELoss`.
         mini_batch_size: texts per forward pass; memory scales with it, the loss and its
             gradients do not (they equal `InfoNCELoss`'s on the same batch, dropout
             included: each mini-batch's RNG state is replayed).
-        Other arguments as `InfoNCELoss`.
+        **kwargs: the other arguments of `InfoNCELoss`.
     """
 
     def __init__(self, model: torch.nn.Module, mini_batch_size: int = 32, **kwargs: Any) -> None:

@@ -56,14 +56,19 @@ class ContrastiveTrainer:
             `eval_steps` and at the end.
         output_dir: where checkpoints go (``checkpoint-<step>/``); None saves nothing.
         batch_size: examples per step per process (before accumulation).
-        epochs / max_steps: how long; `max_steps` (optimizer steps) wins when given.
-        learning_rate, weight_decay: AdamW (no decay on biases and norms).
-        warmup_ratio / warmup_steps: linear warm-up, then linear decay to zero.
+        epochs: passes over the data.
+        max_steps: optimizer steps; wins over `epochs` when given.
+        learning_rate: AdamW's learning rate.
+        weight_decay: AdamW's weight decay (none on biases and norms).
+        warmup_ratio: the share of steps of linear warm-up, then linear decay to zero.
+        warmup_steps: warm-up steps; wins over `warmup_ratio` when given.
         gradient_accumulation_steps: batches per optimizer step.
         mixed_precision: ``"auto"`` (bf16 or fp16 on CUDA, none on CPU), ``"bf16"``,
             ``"fp16"`` (CUDA only) or ``"no"``.
         max_grad_norm: clip the gradient norm (None: no clipping).
-        logging_steps, eval_steps, save_steps: intervals in optimizer steps.
+        logging_steps: logging interval in optimizer steps.
+        eval_steps: evaluation interval in optimizer steps.
+        save_steps: checkpoint interval in optimizer steps.
         save_total_limit: checkpoints kept (oldest removed).
         seed: shuffling and initialisation seed; the run is reproducible.
         show_progress: a progress bar (first process only).

@@ -1,0 +1,123 @@
+"""Type stubs of the compiled core (``cpp/python/module.cpp``, ``ops_bindings.cpp``).
+
+The public API is ``evidex.HNSWIndex`` and friends; this module is its engine."""
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+ops: ModuleType  # the CPU kernels of evidex.ops (topk_rows, box_iou_matrix, ...)
+
+KERNEL_ABI_VERSION: int
+
+class CorruptIndexError(ValueError):
+    """A saved index that fails validation: wrong magic, newer format, truncated,
+    checksum mismatch, or fields and structure out of bounds."""
+
+class Space:
+    l2: ClassVar[Space]
+    ip: ClassVar[Space]
+    cosine: ClassVar[Space]
+    name: str
+    value: int
+
+class Quantization:
+    none: ClassVar[Quantization]
+    sq8: ClassVar[Quantization]
+    name: str
+    value: int
+
+class KernelSet:
+    search_source: str
+    select_source: str
+    refine_source: str
+
+def simd_level() -> str: ...
+def cpu_simd_level() -> str: ...
+def set_simd_level(level: str) -> None: ...
+def cpu_features() -> list[str]: ...
+def known_cpu_features() -> list[str]: ...
+def kernel_library_cpu_features(path: str) -> list[str]: ...
+def parse_space(name: str) -> Space: ...
+def builtin_kernel_set() -> KernelSet: ...
+def load_kernel_library(path: str, base: KernelSet) -> KernelSet: ...
+def distance(a: npt.ArrayLike, b: npt.ArrayLike, space: str = "l2", level: str = "") -> float: ...
+def distances(
+    query: npt.ArrayLike, data: npt.ArrayLike, space: str = "l2", level: str = ""
+) -> npt.NDArray[np.float32]: ...
+def brute_force_knn(
+    data: npt.ArrayLike,
+    queries: npt.ArrayLike,
+    k: int,
+    space: str = "l2",
+    allow: npt.ArrayLike | None = None,
+    num_threads: int = 0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+
+class HNSW:
+    def __init__(
+        self,
+        dim: int,
+        space: Space,
+        M: int,
+        ef_construction: int,
+        max_elements: int,
+        seed: int,
+        quantization: Quantization = ...,
+    ) -> None: ...
+    dim: int
+    space: str
+    M: int
+    ef_construction: int
+    capacity: int
+    element_count: int
+    deleted_count: int
+    live_count: int
+    next_label: int
+    seed: int
+    ef: int
+    is_mapped: bool
+    trained: bool
+    quantization: str
+    def train(self, data: npt.ArrayLike) -> None: ...
+    def add(
+        self,
+        data: npt.ArrayLike,
+        labels: npt.ArrayLike,
+        num_threads: int = 0,
+        replace_deleted: bool = False,
+        forbid_update_deleted: bool = False,
+        grow: bool = False,
+    ) -> None: ...
+    def add_auto(
+        self, data: npt.ArrayLike, num_threads: int = 0, replace_deleted: bool = False,
+        grow: bool = True,
+    ) -> int: ...  # fmt: skip
+    def query(
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        ef: int,
+        filter: Callable[[int], bool] | npt.ArrayLike | None,
+        num_threads: int,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def mark_deleted(self, labels: npt.ArrayLike) -> None: ...
+    def unmark_deleted(self, labels: npt.ArrayLike) -> None: ...
+    def is_deleted(self, label: int) -> bool: ...
+    def contains(self, label: int) -> bool: ...
+    def resize(self, max_elements: int) -> None: ...
+    def get_vectors(self, labels: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
+    def labels(self, include_deleted: bool = False) -> npt.NDArray[np.uint64]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def kernel_set(self) -> KernelSet: ...
+    def set_kernel_set(self, kernels: KernelSet) -> None: ...
+    def set_prefetch(self, ahead: int, lines: int) -> None: ...
+    def save(self, path: str) -> None: ...
+    def serialize(self) -> bytes: ...
+    @staticmethod
+    def load(path: str, mmap: bool = False, max_elements: int = 0) -> HNSW: ...
+    @staticmethod
+    def deserialize(data: bytes, max_elements: int = 0) -> HNSW: ...
