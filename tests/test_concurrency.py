@@ -91,3 +91,60 @@ def test_resize_while_searching_is_safe() -> None:
     stop.set()
     t.join()
     assert not errors
+
+
+def _finishes(target, seconds: float = 120.0) -> bool:
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()
+
+
+def test_a_resize_is_not_starved_by_a_stream_of_searches() -> None:
+    data = clustered(3_000, 16)
+    index = evidex.HNSWIndex(16, max_elements=3_000)
+    index.add(data)
+    stop = threading.Event()
+
+    def searcher() -> None:
+        while not stop.is_set():
+            index.search(data[:64], k=5, num_threads=1)
+
+    threads = [threading.Thread(target=searcher, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        assert _finishes(lambda: [index.resize(3_000 + 100 * i) for i in range(1, 21)])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert index.max_elements == 5_000
+
+
+def test_python_filters_and_a_waiting_writer_do_not_deadlock() -> None:
+    # A callable filter holds the GIL while it searches; a writer queued on the lock
+    # must not leave a second callable search holding the GIL while it waits.
+    data = clustered(2_000, 8)
+    index = evidex.HNSWIndex(8, max_elements=2_000)
+    index.add(data)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def filtered() -> None:
+        try:
+            while not stop.is_set():
+                index.search(data[:4], k=3, filter=lambda i: i % 2 == 0)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=filtered, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        assert _finishes(lambda: [index.resize(2_000 + 10 * i) for i in range(1, 41)])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)

@@ -139,9 +139,16 @@ py::tuple query(const HNSW& index, const py::array_t<float, py::array::c_style>&
         py::gil_scoped_release release;
         index.search(q, nq, kk, e, nullptr, threads, out_l, out_d);
     } else if (py::isinstance<py::function>(filter)) {
-        // The callable needs the GIL: one thread, which holds it throughout.
+        // The callable needs the GIL: one thread, which holds it while it searches,
+        // but not while it waits for the index's lock (a writer may be queued there,
+        // waiting for another search whose callable needs the GIL).
         PyCallableFilter f(filter.cast<py::function>());
-        index.search(q, nq, kk, e, &f, 1, out_l, out_d);
+        std::unique_ptr<HNSW::ReadSession> session;
+        {
+            py::gil_scoped_release release;
+            session = index.read_session();
+        }
+        index.search_in(*session, q, nq, kk, e, &f, 1, out_l, out_d);
     } else {
         const LabelArray allow = filter.cast<LabelArray>();
         py::gil_scoped_release release;

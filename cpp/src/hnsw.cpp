@@ -157,8 +157,8 @@ void HNSW::allocate_slots(std::size_t capacity) {
 
 void HNSW::resize(std::size_t new_max_elements) {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
-    std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> wlock(write_mutex_);
+    std::unique_lock<RwLock> lock(storage_mutex_);
     if (new_max_elements < count_.load())
         throw std::runtime_error(
             "Cannot resize, max element is less than the current number of elements");
@@ -188,8 +188,8 @@ void HNSW::set_ef(std::size_t ef) {
 
 void HNSW::train(const float* data, std::size_t n) {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
-    std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> wlock(write_mutex_);
+    std::unique_lock<RwLock> lock(storage_mutex_);
     train_locked(data, n);
 }
 
@@ -246,14 +246,14 @@ void HNSW::add(const float* data, std::size_t n, const label_t* labels, std::siz
             throw std::invalid_argument("ids must be below 2**63, got " +
                                         std::to_string(labels[i]));
     if (n == 0) return;
-    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
+    std::shared_lock<RwLock> wlock(write_mutex_);
     add_locked(data, n, labels, num_threads, replace_deleted, forbid_update_deleted, grow);
 }
 
 label_t HNSW::add_auto(const float* data, std::size_t n, std::size_t num_threads,
                        bool replace_deleted, bool grow) {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
+    std::shared_lock<RwLock> wlock(write_mutex_);
     label_t first = next_label_.load();
     do {
         if (n > kLabelLimit - first)
@@ -282,7 +282,7 @@ void HNSW::add_locked(const float* data, std::size_t n, const label_t* labels,
     std::vector<std::uint8_t> done(n, 0);
     for (;;) {
         {
-            std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+            std::shared_lock<RwLock> lock(storage_mutex_);
             if (trained() && !is_mapped()) {
                 bool full = false;
                 // New contents before and after: a kernel cache built during the
@@ -309,7 +309,7 @@ void HNSW::add_locked(const float* data, std::size_t n, const label_t* labels,
                     "index is memory-mapped without free slots; resize it first");
             }
         }
-        std::unique_lock<std::shared_mutex> lock(storage_mutex_);
+        std::unique_lock<RwLock> lock(storage_mutex_);
         if (!trained()) train_locked(data, n);
         std::size_t remaining = 0;
         for (std::size_t i = 0; i < n; ++i) remaining += done[i] == 0;
@@ -859,7 +859,18 @@ void HNSW::search(const float* queries, std::size_t nq, std::size_t k, std::size
                   const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
                   float* out_distances) const {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> lock(storage_mutex_);
+    search_locked(queries, nq, k, ef, filter, num_threads, out_labels, out_distances);
+}
+
+std::unique_ptr<HNSW::ReadSession> HNSW::read_session() const {
+    return std::make_unique<ReadSession>(*this);
+}
+
+void HNSW::search_in(const ReadSession& session, const float* queries, std::size_t nq,
+                     std::size_t k, std::size_t ef, const SearchFilter* filter,
+                     std::size_t num_threads, label_t* out_labels, float* out_distances) const {
+    if (session.index() != this) throw std::invalid_argument("a read session of another index");
     search_locked(queries, nq, k, ef, filter, num_threads, out_labels, out_distances);
 }
 
@@ -867,7 +878,7 @@ void HNSW::search_allowed(const float* queries, std::size_t nq, std::size_t k, s
                           const label_t* allowed, std::size_t n_allowed, std::size_t num_threads,
                           label_t* out_labels, float* out_distances) const {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> lock(storage_mutex_);
     const std::unique_ptr<BitsetFilter> filter = make_filter(allowed, n_allowed);
     search_locked(queries, nq, k, ef, filter.get(), num_threads, out_labels, out_distances);
 }
@@ -908,8 +919,8 @@ void HNSW::unmark_deleted(const label_t* labels, std::size_t n) { set_deleted(la
 // a batch is deleted (or undeleted) whole or not at all.
 void HNSW::set_deleted(const label_t* labels, std::size_t n, bool deleted) {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> wlock(write_mutex_);
-    std::shared_lock<std::shared_mutex> slock(storage_mutex_);
+    std::shared_lock<RwLock> wlock(write_mutex_);
+    std::shared_lock<RwLock> slock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
     std::vector<node_id> ids(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -945,7 +956,7 @@ void HNSW::set_deleted(const label_t* labels, std::size_t n, bool deleted) {
 
 bool HNSW::is_deleted(label_t label) const {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> lock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
     auto it = label_map_.find(label);
     if (it == label_map_.end()) throw LabelNotFound("id " + std::to_string(label) + " is not in the index");
@@ -960,7 +971,7 @@ bool HNSW::contains(label_t label) const {
 
 void HNSW::get_vectors(const label_t* labels, std::size_t n, float* out) const {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> lock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
     for (std::size_t i = 0; i < n; ++i) {
         auto it = label_map_.find(labels[i]);
@@ -972,7 +983,7 @@ void HNSW::get_vectors(const label_t* labels, std::size_t n, float* out) const {
 
 std::vector<label_t> HNSW::labels(bool include_deleted) const {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> lock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
     std::vector<label_t> out;
     const std::size_t n = count_.load();
@@ -995,7 +1006,7 @@ std::unique_ptr<BitsetFilter> HNSW::make_filter(const label_t* labels, std::size
 
 IndexStats HNSW::stats() const {
     Busy busy(this);
-    std::shared_lock<std::shared_mutex> lock(storage_mutex_);
+    std::shared_lock<RwLock> lock(storage_mutex_);
     IndexStats s;
     const std::size_t n = count_.load();
     s.deleted = num_deleted_.load();

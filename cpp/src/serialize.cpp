@@ -630,8 +630,8 @@ std::string HNSW::serialize() const {
     Busy busy(this);
     std::string out;
     {
-        std::unique_lock<std::shared_mutex> wlock(write_mutex_);
-        std::shared_lock<std::shared_mutex> slock(storage_mutex_);
+        std::unique_lock<RwLock> wlock(write_mutex_);
+        std::shared_lock<RwLock> slock(storage_mutex_);
         Serializer::write(*this, [&](const void* p, std::size_t n) {
             out.append(static_cast<const char*>(p), n);
         });
@@ -653,8 +653,8 @@ void HNSW::save(const std::string& path) const {
     std::uint64_t size = 0;
     {
         // A snapshot: no change runs while it is written; searches go on.
-        std::unique_lock<std::shared_mutex> wlock(write_mutex_);
-        std::shared_lock<std::shared_mutex> slock(storage_mutex_);
+        std::unique_lock<RwLock> wlock(write_mutex_);
+        std::shared_lock<RwLock> slock(storage_mutex_);
         fd = create_temp(path, tmp);
         Serializer::write(*this, [&](const void* p, std::size_t n) {
             write_all(fd, p, n, err);

@@ -19,6 +19,7 @@
 #include "evidex/kernel_abi.h"
 #include "evidex/kernels.h"
 #include "evidex/parallel.h"
+#include "evidex/rwlock.h"
 #include "evidex/visited.h"
 
 namespace evidex {
@@ -125,6 +126,14 @@ public:
     void search(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
                 const SearchFilter* filter, std::size_t num_threads, label_t* out_labels,
                 float* out_distances) const;
+    // search() in two steps, for a caller that must not hold something else while it
+    // waits for the lock (Python's GIL, when the filter is a Python callable): take
+    // a read session (blocking), then search in it (never blocking on the index).
+    class ReadSession;
+    std::unique_ptr<ReadSession> read_session() const;
+    void search_in(const ReadSession& session, const float* queries, std::size_t nq,
+                   std::size_t k, std::size_t ef, const SearchFilter* filter,
+                   std::size_t num_threads, label_t* out_labels, float* out_distances) const;
     // search() over the elements whose labels are listed (the allow-list is resolved
     // under the same lock as the search, so slots added meanwhile cannot leak in).
     void search_allowed(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
@@ -385,11 +394,23 @@ private:
     std::mt19937_64 update_rng_;
 
     // See the lock order above the class.
-    mutable std::shared_mutex write_mutex_;
-    mutable std::shared_mutex storage_mutex_;
+    mutable RwLock write_mutex_;
+    mutable RwLock storage_mutex_;
     mutable VisitedPool visited_pool_;
     mutable std::atomic<std::uint64_t> last_distance_computations_{0};
     mutable std::atomic<std::uint64_t> last_queries_{0};
+};
+
+// The index's read lock, held by one thread (see HNSW::read_session).
+class HNSW::ReadSession {
+public:
+    explicit ReadSession(const HNSW& index) : busy_(&index), lock_(index.storage_mutex_), index_(&index) {}
+    const HNSW* index() const { return index_; }
+
+private:
+    Busy busy_;
+    std::shared_lock<RwLock> lock_;
+    const HNSW* index_;
 };
 
 // Exact k nearest neighbours by brute force over `n` rows (for BFIndex and ground
