@@ -188,7 +188,7 @@ def test_forgeries_that_do_not_break_the_run_gain_nothing(run, host) -> None:
 
 def test_the_same_queries_never_reach_a_worker_twice_in_a_measurement(run) -> None:
     s = run.settings
-    pool = run.data("screen").queries
+    pool = run.bench.data("screen").queries
     assert len(pool) == len(s.efs) * s.screen_repeats * s.screen_queries
     assert len(np.unique(pool, axis=0)) == len(pool)
 
@@ -282,7 +282,7 @@ def test_a_construction_winner_never_runs_in_the_loops_process(run) -> None:
     run.archive.save(cand)
     run.archive.mark_winner("construction", cand, 1.0)
     try:
-        path = run._index_file("screen")
+        path = run.bench.index_file("screen")
         assert path.is_file() and "construction-9000" in path.name
         libc = ctypes.CDLL(None)
         libc.getenv.restype = ctypes.c_char_p

@@ -10,7 +10,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ from .measure import (
     Bench,
     MeasurementFailed,
     Settings,
-    _Data,
     _fingerprint,
     _settings_from,
     machine_fingerprint,
@@ -78,24 +76,6 @@ class CrinnRun:
         self.allow_weak = allow_weak_sandbox
         self.protection: Protection = require_protection(False, allow_weak_sandbox)
 
-    # ------------------------------------------------------------ measuring
-    def data(self, which: str) -> _Data:
-        return self.bench.data(which)
-
-    def _index_file(self, which: str) -> Path:
-        return self.bench.index_file(which)
-
-    def measure(
-        self,
-        slot: str,
-        candidate: Sequence[str] | None,
-        baseline: Sequence[str],
-        which: str,
-        repeats: int,
-    ) -> dict[str, Any]:
-        """See `Bench.measure`."""
-        return self.bench.measure(slot, candidate, baseline, which, repeats)
-
     def other_winners(self, slot: str) -> list[str]:
         """Winners of the slots before `slot` (CRINN optimises them in order)."""
         libs = []
@@ -115,7 +95,7 @@ class CrinnRun:
         """The built-in kernel's screening curve (measured once per slot)."""
         key = (slot, "screen")
         if key not in self.baselines:
-            curves = self.measure(
+            curves = self.bench.measure(
                 slot, None, self.other_winners(slot), "screen", self.settings.screen_repeats
             )
             self.baselines[key] = {"curve": curves["baseline"], "auc": self.auc(curves["baseline"])}
@@ -166,8 +146,9 @@ class CrinnRun:
         others = self.other_winners(proposal.slot)
         baseline = self.baseline(proposal.slot)
         try:
-            curves = self.measure(proposal.slot, [*others, str(built.library)], others, "screen",
-                                  self.settings.screen_repeats)  # fmt: skip
+            library = [*others, str(built.library)]
+            repeats = self.settings.screen_repeats
+            curves = self.bench.measure(proposal.slot, library, others, "screen", repeats)
         except MeasurementFailed as e:
             cand.reason = str(e)
         else:
@@ -201,7 +182,7 @@ class CrinnRun:
                 if c.id in failed:
                     continue
                 try:
-                    result = self.measure(slot, [*others, lib[c.id]], others, "full", 1)
+                    result = self.bench.measure(slot, [*others, lib[c.id]], others, "full", 1)
                 except MeasurementFailed as e:
                     failed[c.id] = str(e)
                     continue
