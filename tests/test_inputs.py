@@ -215,3 +215,26 @@ def test_a_loaded_index_keeps_its_capacity_limit_without_allocating_it(tmp_path)
     assert loaded.max_elements == 100_000
     assert loaded.stats()["memory_bytes"] < 1 << 20  # not 100,000 slots
     assert loaded.to_bytes() == index.to_bytes()
+
+
+def test_when_the_system_gives_no_more_threads_the_work_goes_on() -> None:
+    # Address space for about six more 8 MiB thread stacks: starting a 64-thread
+    # search or add fails part-way; the threads that did start do the work.
+    import subprocess
+    import sys
+
+    script = """
+import resource, numpy as np, evidex
+rng = np.random.default_rng(0)
+index = evidex.HNSWIndex(8, max_elements=20_000)
+index.add(rng.standard_normal((2_000, 8)), num_threads=1)
+vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (48 << 20), vm + (48 << 20)))
+ids, _ = index.search(rng.standard_normal((5_000, 8)), k=3, num_threads=64)
+assert (ids >= 0).all()
+index.add(rng.standard_normal((1_000, 8)), num_threads=64)
+assert len(index) == 3_000
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
