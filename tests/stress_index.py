@@ -33,8 +33,11 @@ AUTO_FROM = 10**9  # automatic ids start above every explicit range
 NEVER = range(5 * 10**8, 5 * 10**8 + 50)  # never added
 
 
+SPAN = 1_000_000  # explicit ids of thread t: [SPAN * (t + 1), SPAN * (t + 2))
+
+
 def thread_range(t: int) -> range:
-    return range(10_000 * (t + 1), 10_000 * (t + 2))
+    return range(SPAN * (t + 1), SPAN * (t + 2))
 
 
 @dataclass
@@ -71,7 +74,7 @@ class _Thread:
         assert not found & set(NEVER), "a never-added id came back"
         assert not found & self.deleted, "an id this thread deleted came back"
         for i in found:
-            assert i < BASE + len(TOMBSTONES) or 10_000 <= i < 90_000 or i >= AUTO_FROM - 1, i
+            assert i < BASE + len(TOMBSTONES) or SPAN <= i < 9 * SPAN or i >= AUTO_FROM - 1, i
         if allowed is not None:
             assert found <= allowed, "a filtered-out id came back"
 
