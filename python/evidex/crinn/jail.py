@@ -184,7 +184,8 @@ def _unescape(field_: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo
     out, i = [], 0
     while i < len(field_):
-        if field_[i] == "\\" and i + 3 < len(field_) + 1 and field_[i + 1 : i + 4].isdigit():
+        digits = field_[i + 1 : i + 4]
+        if field_[i] == "\\" and len(digits) == 3 and digits.isdigit():
             out.append(chr(int(field_[i + 1 : i + 4], 8)))
             i += 4
         else:
