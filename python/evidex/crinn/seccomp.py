@@ -137,6 +137,17 @@ class _Program:
     def label(self, name: str) -> None:
         self.labels[name] = len(self.code)
 
+    def allow_if(self, offset: int, values: tuple[int, ...]) -> None:
+        """Allow when the 32-bit word at `offset` is one of `values`, else kill."""
+        self.op(_LD, offset)
+        for i, v in enumerate(values):
+            self.op(_JEQ, v, "allow", 0 if i < len(values) - 1 else "kill")
+
+    def require_zero(self, offset: int) -> None:
+        """Kill unless the 32-bit word at `offset` is 0 (a high half, a NULL)."""
+        self.op(_LD, offset)
+        self.op(_JEQ, 0, 0, "kill")
+
     def assemble(self) -> list[tuple[int, int, int, int]]:
         out = []
         for i, (code, jt, jf, k) in enumerate(self.code):
@@ -196,17 +207,12 @@ def build(profile: str, self_pid: int = 0) -> list[tuple[int, int, int, int]]:
         p.op(_RET, _KILL_PROCESS)
         # kill(pid, sig) / tgkill(tgid, tid, sig): this process only.
         p.label("self")
-        p.op(_LD, _arg_hi(0))
-        p.op(_JEQ, 0, 0, "kill")
-        p.op(_LD, _arg_lo(0))
-        p.op(_JEQ, max(self_pid, 0), "allow", "kill")
+        p.require_zero(_arg_hi(0))
+        p.allow_if(_arg_lo(0), (max(self_pid, 0),))
         # write(fd, ...): stdout (the channel) and stderr only.
         p.label("write")
-        p.op(_LD, _arg_hi(0))
-        p.op(_JEQ, 0, 0, "kill")
-        p.op(_LD, _arg_lo(0))
-        p.op(_JEQ, 1, "allow", 0)
-        p.op(_JEQ, 2, "allow", "kill")
+        p.require_zero(_arg_hi(0))
+        p.allow_if(_arg_lo(0), (1, 2))
         # open(path, flags) / openat(dir, path, flags): reading only.
         p.label("open")
         p.op(_LD, _arg_lo(1))
@@ -216,30 +222,21 @@ def build(profile: str, self_pid: int = 0) -> list[tuple[int, int, int, int]]:
         p.op(_JSET, _O_WRITE, "kill", "allow")
         # prlimit64(pid, resource, new, old): reading a limit, never setting one.
         p.label("prlimit")
-        p.op(_LD, _arg_lo(2))
-        p.op(_JEQ, 0, 0, "kill")
-        p.op(_LD, _arg_hi(2))
-        p.op(_JEQ, 0, "allow", "kill")
+        p.require_zero(_arg_lo(2))
+        p.allow_if(_arg_hi(2), (0,))
         p.label("fcntl")
-        p.op(_LD, _arg_lo(1))
-        for i, cmd in enumerate(_F_GET_SET_FD_FL):
-            p.op(_JEQ, cmd, "allow", 0 if i < len(_F_GET_SET_FD_FL) - 1 else "kill")
+        p.allow_if(_arg_lo(1), _F_GET_SET_FD_FL)
         p.label("arch_prctl")
-        p.op(_LD, _arg_lo(0))
-        for i, cmd in enumerate(_ARCH_GET):
-            p.op(_JEQ, cmd, "allow", 0 if i < len(_ARCH_GET) - 1 else "kill")
+        p.allow_if(_arg_lo(0), _ARCH_GET)
         # prctl(PR_SET_NO_NEW_PRIVS) and seccomp(SET_MODE_FILTER): only ever more
         # restrictions (the worker adds a filter once its build threads are done).
         p.label("prctl")
-        p.op(_LD, _arg_lo(0))
-        p.op(_JEQ, 38, "allow", "kill")
+        p.allow_if(_arg_lo(0), (38,))
         p.label("seccomp")
-        p.op(_LD, _arg_lo(0))
-        p.op(_JEQ, 1, "allow", "kill")
+        p.allow_if(_arg_lo(0), (1,))
         # ioctl: only TCGETS (isatty), which fails harmlessly on pipes.
         p.label("ioctl")
-        p.op(_LD, _arg_lo(1))
-        p.op(_JEQ, 0x5401, "allow", "kill")
+        p.allow_if(_arg_lo(1), (0x5401,))
         if profile == "kernel-threads":
             # clone(flags, ...): a thread of this process, never a new process.
             p.label("clone")
