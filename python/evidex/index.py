@@ -231,9 +231,7 @@ class HNSWIndex:
         if ids is None:
             start = self._core.add_auto(data, threads, bool(replace_deleted), True)
             return np.arange(start, start + data.shape[0], dtype=np.int64)
-        labels = as_labels(ids, data.shape[0])
-        if labels.size and int(labels.max()) >= 2**63:
-            raise ValueError(f"ids must be below 2**63, got {int(labels.max())}")
+        labels = as_labels(ids, data.shape[0])  # the core refuses ids of 2**63 and more
         self._core.add(data, labels, threads, bool(replace_deleted), False, True)
         return labels.astype(np.int64)
 

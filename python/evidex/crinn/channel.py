@@ -25,6 +25,10 @@ class ChannelError(Exception):
     """A broken, oversized, late or malformed frame (the loop's words only)."""
 
 
+class ChannelTimeout(ChannelError):
+    """No whole frame by the deadline."""
+
+
 def encode(meta: dict[str, Any], payload: bytes | memoryview = b"") -> list[bytes | memoryview]:
     text = json.dumps(meta).encode()
     return [_HEADER.pack(MAGIC, len(text), len(payload)), text, payload]
@@ -66,7 +70,7 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
             left = deadline - time.monotonic()
             if left <= 0 or not poller.poll(max(1, int(left * 1000))):
                 if time.monotonic() >= deadline:
-                    raise ChannelError("no answer in time")
+                    raise ChannelTimeout("no answer in time")
                 continue
         chunk = os.read(fd, min(n - got, 1 << 20))
         if not chunk:

@@ -292,6 +292,12 @@ def _build_root(spec: JailSpec, entries: list[_Entry]) -> None:
     os.chdir(spec.cwd)
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (set after any change of ids,
+    which clears it)."""
+    _check(_libc.prctl(1, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
 def _drop_privileges() -> None:
     """No capabilities now or after any exec; no new privileges."""
     # SECBIT_NOROOT, NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE, each locked, and
@@ -400,13 +406,13 @@ def _inner(spec: JailSpec, target: list[str], ready_w: int, mapped_r: int) -> No
     try:
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-        _check(_libc.prctl(1, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+        _die_with_parent()
     except (OSError, SetupError) as e:
         _fail("user namespace", e)
     first = os.fork()  # pid 1 of the new pid namespace
     if first == 0:
         try:
-            _check(_libc.prctl(1, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+            _die_with_parent()
             _build_root(spec, entries)
             _libc.sethostname(b"evidex-jail", 11)
             _drop_privileges()
@@ -424,7 +430,7 @@ def _init(spec: JailSpec, target: list[str]) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            _check(_libc.prctl(1, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+            _die_with_parent()
             if spec.seccomp:
                 _load_sibling("seccomp").install(spec.seccomp)
             os.execve(target[0], target, spec.env)
@@ -447,7 +453,7 @@ def _init(spec: JailSpec, target: list[str]) -> None:
 def _weak(spec: JailSpec, target: list[str]) -> None:
     """Without namespaces: what any process may do to itself, then the exec."""
     try:
-        _check(_libc.prctl(1, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+        _die_with_parent()
         _check(_libc.prctl(38, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _set_limits(spec.limits)
         os.chdir(spec.cwd)

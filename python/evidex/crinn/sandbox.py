@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from . import jail, seccomp
-from .channel import ChannelError, read_frame, write_frame
+from .channel import ChannelError, ChannelTimeout, read_frame, write_frame
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -271,11 +271,14 @@ class Worker:
         try:
             write_frame(self.proc.stdin.fileno(), meta, payload, deadline)
             answer, data = read_frame(self.proc.stdout.fileno(), max_payload, deadline)
-        except (ChannelError, OSError) as e:
-            reason = str(e) if isinstance(e, ChannelError) else "the channel broke"
-            if "no answer in time" in reason:
-                reason = f"timed out after {seconds or self.limits.wall_seconds:.0f} s"
-            raise self._fail(reason) from None
+        except ChannelTimeout:
+            raise self._fail(
+                f"timed out after {seconds or self.limits.wall_seconds:.0f} s"
+            ) from None
+        except ChannelError as e:
+            raise self._fail(str(e)) from None
+        except OSError:
+            raise self._fail("the channel broke") from None
         if answer.get("op") == "error":
             raise self._fail("the kernel's answer was refused by the index", answered=True)
         return answer, data
@@ -420,16 +423,15 @@ def run_jailed(
     with tempfile.TemporaryFile(prefix="evidex-crinn-build-") as out:
         proc = spawn(spec, argv, subprocess.DEVNULL, out, out)
         try:
-            proc.wait(timeout=limits.wall_seconds)
-            reason = "" if proc.returncode == 0 else exit_reason(proc.returncode)
+            code = proc.wait(timeout=limits.wall_seconds)
+            # 1: the tool itself said no (a compile error); anything else is how it ended.
+            reason = "" if code == 0 else "failed" if code == 1 else exit_reason(code)
         except subprocess.TimeoutExpired:
             reason = f"timed out after {limits.wall_seconds:.0f} s"
         finally:
             kill_group(proc)
         out.seek(0)
         text = out.read(output_bytes).decode("utf-8", "replace")
-    if proc.returncode == 1 and not reason.startswith("timed"):
-        reason = "failed"
     return CommandResult(not reason, text, reason, time.perf_counter() - start)
 
 
