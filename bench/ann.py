@@ -103,12 +103,17 @@ class Hnswlib(Library):
     name = "hnswlib"
 
     def build(self, data, space, M, efc, threads):
+        self.index = self.build_index(data, space, M, efc, threads)
+
+    @staticmethod
+    def build_index(data, space, M, efc, threads):
         import hnswlib
 
-        self.index = hnswlib.Index(space=space, dim=data.shape[1])
-        self.index.init_index(max_elements=data.shape[0], M=M, ef_construction=efc)
-        self.index.add_items(data, np.arange(data.shape[0]), num_threads=threads)
-        self.index.set_num_threads(1)
+        index = hnswlib.Index(space=space, dim=data.shape[1])
+        index.init_index(max_elements=data.shape[0], M=M, ef_construction=efc)
+        index.add_items(data, np.arange(data.shape[0]), num_threads=threads)
+        index.set_num_threads(1)
+        return index
 
     def set_ef(self, ef):
         self.index.set_ef(ef)
@@ -495,8 +500,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", action="store_true", help="also measure batch QPS")
     p.add_argument("--no-brute-force", action="store_true")
     p.add_argument("--out", default="bench/out")
+    p.add_argument(
+        "--filter-selectivity",
+        default=None,
+        help="comma-separated allowed fractions: run the filtered and range search "
+        "benchmark (bench/filtered.py) instead",
+    )
+    p.add_argument("--filter-queries", type=int, default=200, help="queries per filter")
+    p.add_argument("--clusters", type=int, default=200, help="k-means clusters for filters")
     args = p.parse_args(argv)
     args.threads = args.threads or os.cpu_count()
+    if args.filter_selectivity:
+        from .filtered import main_filtered
+
+        return main_filtered(args)
 
     res = run(args)
     summary = summarize(res)

@@ -43,7 +43,8 @@ FIELDS = {  # name: (offset, struct format)
     "node_bytes": (120, "<Q"), "level0_offset": (128, "<Q"), "level0_bytes": (136, "<Q"),
     "upper_offset": (144, "<Q"), "upper_bytes": (152, "<Q"), "file_bytes": (160, "<Q"),
     "ef": (176, "<Q"), "quantization": (184, "<Q"), "trained": (192, "<Q"),
-    "quant_offset": (200, "<Q"), "quant_bytes": (208, "<Q"),
+    "quant_offset": (200, "<Q"), "quant_bytes": (208, "<Q"), "attr_offset": (216, "<Q"),
+    "attr_bytes": (224, "<Q"),
 }  # fmt: skip
 
 
@@ -96,6 +97,13 @@ def seeds() -> list[bytes]:
         if deleted:
             index.delete(np.arange(deleted) * 7 + 3)
         out.append(index.to_bytes())
+    # Stored attributes (format version 2): an int and a float field, some missing.
+    index = evidex.HNSWIndex(4, M=4, ef_construction=16, seed=1)
+    index.add(rng.standard_normal((70, 4)), np.arange(70),
+              attributes={"tenant": np.arange(70) % 5, "score": rng.random(70)})  # fmt: skip
+    index.add(rng.standard_normal((10, 4)), np.arange(70, 80))  # no values
+    index.delete([3, 71])
+    out.append(index.to_bytes())
     return out
 
 
@@ -109,7 +117,7 @@ def mutate(seed: bytes, rng: random.Random) -> bytes:
     n = get(data, "count")
     node = get(data, "node_bytes")
     l0 = get(data, "level0_offset")
-    kind = rng.randrange(12)
+    kind = rng.randrange(14 if get(data, "attr_bytes") else 12)
     if kind <= 2:  # a header field at a boundary value
         name = rng.choice(list(FIELDS))
         cur = get(data, name)
@@ -170,6 +178,19 @@ def mutate(seed: bytes, rng: random.Random) -> bytes:
         dim = get(data, "dim")
         which = q + 4 * d + (4 * dim if rng.random() < 0.5 else 0)
         struct.pack_into("<f", data, which, rng.choice([float("nan"), 0.0, -1.0, float("inf")]))
+    elif kind >= 12:  # the attribute section: counts, names, types, values, presence
+        at = get(data, "attr_offset")
+        size = get(data, "attr_bytes")
+        word = at + 8 * rng.randrange(max(1, min(size // 8, 64)))
+        choice = rng.randrange(4)
+        if choice == 0:  # a count, length or type word near the start
+            struct.pack_into("<Q", data, at + 8 * rng.randrange(4), rng.choice(_INTERESTING))
+        elif choice == 1:  # a float value: NaN or infinity
+            struct.pack_into("<d", data, word, rng.choice([float("nan"), float("inf")]))
+        elif choice == 2:  # presence bits, past the elements too
+            data[at + size - 1 - rng.randrange(min(size, 24))] ^= 1 << rng.randrange(8)
+        else:  # a byte of a name
+            data[at + 32 + rng.randrange(8)] = rng.choice([0, 32, 0xFF, ord("9")])
     else:  # random bytes anywhere
         for _ in range(rng.randrange(1, 9)):
             data[rng.randrange(len(data))] = rng.randrange(256)
@@ -198,6 +219,10 @@ def use(index):
         q = np.zeros((2, index.dim), np.float32)
         index.search(q, k=1)
         index.search(q, k=1, filter=index.ids()[:3])
+        for name, kind in index.attribute_fields.items():
+            index.get_attributes(index.ids()[:5])
+            index.search(q, k=1, filter=evidex.F(name) >= 1)
+            index.search_range(q, 1.0, filter=~(evidex.F(name) == 2))
         index.delete(index.ids()[:1])
     index.add(np.ones((3, index.dim), np.float32))
     index.stats()

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import evidex
+from evidex import F
 
 BASE = 2000  # ids [0, BASE) are never deleted
 TOMBSTONES = range(BASE, BASE + 200)  # deleted before the threads start, never again
@@ -101,6 +102,24 @@ class _Thread:
             assert np.isfinite(dist).all()
             self.check_results(ids)
             self._count("search")
+        elif r < 0.31:
+            # Stored attributes: explicit adds carry t (the thread) and m (id % 7).
+            m = int(rng.integers(0, 7))
+            strategy = ("auto", "scan", "filtered", "two_hop")[int(rng.integers(0, 4))]
+            ids, _ = index.search(
+                q, k=5, filter=(F("t") == self.t) & (F("m") == m), filter_strategy=strategy
+            )
+            self.check_results(ids)
+            mine = thread_range(self.t)
+            assert all(int(i) in mine and int(i) % 7 == m for i in ids.ravel() if i >= 0)
+            radius = 2.0 * self.dim if index.space == "l2" else 1.0
+            lims, hits, dist = index.search_range(
+                q[:2], radius, max_results=50, filter=F("t") == self.t
+            )
+            assert lims[-1] == hits.size and (dist < radius).all()
+            self.check_results(hits)
+            assert all(int(i) in mine for i in hits)
+            self._count("attribute filter / range")
         elif r < 0.35:
             own = self.live()
             allow = (
@@ -141,7 +160,12 @@ class _Thread:
             n = int(rng.integers(1, 40))
             new = [next(self.ids) for _ in range(n)]
             v = self.vec(n)
-            index.add(v, new, num_threads=int(rng.integers(0, 3)))
+            index.add(
+                v,
+                new,
+                num_threads=int(rng.integers(0, 3)),
+                attributes={"t": self.t, "m": np.array(new) % 7},
+            )
             for i, row in zip(new, v):
                 self.vectors[i] = row
             self._count("add")

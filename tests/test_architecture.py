@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "evidex"
 # Bottom to top. A module may import its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
     ("evidex._core", "evidex._cuda", "evidex._arrays", "evidex._progress", "evidex.cuda"),
-    ("evidex.metrics", "evidex.bruteforce"),
+    ("evidex.metrics", "evidex.bruteforce", "evidex.filters"),
     ("evidex.kernels",),
     ("evidex.index", "evidex"),
     (

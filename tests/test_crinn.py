@@ -95,6 +95,14 @@ def test_template_kernel_equal_to_builtin_serves_queries(libs) -> None:
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
     index.use_kernels(libs["search_tuned"])  # batched distances, bitset visited set
     np.testing.assert_array_equal(index.search(q, 10, ef=48)[0], want[0])
+    # Filtered and range searches do not use the search slot (its ABI carries no
+    # filter): they run the built-in planner's methods, whatever library is loaded.
+    allowed = np.arange(0, 3000, 7)
+    for strategy in ("scan", "filtered", "two_hop", "auto"):
+        ids, _ = index.search(q, 10, ef=48, filter=allowed, filter_strategy=strategy)
+        assert np.isin(ids, allowed).all()
+    lims, ids, _ = index.search_range(q, 1.0)
+    assert lims[-1] == ids.size
     index.reset_kernels()
     assert index.kernels()["search"] == "builtin"
 

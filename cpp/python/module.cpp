@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -96,48 +97,75 @@ py::dict stats_dict(const IndexStats& s) {
     return d;
 }
 
+// Checked arguments of a k-NN query.
+struct QueryArgs {
+    const float* q = nullptr;
+    std::size_t nq = 0, k = 0, ef = 0, threads = 0;
+    bool one = false;
+};
+
 // The fast path of HNSWIndex.search: the Python layer hands over float32
 // C-contiguous queries ([dim] or [nq, dim]) and plain ints; everything else is
 // checked here, where it costs nanoseconds instead of microseconds.
-py::tuple query(const HNSW& index, const py::array_t<float, py::array::c_style>& queries,
-                py::ssize_t k, py::ssize_t ef, const py::object& filter, py::ssize_t num_threads) {
+QueryArgs check_query(const HNSW& index, const py::array_t<float, py::array::c_style>& queries,
+                      py::ssize_t k, py::ssize_t ef, py::ssize_t num_threads, bool need_k) {
     const std::size_t live = index.live_count();
-    if (k < 1) throw py::value_error("k must be at least 1, got " + std::to_string(k));
-    if (live == 0) throw py::value_error("the index is empty");
-    if (static_cast<std::size_t>(k) > live)
-        throw py::value_error("k=" + std::to_string(k) +
-                              " is larger than the number of elements in the index (" +
-                              std::to_string(live) + ")");
+    if (need_k) {
+        if (k < 1) throw py::value_error("k must be at least 1, got " + std::to_string(k));
+        if (live == 0) throw py::value_error("the index is empty");
+        if (static_cast<std::size_t>(k) > live)
+            throw py::value_error("k=" + std::to_string(k) +
+                                  " is larger than the number of elements in the index (" +
+                                  std::to_string(live) + ")");
+    }
     if (ef == -1) ef = static_cast<py::ssize_t>(index.ef());
     if (ef < 1) throw py::value_error("ef must be at least 1, got " + std::to_string(ef));
     if (num_threads < -1)
         throw py::value_error("num_threads must be -1, 0 (all cores) or positive, got " +
                               std::to_string(num_threads));
-    const bool one = queries.ndim() == 1;
-    if (!one && queries.ndim() != 2)
+    QueryArgs a;
+    a.one = queries.ndim() == 1;
+    if (!a.one && queries.ndim() != 2)
         throw py::value_error("queries must be a 1-D or 2-D array, got " +
                               std::to_string(queries.ndim()) + " dimensions");
-    const std::size_t dim = static_cast<std::size_t>(queries.shape(one ? 0 : 1));
-    const std::size_t nq = one ? 1 : static_cast<std::size_t>(queries.shape(0));
+    const std::size_t dim = static_cast<std::size_t>(queries.shape(a.one ? 0 : 1));
+    a.nq = a.one ? 1 : static_cast<std::size_t>(queries.shape(0));
     if (dim != index.dim())
         throw py::value_error("Wrong dimensionality of the vectors: queries have dimension " +
                               std::to_string(dim) + ", the index has " +
                               std::to_string(index.dim()));
-    const float* q = queries.data();
-    check_rows(q, nq, dim, index.space(), "queries");
-    const std::size_t kk = static_cast<std::size_t>(k);
-    std::vector<py::ssize_t> shape = one ? std::vector<py::ssize_t>{k}
-                                         : std::vector<py::ssize_t>{static_cast<py::ssize_t>(nq), k};
-    py::array_t<std::int64_t> ids(shape);
-    py::array_t<float> distances(shape);
-    // Labels are written as uint64; the padding label 2^64-1 reads as -1.
-    auto* out_l = reinterpret_cast<label_t*>(ids.mutable_data());
-    auto* out_d = distances.mutable_data();
-    const std::size_t threads = static_cast<std::size_t>(std::max<py::ssize_t>(0, num_threads));
-    const std::size_t e = static_cast<std::size_t>(ef);
+    a.q = queries.data();
+    check_rows(a.q, a.nq, dim, index.space(), "queries");
+    a.k = static_cast<std::size_t>(std::max<py::ssize_t>(k, 0));
+    a.ef = static_cast<std::size_t>(ef);
+    a.threads = static_cast<std::size_t>(std::max<py::ssize_t>(0, num_threads));
+    return a;
+}
+
+// The [k] or [nq, k] result arrays of a query. Labels are written as uint64;
+// the padding label 2^64-1 reads as -1.
+struct KnnOut {
+    explicit KnnOut(const QueryArgs& a)
+        : ids(shape(a)), distances(shape(a)) {}
+    static std::vector<py::ssize_t> shape(const QueryArgs& a) {
+        const auto k = static_cast<py::ssize_t>(a.k);
+        return a.one ? std::vector<py::ssize_t>{k}
+                     : std::vector<py::ssize_t>{static_cast<py::ssize_t>(a.nq), k};
+    }
+    label_t* labels() { return reinterpret_cast<label_t*>(ids.mutable_data()); }
+    py::array_t<std::int64_t> ids;
+    py::array_t<float> distances;
+};
+
+py::tuple query(const HNSW& index, const py::array_t<float, py::array::c_style>& queries,
+                py::ssize_t k, py::ssize_t ef, const py::object& filter, py::ssize_t num_threads) {
+    const QueryArgs a = check_query(index, queries, k, ef, num_threads, true);
+    KnnOut out(a);
+    label_t* out_l = out.labels();
+    float* out_d = out.distances.mutable_data();
     if (filter.is_none()) {
         py::gil_scoped_release release;
-        index.search(q, nq, kk, e, nullptr, threads, out_l, out_d);
+        index.search(a.q, a.nq, a.k, a.ef, nullptr, a.threads, out_l, out_d);
     } else if (py::isinstance<py::function>(filter)) {
         // The callable needs the GIL: one thread, which holds it while it searches,
         // but not while it waits for the index's lock (a writer may be queued there,
@@ -148,14 +176,152 @@ py::tuple query(const HNSW& index, const py::array_t<float, py::array::c_style>&
             py::gil_scoped_release release;
             session = index.read_session();
         }
-        index.search_in(*session, q, nq, kk, e, &f, 1, out_l, out_d);
+        index.search_in(*session, a.q, a.nq, a.k, a.ef, &f, 1, out_l, out_d);
     } else {
         const LabelArray allow = filter.cast<LabelArray>();
         py::gil_scoped_release release;
-        index.search_allowed(q, nq, kk, e, allow.data(), static_cast<std::size_t>(allow.size()),
-                             threads, out_l, out_d);
+        index.search_allowed(a.q, a.nq, a.k, a.ef, allow.data(),
+                             static_cast<std::size_t>(allow.size()), a.threads, out_l, out_d);
     }
-    return py::make_tuple(ids, distances);
+    return py::make_tuple(out.ids, out.distances);
+}
+
+// A filter program from the Python layer's postfix list of tuples:
+//   ("in", field, ints or None, floats or None), ("irange", field, lo, hi),
+//   ("frange", field, lo, hi, lo_open, hi_open), ("and",), ("or",), ("not",)
+FilterProgram to_program(const py::list& steps) {
+    FilterProgram p;
+    for (const py::handle h : steps) {
+        const py::tuple t = h.cast<py::tuple>();
+        const std::string op = t[0].cast<std::string>();
+        FilterStep s;
+        if (op == "in") {
+            s.op = FilterStep::Op::In;
+            s.field = t[1].cast<std::string>();
+            if (!t[2].is_none()) s.ints = t[2].cast<std::vector<std::int64_t>>();
+            if (!t[3].is_none()) s.floats = t[3].cast<std::vector<double>>();
+        } else if (op == "irange") {
+            s.op = FilterStep::Op::Range;
+            s.field = t[1].cast<std::string>();
+            s.ilo = t[2].cast<std::int64_t>();
+            s.ihi = t[3].cast<std::int64_t>();
+        } else if (op == "frange") {
+            s.op = FilterStep::Op::Range;
+            s.field = t[1].cast<std::string>();
+            s.lo = t[2].cast<double>();
+            s.hi = t[3].cast<double>();
+            s.lo_open = t[4].cast<bool>();
+            s.hi_open = t[5].cast<bool>();
+        } else if (op == "and") {
+            s.op = FilterStep::Op::And;
+        } else if (op == "or") {
+            s.op = FilterStep::Op::Or;
+        } else if (op == "not") {
+            s.op = FilterStep::Op::Not;
+        } else {
+            throw py::value_error("unknown filter step '" + op + "'");
+        }
+        p.push_back(std::move(s));
+    }
+    return p;
+}
+
+// An allow-spec over the Python layer's (labels or None, program or None).
+struct PyAllow {
+    PyAllow(const py::object& labels, const py::object& program) {
+        if (!labels.is_none()) {
+            array = labels.cast<LabelArray>();
+            spec.labels = array.data();
+            spec.n_labels = static_cast<std::size_t>(array.size());
+            spec.has_labels = true;
+        }
+        if (!program.is_none()) {
+            steps = to_program(program.cast<py::list>());
+            spec.program = &steps;
+        }
+    }
+    LabelArray array;
+    FilterProgram steps;
+    AllowSpec spec;
+};
+
+FilterStrategy parse_strategy(const std::string& name) {
+    if (name == "auto") return FilterStrategy::Auto;
+    if (name == "scan") return FilterStrategy::Scan;
+    if (name == "filtered") return FilterStrategy::Filtered;
+    if (name == "two_hop") return FilterStrategy::TwoHop;
+    throw py::value_error("unknown filter strategy '" + name +
+                          "' (expected 'auto', 'scan', 'filtered' or 'two_hop')");
+}
+
+py::tuple query_set(const HNSW& index, const py::array_t<float, py::array::c_style>& queries,
+                    py::ssize_t k, py::ssize_t ef, const py::object& labels,
+                    const py::object& program, const std::string& strategy,
+                    py::ssize_t num_threads) {
+    const QueryArgs a = check_query(index, queries, k, ef, num_threads, true);
+    const FilterStrategy s = parse_strategy(strategy);
+    PyAllow allow(labels, program);
+    KnnOut out(a);
+    label_t* out_l = out.labels();
+    float* out_d = out.distances.mutable_data();
+    {
+        py::gil_scoped_release release;
+        index.search_set(a.q, a.nq, a.k, a.ef, allow.spec, s, a.threads, out_l, out_d);
+    }
+    return py::make_tuple(out.ids, out.distances);
+}
+
+py::tuple range_query(const HNSW& index, const py::array_t<float, py::array::c_style>& queries,
+                      double radius, py::ssize_t max_results, py::ssize_t ef,
+                      const py::object& labels, const py::object& program,
+                      const std::string& strategy, py::ssize_t num_threads) {
+    if (!(radius >= 0.0) || !std::isfinite(radius))
+        throw py::value_error("radius must be a finite non-negative number, got " +
+                              std::to_string(radius));
+    if (max_results < 1)
+        throw py::value_error("max_results must be at least 1, got " +
+                              std::to_string(max_results));
+    const QueryArgs a = check_query(index, queries, 0, ef, num_threads, false);
+    const FilterStrategy s = parse_strategy(strategy);
+    const bool filtered = !labels.is_none() || !program.is_none();
+    PyAllow allow(labels, program);
+    RangeResult r;
+    {
+        py::gil_scoped_release release;
+        r = index.search_range(a.q, a.nq, static_cast<float>(radius),
+                               static_cast<std::size_t>(max_results), a.ef,
+                               filtered ? &allow.spec : nullptr, s, a.threads);
+    }
+    py::array_t<std::int64_t> lims(static_cast<py::ssize_t>(r.lims.size()));
+    std::copy(r.lims.begin(), r.lims.end(), lims.mutable_data());
+    py::array_t<std::int64_t> ids(static_cast<py::ssize_t>(r.labels.size()));
+    std::memcpy(ids.mutable_data(), r.labels.data(), r.labels.size() * sizeof(label_t));
+    py::array_t<float> distances(static_cast<py::ssize_t>(r.distances.size()));
+    std::copy(r.distances.begin(), r.distances.end(), distances.mutable_data());
+    return py::make_tuple(lims, ids, distances);
+}
+
+// Attribute columns from the Python layer's list of (name, "int"/"float", array).
+std::unique_ptr<std::vector<AttrColumn>> to_columns(const py::object& attributes) {
+    if (attributes.is_none()) return nullptr;
+    auto cols = std::make_unique<std::vector<AttrColumn>>();
+    for (const py::handle h : attributes.cast<py::list>()) {
+        const py::tuple t = h.cast<py::tuple>();
+        AttrColumn c;
+        c.name = t[0].cast<std::string>();
+        const std::string kind = t[1].cast<std::string>();
+        if (kind == "int") {
+            c.type = AttrType::Int;
+            const auto a = t[2].cast<py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>>();
+            c.ints.assign(a.data(), a.data() + a.size());
+        } else {
+            c.type = AttrType::Float;
+            const auto a = t[2].cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+            c.floats.assign(a.data(), a.data() + a.size());
+        }
+        cols->push_back(std::move(c));
+    }
+    return cols;
 }
 
 }  // namespace
@@ -324,31 +490,99 @@ PYBIND11_MODULE(_core, m) {
             "add",
             [](HNSW& self, const FloatArray& data, const LabelArray& labels,
                std::size_t num_threads, bool replace_deleted, bool forbid_update_deleted,
-               bool grow) {
+               bool grow, const py::object& attributes) {
                 const std::size_t n = check_matrix(data, self.dim(), "vectors", self.space());
                 if (labels.ndim() != 1 || static_cast<std::size_t>(labels.shape(0)) != n)
                     throw py::value_error("got " + std::to_string(labels.size()) + " ids for " +
                                           std::to_string(n) + " vectors");
+                const auto cols = to_columns(attributes);
                 py::gil_scoped_release release;
                 self.add(data.data(), n, labels.data(), num_threads, replace_deleted,
-                         forbid_update_deleted, grow);
+                         forbid_update_deleted, grow, cols.get());
             },
             py::arg("data"), py::arg("labels"), py::arg("num_threads") = 0,
             py::arg("replace_deleted") = false, py::arg("forbid_update_deleted") = false,
-            py::arg("grow") = false)
+            py::arg("grow") = false, py::arg("attributes") = py::none())
         .def(
             "add_auto",
             [](HNSW& self, const FloatArray& data, std::size_t num_threads, bool replace_deleted,
-               bool grow) {
+               bool grow, const py::object& attributes) {
                 const std::size_t n = check_matrix(data, self.dim(), "vectors", self.space());
+                const auto cols = to_columns(attributes);
                 py::gil_scoped_release release;
-                return self.add_auto(data.data(), n, num_threads, replace_deleted, grow);
+                return self.add_auto(data.data(), n, num_threads, replace_deleted, grow,
+                                     cols.get());
             },
             py::arg("data"), py::arg("num_threads") = 0, py::arg("replace_deleted") = false,
-            py::arg("grow") = true,
+            py::arg("grow") = true, py::arg("attributes") = py::none(),
             "add() with the next free automatic ids, reserved atomically; returns the first.")
         .def("query", &query, py::arg("queries"), py::arg("k"), py::arg("ef"),
              py::arg("filter"), py::arg("num_threads"))
+        .def("query_set", &query_set, py::arg("queries"), py::arg("k"), py::arg("ef"),
+             py::arg("labels"), py::arg("program"), py::arg("strategy"), py::arg("num_threads"))
+        .def("range_query", &range_query, py::arg("queries"), py::arg("radius"),
+             py::arg("max_results"), py::arg("ef"), py::arg("labels"), py::arg("program"),
+             py::arg("strategy"), py::arg("num_threads"))
+        .def(
+            "labels_where",
+            [](const HNSW& self, const py::function& fn) {
+                // The callable runs while this thread holds the index's read lock
+                // (as during a lazily filtered search): calling back into the
+                // index raises instead of deadlocking; the lock is awaited
+                // without the GIL.
+                std::unique_ptr<HNSW::ReadSession> session;
+                {
+                    py::gil_scoped_release release;
+                    session = self.read_session();
+                }
+                const std::vector<label_t> all = self.labels_in(*session, false);
+                std::vector<label_t> keep;
+                for (const label_t l : all)
+                    if (fn(l).cast<bool>()) keep.push_back(l);
+                LabelArray out(static_cast<py::ssize_t>(keep.size()));
+                std::copy(keep.begin(), keep.end(), out.mutable_data());
+                return out;
+            },
+            py::arg("fn"), "Live ids for which fn(id) is true, in insertion order.")
+        .def("attribute_fields",
+             [](const HNSW& self) {
+                 std::vector<std::pair<std::string, std::string>> out;
+                 for (const auto& f : self.attribute_fields())
+                     out.emplace_back(f.name, f.type == AttrType::Int ? "int" : "float");
+                 return out;
+             })
+        .def(
+            "attribute_values",
+            [](const HNSW& self, const std::string& field, const LabelArray& labels) {
+                const std::size_t n = static_cast<std::size_t>(labels.size());
+                std::vector<std::uint64_t> raw(n);
+                py::array_t<bool> present(static_cast<py::ssize_t>(n));
+                AttrType t;
+                {
+                    py::gil_scoped_release release;
+                    t = self.attribute_values(field, labels.data(), n, raw.data(),
+                                              reinterpret_cast<std::uint8_t*>(present.mutable_data()));
+                }
+                py::array values = t == AttrType::Int
+                                       ? py::array(py::array_t<std::int64_t>(static_cast<py::ssize_t>(n)))
+                                       : py::array(py::array_t<double>(static_cast<py::ssize_t>(n)));
+                if (n) std::memcpy(values.mutable_data(), raw.data(), n * 8);
+                return py::make_tuple(values, present);
+            },
+            py::arg("field"), py::arg("labels"))
+        .def("last_plan",
+             [](const HNSW& self) {
+                 const PlanInfo p = self.last_plan();
+                 py::dict d;
+                 d["strategy"] = strategy_name(p.strategy);
+                 d["allowed"] = p.allowed;
+                 py::dict cost;
+                 for (FilterStrategy s : {FilterStrategy::Scan, FilterStrategy::Filtered,
+                                          FilterStrategy::TwoHop})
+                     cost[strategy_name(s)] = p.predicted_ns[static_cast<std::size_t>(s)];
+                 d["predicted_ns_per_query"] = cost;
+                 return d;
+             })
         .def(
             "mark_deleted",
             [](HNSW& self, const LabelArray& labels) {

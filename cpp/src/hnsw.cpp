@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -239,20 +240,63 @@ int HNSW::random_level() {
 // ------------------------------------------------------------------ insert
 
 void HNSW::add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads,
-               bool replace_deleted, bool forbid_update_deleted, bool grow) {
+               bool replace_deleted, bool forbid_update_deleted, bool grow,
+               const std::vector<AttrColumn>* attributes) {
     Busy busy(this);
     for (std::size_t i = 0; i < n; ++i)
         if (labels[i] >= kLabelLimit)
             throw std::invalid_argument("ids must be below 2**63, got " +
                                         std::to_string(labels[i]));
+    if (attributes) attrs_.prepare(*attributes, n);
     if (n == 0) return;
     std::shared_lock<RwLock> wlock(write_mutex_);
     add_locked(data, n, labels, num_threads, replace_deleted, forbid_update_deleted, grow);
+    record_attributes(attributes, labels, n);
+}
+
+// The caller holds write_mutex_ shared, so a snapshot sees a batch's vectors and
+// attributes together or neither.
+void HNSW::record_attributes(const std::vector<AttrColumn>* attributes, const label_t* labels,
+                             std::size_t n) {
+    const bool given = attributes != nullptr && !attributes->empty();
+    if (!given && attrs_.empty()) return;  // nothing to record, no stale values to clear
+    static const std::vector<AttrColumn> none;
+    std::shared_lock<RwLock> slock(storage_mutex_);
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    std::vector<node_id> slots;
+    std::vector<label_t> owners;
+    std::vector<std::size_t> rows;
+    slots.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        auto it = label_map_.find(labels[i]);
+        if (it == label_map_.end()) continue;  // replaced meanwhile by a concurrent add
+        slots.push_back(it->second);
+        owners.push_back(labels[i]);
+        rows.push_back(i);
+    }
+    if (slots.size() == n) {
+        attrs_.assign(given ? *attributes : none, slots.data(), owners.data(), n);
+        return;
+    }
+    std::vector<AttrColumn> kept(given ? *attributes : none);
+    for (AttrColumn& c : kept) {
+        for (std::size_t j = 0; j < rows.size(); ++j) {
+            if (c.type == AttrType::Int)
+                c.ints[j] = c.ints[rows[j]];
+            else
+                c.floats[j] = c.floats[rows[j]];
+        }
+        c.ints.resize(c.type == AttrType::Int ? rows.size() : 0);
+        c.floats.resize(c.type == AttrType::Float ? rows.size() : 0);
+    }
+    attrs_.assign(kept, slots.data(), owners.data(), slots.size());
 }
 
 label_t HNSW::add_auto(const float* data, std::size_t n, std::size_t num_threads,
-                       bool replace_deleted, bool grow) {
+                       bool replace_deleted, bool grow,
+                       const std::vector<AttrColumn>* attributes) {
     Busy busy(this);
+    if (attributes) attrs_.prepare(*attributes, n);
     std::shared_lock<RwLock> wlock(write_mutex_);
     label_t first = next_label_.load();
     do {
@@ -262,8 +306,10 @@ label_t HNSW::add_auto(const float* data, std::size_t n, std::size_t num_threads
     } while (!next_label_.compare_exchange_weak(first, first + n));
     std::vector<label_t> labels(n);
     for (std::size_t i = 0; i < n; ++i) labels[i] = first + i;
-    if (n > 0)
+    if (n > 0) {
         add_locked(data, n, labels.data(), num_threads, replace_deleted, false, grow);
+        record_attributes(attributes, labels.data(), n);
+    }
     return first;
 }
 
@@ -682,13 +728,13 @@ std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_le
 }
 
 // Beam search with an acceptance test, hnswlib's two-heap form: rejected nodes
-// (deleted, filtered out, or the node being linked) are traversed but never
-// returned, and while fewer than ef nodes are accepted the search keeps going.
-// Used by filtered queries and by inserts once something is deleted.
-template <class Accept>
-HNSW::MaxHeap HNSW::search_filtered(const DistanceKernels& k, node_id ep, const float* q,
-                                    int level, std::size_t ef, Accept&& accept,
-                                    std::uint64_t* dist_count) const {
+// are traversed but never returned, and while fewer than ef nodes are accepted
+// the search keeps going. expand(node, visited, out) writes the not yet visited
+// nodes to score from a node (and marks them visited); returns how many.
+template <class Accept, class Expand>
+HNSW::MaxHeap HNSW::beam_accepting(const DistanceKernels& k, node_id ep, const float* q,
+                                   std::size_t ef, Accept&& accept, Expand&& expand,
+                                   std::uint64_t* dist_count) const {
     auto visited = visited_pool_.acquire();
     MaxHeap top;
     top.reserve(ef + 1);
@@ -700,23 +746,22 @@ HNSW::MaxHeap HNSW::search_filtered(const DistanceKernels& k, node_id ep, const 
     frontier.push({d0, ep});
     if (accept(ep)) top.push_back({d0, ep});
     float lower = top.empty() ? kInf : top.front().dist;
+    node_id next[kMaxLinks];
+    constexpr std::size_t kAhead = 4;
 
     while (!frontier.empty()) {
         const Candidate c = frontier.top();
         if (c.dist > lower && top.size() >= ef) break;
         frontier.pop();
-        const std::uint32_t* links = links_at(c.id, level);
-        const std::size_t n = link_count(links);
-        if (n > 0) EVIDEX_PREFETCH(vec(links[1]));
-        for (std::size_t j = 1; j <= n; ++j) {
-            const node_id nb = links[j];
-            if (j < n) EVIDEX_PREFETCH(vec(links[j + 1]));
-            if (!visited->try_visit(nb)) continue;
+        const std::size_t m = expand(c.id, *visited, next);
+        for (std::size_t i = 0; i < std::min(m, kAhead); ++i) EVIDEX_PREFETCH(vec(next[i]));
+        for (std::size_t i = 0; i < m; ++i) {
+            if (i + kAhead < m) EVIDEX_PREFETCH(vec(next[i + kAhead]));
+            const node_id nb = next[i];
             const float d = distance(k, q, vec(nb));
             ++computed;
             if (top.size() < ef || d < lower) {
                 frontier.push({d, nb});
-                EVIDEX_PREFETCH(node(frontier.top().id));
                 if (accept(nb)) {
                     top.push_back({d, nb});
                     std::push_heap(top.begin(), top.end());
@@ -731,6 +776,25 @@ HNSW::MaxHeap HNSW::search_filtered(const DistanceKernels& k, node_id ep, const 
     }
     if (dist_count) *dist_count += computed;
     return top;
+}
+
+// Every neighbour is scored (filtered queries, and inserts once something is
+// deleted).
+template <class Accept>
+HNSW::MaxHeap HNSW::search_filtered(const DistanceKernels& k, node_id ep, const float* q,
+                                    int level, std::size_t ef, Accept&& accept,
+                                    std::uint64_t* dist_count) const {
+    return beam_accepting(
+        k, ep, q, ef, accept,
+        [&](node_id id, VisitedList& visited, node_id* out) {
+            const std::uint32_t* links = links_at(id, level);
+            const std::size_t n = link_count(links);
+            std::size_t m = 0;
+            for (std::size_t j = 1; j <= n; ++j)
+                if (visited.try_visit(links[j])) out[m++] = links[j];
+            return m;
+        },
+        dist_count);
 }
 
 HNSW::MaxHeap HNSW::search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
@@ -841,18 +905,24 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
                 return !deleted_at(id) && (filter == nullptr || filter->allowed(id, label_at(id)));
             };
             MaxHeap top = search_filtered(k, start, q, 0, ef, allowed, dist_count);
-            std::sort(top.begin(), top.end());
-            found = std::min(kk, top.size());
-            for (std::size_t i = 0; i < found; ++i) {
-                out_labels[i] = label_at(top[i].id);
-                out_distances[i] = top[i].dist;
-            }
+            found = write_nearest(top, kk, out_labels, out_distances);
         }
     }
     for (std::size_t i = found; i < kk; ++i) {
         out_labels[i] = kNoLabel;
         out_distances[i] = kInf;
     }
+}
+
+std::size_t HNSW::write_nearest(MaxHeap& top, std::size_t kk, label_t* out_labels,
+                                float* out_distances) const {
+    std::sort(top.begin(), top.end());
+    const std::size_t found = std::min(kk, top.size());
+    for (std::size_t i = 0; i < found; ++i) {
+        out_labels[i] = label_at(top[i].id);
+        out_distances[i] = top[i].dist;
+    }
+    return found;
 }
 
 void HNSW::search(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
@@ -877,10 +947,12 @@ void HNSW::search_in(const ReadSession& session, const float* queries, std::size
 void HNSW::search_allowed(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
                           const label_t* allowed, std::size_t n_allowed, std::size_t num_threads,
                           label_t* out_labels, float* out_distances) const {
-    Busy busy(this);
-    std::shared_lock<RwLock> lock(storage_mutex_);
-    const std::unique_ptr<BitsetFilter> filter = make_filter(allowed, n_allowed);
-    search_locked(queries, nq, k, ef, filter.get(), num_threads, out_labels, out_distances);
+    AllowSpec spec;
+    spec.labels = allowed;
+    spec.n_labels = n_allowed;
+    spec.has_labels = true;
+    search_set(queries, nq, k, ef, spec, FilterStrategy::Auto, num_threads, out_labels,
+               out_distances);
 }
 
 // The caller holds storage_mutex_ shared.
@@ -893,13 +965,8 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
     const KernelSet& ks = this->kernels();
     std::atomic<std::uint64_t> total{0};
     parallel_for(nq, num_threads, [&](std::size_t i) {
-        const float* q = queries + i * dim_;
         thread_local std::vector<float> scratch;
-        if (space_ == Space::Cosine) {
-            scratch.resize(dim_);
-            normalize_into(q, dim_, scratch.data());
-            q = scratch.data();
-        }
+        const float* q = prepare_query(queries + i * dim_, scratch);
         std::uint64_t computed = 0;
         search_one(kernels, ks, q, k, ef, filter, out_labels + i * k, out_distances + i * k,
                    &computed);
@@ -907,6 +974,429 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
     });
     last_distance_computations_.store(total.load());
     last_queries_.store(nq);
+}
+
+// ------------------------------------------------------------------ filtered and range search
+
+const float* HNSW::prepare_query(const float* q, std::vector<float>& scratch) const {
+    if (space_ != Space::Cosine) return q;
+    scratch.resize(dim_);
+    normalize_into(q, dim_, scratch.data());
+    return scratch.data();
+}
+
+const char* strategy_name(FilterStrategy s) {
+    switch (s) {
+        case FilterStrategy::Scan: return "scan";
+        case FilterStrategy::Filtered: return "filtered";
+        case FilterStrategy::TwoHop: return "two_hop";
+        default: return "auto";
+    }
+}
+
+// The caller holds storage_mutex_ shared: the set is sized to the slots of now,
+// so elements added meanwhile never leak into it.
+SlotSet HNSW::resolve(const AllowSpec& allow) const {
+    const std::size_t n = count_.load();
+    SlotSet set(n);
+    if (allow.program != nullptr) set = attrs_.evaluate(*allow.program, n);
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    if (allow.has_labels) {
+        SlotSet listed(n);
+        for (std::size_t i = 0; i < allow.n_labels; ++i) {
+            auto it = label_map_.find(allow.labels[i]);
+            if (it != label_map_.end() && it->second < n) listed.set(it->second);
+        }
+        if (allow.program != nullptr)
+            set.intersect(listed);
+        else
+            set = std::move(listed);
+    } else if (allow.program == nullptr) {
+        set.complement();  // everything
+    }
+    for (const node_id id : deleted_slots_)
+        if (id < n && deleted_at(id)) set.reset(id);
+    return set;
+}
+
+// Per-query cost of each method, in nanoseconds, from the model (defaults until a
+// method has run here: a scanned row costs about a distance, a graph step several
+// cache misses more).
+namespace {
+std::size_t scan_class(std::size_t nq) {
+    std::size_t c = 0;
+    for (std::size_t q = std::min<std::size_t>(nq, 32); q > 1; q >>= 1) ++c;
+    return c;
+}
+}  // namespace
+
+FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef, std::size_t nq,
+                          FilterStrategy forced, PlanInfo* info) const {
+    std::lock_guard<std::mutex> lk(planner_mutex_);
+    const double dim = static_cast<double>(dim_);
+    const CostModel& m = cost_;
+    const auto idx = [](FilterStrategy s) { return static_cast<std::size_t>(s); };
+    // This batch size's figure, else the nearest measured one, else a default.
+    double row_ns = 2.0 + 0.1 * dim;
+    const std::size_t cls = scan_class(nq);
+    for (std::size_t d = 0; d < CostModel::kScanClasses; ++d) {
+        if (cls >= d && m.scan_batches[cls - d]) {
+            row_ns = m.scan_ns_per_row[cls - d];
+            break;
+        }
+        if (cls + d < CostModel::kScanClasses && m.scan_batches[cls + d]) {
+            row_ns = m.scan_ns_per_row[cls + d];
+            break;
+        }
+    }
+    const auto step_ns = [&](FilterStrategy s) {
+        return m.batches[idx(s)] ? m.ns_per_distance[idx(s)] : 60.0 + 0.2 * dim;
+    };
+    const auto per_unit = [&](FilterStrategy s) {
+        return m.batches[idx(s)] ? m.distances_per_unit[idx(s)]
+                                 : (s == FilterStrategy::Filtered ? 10.0 : 4.0);
+    };
+    const double a = static_cast<double>(std::max<std::size_t>(allowed, 1));
+    const double n = static_cast<double>(std::max<std::size_t>(live, 1));
+    const double sel = std::min(1.0, a / n);
+    const double e = static_cast<double>(ef);
+    double cost[4] = {0, 0, 0, 0};
+    cost[1] = row_ns * a;
+    cost[2] = step_ns(FilterStrategy::Filtered) *
+              std::min(n, per_unit(FilterStrategy::Filtered) * e / sel);
+    // Two hops reach about M0^2 * sel allowed nodes from each expanded one; below
+    // one the beam starves and the method falls back to the filtered search.
+    const double reach = sel * static_cast<double>(M0_);
+    cost[3] = reach * static_cast<double>(M0_) < 1.0
+                  ? cost[2] * 1.5
+                  : step_ns(FilterStrategy::TwoHop) *
+                        std::min(n, per_unit(FilterStrategy::TwoHop) * e / std::min(1.0, reach));
+    double charged[4];
+    for (std::size_t i = 1; i < 4; ++i) charged[i] = cost[i] * std::exp(m.log_error[i]);
+    FilterStrategy best = FilterStrategy::Scan;
+    for (FilterStrategy s : {FilterStrategy::Filtered, FilterStrategy::TwoHop})
+        if (charged[idx(s)] < charged[idx(best)]) best = s;
+    if (forced == FilterStrategy::Auto) {
+        // A method never measured here gets one batch when its default estimate is
+        // close, so the model learns from this machine rather than the defaults.
+        for (FilterStrategy s :
+             {FilterStrategy::Scan, FilterStrategy::Filtered, FilterStrategy::TwoHop})
+            if (s != best && m.batches[idx(s)] == 0 &&
+                charged[idx(s)] < 1.5 * charged[idx(best)]) {
+                best = s;
+                break;
+            }
+    } else {
+        best = forced;
+    }
+    if (info != nullptr) {
+        info->strategy = best;
+        info->allowed = allowed;
+        for (std::size_t i = 1; i < 4; ++i) info->predicted_ns[i] = cost[i];
+    }
+    return best;
+}
+
+void HNSW::calibrate(FilterStrategy s, std::size_t allowed, std::size_t live, std::size_t ef,
+                     std::size_t nq, std::size_t threads, double seconds, std::uint64_t computed,
+                     double predicted_ns) const {
+    if (nq == 0 || allowed == 0) return;
+    const std::size_t i = static_cast<std::size_t>(s);
+    // Wall time over queries that ran side by side on `threads` threads.
+    const double ns = seconds * 1e9 * static_cast<double>(threads) / static_cast<double>(nq);
+    const double per_query = static_cast<double>(computed) / static_cast<double>(nq);
+    std::lock_guard<std::mutex> lk(planner_mutex_);
+    CostModel& m = cost_;
+    const double w = m.batches[i] == 0 ? 1.0 : 0.3;  // the first measurement replaces the default
+    auto blend = [w](double& v, double x) { v = v + w * (x - v); };
+    if (m.batches[i] > 0 && predicted_ns > 0 && ns > 0)  // a calibrated prediction
+        m.log_error[i] += 0.3 * (std::fabs(std::log(ns / predicted_ns)) - m.log_error[i]);
+    if (s == FilterStrategy::Scan) {
+        const std::size_t cls = scan_class(nq);
+        const double wc = m.scan_batches[cls] == 0 ? 1.0 : 0.3;
+        double& v = m.scan_ns_per_row[cls];
+        v += wc * (ns / static_cast<double>(allowed) - v);
+        ++m.scan_batches[cls];
+    } else {
+        blend(m.ns_per_distance[i], ns / std::max(1.0, per_query));
+        const double sel = std::min(1.0, static_cast<double>(allowed) / std::max<std::size_t>(1, live));
+        double unit = static_cast<double>(ef) / sel;
+        if (s == FilterStrategy::TwoHop) unit = static_cast<double>(ef) / std::min(1.0, sel * M0_);
+        // A search that visited (nearly) everything says little about the slope.
+        if (per_query < 0.9 * static_cast<double>(live) || m.batches[i] == 0)
+            blend(m.distances_per_unit[i], per_query / unit);
+    }
+    ++m.batches[i];
+}
+
+PlanInfo HNSW::last_plan() const {
+    std::lock_guard<std::mutex> lk(planner_mutex_);
+    return cost_.last;
+}
+
+// Exact k nearest allowed elements of a batch: members in blocks that stay in
+// cache while every query of the batch is scored against them, so a batch costs
+// one pass over the allowed vectors instead of one per query.
+void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
+                      const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
+                      float* out_distances) const {
+    constexpr std::size_t kBlockBytes = 96 * 1024;
+    const std::size_t bytes = dim_ * sizeof(float);
+    const std::size_t block = std::max<std::size_t>(16, kBlockBytes / node_bytes_);
+    std::vector<float> prepared;
+    const float* q = queries;
+    if (space_ == Space::Cosine) {
+        prepared.resize(nq * dim_);
+        for (std::size_t i = 0; i < nq; ++i)
+            normalize_into(queries + i * dim_, dim_, prepared.data() + i * dim_);
+        q = prepared.data();
+    }
+    std::vector<MaxHeap> tops(nq);
+    for (auto& t : tops) t.reserve(kk + 1);
+    const std::size_t n = members.size();
+    const std::size_t ahead = 8;
+    for (std::size_t b0 = 0; b0 < n; b0 += block) {
+        const std::size_t b1 = std::min(n, b0 + block);
+        for (std::size_t i = 0; i < nq; ++i) {
+            MaxHeap& top = tops[i];
+            const float* qi = q + i * dim_;
+            for (std::size_t j = b0; j < b1; ++j) {
+                if (i == 0 && j + ahead < n) prefetch_vector(node(members[j + ahead]) + vec_offset_, bytes);
+                const float d = distance(k, qi, vec(members[j]));
+                if (top.size() < kk) {
+                    top.push_back({d, members[j]});
+                    std::push_heap(top.begin(), top.end());
+                } else if (d < top.front().dist) {
+                    std::pop_heap(top.begin(), top.end());
+                    top.back() = {d, members[j]};
+                    std::push_heap(top.begin(), top.end());
+                }
+            }
+        }
+    }
+    for (std::size_t i = 0; i < nq; ++i) {
+        label_t* labels = out_labels + i * kk;
+        float* distances = out_distances + i * kk;
+        for (std::size_t r = write_nearest(tops[i], kk, labels, distances); r < kk; ++r) {
+            labels[r] = kNoLabel;
+            distances[r] = kInf;
+        }
+    }
+}
+
+// ACORN-1's search (Patel et al., SIGMOD 2024) on the unchanged HNSW graph: the
+// beam holds allowed nodes only; a neighbour the filter rejects is not scored
+// but its own neighbours are (two hops), so a restrictive filter leaves a
+// connected subgraph while distances are computed for allowed nodes alone.
+template <class Accept>
+HNSW::MaxHeap HNSW::search_two_hop(const DistanceKernels& k, node_id ep, const float* q,
+                                   std::size_t ef, Accept&& accept,
+                                   std::uint64_t* dist_count) const {
+    return beam_accepting(
+        k, ep, q, ef, accept,
+        [&](node_id id, VisitedList& visited, node_id* out) {
+            std::size_t m = 0;
+            const std::uint32_t* links = links0(id);
+            const std::size_t n = link_count(links);
+            for (std::size_t j = 1; j <= n && m < M0_; ++j) {
+                const node_id nb = links[j];
+                if (!visited.try_visit(nb)) continue;
+                if (accept(nb)) {
+                    out[m++] = nb;
+                    continue;
+                }
+                const std::uint32_t* hop = links0(nb);
+                const std::size_t n2 = link_count(hop);
+                for (std::size_t j2 = 1; j2 <= n2 && m < M0_; ++j2)
+                    if (accept(hop[j2]) && visited.try_visit(hop[j2])) out[m++] = hop[j2];
+            }
+            return m;
+        },
+        dist_count);
+}
+
+void HNSW::search_set_one(const DistanceKernels& k, FilterStrategy s, const SlotSet& set,
+                          std::size_t allowed, const float* q, std::size_t kk,
+                          std::size_t ef, label_t* out_labels, float* out_distances,
+                          std::uint64_t* dist_count) const {
+    std::size_t found = 0;
+    const Entry e = entry();
+    if (e.node >= 0) {
+        const node_id start =
+            greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1, dist_count);
+        auto accept = [&](node_id id) { return set.test(id); };
+        MaxHeap top;
+        if (s == FilterStrategy::TwoHop) top = search_two_hop(k, start, q, ef, accept, dist_count);
+        // Too few found (the allowed nodes around the query are not connected
+        // within two hops): the filtered search, which walks through everything.
+        if (s != FilterStrategy::TwoHop || top.size() < std::min(ef, allowed))
+            top = search_filtered(k, start, q, 0, ef, accept, dist_count);
+        found = write_nearest(top, kk, out_labels, out_distances);
+    }
+    for (std::size_t i = found; i < kk; ++i) {
+        out_labels[i] = kNoLabel;
+        out_distances[i] = kInf;
+    }
+}
+
+void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                      const AllowSpec& allow, FilterStrategy strategy, std::size_t num_threads,
+                      label_t* out_labels, float* out_distances) const {
+    Busy busy(this);
+    std::shared_lock<RwLock> lock(storage_mutex_);
+    const SlotSet set = resolve(allow);
+    const std::size_t allowed = set.count();
+    ef = std::min(std::max(ef, k), std::max(count_.load(), k));
+    PlanInfo info;
+    const FilterStrategy s = plan(allowed, live_count(), ef, nq, strategy, &info);
+    std::vector<node_id> members;
+    if (s == FilterStrategy::Scan) {
+        members.reserve(allowed);
+        set.for_each([&](node_id id) { members.push_back(id); });
+    }
+    const DistanceKernels& kernels = active_kernels();
+    std::atomic<std::uint64_t> total{0};
+    const auto t0 = std::chrono::steady_clock::now();
+    if (s == FilterStrategy::Scan) {
+        // Chunks of queries share each pass over the allowed vectors.
+        constexpr std::size_t kChunk = 32;
+        const std::size_t chunks = (nq + kChunk - 1) / kChunk;
+        parallel_for(chunks, num_threads, [&](std::size_t c) {
+            const std::size_t i0 = c * kChunk, m = std::min(kChunk, nq - i0);
+            scan_batch(kernels, queries + i0 * dim_, m, members, k, out_labels + i0 * k,
+                       out_distances + i0 * k);
+        });
+        total.store(static_cast<std::uint64_t>(nq) * members.size());
+    } else {
+        parallel_for(nq, num_threads, [&](std::size_t i) {
+            thread_local std::vector<float> scratch;
+            const float* q = prepare_query(queries + i * dim_, scratch);
+            std::uint64_t computed = 0;
+            if (allowed == 0) {
+                std::fill(out_labels + i * k, out_labels + (i + 1) * k, kNoLabel);
+                std::fill(out_distances + i * k, out_distances + (i + 1) * k, kInf);
+            } else {
+                search_set_one(kernels, s, set, allowed, q, k, ef, out_labels + i * k,
+                               out_distances + i * k, &computed);
+            }
+            total.fetch_add(computed, std::memory_order_relaxed);
+        });
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::size_t units = s == FilterStrategy::Scan ? (nq + 31) / 32 : nq;
+    calibrate(s, allowed, live_count(), ef, nq, resolve_threads(num_threads, units), seconds,
+              total.load(), info.predicted_ns[static_cast<std::size_t>(s)]);
+    {
+        std::lock_guard<std::mutex> lk(planner_mutex_);
+        cost_.last = info;
+    }
+    last_distance_computations_.store(total.load());
+    last_queries_.store(nq);
+}
+
+std::vector<HNSW::Candidate> HNSW::range_one(const DistanceKernels& k, FilterStrategy s,
+                                             const SlotSet* set,
+                                             const std::vector<node_id>* members, const float* q,
+                                             float radius, std::size_t max_results,
+                                             std::size_t ef, std::uint64_t* dist_count) const {
+    std::vector<Candidate> out;
+    if (s == FilterStrategy::Scan) {
+        for (const node_id id : *members) {
+            const float d = distance(k, q, vec(id));
+            if (d < radius) out.push_back({d, id});
+        }
+        if (dist_count) *dist_count += members->size();
+    } else {
+        const Entry e = entry();
+        if (e.node < 0) return out;
+        const node_id start =
+            greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1, dist_count);
+        auto accept = [&](node_id id) {
+            return set != nullptr ? set->test(id) : !deleted_at(id);
+        };
+        const std::size_t n = count_.load();
+        // Widen the beam while all of it lies inside the radius: then more may.
+        for (std::size_t width = std::max<std::size_t>(ef, 16);; width = std::min(2 * width, n)) {
+            MaxHeap top = s == FilterStrategy::TwoHop
+                              ? search_two_hop(k, start, q, width, accept, dist_count)
+                              : search_filtered(k, start, q, 0, width, accept, dist_count);
+            std::size_t inside = 0;
+            for (const Candidate& c : top) inside += c.dist < radius;
+            if (inside < top.size() || top.size() < width || width >= n ||
+                inside >= max_results) {
+                for (const Candidate& c : top)
+                    if (c.dist < radius) out.push_back(c);
+                break;
+            }
+        }
+    }
+    std::sort(out.begin(), out.end());
+    if (out.size() > max_results) out.resize(max_results);
+    return out;
+}
+
+RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radius,
+                               std::size_t max_results, std::size_t ef, const AllowSpec* allow,
+                               FilterStrategy strategy, std::size_t num_threads) const {
+    if (!(radius >= 0.f))
+        throw std::invalid_argument("radius must be a non-negative number, got " +
+                                    std::to_string(radius));
+    if (max_results == 0) throw std::invalid_argument("max_results must be at least 1");
+    Busy busy(this);
+    std::shared_lock<RwLock> lock(storage_mutex_);
+    SlotSet set = resolve(allow != nullptr ? *allow : AllowSpec{});
+    const std::size_t allowed = set.count();
+    ef = std::min(std::max<std::size_t>(ef, 1), std::max<std::size_t>(count_.load(), 1));
+    const FilterStrategy s = plan(allowed, live_count(), ef, 1, strategy, nullptr);
+    std::vector<node_id> members;
+    if (s == FilterStrategy::Scan) {
+        members.reserve(allowed);
+        set.for_each([&](node_id id) { members.push_back(id); });
+    }
+    const DistanceKernels& kernels = active_kernels();
+    std::vector<std::vector<Candidate>> found(nq);
+    std::atomic<std::uint64_t> total{0};
+    parallel_for(nq, num_threads, [&](std::size_t i) {
+        thread_local std::vector<float> scratch;
+        const float* q = prepare_query(queries + i * dim_, scratch);
+        std::uint64_t computed = 0;
+        if (allowed > 0)
+            found[i] = range_one(kernels, s, allow != nullptr ? &set : nullptr, &members, q, radius,
+                                 max_results, ef, &computed);
+        total.fetch_add(computed, std::memory_order_relaxed);
+    });
+    RangeResult r;
+    r.lims.resize(nq + 1, 0);
+    for (std::size_t i = 0; i < nq; ++i)
+        r.lims[i + 1] = r.lims[i] + static_cast<std::int64_t>(found[i].size());
+    r.labels.reserve(static_cast<std::size_t>(r.lims[nq]));
+    r.distances.reserve(static_cast<std::size_t>(r.lims[nq]));
+    for (const auto& f : found)
+        for (const Candidate& c : f) {
+            r.labels.push_back(label_at(c.id));
+            r.distances.push_back(c.dist);
+        }
+    last_distance_computations_.store(total.load());
+    last_queries_.store(nq);
+    return r;
+}
+
+AttrType HNSW::attribute_values(const std::string& field, const label_t* labels, std::size_t n,
+                                void* out, std::uint8_t* is_set) const {
+    Busy busy(this);
+    std::shared_lock<RwLock> lock(storage_mutex_);
+    std::vector<node_id> slots(n);
+    {
+        std::lock_guard<std::mutex> lk(label_mutex_);
+        for (std::size_t i = 0; i < n; ++i) {
+            auto it = label_map_.find(labels[i]);
+            if (it == label_map_.end())
+                throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
+            slots[i] = it->second;
+        }
+    }
+    return attrs_.values(field, slots.data(), n, out, is_set);
 }
 
 // ------------------------------------------------------------------ labels
@@ -982,8 +1472,12 @@ void HNSW::get_vectors(const label_t* labels, std::size_t n, float* out) const {
 }
 
 std::vector<label_t> HNSW::labels(bool include_deleted) const {
-    Busy busy(this);
-    std::shared_lock<RwLock> lock(storage_mutex_);
+    ReadSession session(*this);
+    return labels_in(session, include_deleted);
+}
+
+std::vector<label_t> HNSW::labels_in(const ReadSession& session, bool include_deleted) const {
+    if (session.index() != this) throw std::invalid_argument("a read session of another index");
     std::lock_guard<std::mutex> lk(label_mutex_);
     std::vector<label_t> out;
     const std::size_t n = count_.load();
@@ -991,17 +1485,6 @@ std::vector<label_t> HNSW::labels(bool include_deleted) const {
     for (node_id id = 0; id < n; ++id)
         if (include_deleted || !deleted_at(id)) out.push_back(label_at(id));
     return out;
-}
-
-// The caller holds storage_mutex_ (the bitset is sized to the slots of now).
-std::unique_ptr<BitsetFilter> HNSW::make_filter(const label_t* labels, std::size_t n) const {
-    std::lock_guard<std::mutex> lk(label_mutex_);
-    auto filter = std::make_unique<BitsetFilter>(count_.load());
-    for (std::size_t i = 0; i < n; ++i) {
-        auto it = label_map_.find(labels[i]);
-        if (it != label_map_.end()) filter->allow(it->second);
-    }
-    return filter;
 }
 
 IndexStats HNSW::stats() const {

@@ -1,4 +1,5 @@
-// The index file format (version 1), little-endian:
+// The index file format (version 2; version 1 is version 2 without attributes,
+// and is still what an index without attributes writes), little-endian:
 //   Header (fixed 256 bytes: magic, version, parameters, section offsets, the
 //           payload checksum and a checksum of the header itself)
 //   level-0 block   count * node_bytes, at a 64-byte aligned offset so that a
@@ -6,6 +7,7 @@
 //   upper section   one level byte per node (padded to 8), then each node's upper
 //                   link lists, level * (M + 1) u32
 //   quant section   (SQ8 only) per-dimension minimum and scale, then the codes
+//   attr section    (version 2) the stored attributes (AttributeStore::serialize)
 //
 // A file is input from a stranger. The checksums catch accidents; the bounds
 // catch attackers, who can recompute any checksum: every header field is bounded
@@ -36,7 +38,7 @@ namespace evidex {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'V', 'D', 'X', 'H', 'N', 'S', 'W'};
-constexpr std::uint32_t kFormatVersion = 1;
+constexpr std::uint32_t kFormatVersion = 2;
 constexpr std::uint32_t kEndianTag = 0x01020304;
 constexpr std::size_t kHeaderBytes = 256;
 constexpr std::size_t kChunkBytes = std::size_t{4} << 20;  // streaming reads
@@ -53,7 +55,8 @@ struct Header {
     std::uint64_t payload_checksum;
     std::uint64_t ef;
     std::uint64_t quantization, trained, quant_offset, quant_bytes;
-    std::uint64_t reserved[4];
+    std::uint64_t attr_offset, attr_bytes;  // zero in version 1
+    std::uint64_t reserved[2];
     std::uint64_t header_checksum;  // over every byte before this field
 };
 static_assert(sizeof(Header) == kHeaderBytes, "header layout");
@@ -140,7 +143,8 @@ struct Layout {
     std::size_t n = 0, dim = 0, M = 0, M0 = 0;
     std::size_t node_bytes = 0, vec_offset = 0, label_offset = 0, code_stride = 0;
     std::uint64_t level0_offset = 0, level0_bytes = 0, upper_offset = 0, upper_bytes = 0;
-    std::uint64_t quant_offset = 0, quant_bytes = 0, file_bytes = 0;
+    std::uint64_t quant_offset = 0, quant_bytes = 0, attr_offset = 0, attr_bytes = 0;
+    std::uint64_t file_bytes = 0;
     bool sq8 = false;
     int max_level = -1;
     std::int64_t entry = -1;
@@ -196,7 +200,15 @@ Layout check_header(const Header& h, std::uint64_t size) {
         h.level0_offset % 64 != 0 || h.level0_bytes != L.level0_bytes ||
         h.upper_offset != L.upper_offset || L.upper_bytes < round_up(L.n, 8) ||
         L.upper_bytes % 8 != 0 || h.quant_offset != L.quant_offset ||
-        h.quant_bytes != L.quant_bytes || add(L.quant_offset, L.quant_bytes) != size)
+        h.quant_bytes != L.quant_bytes)
+        corrupt("inconsistent section sizes in the header");
+    L.attr_offset = add(L.quant_offset, L.quant_bytes);
+    L.attr_bytes = h.attr_bytes;
+    if (h.reserved[0] != 0 || h.reserved[1] != 0 ||
+        (h.version == 1 ? (h.attr_offset != 0 || h.attr_bytes != 0)
+                        : (h.attr_offset != L.attr_offset || h.attr_bytes < 16 ||
+                           h.attr_bytes % 8 != 0)) ||
+        add(L.attr_offset, L.attr_bytes) != size)
         corrupt("inconsistent section sizes in the header");
     return L;
 }
@@ -397,7 +409,15 @@ void verify_image(const Source& src, std::uint64_t size) {
         stream(src, L.quant_offset + ranges.size(), L.quant_bytes - ranges.size(), 1, buffer,
                [&](const char* p, std::size_t len) { check.bytes(p, len); });
     }
+    std::vector<char> attrs(L.attr_bytes);
+    src.read(L.attr_offset, attrs.size(), attrs.data());
+    check.bytes(attrs.data(), attrs.size());
     check.finish();
+    if (!attrs.empty()) {
+        AttributeStore store;
+        const std::vector<label_t> owners(L.n, 0);
+        store.deserialize(attrs.data(), attrs.size(), L.n, owners.data());
+    }
 }
 
 std::atomic<std::uint64_t> g_temp_counter{0};
@@ -446,9 +466,11 @@ public:
     template <class Sink>
     static void write(const HNSW& index, Sink&& sink) {
         const std::size_t n = index.count_.load();
+        const std::string attrs = index.attrs_.empty() ? std::string() : index.attrs_.serialize(n);
         Header h{};
         std::memcpy(h.magic, kMagic, 8);
-        h.version = kFormatVersion;
+        // Without attributes, version 1: readable by every evidex.
+        h.version = attrs.empty() ? 1 : kFormatVersion;
         h.endian_tag = kEndianTag;
         h.header_bytes = kHeaderBytes;
         h.dim = index.dim_;
@@ -475,12 +497,14 @@ public:
         h.trained = index.quant_ == Quantization::SQ8 && index.trained_;
         h.quant_offset = h.upper_offset + h.upper_bytes;
         h.quant_bytes = quant_section_bytes(index, n);
-        h.file_bytes = h.quant_offset + h.quant_bytes;
+        h.attr_offset = attrs.empty() ? 0 : h.quant_offset + h.quant_bytes;
+        h.attr_bytes = attrs.size();
+        h.file_bytes = h.quant_offset + h.quant_bytes + h.attr_bytes;
 
         Checksum payload;
-        for_each_payload_chunk(index, h, [&](const void* p, std::size_t len) {
-            payload.update(p, len);
-        });
+        auto sum = [&](const void* p, std::size_t len) { payload.update(p, len); };
+        for_each_payload_chunk(index, h, sum);
+        sum(attrs.data(), attrs.size());
         h.payload_checksum = payload.digest();
         h.header_checksum = header_checksum(h);
 
@@ -488,6 +512,7 @@ public:
         static const char zeros[64] = {};
         sink(zeros, h.level0_offset - kHeaderBytes);
         for_each_payload_chunk(index, h, sink);
+        if (!attrs.empty()) sink(attrs.data(), attrs.size());
     }
 
     // Build an index from an image, validating it in the memory it will live in.
@@ -544,7 +569,15 @@ public:
                 for (std::size_t d = 0; d < L.dim; ++d)
                     index->qweight_[d] = index->qscale_[d] * index->qscale_[d];
             }
+            std::vector<char> attrs(L.attr_bytes);
+            src.read(L.attr_offset, attrs.size(), attrs.data());
+            check.bytes(attrs.data(), attrs.size());
             check.finish();
+            if (!attrs.empty()) {
+                std::vector<label_t> owners(n);
+                for (node_id id = 0; id < n; ++id) owners[id] = index->label_at(id);
+                index->attrs_.deserialize(attrs.data(), attrs.size(), n, owners.data());
+            }
             adopt_upper(*index, L, upper.data());
         } catch (...) {
             // The mapping is the caller's again until read() returns.

@@ -6,6 +6,7 @@ optional extras used by the sub-packages that need them.
 
 from ._core import CorruptIndexError, cpu_simd_level, set_simd_level, simd_level
 from .bruteforce import BruteForceIndex, exact_knn
+from .filters import F
 from .index import HNSWIndex
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BruteForceIndex",
     "CorruptIndexError",
+    "F",
     "HNSWIndex",
     "cpu_simd_level",
     "exact_knn",

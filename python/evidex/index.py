@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
 import numpy as np
@@ -17,12 +18,14 @@ from ._arrays import (
     check_threads,
     to_numpy,
 )
+from .filters import Expr, F
 
 SPACES = ("l2", "ip", "cosine")
 _MAX_EF = 2**31 - 1
 _NO_LABEL = np.uint64(np.iinfo(np.uint64).max)
 
-Filter = Union[None, Callable[[int], bool], np.ndarray, "list[int]"]
+Filter = Union[None, Expr, Callable[[int], bool], np.ndarray, "list[int]"]
+STRATEGIES = ("auto", "scan", "filtered", "two_hop")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -210,6 +213,7 @@ class HNSWIndex:
         ids: Any = None,
         num_threads: int = 0,
         replace_deleted: bool = False,
+        attributes: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
         """Insert vectors; an id already present is updated in place.
 
@@ -220,20 +224,52 @@ class HNSWIndex:
             num_threads: insert threads (0: all cores). One thread and a fixed seed
                 build the same graph every time.
             replace_deleted: reuse slots of deleted elements for new ids.
+            attributes: values stored with the vectors, filterable with
+                :class:`evidex.F`: ``{name: values}``, one integer or float per
+                vector (or one scalar for all). A field keeps the kind of its first
+                values (integers, bools as 0 / 1, or floats; NaN is refused). An
+                update keeps the fields it does not give; a new element has none.
 
         Returns:
             The ids of the added vectors (int64).
         """
         data, _ = as_float_matrix(vectors, self.dim, "vectors")
         threads = check_threads(num_threads)
+        columns = None
+        if attributes is not None:
+            columns = _attribute_columns(attributes, data.shape[0], self.attribute_fields)
         # Growth, training an SQ8 index on its first batch and automatic ids all
         # happen inside the core, under its locks: concurrent adds never collide.
         if ids is None:
-            start = self._core.add_auto(data, threads, bool(replace_deleted), True)
+            start = self._core.add_auto(data, threads, bool(replace_deleted), True, columns)
             return np.arange(start, start + data.shape[0], dtype=np.int64)
         labels = as_labels(ids, data.shape[0])  # the core refuses ids of 2**63 and more
-        self._core.add(data, labels, threads, bool(replace_deleted), False, True)
+        self._core.add(data, labels, threads, bool(replace_deleted), False, True, columns)
         return labels.astype(np.int64)
+
+    @property
+    def attribute_fields(self) -> dict[str, str]:
+        """Stored attribute fields: name -> ``"int"`` or ``"float"``."""
+        return dict(self._core.attribute_fields())
+
+    def get_attributes(
+        self, ids: Any, fields: Iterable[str] | None = None
+    ) -> dict[str, np.ma.MaskedArray]:
+        """Stored attribute values of ``ids`` (masked where an element has none).
+
+        Raises KeyError for an id not in the index, ValueError for an unknown field.
+        """
+        labels = as_labels(ids, None)
+        known = self.attribute_fields
+        names = list(known) if fields is None else [str(f) for f in fields]
+        out = {}
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown attribute {name!r}; the index has: "
+                                 f"{', '.join(sorted(known)) or 'none'}")  # fmt: skip
+            values, present = self._core.attribute_values(name, labels)
+            out[name] = np.ma.MaskedArray(values, mask=~present)
+        return out
 
     def resize(self, max_elements: int) -> None:
         """Change the capacity; it cannot shrink below the number of stored slots."""
@@ -253,6 +289,7 @@ class HNSWIndex:
         ef: int | None = None,
         filter: Filter = None,
         num_threads: int = 0,
+        filter_strategy: str = "auto",
     ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of each query.
 
@@ -260,10 +297,19 @@ class HNSWIndex:
             queries: ``[nq, dim]`` array or tensor, or one ``[dim]`` query.
             k: neighbours per query, at most ``len(self)``.
             ef: beam width (default ``self.ef``; ``max(ef, k)`` is used).
-            filter: ``None``; an allow-list of ids (integer array or list); a boolean
-                mask indexed by id; or a callable ``f(id) -> bool`` (called with the
-                GIL held, so the search then runs on one thread).
+            filter: ``None``; an attribute expression (:class:`evidex.F`); an
+                allow-list of ids (integer array or list); a boolean mask indexed by
+                id; or a callable ``f(id) -> bool``. A callable is called with the
+                GIL held: for a batch it is evaluated once per element up front
+                (when that is fewer calls than a lazy search would make), else
+                lazily on one thread.
             num_threads: search threads over queries (0: all cores).
+            filter_strategy: how a filtered batch runs: ``"auto"`` (the planner
+                picks the cheapest by its cost model, calibrated on this machine),
+                ``"scan"`` (exact over the allowed elements), ``"filtered"``
+                (beam search through every node, returning allowed ones) or
+                ``"two_hop"`` (beam over allowed nodes reached through at most one
+                rejected node, ACORN-1; falls back to ``"filtered"``).
 
         Returns:
             ``(ids, distances)``: int64 and float32 arrays ``[nq, k]`` (``[k]`` for a
@@ -289,9 +335,77 @@ class HNSWIndex:
             and queries.flags.c_contiguous
         ):
             queries = as_float_array(queries, "queries")
+        if filter is None:
+            if filter_strategy != "auto" and filter_strategy not in STRATEGIES:
+                raise ValueError(f"unknown filter_strategy {filter_strategy!r}; "
+                                 f"expected one of {STRATEGIES}")  # fmt: skip
+            return self._core.query(queries, k, ef, None, num_threads)
+        labels, program = self._allow(filter, queries, ef)
+        if labels is None and program is None:  # a lazy callable
+            return self._core.query(queries, k, ef, filter, num_threads)
+        return self._core.query_set(
+            queries, k, ef, labels, program, str(filter_strategy), num_threads
+        )
+
+    def search_range(
+        self,
+        queries: Any,
+        radius: float,
+        max_results: int = 1000,
+        ef: int | None = None,
+        filter: Filter = None,
+        num_threads: int = 0,
+        filter_strategy: str = "auto",
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every element within ``radius`` of each query (FAISS's ``range_search``).
+
+        Distances are the index's (squared L2 for ``"l2"``, ``1 - cos`` for
+        ``"cosine"``, ``1 - dot`` for ``"ip"``); an element is returned when its
+        distance is below ``radius``. Over the graph, the beam starts at ``ef``
+        and doubles while every element in it lies within the radius, so recall
+        is approximate (measured in bench/RESULTS.md); a small filtered set (or
+        ``filter_strategy="scan"``) is searched exactly.
+
+        Args:
+            queries: ``[nq, dim]`` or one ``[dim]`` query.
+            radius: a finite, non-negative distance.
+            max_results: at most this many per query (the nearest).
+            ef: the starting beam width (default ``self.ef``).
+            filter: as in :meth:`search`.
+            num_threads: search threads over queries (0: all cores).
+            filter_strategy: as in :meth:`search`.
+
+        Returns:
+            ``(lims, ids, distances)``: query ``i``'s results are
+            ``ids[lims[i]:lims[i + 1]]``, nearest first.
+        """
+        if isinstance(radius, bool) or not isinstance(radius, (int, float, np.floating,
+                                                                np.integer)):  # fmt: skip
+            raise TypeError(f"radius must be a number, got {type(radius).__name__}")
+        radius = float(radius)
+        if not (math.isfinite(radius) and radius >= 0):
+            raise ValueError(f"radius must be a finite non-negative number, got {radius}")
+        max_results = check_positive_int(max_results, "max_results")
+        ef = -1 if ef is None else min(check_positive_int(ef, "ef"), _MAX_EF)
+        num_threads = check_threads(num_threads)
+        queries = as_float_array(queries, "queries")
+        labels = program = None
         if filter is not None:
-            filter = _convert_filter(filter)
-        return self._core.query(queries, k, ef, filter, num_threads)
+            labels, program = self._allow(filter, queries, max(ef, self.ef), force=True)
+        lims, ids, dists = self._core.range_query(
+            queries, radius, max_results, ef, labels, program, str(filter_strategy), num_threads
+        )
+        return lims, ids, dists
+
+    def last_plan(self) -> dict[str, Any]:
+        """How the last filtered search ran: the method, the allowed count, and the
+        planner's predicted nanoseconds per query for each method."""
+        return dict(self._core.last_plan())
+
+    def _allow(
+        self, filter: Filter, queries: np.ndarray, ef: int, force: bool = False
+    ) -> tuple[np.ndarray | None, list | None]:
+        return resolve_filter(self._core, filter, queries, self.ef if ef == -1 else ef, force)
 
     # ------------------------------------------------------------ deletion
     def delete(self, ids: Any) -> None:
@@ -365,6 +479,27 @@ class HNSWIndex:
         self._core = _core.HNSW.deserialize(state["index"])
 
 
+def resolve_filter(
+    core: _core.HNSW, filter: Filter, queries: np.ndarray, ef: int, force: bool = False
+) -> tuple[np.ndarray | None, list | None]:
+    """A filter as (allowed ids, attribute program) for the core's planned search,
+    or (None, None) for a callable better called lazily during the search."""
+    if isinstance(filter, Expr):
+        return None, filter.compile(dict(core.attribute_fields()))
+    if isinstance(filter, F):
+        raise TypeError(f"{filter!r} is a field, not a filter: compare it, e.g. {filter!r} == 1")
+    if callable(filter):
+        n = core.live_count
+        nq = 1 if queries.ndim == 1 else queries.shape[0]
+        # A lazy search calls the filter for about every node it visits (up to
+        # all of them, for a restrictive filter): once per element is fewer
+        # calls when the batch is large.
+        if not force and nq * min(n, 16 * ef) < n:
+            return None, None
+        return core.labels_where(filter), None
+    return _convert_filter(filter), None
+
+
 def _convert_filter(filter: Filter) -> Any:
     if filter is None:
         return None
@@ -389,3 +524,55 @@ def _convert_filter(filter: Filter) -> Any:
             f"got an array of dtype {a.dtype}"
         )
     return as_labels(a.reshape(-1), None, "filter ids")
+
+
+def _attribute_columns(
+    attributes: Mapping[str, Any], n: int, fields: Mapping[str, str]
+) -> list[tuple[str, str, np.ndarray]]:
+    """``add``'s attributes as (name, kind, 1-D array of n) for the core."""
+    if not isinstance(attributes, Mapping):
+        raise TypeError(f"attributes must be a dict of name -> values, got "
+                        f"{type(attributes).__name__}")  # fmt: skip
+    out = []
+    for name, values in attributes.items():
+        if not isinstance(name, str):
+            raise TypeError(f"attribute names are str, got {name!r}")
+        try:
+            a = to_numpy(values)
+        except Exception as e:  # noqa: BLE001 - re-raised with the field's name
+            raise TypeError(f"attribute {name!r}: values of type {type(values).__name__} "
+                            f"are not usable: {e}") from e  # fmt: skip
+        if a.ndim == 0:
+            a = np.full(n, a.item() if a.dtype != object else a.item(), dtype=a.dtype)
+        if a.ndim != 1 or a.shape[0] != n:
+            raise ValueError(f"attribute {name!r} has shape {a.shape}; expected {n} values, "
+                             f"one per vector")  # fmt: skip
+        if a.dtype == object and n:
+            try:
+                a = np.asarray(a.tolist())
+            except Exception:  # noqa: BLE001
+                pass
+        kind = fields.get(name)
+        if a.dtype.kind in "biu" or (a.size == 0 and kind != "float"):
+            if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+                raise ValueError(f"attribute {name!r} has values past the int64 range")
+            if kind == "float":
+                out.append((name, "float", a.astype(np.float64)))
+            else:
+                out.append((name, "int", a.astype(np.int64)))
+        elif a.dtype.kind == "f":
+            f = a.astype(np.float64)
+            if not np.isfinite(f).all():
+                row = int(np.flatnonzero(~np.isfinite(f))[0])
+                raise ValueError(f"attribute {name!r} has a NaN or infinite value (row {row})")
+            if kind == "int":
+                if not (np.floor(f) == f).all() or (np.abs(f) >= 2.0**63).any():
+                    raise TypeError(f"attribute {name!r} holds integers; got non-integral "
+                                    f"floats")  # fmt: skip
+                out.append((name, "int", f.astype(np.int64)))
+            else:
+                out.append((name, "float", f))
+        else:
+            raise TypeError(f"attribute {name!r} must hold integers, bools or floats, "
+                            f"got dtype {a.dtype}")  # fmt: skip
+    return out

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "evidex/attributes.h"
 #include "evidex/distance.h"
 #include "evidex/kernel_abi.h"
 #include "evidex/kernels.h"
@@ -54,21 +55,50 @@ public:
     virtual bool allowed(node_id id, label_t label) const = 0;
 };
 
-// Allow-list over internal ids, built from labels. Ids past the end (slots added
-// after it was built) are not allowed.
-class BitsetFilter final : public SearchFilter {
+// Allow-set over internal ids (see SlotSet). Slots past its end (added after it
+// was built) are not allowed.
+class SlotFilter final : public SearchFilter {
 public:
-    explicit BitsetFilter(std::size_t capacity) : size_(capacity), words_((capacity + 63) / 64, 0) {}
-    void allow(node_id id) {
-        if (id < size_) words_[id >> 6] |= std::uint64_t{1} << (id & 63);
-    }
-    bool allowed(node_id id, label_t) const override {
-        return id < size_ && ((words_[id >> 6] >> (id & 63)) & 1u);
-    }
+    explicit SlotFilter(const SlotSet& set) : set_(set) {}
+    bool allowed(node_id id, label_t) const override { return set_.test(id); }
 
 private:
-    std::size_t size_;
-    std::vector<std::uint64_t> words_;
+    const SlotSet& set_;
+};
+
+// What a filtered search may return: the elements whose labels are listed,
+// and/or those whose attributes pass a program (both: the intersection).
+struct AllowSpec {
+    const label_t* labels = nullptr;  // with n_labels, when listed
+    std::size_t n_labels = 0;
+    bool has_labels = false;
+    const FilterProgram* program = nullptr;
+};
+
+// How a search with an allow-set runs. Auto lets the planner choose per batch
+// from its calibrated cost model; the others force one method.
+enum class FilterStrategy : std::uint32_t {
+    Auto = 0,
+    Scan = 1,      // exact distances to every allowed element
+    Filtered = 2,  // beam search through every node, returning allowed ones (hnswlib)
+    TwoHop = 3,    // beam over allowed nodes, reached through up to one filtered-out
+                   // node (ACORN-1); falls back to Filtered when it finds too few
+};
+const char* strategy_name(FilterStrategy s);
+
+// The last filtered search's plan (for stats and benchmarks).
+struct PlanInfo {
+    FilterStrategy strategy = FilterStrategy::Auto;
+    std::size_t allowed = 0;  // live elements the filter allows
+    double predicted_ns[4] = {0, 0, 0, 0};  // per query, by strategy (index 1..3)
+};
+
+// Range search results in FAISS's layout: query i's results are
+// labels[lims[i]:lims[i+1]], nearest first.
+struct RangeResult {
+    std::vector<std::int64_t> lims;
+    std::vector<label_t> labels;
+    std::vector<float> distances;
 };
 
 struct IndexStats {
@@ -94,7 +124,8 @@ struct IndexStats {
 //   4. label_mutex_     label map, deleted slots, deletion flags, slot allocation
 //   5. global_mutex_    entry point and top level
 //   6. link_locks_[i]   one node's link lists, one node at a time
-//   leaves: rng_mutex_, kernel_sets_mutex_, the visited pool's mutex.
+//   leaves: rng_mutex_, kernel_sets_mutex_, the visited pool's mutex, the
+//   attribute store's lock (and its cache mutex below it), planner_mutex_.
 // A filter callback runs while its search holds storage_mutex_ shared: calling
 // any locking method of the same index from it raises ReentrantCall instead of
 // deadlocking.
@@ -113,12 +144,16 @@ public:
     // With grow, capacity doubles as needed (and an untrained SQ8 index trains on
     // this batch); without, a full index throws hnswlib's "exceeds the specified
     // limit". Labels must be below kLabelLimit (checked before anything changes).
+    // `attributes` (optional) are the batch's attribute values, checked before
+    // anything changes and recorded with the vectors.
     void add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads,
-             bool replace_deleted, bool forbid_update_deleted = false, bool grow = false);
+             bool replace_deleted, bool forbid_update_deleted = false, bool grow = false,
+             const std::vector<AttrColumn>* attributes = nullptr);
     // add() with labels next_label(), next_label() + 1, ...: reserved atomically, so
     // concurrent calls never hand out one label twice. Returns the first.
     label_t add_auto(const float* data, std::size_t n, std::size_t num_threads,
-                     bool replace_deleted, bool grow);
+                     bool replace_deleted, bool grow,
+                     const std::vector<AttrColumn>* attributes = nullptr);
 
     // k nearest neighbours of each of `nq` queries; rows padded with kNoLabel / +inf
     // when fewer than k elements pass the filter.
@@ -140,6 +175,25 @@ public:
                         const label_t* allowed, std::size_t n_allowed, std::size_t num_threads,
                         label_t* out_labels, float* out_distances) const;
 
+    // search() over an allow-set (listed labels and/or an attribute program),
+    // resolved under the search's lock; the planner picks the method per batch.
+    void search_set(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
+                    const AllowSpec& allow, FilterStrategy strategy, std::size_t num_threads,
+                    label_t* out_labels, float* out_distances) const;
+    // Every element within `radius` (distance < radius, in the index's distance)
+    // of each query, at most max_results per query (the nearest). Over the graph
+    // (the beam widens while every element in it is within the radius) or, for a
+    // small allow-set, exactly. allow may be null.
+    RangeResult search_range(const float* queries, std::size_t nq, float radius,
+                             std::size_t max_results, std::size_t ef, const AllowSpec* allow,
+                             FilterStrategy strategy, std::size_t num_threads) const;
+    PlanInfo last_plan() const;
+    // Stored attributes: the fields, and the values of `n` labels (LabelNotFound
+    // for an unknown label).
+    std::vector<AttributeStore::FieldInfo> attribute_fields() const { return attrs_.fields(); }
+    AttrType attribute_values(const std::string& field, const label_t* labels, std::size_t n,
+                              void* out, std::uint8_t* is_set) const;
+
     // SQ8: learn each dimension's range from `n` sample vectors (normalised first
     // for cosine). Must precede the first add; values outside the range clamp.
     void train(const float* data, std::size_t n);
@@ -160,6 +214,7 @@ public:
     // Copy the stored vectors (normalised for cosine) of `n` labels into out[n, dim].
     void get_vectors(const label_t* labels, std::size_t n, float* out) const;
     std::vector<label_t> labels(bool include_deleted) const;
+    std::vector<label_t> labels_in(const ReadSession& session, bool include_deleted) const;
 
     std::size_t dim() const { return dim_; }
     Space space() const { return space_; }
@@ -262,7 +317,36 @@ private:
         return std::max<std::size_t>(1, std::min(ef_construction_, count_.load()));
     }
     void set_deleted(const label_t* labels, std::size_t n, bool deleted);
-    std::unique_ptr<BitsetFilter> make_filter(const label_t* labels, std::size_t n) const;
+    // The live allowed slots of a spec; the caller holds storage_mutex_ shared.
+    SlotSet resolve(const AllowSpec& allow) const;
+    void record_attributes(const std::vector<AttrColumn>* attributes, const label_t* labels,
+                           std::size_t n);
+    // Planner: the cheapest method for `allowed` of `live` elements at beam ef,
+    // by the calibrated model; then the model learns from what the batch cost.
+    FilterStrategy plan(std::size_t allowed, std::size_t live, std::size_t ef, std::size_t nq,
+                        FilterStrategy forced, PlanInfo* info) const;
+    void calibrate(FilterStrategy s, std::size_t allowed, std::size_t live, std::size_t ef,
+                   std::size_t nq, std::size_t threads, double seconds, std::uint64_t computed,
+                   double predicted_ns) const;
+    // k nearest of `members` by exact distances for each of nq queries (raw, not
+    // yet normalised), into out[nq, kk], padded.
+    void scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
+                    const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
+                    float* out_distances) const;
+    template <class Accept>
+    MaxHeap search_two_hop(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
+                           Accept&& accept, std::uint64_t* dist_count) const;
+    const float* prepare_query(const float* q, std::vector<float>& scratch) const;
+    void search_set_one(const DistanceKernels& k, FilterStrategy s, const SlotSet& set,
+                        std::size_t allowed, const float* q, std::size_t kk,
+                        std::size_t ef, label_t* out_labels, float* out_distances,
+                        std::uint64_t* dist_count) const;
+    // Nodes nearest q (nearest first) with an acceptance test, the beam widening
+    // from ef while all of it lies within radius (range search).
+    std::vector<Candidate> range_one(const DistanceKernels& k, FilterStrategy s,
+                                     const SlotSet* set, const std::vector<node_id>* members,
+                                     const float* q, float radius, std::size_t max_results,
+                                     std::size_t ef, std::uint64_t* dist_count) const;
     void insert_new(node_id id, int level, const float* v);
     void relink_existing(node_id id, const float* v);
     node_id greedy_descend(const DistanceKernels& k, const float* q, node_id ep, int from_level,
@@ -285,6 +369,9 @@ private:
     const std::uint8_t* code(node_id id) const {
         return codes_ + static_cast<std::size_t>(id) * code_stride_;
     }
+    template <class Accept, class Expand>
+    MaxHeap beam_accepting(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
+                           Accept&& accept, Expand&& expand, std::uint64_t* dist_count) const;
     template <class Accept>
     MaxHeap search_filtered(const DistanceKernels& k, node_id ep, const float* q, int level,
                             std::size_t ef, Accept&& accept, std::uint64_t* dist_count) const;
@@ -296,6 +383,9 @@ private:
     // Add the reverse links from each neighbour (unless already there), pruning
     // full lists.
     void link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level);
+    // Sorts a beam and writes its min(kk, size) nearest; returns how many.
+    std::size_t write_nearest(MaxHeap& top, std::size_t kk, label_t* out_labels,
+                              float* out_distances) const;
     void search_one(const DistanceKernels& k, const KernelSet& ks, const float* q, std::size_t kk,
                     std::size_t ef, const SearchFilter* filter, label_t* out_labels,
                     float* out_distances, std::uint64_t* dist_count) const;
@@ -396,6 +486,28 @@ private:
     // See the lock order above the class.
     mutable RwLock write_mutex_;
     mutable RwLock storage_mutex_;
+    AttributeStore attrs_;  // its own leaf lock
+    // The planner's cost model (planner_mutex_, a leaf): nanoseconds per scanned
+    // row and per graph distance computation, and distance computations per
+    // query in units of ef / selectivity, for each method; learnt from batches.
+    struct CostModel {
+        // A scan's cost per row falls with the queries sharing each pass over the
+        // allowed vectors: one figure per batch size class (1, 2-3, ..., 32+).
+        static constexpr std::size_t kScanClasses = 6;
+        double scan_ns_per_row[kScanClasses] = {0, 0, 0, 0, 0, 0};
+        std::uint64_t scan_batches[kScanClasses] = {0, 0, 0, 0, 0, 0};
+        double ns_per_distance[4] = {0, 0, 0, 0};
+        double distances_per_unit[4] = {0, 0, 0, 0};
+        // How far off each method's calibrated predictions have been (mean
+        // |ln(actual / predicted)|): a method is charged its typical miss, so an
+        // erratic graph estimate must beat the steady scan by that much.
+        double log_error[4] = {0, 0, 0, 0};
+        std::uint64_t batches[4] = {0, 0, 0, 0};
+        std::uint64_t decisions = 0;
+        PlanInfo last;
+    };
+    mutable CostModel cost_;
+    mutable std::mutex planner_mutex_;
     mutable VisitedPool visited_pool_;
     mutable std::atomic<std::uint64_t> last_distance_computations_{0};
     mutable std::atomic<std::uint64_t> last_queries_{0};

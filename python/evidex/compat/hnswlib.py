@@ -21,7 +21,7 @@ import numpy as np
 from .. import _core
 from .._arrays import as_float_matrix, to_numpy
 from ..bruteforce import BruteForceIndex
-from ..index import HNSWIndex
+from ..index import HNSWIndex, resolve_filter
 
 __all__ = ["BFIndex", "Index"]
 
@@ -182,9 +182,17 @@ class Index:
             return _empty_results(rows.shape[0])
         if k > core.live_count:
             raise RuntimeError(_NO_RESULTS)
-        labels, distances = core.query(
-            rows, k, max(1, self._ef), filter, self._threads(num_threads)
-        )
+        ef = max(1, self._ef)
+        allowed, program = (None, None)
+        if filter is not None:
+            # A large batch evaluates a callable once per element, then plans.
+            allowed, program = resolve_filter(core, filter, rows, ef)
+        if allowed is None and program is None:
+            labels, distances = core.query(rows, k, ef, filter, self._threads(num_threads))
+        else:
+            labels, distances = core.query_set(
+                rows, k, ef, allowed, program, "auto", self._threads(num_threads)
+            )
         labels = labels.view(np.uint64)
         if labels.size and (labels == _NO_LABEL).any():
             raise RuntimeError(_NO_RESULTS)
