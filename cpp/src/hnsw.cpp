@@ -177,6 +177,7 @@ label_t HNSW::label_at(node_id id) const {
 }
 
 void HNSW::set_label(node_id id, label_t label) {
+    if (label != id) labels_are_slots_.store(false, std::memory_order_relaxed);
     std::memcpy(node(id) + label_offset_, &label, sizeof(label));
 }
 
@@ -1003,9 +1004,16 @@ SlotSet HNSW::resolve(const AllowSpec& allow) const {
     std::lock_guard<std::mutex> lk(label_mutex_);
     if (allow.has_labels) {
         SlotSet listed(n);
-        for (std::size_t i = 0; i < allow.n_labels; ++i) {
-            auto it = label_map_.find(allow.labels[i]);
-            if (it != label_map_.end() && it->second < n) listed.set(it->second);
+        if (labels_are_slots_.load(std::memory_order_relaxed)) {
+            // Every element's id is its slot (ids 0, 1, ... in insertion order, the
+            // common case): no hash look-ups.
+            for (std::size_t i = 0; i < allow.n_labels; ++i)
+                if (allow.labels[i] < n) listed.set(allow.labels[i]);
+        } else {
+            for (std::size_t i = 0; i < allow.n_labels; ++i) {
+                auto it = label_map_.find(allow.labels[i]);
+                if (it != label_map_.end() && it->second < n) listed.set(it->second);
+            }
         }
         if (allow.program != nullptr)
             set.intersect(listed);
@@ -1134,16 +1142,15 @@ PlanInfo HNSW::last_plan() const {
     return cost_.last;
 }
 
-// Exact k nearest allowed elements of a batch: members in blocks that stay in
-// cache while every query of the batch is scored against them, so a batch costs
-// one pass over the allowed vectors instead of one per query.
-void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
-                      const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
-                      float* out_distances) const {
-    constexpr std::size_t kBlockBytes = 96 * 1024;
+// Scores every member against each of nq queries (raw, normalised here for
+// cosine): each member vector is read once and scored against the whole chunk
+// while it sits in L1, so a batch costs one pass over the allowed vectors instead
+// of one per query. visit(query, distance, member) takes each score.
+template <class Visit>
+void HNSW::scan_rows(const DistanceKernels& k, const float* queries, std::size_t nq,
+                     const std::vector<node_id>& members, Visit&& visit) const {
     const std::size_t bytes = dim_ * sizeof(float);
-    const std::size_t block = std::max<std::size_t>(16, kBlockBytes / node_bytes_);
-    std::vector<float> prepared;
+    thread_local std::vector<float> prepared;
     const float* q = queries;
     if (space_ == Space::Cosine) {
         prepared.resize(nq * dim_);
@@ -1151,29 +1158,34 @@ void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_
             normalize_into(queries + i * dim_, dim_, prepared.data() + i * dim_);
         q = prepared.data();
     }
+    const std::size_t n = members.size();
+    constexpr std::size_t kAhead = 8;
+    for (std::size_t j = 0; j < std::min(n, kAhead); ++j)
+        prefetch_vector(node(members[j]) + vec_offset_, bytes);
+    for (std::size_t j = 0; j < n; ++j) {
+        if (j + kAhead < n) prefetch_vector(node(members[j + kAhead]) + vec_offset_, bytes);
+        const node_id id = members[j];
+        const float* v = vec(id);
+        for (std::size_t i = 0; i < nq; ++i) visit(i, distance(k, q + i * dim_, v), id);
+    }
+}
+
+void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
+                      const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
+                      float* out_distances) const {
     std::vector<MaxHeap> tops(nq);
     for (auto& t : tops) t.reserve(kk + 1);
-    const std::size_t n = members.size();
-    const std::size_t ahead = 8;
-    for (std::size_t b0 = 0; b0 < n; b0 += block) {
-        const std::size_t b1 = std::min(n, b0 + block);
-        for (std::size_t i = 0; i < nq; ++i) {
-            MaxHeap& top = tops[i];
-            const float* qi = q + i * dim_;
-            for (std::size_t j = b0; j < b1; ++j) {
-                if (i == 0 && j + ahead < n) prefetch_vector(node(members[j + ahead]) + vec_offset_, bytes);
-                const float d = distance(k, qi, vec(members[j]));
-                if (top.size() < kk) {
-                    top.push_back({d, members[j]});
-                    std::push_heap(top.begin(), top.end());
-                } else if (d < top.front().dist) {
-                    std::pop_heap(top.begin(), top.end());
-                    top.back() = {d, members[j]};
-                    std::push_heap(top.begin(), top.end());
-                }
-            }
+    scan_rows(k, queries, nq, members, [&](std::size_t i, float d, node_id id) {
+        MaxHeap& top = tops[i];
+        if (top.size() < kk) {
+            top.push_back({d, id});
+            std::push_heap(top.begin(), top.end());
+        } else if (d < top.front().dist) {
+            std::pop_heap(top.begin(), top.end());
+            top.back() = {d, id};
+            std::push_heap(top.begin(), top.end());
         }
-    }
+    });
     for (std::size_t i = 0; i < nq; ++i) {
         label_t* labels = out_labels + i * kk;
         float* distances = out_distances + i * kk;
@@ -1296,18 +1308,11 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
 }
 
 std::vector<HNSW::Candidate> HNSW::range_one(const DistanceKernels& k, FilterStrategy s,
-                                             const SlotSet* set,
-                                             const std::vector<node_id>* members, const float* q,
-                                             float radius, std::size_t max_results,
-                                             std::size_t ef, std::uint64_t* dist_count) const {
+                                             const SlotSet* set, const float* q, float radius,
+                                             std::size_t max_results, std::size_t ef,
+                                             std::uint64_t* dist_count) const {
     std::vector<Candidate> out;
-    if (s == FilterStrategy::Scan) {
-        for (const node_id id : *members) {
-            const float d = distance(k, q, vec(id));
-            if (d < radius) out.push_back({d, id});
-        }
-        if (dist_count) *dist_count += members->size();
-    } else {
+    {
         const Entry e = entry();
         if (e.node < 0) return out;
         const node_id start =
@@ -1348,24 +1353,59 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
     SlotSet set = resolve(allow != nullptr ? *allow : AllowSpec{});
     const std::size_t allowed = set.count();
     ef = std::min(std::max<std::size_t>(ef, 1), std::max<std::size_t>(count_.load(), 1));
-    const FilterStrategy s = plan(allowed, live_count(), ef, 1, strategy, nullptr);
     std::vector<node_id> members;
-    if (s == FilterStrategy::Scan) {
-        members.reserve(allowed);
-        set.for_each([&](node_id id) { members.push_back(id); });
-    }
+    members.reserve(allowed);
+    set.for_each([&](node_id id) { members.push_back(id); });
     const DistanceKernels& kernels = active_kernels();
+    // The graph's beam must widen to about twice the results to find them all:
+    // estimate the results from a sample of the allowed elements, and plan with
+    // that beam.
+    std::size_t beam = ef;
+    if (strategy == FilterStrategy::Auto && allowed > 0 && nq > 0) {
+        const std::size_t samples = std::min<std::size_t>(allowed, 256);
+        const std::size_t probes = std::min<std::size_t>(nq, 8);
+        std::vector<node_id> sample(samples);
+        for (std::size_t i = 0; i < samples; ++i) sample[i] = members[i * allowed / samples];
+        std::size_t hits = 0;
+        scan_rows(kernels, queries, probes, sample,
+                  [&](std::size_t, float d, node_id) { hits += d < radius; });
+        const double est = static_cast<double>(hits) / static_cast<double>(samples * probes) *
+                           static_cast<double>(allowed);
+        beam = std::max<std::size_t>(
+            ef, static_cast<std::size_t>(std::min(2.0 * std::min(est, double(max_results)),
+                                                  static_cast<double>(allowed))));
+    }
+    const FilterStrategy s = plan(allowed, live_count(), beam, nq, strategy, nullptr);
     std::vector<std::vector<Candidate>> found(nq);
     std::atomic<std::uint64_t> total{0};
-    parallel_for(nq, num_threads, [&](std::size_t i) {
-        thread_local std::vector<float> scratch;
-        const float* q = prepare_query(queries + i * dim_, scratch);
-        std::uint64_t computed = 0;
-        if (allowed > 0)
-            found[i] = range_one(kernels, s, allow != nullptr ? &set : nullptr, &members, q, radius,
-                                 max_results, ef, &computed);
-        total.fetch_add(computed, std::memory_order_relaxed);
-    });
+    if (s == FilterStrategy::Scan) {
+        constexpr std::size_t kChunk = 32;
+        parallel_for((nq + kChunk - 1) / kChunk, num_threads, [&](std::size_t c) {
+            const std::size_t i0 = c * kChunk, m = std::min(kChunk, nq - i0);
+            scan_rows(kernels, queries + i0 * dim_, m, members,
+                      [&](std::size_t i, float d, node_id id) {
+                          if (d < radius) found[i0 + i].push_back({d, id});
+                      });
+            for (std::size_t i = i0; i < i0 + m; ++i) {
+                auto& f = found[i];
+                const std::size_t keep = std::min(max_results, f.size());
+                std::partial_sort(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(keep),
+                                  f.end());
+                f.resize(keep);
+            }
+        });
+        total.store(static_cast<std::uint64_t>(nq) * allowed);
+    } else {
+        parallel_for(nq, num_threads, [&](std::size_t i) {
+            thread_local std::vector<float> scratch;
+            const float* q = prepare_query(queries + i * dim_, scratch);
+            std::uint64_t computed = 0;
+            if (allowed > 0)
+                found[i] = range_one(kernels, s, allow != nullptr ? &set : nullptr, q, radius,
+                                     max_results, beam, &computed);
+            total.fetch_add(computed, std::memory_order_relaxed);
+        });
+    }
     RangeResult r;
     r.lims.resize(nq + 1, 0);
     for (std::size_t i = 0; i < nq; ++i)

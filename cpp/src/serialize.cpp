@@ -653,7 +653,9 @@ void HNSW::rebuild_label_map() {
     label_map_.clear();
     label_map_.reserve(n);
     deleted_slots_.clear();
+    labels_are_slots_.store(true);
     for (node_id id = 0; id < n; ++id) {
+        if (label_at(id) != id) labels_are_slots_.store(false);
         if (deleted_at(id)) deleted_slots_.push_back(id);
         if (!label_map_.emplace(label_at(id), id).second) corrupt("duplicate labels");
     }

@@ -91,10 +91,11 @@ class HNSW:
         replace_deleted: bool = False,
         forbid_update_deleted: bool = False,
         grow: bool = False,
+        attributes: list[tuple[str, str, npt.ArrayLike]] | None = None,
     ) -> None: ...
     def add_auto(
         self, data: npt.ArrayLike, num_threads: int = 0, replace_deleted: bool = False,
-        grow: bool = True,
+        grow: bool = True, attributes: list[tuple[str, str, npt.ArrayLike]] | None = None,
     ) -> int: ...  # fmt: skip
     def query(
         self,
@@ -104,6 +105,33 @@ class HNSW:
         filter: Callable[[int], bool] | npt.ArrayLike | None,
         num_threads: int,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def query_set(
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        ef: int,
+        labels: npt.ArrayLike | None,
+        program: list[tuple[Any, ...]] | None,
+        strategy: str,
+        num_threads: int,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def range_query(
+        self,
+        queries: npt.NDArray[np.float32],
+        radius: float,
+        max_results: int,
+        ef: int,
+        labels: npt.ArrayLike | None,
+        program: list[tuple[Any, ...]] | None,
+        strategy: str,
+        num_threads: int,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def labels_where(self, fn: Callable[[int], bool]) -> npt.NDArray[np.uint64]: ...
+    def attribute_fields(self) -> list[tuple[str, str]]: ...
+    def attribute_values(
+        self, field: str, labels: npt.ArrayLike
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]: ...
+    def last_plan(self) -> dict[str, Any]: ...
     def mark_deleted(self, labels: npt.ArrayLike) -> None: ...
     def unmark_deleted(self, labels: npt.ArrayLike) -> None: ...
     def is_deleted(self, label: int) -> bool: ...

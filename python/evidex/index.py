@@ -361,10 +361,11 @@ class HNSWIndex:
 
         Distances are the index's (squared L2 for ``"l2"``, ``1 - cos`` for
         ``"cosine"``, ``1 - dot`` for ``"ip"``); an element is returned when its
-        distance is below ``radius``. Over the graph, the beam starts at ``ef``
-        and doubles while every element in it lies within the radius, so recall
-        is approximate (measured in bench/RESULTS.md); a small filtered set (or
-        ``filter_strategy="scan"``) is searched exactly.
+        distance is below ``radius``. The planner estimates the result count from
+        a sample and picks an exact scan of the allowed elements or the graph,
+        whose beam starts at twice the estimate (at least ``ef``) and doubles
+        while every element in it lies within the radius (approximate recall,
+        measured in bench/RESULTS.md). ``filter_strategy="scan"`` is exact.
 
         Args:
             queries: ``[nq, dim]`` or one ``[dim]`` query.

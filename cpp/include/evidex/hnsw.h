@@ -330,6 +330,9 @@ private:
                    double predicted_ns) const;
     // k nearest of `members` by exact distances for each of nq queries (raw, not
     // yet normalised), into out[nq, kk], padded.
+    template <class Visit>
+    void scan_rows(const DistanceKernels& k, const float* queries, std::size_t nq,
+                   const std::vector<node_id>& members, Visit&& visit) const;
     void scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                     const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                     float* out_distances) const;
@@ -344,9 +347,9 @@ private:
     // Nodes nearest q (nearest first) with an acceptance test, the beam widening
     // from ef while all of it lies within radius (range search).
     std::vector<Candidate> range_one(const DistanceKernels& k, FilterStrategy s,
-                                     const SlotSet* set, const std::vector<node_id>* members,
-                                     const float* q, float radius, std::size_t max_results,
-                                     std::size_t ef, std::uint64_t* dist_count) const;
+                                     const SlotSet* set, const float* q, float radius,
+                                     std::size_t max_results, std::size_t ef,
+                                     std::uint64_t* dist_count) const;
     void insert_new(node_id id, int level, const float* v);
     void relink_existing(node_id id, const float* v);
     node_id greedy_descend(const DistanceKernels& k, const float* q, node_id ep, int from_level,
@@ -474,6 +477,9 @@ private:
     }
 
     std::unordered_map<label_t, node_id> label_map_;
+    // True while every slot's label is its slot number (label_mutex_ for writes):
+    // allow-lists then resolve without the map.
+    std::atomic<bool> labels_are_slots_{true};
     std::vector<node_id> deleted_slots_;  // candidates for replace_deleted
     mutable std::mutex label_mutex_;   // label_map_, deleted_slots_, count_ growth
     static constexpr std::size_t kLabelLockStripes = 1024;
