@@ -61,6 +61,16 @@ float sq8_dot_scalar(const float* a, const float*, const std::uint8_t* code, std
     return s;
 }
 
+void l2sq4_scalar(const float* q, std::size_t stride, const float* v, std::size_t dim,
+                  float* out) {
+    for (std::size_t j = 0; j < 4; ++j) out[j] = l2sq_scalar(q + j * stride, v, dim);
+}
+
+void dot4_scalar(const float* q, std::size_t stride, const float* v, std::size_t dim,
+                 float* out) {
+    for (std::size_t j = 0; j < 4; ++j) out[j] = dot_scalar(q + j * stride, v, dim);
+}
+
 #ifdef EVIDEX_X86
 // ---------------------------------------------------------------- AVX2 + FMA
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
@@ -137,6 +147,57 @@ __attribute__((target("avx2,fma"))) float sq8_dot_avx2(const float* a, const flo
     return hsum256(_mm256_add_ps(acc0, acc1));
 }
 
+// Four horizontal sums at once: out[j] = sum of the lanes of a_j.
+__attribute__((target("avx2,fma"))) inline void hsum4_256(__m256 a0, __m256 a1, __m256 a2,
+                                                         __m256 a3, float* out) {
+    const __m256 s01 = _mm256_hadd_ps(a0, a1);  // a0 pairs, a1 pairs (per 128-bit half)
+    const __m256 s23 = _mm256_hadd_ps(a2, a3);
+    const __m256 s = _mm256_hadd_ps(s01, s23);  // [a0 a1 a2 a3] per half
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+}
+
+// The last dim % 8 floats of v, zeros after them (never read past v + dim).
+__attribute__((target("avx2,fma"))) inline __m256 load_tail8(const float* v, std::size_t n) {
+    alignas(32) static const std::int32_t ramp[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                      0,  0,  0,  0,  0,  0,  0,  0};
+    const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ramp + 8 - n));
+    return _mm256_maskload_ps(v, mask);
+}
+
+__attribute__((target("avx2,fma"))) void dot4_avx2(const float* q, std::size_t stride,
+                                                   const float* v, std::size_t dim,
+                                                   float* out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    std::size_t i = 0;
+    for (; i < dim; i += 8) {
+        const __m256 x = i + 8 <= dim ? _mm256_loadu_ps(v + i) : load_tail8(v + i, dim - i);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), x, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + stride + i), x, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 2 * stride + i), x, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 3 * stride + i), x, a3);
+    }
+    hsum4_256(a0, a1, a2, a3, out);
+}
+
+__attribute__((target("avx2,fma"))) void l2sq4_avx2(const float* q, std::size_t stride,
+                                                    const float* v, std::size_t dim,
+                                                    float* out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t i = 0; i < dim; i += 8) {
+        // Past dim both the padded queries and the masked load are zero.
+        const __m256 x = i + 8 <= dim ? _mm256_loadu_ps(v + i) : load_tail8(v + i, dim - i);
+        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(q + i), x);
+        const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(q + stride + i), x);
+        const __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(q + 2 * stride + i), x);
+        const __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(q + 3 * stride + i), x);
+        a0 = _mm256_fmadd_ps(d0, d0, a0);
+        a1 = _mm256_fmadd_ps(d1, d1, a1);
+        a2 = _mm256_fmadd_ps(d2, d2, a2);
+        a3 = _mm256_fmadd_ps(d3, d3, a3);
+    }
+    hsum4_256(a0, a1, a2, a3, out);
+}
+
 // ---------------------------------------------------------------- AVX-512
 // The tail is a masked load, so odd dimensions need no scalar loop.
 __attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b,
@@ -201,14 +262,59 @@ __attribute__((target("avx512f"))) float sq8_dot_avx512(const float* a, const fl
         acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load_codes16(code + i), acc);
     return _mm512_reduce_add_ps(acc);
 }
+
+__attribute__((target("avx512f"))) inline __m512 load_row16(const float* v, std::size_t i,
+                                                           std::size_t dim) {
+    if (i + 16 <= dim) return _mm512_loadu_ps(v + i);
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (dim - i)) - 1u), v + i);
+}
+
+__attribute__((target("avx512f"))) void dot4_avx512(const float* q, std::size_t stride,
+                                                    const float* v, std::size_t dim,
+                                                    float* out) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t i = 0; i < dim; i += 16) {
+        const __m512 x = load_row16(v, i, dim);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), x, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + stride + i), x, a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q + 2 * stride + i), x, a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q + 3 * stride + i), x, a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+}
+
+__attribute__((target("avx512f"))) void l2sq4_avx512(const float* q, std::size_t stride,
+                                                     const float* v, std::size_t dim,
+                                                     float* out) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t i = 0; i < dim; i += 16) {
+        const __m512 x = load_row16(v, i, dim);
+        const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(q + i), x);
+        const __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(q + stride + i), x);
+        const __m512 d2 = _mm512_sub_ps(_mm512_loadu_ps(q + 2 * stride + i), x);
+        const __m512 d3 = _mm512_sub_ps(_mm512_loadu_ps(q + 3 * stride + i), x);
+        a0 = _mm512_fmadd_ps(d0, d0, a0);
+        a1 = _mm512_fmadd_ps(d1, d1, a1);
+        a2 = _mm512_fmadd_ps(d2, d2, a2);
+        a3 = _mm512_fmadd_ps(d3, d3, a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+}
 #endif  // EVIDEX_X86
 
-const DistanceKernels kScalar{l2sq_scalar, dot_scalar, sq8_l2_scalar, sq8_dot_scalar,
-                             SimdLevel::Scalar};
+const DistanceKernels kScalar{l2sq_scalar,  dot_scalar,  sq8_l2_scalar, sq8_dot_scalar,
+                             l2sq4_scalar, dot4_scalar, SimdLevel::Scalar};
 #ifdef EVIDEX_X86
-const DistanceKernels kAVX2{l2sq_avx2, dot_avx2, sq8_l2_avx2, sq8_dot_avx2, SimdLevel::AVX2};
-const DistanceKernels kAVX512{l2sq_avx512, dot_avx512, sq8_l2_avx512, sq8_dot_avx512,
-                              SimdLevel::AVX512};
+const DistanceKernels kAVX2{l2sq_avx2,  dot_avx2,  sq8_l2_avx2, sq8_dot_avx2,
+                           l2sq4_avx2, dot4_avx2, SimdLevel::AVX2};
+const DistanceKernels kAVX512{l2sq_avx512,  dot_avx512,  sq8_l2_avx512, sq8_dot_avx512,
+                             l2sq4_avx512, dot4_avx512, SimdLevel::AVX512};
 #endif
 
 SimdLevel detect() {

@@ -1150,23 +1150,36 @@ template <class Visit>
 void HNSW::scan_rows(const DistanceKernels& k, const float* queries, std::size_t nq,
                      const std::vector<node_id>& members, Visit&& visit) const {
     const std::size_t bytes = dim_ * sizeof(float);
-    thread_local std::vector<float> prepared;
-    const float* q = queries;
-    if (space_ == Space::Cosine) {
-        prepared.resize(nq * dim_);
-        for (std::size_t i = 0; i < nq; ++i)
-            normalize_into(queries + i * dim_, dim_, prepared.data() + i * dim_);
-        q = prepared.data();
+    // The queries four by four, zero-padded to a multiple of 16 floats (and of 4
+    // queries), as the four-query kernels read them.
+    const std::size_t stride = (dim_ + 15) / 16 * 16;
+    const std::size_t groups = (nq + 3) / 4;
+    thread_local std::vector<float> padded;
+    padded.assign(groups * 4 * stride, 0.f);
+    for (std::size_t i = 0; i < nq; ++i) {
+        float* row = padded.data() + i * stride;
+        if (space_ == Space::Cosine)
+            normalize_into(queries + i * dim_, dim_, row);
+        else
+            std::memcpy(row, queries + i * dim_, bytes);
     }
+    const bool l2 = space_ == Space::L2;
+    const Distance4Kernel four = l2 ? k.l2sq4 : k.dot4;
     const std::size_t n = members.size();
     constexpr std::size_t kAhead = 8;
     for (std::size_t j = 0; j < std::min(n, kAhead); ++j)
         prefetch_vector(node(members[j]) + vec_offset_, bytes);
+    float d[4];
     for (std::size_t j = 0; j < n; ++j) {
         if (j + kAhead < n) prefetch_vector(node(members[j + kAhead]) + vec_offset_, bytes);
         const node_id id = members[j];
         const float* v = vec(id);
-        for (std::size_t i = 0; i < nq; ++i) visit(i, distance(k, q + i * dim_, v), id);
+        for (std::size_t g = 0; g < groups; ++g) {
+            four(padded.data() + g * 4 * stride, stride, v, dim_, d);
+            const std::size_t base = g * 4;
+            for (std::size_t t = 0; t < 4 && base + t < nq; ++t)
+                visit(base + t, l2 ? d[t] : 1.0f - d[t], id);
+        }
     }
 }
 

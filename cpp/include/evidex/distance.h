@@ -21,11 +21,20 @@ using DistanceKernel = float (*)(const float* a, const float* b, std::size_t dim
 using Sq8Kernel = float (*)(const float* a, const float* w, const std::uint8_t* code,
                             std::size_t n);
 
+// One vector against four queries at once (exact scans of a batch): the vector's
+// loads are shared, four accumulations run side by side. q holds the four queries
+// `stride` floats apart, zero-padded from dim to stride (a multiple of 16); v is
+// read only up to dim. out[j] = dot(q_j, v) or squared L2.
+using Distance4Kernel = void (*)(const float* q, std::size_t stride, const float* v,
+                                 std::size_t dim, float* out);
+
 struct DistanceKernels {
     DistanceKernel l2sq;
     DistanceKernel dot;
     Sq8Kernel sq8_l2;
     Sq8Kernel sq8_dot;
+    Distance4Kernel l2sq4;
+    Distance4Kernel dot4;
     SimdLevel level;
 };
 
