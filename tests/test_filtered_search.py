@@ -455,3 +455,11 @@ def test_concurrent_attribute_adds_and_filtered_searches(data) -> None:
     assert not errors, errors[0]
     idx2 = evidex.HNSWIndex.from_bytes(idx.to_bytes())
     assert members(idx2, F("t") == 3) == members(idx, F("t") == 3)
+
+
+def test_stats_count_the_attribute_memory() -> None:
+    idx = evidex.HNSWIndex(4)
+    idx.add(np.ones((1000, 4)))
+    before = idx.stats()["memory_bytes"]
+    idx.add(np.ones((1000, 4)), np.arange(1000), attributes={"a": np.arange(1000)})
+    assert idx.stats()["memory_bytes"] >= before + 1000 * 9

@@ -102,6 +102,19 @@ std::vector<AttributeStore::FieldInfo> AttributeStore::fields() const {
     return out;
 }
 
+std::size_t AttributeStore::memory_bytes() const {
+    std::shared_lock<RwLock> lock(lock_);
+    std::lock_guard<std::mutex> cache(cache_mutex_);
+    std::size_t bytes = owner_.capacity() * sizeof(label_t);
+    for (const auto& f : fields_) {
+        bytes += f->ints.capacity() * 8 + f->floats.capacity() * 8 + f->present.capacity();
+        if (f->sorted_ints) bytes += f->sorted_ints->capacity() * sizeof((*f->sorted_ints)[0]);
+        if (f->sorted_floats)
+            bytes += f->sorted_floats->capacity() * sizeof((*f->sorted_floats)[0]);
+    }
+    return bytes;
+}
+
 bool AttributeStore::empty() const {
     std::shared_lock<RwLock> lock(lock_);
     return fields_.empty();

@@ -1031,45 +1031,64 @@ SlotSet HNSW::resolve(const AllowSpec& allow) const {
 // method has run here: a scanned row costs about a distance, a graph step several
 // cache misses more).
 namespace {
+
+using Figure = CostFigure;
+
+// Classes of batches: by queries sharing a scan (1, 2-3, 4-7, ..., 32 and more),
+// and by allowed fraction (half-decades: 1-0.32, 0.32-0.1, ..., below 1e-3).
 std::size_t scan_class(std::size_t nq) {
     std::size_t c = 0;
     for (std::size_t q = std::min<std::size_t>(nq, 32); q > 1; q >>= 1) ++c;
     return c;
 }
+
+std::size_t selectivity_class(double sel) {
+    const double c = -2.0 * std::log10(std::max(sel, 1e-9));
+    return static_cast<std::size_t>(std::min(7.0, std::max(0.0, c)));
+}
+
+// The figure of a class, else of the nearest measured class, else a default.
+double nearest(const Figure* figures, std::size_t count, std::size_t cls, double fallback) {
+    for (std::size_t d = 0; d < count; ++d) {
+        if (cls >= d && figures[cls - d].batches) return figures[cls - d].value;
+        if (cls + d < count && figures[cls + d].batches) return figures[cls + d].value;
+    }
+    return fallback;
+}
+
+void learn(Figure& f, double x) {
+    f.value += (f.batches == 0 ? 1.0 : 0.3) * (x - f.value);  // the first one replaces
+    ++f.batches;
+}
+
 }  // namespace
 
+// Per-query cost of each method, in nanoseconds: a scan costs a figure per
+// allowed row; a graph method costs a figure per distance computation times
+// its computations, modelled as units x ef / sel for the filtered search (it
+// walks ~1/sel nodes per allowed one) and units x ef / min(1, sel x M0) for two
+// hops. Defaults until a method has run here.
 FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef, std::size_t nq,
                           FilterStrategy forced, PlanInfo* info) const {
     std::lock_guard<std::mutex> lk(planner_mutex_);
     const double dim = static_cast<double>(dim_);
     const CostModel& m = cost_;
+    constexpr std::size_t K = CostModel::kClasses;
     const auto idx = [](FilterStrategy s) { return static_cast<std::size_t>(s); };
-    // This batch size's figure, else the nearest measured one, else a default.
-    double row_ns = 2.0 + 0.1 * dim;
-    const std::size_t cls = scan_class(nq);
-    for (std::size_t d = 0; d < CostModel::kScanClasses; ++d) {
-        if (cls >= d && m.scan_batches[cls - d]) {
-            row_ns = m.scan_ns_per_row[cls - d];
-            break;
-        }
-        if (cls + d < CostModel::kScanClasses && m.scan_batches[cls + d]) {
-            row_ns = m.scan_ns_per_row[cls + d];
-            break;
-        }
-    }
-    const auto step_ns = [&](FilterStrategy s) {
-        return m.batches[idx(s)] ? m.ns_per_distance[idx(s)] : 60.0 + 0.2 * dim;
-    };
-    const auto per_unit = [&](FilterStrategy s) {
-        return m.batches[idx(s)] ? m.distances_per_unit[idx(s)]
-                                 : (s == FilterStrategy::Filtered ? 10.0 : 4.0);
-    };
     const double a = static_cast<double>(std::max<std::size_t>(allowed, 1));
     const double n = static_cast<double>(std::max<std::size_t>(live, 1));
     const double sel = std::min(1.0, a / n);
     const double e = static_cast<double>(ef);
+    const std::size_t qc = scan_class(nq), sc = selectivity_class(sel);
+    const auto step_ns = [&](FilterStrategy s) {
+        return nearest(m.step_ns[idx(s)], K, sc, 60.0 + 0.2 * dim);
+    };
+    const auto per_unit = [&](FilterStrategy s) {
+        return nearest(m.distances_per_unit[idx(s)], K, sc,
+                       s == FilterStrategy::Filtered ? 10.0 : 4.0);
+    };
     double cost[4] = {0, 0, 0, 0};
-    cost[1] = row_ns * a;
+    cost[1] = nearest(m.scan_row_ns, K, qc, 2.0 + 0.1 * dim) * a;
     cost[2] = step_ns(FilterStrategy::Filtered) *
               std::min(n, per_unit(FilterStrategy::Filtered) * e / sel);
     // Two hops reach about M0^2 * sel allowed nodes from each expanded one; below
@@ -1085,12 +1104,15 @@ FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef,
     for (FilterStrategy s : {FilterStrategy::Filtered, FilterStrategy::TwoHop})
         if (charged[idx(s)] < charged[idx(best)]) best = s;
     if (forced == FilterStrategy::Auto) {
-        // A method never measured here gets one batch when its default estimate is
-        // close, so the model learns from this machine rather than the defaults.
+        // A method not yet measured in this class of batch gets one batch when its
+        // estimate is close, so the model learns this machine, not the defaults.
+        const auto measured = [&](FilterStrategy s) {
+            return s == FilterStrategy::Scan ? m.scan_row_ns[qc].batches != 0
+                                             : m.step_ns[idx(s)][sc].batches != 0;
+        };
         for (FilterStrategy s :
              {FilterStrategy::Scan, FilterStrategy::Filtered, FilterStrategy::TwoHop})
-            if (s != best && m.batches[idx(s)] == 0 &&
-                charged[idx(s)] < 1.5 * charged[idx(best)]) {
+            if (s != best && !measured(s) && charged[idx(s)] < 1.5 * charged[idx(best)]) {
                 best = s;
                 break;
             }
@@ -1113,28 +1135,25 @@ void HNSW::calibrate(FilterStrategy s, std::size_t allowed, std::size_t live, st
     // Wall time over queries that ran side by side on `threads` threads.
     const double ns = seconds * 1e9 * static_cast<double>(threads) / static_cast<double>(nq);
     const double per_query = static_cast<double>(computed) / static_cast<double>(nq);
+    const double sel =
+        std::min(1.0, static_cast<double>(allowed) / static_cast<double>(std::max<std::size_t>(1, live)));
     std::lock_guard<std::mutex> lk(planner_mutex_);
     CostModel& m = cost_;
-    const double w = m.batches[i] == 0 ? 1.0 : 0.3;  // the first measurement replaces the default
-    auto blend = [w](double& v, double x) { v = v + w * (x - v); };
-    if (m.batches[i] > 0 && predicted_ns > 0 && ns > 0)  // a calibrated prediction
+    const std::size_t sc = selectivity_class(sel);
+    const bool calibrated = s == FilterStrategy::Scan ? m.scan_row_ns[scan_class(nq)].batches != 0
+                                                      : m.step_ns[i][sc].batches != 0;
+    if (calibrated && predicted_ns > 0 && ns > 0)
         m.log_error[i] += 0.3 * (std::fabs(std::log(ns / predicted_ns)) - m.log_error[i]);
     if (s == FilterStrategy::Scan) {
-        const std::size_t cls = scan_class(nq);
-        const double wc = m.scan_batches[cls] == 0 ? 1.0 : 0.3;
-        double& v = m.scan_ns_per_row[cls];
-        v += wc * (ns / static_cast<double>(allowed) - v);
-        ++m.scan_batches[cls];
-    } else {
-        blend(m.ns_per_distance[i], ns / std::max(1.0, per_query));
-        const double sel = std::min(1.0, static_cast<double>(allowed) / std::max<std::size_t>(1, live));
-        double unit = static_cast<double>(ef) / sel;
-        if (s == FilterStrategy::TwoHop) unit = static_cast<double>(ef) / std::min(1.0, sel * M0_);
-        // A search that visited (nearly) everything says little about the slope.
-        if (per_query < 0.9 * static_cast<double>(live) || m.batches[i] == 0)
-            blend(m.distances_per_unit[i], per_query / unit);
+        learn(m.scan_row_ns[scan_class(nq)], ns / static_cast<double>(allowed));
+        return;
     }
-    ++m.batches[i];
+    learn(m.step_ns[i][sc], ns / std::max(1.0, per_query));
+    const double unit = static_cast<double>(ef) /
+                        (s == FilterStrategy::TwoHop ? std::min(1.0, sel * M0_) : sel);
+    // A search that visited (nearly) everything says little about the slope.
+    if (per_query < 0.9 * static_cast<double>(live) || m.distances_per_unit[i][sc].batches == 0)
+        learn(m.distances_per_unit[i][sc], per_query / unit);
 }
 
 PlanInfo HNSW::last_plan() const {
@@ -1566,7 +1585,8 @@ IndexStats HNSW::stats() const {
     s.memory_bytes = capacity_ * node_bytes_ + upper_bytes +
                      capacity_ * (sizeof(std::unique_ptr<std::uint32_t[]>) + 1 +
                                   sizeof(std::mutex)) +
-                     map_bytes + visited_pool_.memory_bytes() + capacity_ * code_stride_;
+                     map_bytes + visited_pool_.memory_bytes() + capacity_ * code_stride_ +
+                     attrs_.memory_bytes();
     s.last_search_distance_computations = last_distance_computations_.load();
     s.last_search_queries = last_queries_.load();
     return s;

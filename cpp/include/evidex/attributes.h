@@ -88,6 +88,7 @@ public:
     };
     std::vector<FieldInfo> fields() const;
     bool empty() const;
+    std::size_t memory_bytes() const;  // columns, owners and the sorted views
 
     // Checks a batch before anything changes and declares its new fields (so
     // concurrent batches agree on each field's type). Throws std::invalid_argument

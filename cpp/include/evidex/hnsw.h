@@ -86,6 +86,12 @@ enum class FilterStrategy : std::uint32_t {
 };
 const char* strategy_name(FilterStrategy s);
 
+// One learnt figure of the planner's cost model: a running mean over batches.
+struct CostFigure {
+    double value = 0;
+    std::uint64_t batches = 0;
+};
+
 // The last filtered search's plan (for stats and benchmarks).
 struct PlanInfo {
     FilterStrategy strategy = FilterStrategy::Auto;
@@ -493,23 +499,20 @@ private:
     mutable RwLock write_mutex_;
     mutable RwLock storage_mutex_;
     AttributeStore attrs_;  // its own leaf lock
-    // The planner's cost model (planner_mutex_, a leaf): nanoseconds per scanned
-    // row and per graph distance computation, and distance computations per
-    // query in units of ef / selectivity, for each method; learnt from batches.
+    // The planner's cost model (planner_mutex_, a leaf), learnt from the batches
+    // it plans: nanoseconds per scanned row, by batch size class (queries share
+    // each pass over the allowed vectors); and, for each graph method, by class
+    // of allowed fraction, nanoseconds per distance computation and distance
+    // computations per query in units of the method's shape (see plan()).
     struct CostModel {
-        // A scan's cost per row falls with the queries sharing each pass over the
-        // allowed vectors: one figure per batch size class (1, 2-3, ..., 32+).
-        static constexpr std::size_t kScanClasses = 6;
-        double scan_ns_per_row[kScanClasses] = {0, 0, 0, 0, 0, 0};
-        std::uint64_t scan_batches[kScanClasses] = {0, 0, 0, 0, 0, 0};
-        double ns_per_distance[4] = {0, 0, 0, 0};
-        double distances_per_unit[4] = {0, 0, 0, 0};
+        static constexpr std::size_t kClasses = 8;
+        CostFigure scan_row_ns[kClasses];
+        CostFigure step_ns[4][kClasses];
+        CostFigure distances_per_unit[4][kClasses];
         // How far off each method's calibrated predictions have been (mean
         // |ln(actual / predicted)|): a method is charged its typical miss, so an
         // erratic graph estimate must beat the steady scan by that much.
         double log_error[4] = {0, 0, 0, 0};
-        std::uint64_t batches[4] = {0, 0, 0, 0};
-        std::uint64_t decisions = 0;
         PlanInfo last;
     };
     mutable CostModel cost_;
