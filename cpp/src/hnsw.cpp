@@ -1091,13 +1091,17 @@ FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef,
     cost[1] = nearest(m.scan_row_ns, K, qc, 2.0 + 0.1 * dim) * a;
     cost[2] = step_ns(FilterStrategy::Filtered) *
               std::min(n, per_unit(FilterStrategy::Filtered) * e / sel);
-    // Two hops reach about M0^2 * sel allowed nodes from each expanded one; below
-    // one the beam starves and the method falls back to the filtered search.
+    // Two hops are for filters that leave a node fewer than M allowed neighbours
+    // (with more, the beam would only lose the rejected nodes as stepping stones,
+    // and recall); they reach about M0^2 * sel allowed nodes from each expanded
+    // one, and below one the beam starves. Outside that range: not a candidate.
     const double reach = sel * static_cast<double>(M0_);
-    cost[3] = reach * static_cast<double>(M0_) < 1.0
-                  ? cost[2] * 1.5
-                  : step_ns(FilterStrategy::TwoHop) *
-                        std::min(n, per_unit(FilterStrategy::TwoHop) * e / std::min(1.0, reach));
+    const bool two_hops_apply =
+        reach < static_cast<double>(M_) && reach * static_cast<double>(M0_) >= 1.0;
+    cost[3] = two_hops_apply
+                  ? step_ns(FilterStrategy::TwoHop) *
+                        std::min(n, per_unit(FilterStrategy::TwoHop) * e / std::min(1.0, reach))
+                  : std::numeric_limits<double>::infinity();
     double charged[4];
     for (std::size_t i = 1; i < 4; ++i) charged[i] = cost[i] * std::exp(m.log_error[i]);
     FilterStrategy best = FilterStrategy::Scan;
@@ -1229,9 +1233,10 @@ void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_
 }
 
 // ACORN-1's search (Patel et al., SIGMOD 2024) on the unchanged HNSW graph: the
-// beam holds allowed nodes only; a neighbour the filter rejects is not scored
-// but its own neighbours are (two hops), so a restrictive filter leaves a
-// connected subgraph while distances are computed for allowed nodes alone.
+// beam holds allowed nodes only; when a node has fewer than M allowed
+// neighbours, the rejected ones are not scored but their allowed neighbours are
+// (two hops), so a restrictive filter leaves a connected subgraph while
+// distances are computed for allowed nodes alone.
 template <class Accept>
 HNSW::MaxHeap HNSW::search_two_hop(const DistanceKernels& k, node_id ep, const float* q,
                                    std::size_t ef, Accept&& accept,
@@ -1242,13 +1247,13 @@ HNSW::MaxHeap HNSW::search_two_hop(const DistanceKernels& k, node_id ep, const f
             std::size_t m = 0;
             const std::uint32_t* links = links0(id);
             const std::size_t n = link_count(links);
-            for (std::size_t j = 1; j <= n && m < M0_; ++j) {
+            // The allowed neighbours first; only when they are fewer than M, the
+            // allowed neighbours of rejected ones, up to M0 in all.
+            for (std::size_t j = 1; j <= n; ++j)
+                if (accept(links[j]) && visited.try_visit(links[j])) out[m++] = links[j];
+            for (std::size_t j = 1; j <= n && m < M_; ++j) {
                 const node_id nb = links[j];
-                if (!visited.try_visit(nb)) continue;
-                if (accept(nb)) {
-                    out[m++] = nb;
-                    continue;
-                }
+                if (accept(nb) || !visited.try_visit(nb)) continue;
                 const std::uint32_t* hop = links0(nb);
                 const std::size_t n2 = link_count(hop);
                 for (std::size_t j2 = 1; j2 <= n2 && m < M0_; ++j2)
