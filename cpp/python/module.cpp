@@ -579,7 +579,11 @@ PYBIND11_MODULE(_core, m) {
                  py::dict cost;
                  for (FilterStrategy s : {FilterStrategy::Scan, FilterStrategy::Filtered,
                                           FilterStrategy::TwoHop})
-                     cost[strategy_name(s)] = p.predicted_ns[static_cast<std::size_t>(s)];
+                 {
+                     // None: not a candidate for this batch (two hops outside their range).
+                     const double v = p.predicted_ns[static_cast<std::size_t>(s)];
+                     cost[strategy_name(s)] = std::isfinite(v) ? py::cast(v) : py::none();
+                 }
                  d["predicted_ns_per_query"] = cost;
                  return d;
              })
