@@ -172,8 +172,8 @@ void AttributeStore::grow(std::size_t slots) {
     for (auto& f : fields_) f->resize(slots);
 }
 
-void AttributeStore::assign(const std::vector<AttrColumn>& columns, const node_id* slots,
-                            const label_t* labels, std::size_t n) {
+void AttributeStore::assign(const std::vector<AttrColumn>& columns, const std::size_t* rows,
+                            const node_id* slots, const label_t* labels, std::size_t n) {
     std::unique_lock<RwLock> lock(lock_);
     std::size_t top = 0;
     for (std::size_t i = 0; i < n; ++i) top = std::max<std::size_t>(top, slots[i] + std::size_t{1});
@@ -196,9 +196,9 @@ void AttributeStore::assign(const std::vector<AttrColumn>& columns, const node_i
         Field* f = find(col.name);
         for (std::size_t i = 0; i < n; ++i) {
             if (col.type == AttrType::Int)
-                f->ints[slots[i]] = col.ints[i];
+                f->ints[slots[i]] = col.ints[rows[i]];
             else
-                f->floats[slots[i]] = col.floats[i];
+                f->floats[slots[i]] = col.floats[rows[i]];
             f->present[slots[i]] = 1;
         }
         f->changed();

@@ -268,29 +268,17 @@ void HNSW::record_attributes(const std::vector<AttrColumn>* attributes, const la
     std::vector<label_t> owners;
     std::vector<std::size_t> rows;
     slots.reserve(n);
+    owners.reserve(n);
+    rows.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
         auto it = label_map_.find(labels[i]);
-        if (it == label_map_.end()) continue;  // replaced meanwhile by a concurrent add
+        if (it == label_map_.end()) continue;  // deleted and replaced meanwhile by another add
         slots.push_back(it->second);
         owners.push_back(labels[i]);
         rows.push_back(i);
     }
-    if (slots.size() == n) {
-        attrs_.assign(given ? *attributes : none, slots.data(), owners.data(), n);
-        return;
-    }
-    std::vector<AttrColumn> kept(given ? *attributes : none);
-    for (AttrColumn& c : kept) {
-        for (std::size_t j = 0; j < rows.size(); ++j) {
-            if (c.type == AttrType::Int)
-                c.ints[j] = c.ints[rows[j]];
-            else
-                c.floats[j] = c.floats[rows[j]];
-        }
-        c.ints.resize(c.type == AttrType::Int ? rows.size() : 0);
-        c.floats.resize(c.type == AttrType::Float ? rows.size() : 0);
-    }
-    attrs_.assign(kept, slots.data(), owners.data(), slots.size());
+    attrs_.assign(given ? *attributes : none, rows.data(), slots.data(), owners.data(),
+                  slots.size());
 }
 
 label_t HNSW::add_auto(const float* data, std::size_t n, std::size_t num_threads,
@@ -1390,19 +1378,21 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
     SlotSet set = resolve(allow != nullptr ? *allow : AllowSpec{});
     const std::size_t allowed = set.count();
     ef = std::min(std::max<std::size_t>(ef, 1), std::max<std::size_t>(count_.load(), 1));
-    std::vector<node_id> members;
-    members.reserve(allowed);
-    set.for_each([&](node_id id) { members.push_back(id); });
     const DistanceKernels& kernels = active_kernels();
     // The graph's beam must widen to about twice the results to find them all:
-    // estimate the results from a sample of the allowed elements, and plan with
-    // that beam.
+    // estimate the results from an evenly spaced sample of the allowed elements,
+    // and plan with that beam.
     std::size_t beam = ef;
     if (strategy == FilterStrategy::Auto && allowed > 0 && nq > 0) {
         const std::size_t samples = std::min<std::size_t>(allowed, 256);
         const std::size_t probes = std::min<std::size_t>(nq, 8);
-        std::vector<node_id> sample(samples);
-        for (std::size_t i = 0; i < samples; ++i) sample[i] = members[i * allowed / samples];
+        std::vector<node_id> sample;
+        sample.reserve(samples);
+        std::size_t rank = 0;
+        set.for_each([&](node_id id) {
+            if (sample.size() < samples && rank++ == sample.size() * allowed / samples)
+                sample.push_back(id);
+        });
         std::size_t hits = 0;
         scan_rows(kernels, queries, probes, sample,
                   [&](std::size_t, float d, node_id) { hits += d < radius; });
@@ -1416,6 +1406,9 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
     std::vector<std::vector<Candidate>> found(nq);
     std::atomic<std::uint64_t> total{0};
     if (s == FilterStrategy::Scan) {
+        std::vector<node_id> members;
+        members.reserve(allowed);
+        set.for_each([&](node_id id) { members.push_back(id); });
         constexpr std::size_t kChunk = 32;
         parallel_for((nq + kChunk - 1) / kChunk, num_threads, [&](std::size_t c) {
             const std::size_t i0 = c * kChunk, m = std::min(kChunk, nq - i0);
@@ -1466,12 +1459,7 @@ AttrType HNSW::attribute_values(const std::string& field, const label_t* labels,
     std::vector<node_id> slots(n);
     {
         std::lock_guard<std::mutex> lk(label_mutex_);
-        for (std::size_t i = 0; i < n; ++i) {
-            auto it = label_map_.find(labels[i]);
-            if (it == label_map_.end())
-                throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
-            slots[i] = it->second;
-        }
+        for (std::size_t i = 0; i < n; ++i) slots[i] = slot_of(labels[i]);
     }
     return attrs_.values(field, slots.data(), n, out, is_set);
 }
@@ -1491,10 +1479,7 @@ void HNSW::set_deleted(const label_t* labels, std::size_t n, bool deleted) {
     std::lock_guard<std::mutex> lk(label_mutex_);
     std::vector<node_id> ids(n);
     for (std::size_t i = 0; i < n; ++i) {
-        auto it = label_map_.find(labels[i]);
-        if (it == label_map_.end())
-            throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
-        ids[i] = it->second;
+        ids[i] = slot_of(labels[i]);
         if (deleted_at(ids[i]) == deleted)
             throw std::invalid_argument("id " + std::to_string(labels[i]) +
                                         (deleted ? " is already deleted" : " is not deleted"));
@@ -1525,9 +1510,14 @@ bool HNSW::is_deleted(label_t label) const {
     Busy busy(this);
     std::shared_lock<RwLock> lock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
+    return deleted_at(slot_of(label));
+}
+
+node_id HNSW::slot_of(label_t label) const {
     auto it = label_map_.find(label);
-    if (it == label_map_.end()) throw LabelNotFound("id " + std::to_string(label) + " is not in the index");
-    return deleted_at(it->second);
+    if (it == label_map_.end())
+        throw LabelNotFound("id " + std::to_string(label) + " is not in the index");
+    return it->second;
 }
 
 bool HNSW::contains(label_t label) const {
@@ -1540,12 +1530,8 @@ void HNSW::get_vectors(const label_t* labels, std::size_t n, float* out) const {
     Busy busy(this);
     std::shared_lock<RwLock> lock(storage_mutex_);
     std::lock_guard<std::mutex> lk(label_mutex_);
-    for (std::size_t i = 0; i < n; ++i) {
-        auto it = label_map_.find(labels[i]);
-        if (it == label_map_.end())
-            throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
-        std::memcpy(out + i * dim_, vec(it->second), dim_ * sizeof(float));
-    }
+    for (std::size_t i = 0; i < n; ++i)
+        std::memcpy(out + i * dim_, vec(slot_of(labels[i])), dim_ * sizeof(float));
 }
 
 std::vector<label_t> HNSW::labels(bool include_deleted) const {

@@ -336,7 +336,7 @@ class HNSWIndex:
         ):
             queries = as_float_array(queries, "queries")
         if filter is None:
-            if filter_strategy != "auto" and filter_strategy not in STRATEGIES:
+            if filter_strategy not in STRATEGIES:
                 raise ValueError(f"unknown filter_strategy {filter_strategy!r}; "
                                  f"expected one of {STRATEGIES}")  # fmt: skip
             return self._core.query(queries, k, ef, None, num_threads)
@@ -392,7 +392,7 @@ class HNSWIndex:
         queries = as_float_array(queries, "queries")
         labels = program = None
         if filter is not None:
-            labels, program = self._allow(filter, queries, max(ef, self.ef), force=True)
+            labels, program = self._allow(filter, queries, ef, force=True)
         lims, ids, dists = self._core.range_query(
             queries, radius, max_results, ef, labels, program, str(filter_strategy), num_threads
         )
@@ -545,7 +545,7 @@ def _attribute_columns(
             raise TypeError(f"attribute {name!r}: values of type {type(values).__name__} "
                             f"are not usable: {e}") from e  # fmt: skip
         if a.ndim == 0:
-            a = np.full(n, a.item() if a.dtype != object else a.item(), dtype=a.dtype)
+            a = np.full(n, a.item(), dtype=a.dtype)
         if a.ndim != 1 or a.shape[0] != n:
             raise ValueError(f"attribute {name!r} has shape {a.shape}; expected {n} values, "
                              f"one per vector")  # fmt: skip

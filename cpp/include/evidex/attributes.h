@@ -95,10 +95,11 @@ public:
     // for a bad or repeated name, a type other than the field's, a non-finite
     // float, too many fields, or a length other than n.
     void prepare(const std::vector<AttrColumn>& columns, std::size_t n);
-    // Record the values of a prepared batch whose i-th element now lives in
-    // slots[i] with labels[i]; slots whose owner changed lose their old values.
-    void assign(const std::vector<AttrColumn>& columns, const node_id* slots,
-                const label_t* labels, std::size_t n);
+    // Record values of a prepared batch: element i, the batch's row rows[i], now
+    // lives in slots[i] with labels[i]; slots whose owner changed lose their old
+    // values.
+    void assign(const std::vector<AttrColumn>& columns, const std::size_t* rows,
+                const node_id* slots, const label_t* labels, std::size_t n);
 
     // Members among the first `slots` slots (with a value: a missing value never
     // matches a comparison, and Not complements within the slots).

@@ -323,6 +323,8 @@ private:
         return std::max<std::size_t>(1, std::min(ef_construction_, count_.load()));
     }
     void set_deleted(const label_t* labels, std::size_t n, bool deleted);
+    // The slot of a label; LabelNotFound if there is none. The caller holds label_mutex_.
+    node_id slot_of(label_t label) const;
     // The live allowed slots of a spec; the caller holds storage_mutex_ shared.
     SlotSet resolve(const AllowSpec& allow) const;
     void record_attributes(const std::vector<AttrColumn>* attributes, const label_t* labels,
