@@ -402,6 +402,17 @@ def test_a_forged_attribute_section_is_refused(index) -> None:
 
 
 # ------------------------------------------------------------------ concurrency
+def run_together(stop: threading.Event, seconds: float, targets) -> None:
+    """Runs every target on its own thread until `seconds` pass, then stops them."""
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+
+
 def test_concurrent_attribute_adds_and_filtered_searches(data) -> None:
     """Values are a function of the id, so every result can be checked as it comes."""
     x, _ = data
@@ -444,14 +455,8 @@ def test_concurrent_attribute_adds_and_filtered_searches(data) -> None:
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
-    threads += [threading.Thread(target=reader, args=(10 + i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    stop.wait(3.0)
-    stop.set()
-    for t in threads:
-        t.join()
+    run_together(stop, 3.0, [lambda i=i: writer(i) for i in range(2)]
+                 + [lambda i=i: reader(10 + i) for i in range(3)])  # fmt: skip
     assert not errors, errors[0]
     idx2 = evidex.HNSWIndex.from_bytes(idx.to_bytes())
     assert members(idx2, F("t") == 3) == members(idx, F("t") == 3)
@@ -463,3 +468,55 @@ def test_stats_count_the_attribute_memory() -> None:
     before = idx.stats()["memory_bytes"]
     idx.add(np.ones((1000, 4)), np.arange(1000), attributes={"a": np.arange(1000)})
     assert idx.stats()["memory_bytes"] >= before + 1000 * 9
+
+
+def test_slots_reused_during_filtered_searches_never_leak_into_results() -> None:
+    """Deleted elements' slots reused (replace_deleted) while filtered searches run: a
+    result must never name the new element unless the filter allows it."""
+    rng = np.random.default_rng(0)
+    idx = evidex.HNSWIndex(8, M=8, ef_construction=32, max_elements=4000)
+    idx.add(rng.standard_normal((300, 8)), np.arange(300), attributes={"t": np.arange(300) % 10})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def adder() -> None:
+        r = np.random.default_rng(1)
+        while not stop.is_set():
+            ids = np.unique(r.integers(0, 1000, 30))
+            idx.add(r.standard_normal((len(ids), 8)), ids, attributes={"t": ids % 10})
+
+    def replacer() -> None:
+        r = np.random.default_rng(2)
+        new = 10**6
+        while not stop.is_set():
+            live = idx.ids()
+            live = live[live < 1000]
+            pick = r.choice(live, 5, replace=False)
+            try:
+                idx.delete(pick)
+            except (KeyError, ValueError):
+                continue
+            idx.add(r.standard_normal((5, 8)), np.arange(new, new + 5), replace_deleted=True)
+            new += 5
+
+    def reader(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                t = int(r.integers(0, 10))
+                strategy = STRATEGIES[int(r.integers(0, 4))]
+                q = r.standard_normal((4, 8))
+                ids, _ = idx.search(q, k=3, filter=F("t") == t, filter_strategy=strategy)
+                got = ids[ids >= 0]
+                assert ((got < 1000) & (got % 10 == t)).all(), (t, got)
+                lims, hits, _ = idx.search_range(q, 20.0, filter=F("t") == t)
+                assert ((hits < 1000) & (hits % 10 == t)).all(), (t, hits)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    run_together(stop, 4.0, [adder, replacer, lambda: reader(3), lambda: reader(4)])
+    assert not errors, errors[0]
+    live = idx.ids()
+    values = idx.get_attributes(live)["t"].tolist()
+    for i, v in zip(live.tolist(), values):
+        assert (v is None) if i >= 10**6 else v == i % 10, (i, v)

@@ -205,6 +205,17 @@ void AttributeStore::assign(const std::vector<AttrColumn>& columns, const std::s
     }
 }
 
+void AttributeStore::reassign_slot(node_id slot, label_t owner) {
+    std::unique_lock<RwLock> lock(lock_);
+    if (slot >= owner_.size()) return;  // never had values
+    owner_[slot] = owner;
+    for (auto& f : fields_) {
+        if (!f->present[slot]) continue;
+        f->present[slot] = 0;
+        f->changed();
+    }
+}
+
 namespace {
 
 // A range's bounds: int fields inclusive [ilo, ihi]; float fields with open or

@@ -400,7 +400,9 @@ void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
                 deleted_slots_.pop_back();
                 if (!deleted_at(slot)) continue;  // undeleted since it was queued
                 label_map_.erase(label_at(slot));
+                attrs_.reassign_slot(slot, label);  // no filter sees the old element's values
                 set_label(slot, label);
+                slot_reuses_.fetch_add(1);
                 flags(slot) &= ~kDeletedFlag;
                 --num_deleted_;
                 label_map_.emplace(label, slot);
@@ -985,11 +987,14 @@ const char* strategy_name(FilterStrategy s) {
 
 // The caller holds storage_mutex_ shared: the set is sized to the slots of now,
 // so elements added meanwhile never leak into it.
-SlotSet HNSW::resolve(const AllowSpec& allow) const {
+SlotSet HNSW::resolve(const AllowSpec& allow, std::uint64_t* reuses) const {
+    // Under label_mutex_ throughout: a slot reused meanwhile (relabelled, its
+    // values cleared, both under this lock) is seen before or after, never half.
+    std::lock_guard<std::mutex> lk(label_mutex_);
+    if (reuses != nullptr) *reuses = slot_reuses_.load();
     const std::size_t n = count_.load();
     SlotSet set(n);
     if (allow.program != nullptr) set = attrs_.evaluate(*allow.program, n);
-    std::lock_guard<std::mutex> lk(label_mutex_);
     if (allow.has_labels) {
         SlotSet listed(n);
         if (labels_are_slots_.load(std::memory_order_relaxed)) {
@@ -1276,12 +1281,49 @@ void HNSW::search_set_one(const DistanceKernels& k, FilterStrategy s, const Slot
     }
 }
 
+// Slots of deleted elements may be reused by other threads while a filtered batch
+// runs, and a result then names the new element, which the filter may not
+// allow. When a reuse happened since the allow-set was resolved, resolve it
+// again and search again every query with a result outside it, until no reuse
+// intervenes; after a few rounds under constant reuse, such results are dropped.
+// rows(i) gives query i's labels, redo(now, i) searches it again, drop(i, keep)
+// keeps the flagged results.
+template <class Redo, class Rows, class Drop>
+void HNSW::recheck(const AllowSpec& allow, std::uint64_t reuses, Redo&& redo, std::size_t nq,
+                   Rows&& rows, Drop&& drop) const {
+    constexpr int kRounds = 4;
+    for (int round = 0; slot_reuses_.load() != reuses; ++round) {
+        const SlotSet now = resolve(allow, &reuses);
+        for (std::size_t i = 0; i < nq; ++i) {
+            const std::vector<label_t> labels = rows(i);
+            std::vector<bool> keep(labels.size(), true);
+            bool stale = false;
+            {
+                std::lock_guard<std::mutex> lk(label_mutex_);
+                for (std::size_t r = 0; r < labels.size(); ++r) {
+                    if (labels[r] == kNoLabel) continue;
+                    auto it = label_map_.find(labels[r]);
+                    keep[r] = it != label_map_.end() && now.test(it->second);
+                    stale |= !keep[r];
+                }
+            }
+            if (!stale) continue;
+            if (round < kRounds)
+                redo(now, i);
+            else
+                drop(i, keep);
+        }
+        if (round >= kRounds) break;
+    }
+}
+
 void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::size_t ef,
                       const AllowSpec& allow, FilterStrategy strategy, std::size_t num_threads,
                       label_t* out_labels, float* out_distances) const {
     Busy busy(this);
     std::shared_lock<RwLock> lock(storage_mutex_);
-    const SlotSet set = resolve(allow);
+    std::uint64_t reuses = 0;
+    const SlotSet set = resolve(allow, &reuses);
     const std::size_t allowed = set.count();
     ef = std::min(std::max(ef, k), std::max(count_.load(), k));
     PlanInfo info;
@@ -1321,6 +1363,36 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    recheck(allow, reuses, [&](const SlotSet& now, std::size_t i) {
+        // Search query i again over the allow-set of now.
+        const std::vector<node_id> current = s == FilterStrategy::Scan ? [&] {
+            std::vector<node_id> m;
+            now.for_each([&](node_id id) { m.push_back(id); });
+            return m;
+        }() : std::vector<node_id>{};
+        if (s == FilterStrategy::Scan) {
+            scan_batch(kernels, queries + i * dim_, 1, current, k, out_labels + i * k,
+                       out_distances + i * k);
+        } else {
+            std::vector<float> scratch;
+            search_set_one(kernels, s, now, now.count(), prepare_query(queries + i * dim_, scratch),
+                           k, ef, out_labels + i * k, out_distances + i * k, nullptr);
+        }
+    }, nq, [&](std::size_t i) {
+        return std::vector<label_t>(out_labels + i * k, out_labels + (i + 1) * k);
+    }, [&](std::size_t i, const std::vector<bool>& keep) {
+        // Out of rounds: drop what is no longer allowed, pad the rest.
+        std::size_t w = 0;
+        for (std::size_t r = 0; r < k; ++r)
+            if (keep[r]) {
+                out_labels[i * k + w] = out_labels[i * k + r];
+                out_distances[i * k + w++] = out_distances[i * k + r];
+            }
+        for (; w < k; ++w) {
+            out_labels[i * k + w] = kNoLabel;
+            out_distances[i * k + w] = kInf;
+        }
+    });
     const std::size_t units = s == FilterStrategy::Scan ? (nq + 31) / 32 : nq;
     calibrate(s, allowed, live_count(), ef, nq, resolve_threads(num_threads, units), seconds,
               total.load(), info.predicted_ns[static_cast<std::size_t>(s)]);
@@ -1375,7 +1447,10 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
     if (max_results == 0) throw std::invalid_argument("max_results must be at least 1");
     Busy busy(this);
     std::shared_lock<RwLock> lock(storage_mutex_);
-    SlotSet set = resolve(allow != nullptr ? *allow : AllowSpec{});
+    const AllowSpec everything;
+    const AllowSpec& spec = allow != nullptr ? *allow : everything;
+    std::uint64_t reuses = 0;
+    SlotSet set = resolve(spec, &reuses);
     const std::size_t allowed = set.count();
     ef = std::min(std::max<std::size_t>(ef, 1), std::max<std::size_t>(count_.load(), 1));
     const DistanceKernels& kernels = active_kernels();
@@ -1436,6 +1511,32 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
             total.fetch_add(computed, std::memory_order_relaxed);
         });
     }
+    recheck(spec, reuses, [&](const SlotSet& now, std::size_t i) {
+        std::vector<float> scratch;
+        if (s == FilterStrategy::Scan) {
+            std::vector<node_id> current;
+            now.for_each([&](node_id id) { current.push_back(id); });
+            found[i].clear();
+            scan_rows(kernels, queries + i * dim_, 1, current, [&](std::size_t, float d, node_id id) {
+                if (d < radius) found[i].push_back({d, id});
+            });
+            std::sort(found[i].begin(), found[i].end());
+            if (found[i].size() > max_results) found[i].resize(max_results);
+        } else {
+            found[i] = range_one(kernels, s, allow != nullptr ? &now : nullptr,
+                                 prepare_query(queries + i * dim_, scratch), radius, max_results,
+                                 beam, nullptr);
+        }
+    }, nq, [&](std::size_t i) {
+        std::vector<label_t> labels;
+        for (const Candidate& c : found[i]) labels.push_back(label_at(c.id));
+        return labels;
+    }, [&](std::size_t i, const std::vector<bool>& keep) {
+        std::size_t w = 0;
+        for (std::size_t r = 0; r < found[i].size(); ++r)
+            if (keep[r]) found[i][w++] = found[i][r];
+        found[i].resize(w);
+    });
     RangeResult r;
     r.lims.resize(nq + 1, 0);
     for (std::size_t i = 0; i < nq; ++i)

@@ -101,6 +101,10 @@ public:
     void assign(const std::vector<AttrColumn>& columns, const std::size_t* rows,
                 const node_id* slots, const label_t* labels, std::size_t n);
 
+    // A slot now holds another element (a deleted one's slot reused): its values
+    // go, before the new element is visible under its label.
+    void reassign_slot(node_id slot, label_t owner);
+
     // Members among the first `slots` slots (with a value: a missing value never
     // matches a comparison, and Not complements within the slots).
     SlotSet evaluate(const FilterProgram& program, std::size_t slots) const;

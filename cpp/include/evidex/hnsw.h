@@ -326,7 +326,11 @@ private:
     // The slot of a label; LabelNotFound if there is none. The caller holds label_mutex_.
     node_id slot_of(label_t label) const;
     // The live allowed slots of a spec; the caller holds storage_mutex_ shared.
-    SlotSet resolve(const AllowSpec& allow) const;
+    // reuses (optional) receives the slot-reuse count at the moment of resolution.
+    SlotSet resolve(const AllowSpec& allow, std::uint64_t* reuses = nullptr) const;
+    template <class Redo, class Rows, class Drop>
+    void recheck(const AllowSpec& allow, std::uint64_t reuses, Redo&& redo, std::size_t nq,
+                 Rows&& rows, Drop&& drop) const;
     void record_attributes(const std::vector<AttrColumn>* attributes, const label_t* labels,
                            std::size_t n);
     // Planner: the cheapest method for `allowed` of `live` elements at beam ef,
@@ -488,6 +492,9 @@ private:
     // True while every slot's label is its slot number (label_mutex_ for writes):
     // allow-lists then resolve without the map.
     std::atomic<bool> labels_are_slots_{true};
+    // Slots of deleted elements reused for new ones so far (label_mutex_ for
+    // writes): filtered searches recheck their results when it moved.
+    std::atomic<std::uint64_t> slot_reuses_{0};
     std::vector<node_id> deleted_slots_;  // candidates for replace_deleted
     mutable std::mutex label_mutex_;   // label_map_, deleted_slots_, count_ growth
     static constexpr std::size_t kLabelLockStripes = 1024;
