@@ -1292,7 +1292,14 @@ template <class Redo, class Rows, class Drop>
 void HNSW::recheck(const AllowSpec& allow, std::uint64_t reuses, Redo&& redo, std::size_t nq,
                    Rows&& rows, Drop&& drop) const {
     constexpr int kRounds = 4;
-    for (int round = 0; slot_reuses_.load() != reuses; ++round) {
+    // Read under the lock: a result label read while a reuse relabelled its
+    // slot was written inside that reuse's critical section, so the count
+    // read after acquiring the lock includes that reuse.
+    const auto reused_since = [&] {
+        std::lock_guard<std::mutex> lk(label_mutex_);
+        return slot_reuses_.load() != reuses;
+    };
+    for (int round = 0; reused_since(); ++round) {
         const SlotSet now = resolve(allow, &reuses);
         for (std::size_t i = 0; i < nq; ++i) {
             const std::vector<label_t> labels = rows(i);
@@ -1511,6 +1518,14 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
             total.fetch_add(computed, std::memory_order_relaxed);
         });
     }
+    // Labels are read now, once: a slot reused later must not rename a result
+    // after its check.
+    std::vector<std::vector<std::pair<float, label_t>>> hits(nq);
+    const auto label_hits = [&](std::size_t i) {
+        hits[i].clear();
+        for (const Candidate& c : found[i]) hits[i].emplace_back(c.dist, label_at(c.id));
+    };
+    for (std::size_t i = 0; i < nq; ++i) label_hits(i);
     recheck(spec, reuses, [&](const SlotSet& now, std::size_t i) {
         std::vector<float> scratch;
         if (s == FilterStrategy::Scan) {
@@ -1527,26 +1542,27 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
                                  prepare_query(queries + i * dim_, scratch), radius, max_results,
                                  beam, nullptr);
         }
+        label_hits(i);
     }, nq, [&](std::size_t i) {
         std::vector<label_t> labels;
-        for (const Candidate& c : found[i]) labels.push_back(label_at(c.id));
+        for (const auto& h : hits[i]) labels.push_back(h.second);
         return labels;
     }, [&](std::size_t i, const std::vector<bool>& keep) {
         std::size_t w = 0;
-        for (std::size_t r = 0; r < found[i].size(); ++r)
-            if (keep[r]) found[i][w++] = found[i][r];
-        found[i].resize(w);
+        for (std::size_t r = 0; r < hits[i].size(); ++r)
+            if (keep[r]) hits[i][w++] = hits[i][r];
+        hits[i].resize(w);
     });
     RangeResult r;
     r.lims.resize(nq + 1, 0);
     for (std::size_t i = 0; i < nq; ++i)
-        r.lims[i + 1] = r.lims[i] + static_cast<std::int64_t>(found[i].size());
+        r.lims[i + 1] = r.lims[i] + static_cast<std::int64_t>(hits[i].size());
     r.labels.reserve(static_cast<std::size_t>(r.lims[nq]));
     r.distances.reserve(static_cast<std::size_t>(r.lims[nq]));
-    for (const auto& f : found)
-        for (const Candidate& c : f) {
-            r.labels.push_back(label_at(c.id));
-            r.distances.push_back(c.dist);
+    for (const auto& h : hits)
+        for (const auto& [dist, label] : h) {
+            r.labels.push_back(label);
+            r.distances.push_back(dist);
         }
     last_distance_computations_.store(total.load());
     last_queries_.store(nq);
