@@ -86,6 +86,7 @@ class EvidexSQ8(Evidex):
     """evidex traversing 8-bit codes, re-ranking the beam in float32."""
 
     name = "evidex-sq8"
+    quantization = "sq8"
 
     def build(self, data, space, M, efc, threads):
         self.index = evidex.HNSWIndex(
@@ -94,9 +95,16 @@ class EvidexSQ8(Evidex):
             M=M,
             ef_construction=efc,
             max_elements=data.shape[0],
-            quantization="sq8",
+            quantization=self.quantization,
         )
         self.index.add(data, np.arange(data.shape[0]), num_threads=threads)
+
+
+class EvidexPQ4(EvidexSQ8):
+    """evidex steering by 4-bit fast-scan estimates of each node's edges."""
+
+    name = "evidex-pq4"
+    quantization = "pq4"
 
 
 class Hnswlib(Library):
@@ -204,6 +212,7 @@ class Usearch(Library):
 LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex": Evidex,
     "evidex-sq8": EvidexSQ8,
+    "evidex-pq4": EvidexPQ4,
     "hnswlib": Hnswlib,
     "faiss": Faiss,
     "usearch": Usearch,

@@ -44,7 +44,7 @@ FIELDS = {  # name: (offset, struct format)
     "upper_offset": (144, "<Q"), "upper_bytes": (152, "<Q"), "file_bytes": (160, "<Q"),
     "ef": (176, "<Q"), "quantization": (184, "<Q"), "trained": (192, "<Q"),
     "quant_offset": (200, "<Q"), "quant_bytes": (208, "<Q"), "attr_offset": (216, "<Q"),
-    "attr_bytes": (224, "<Q"),
+    "attr_bytes": (224, "<Q"), "pq_dims": (232, "<Q"),
 }  # fmt: skip
 
 
@@ -89,7 +89,7 @@ def seeds() -> list[bytes]:
     out = []
     for dim, space, quant, n, deleted in [
         (8, "l2", None, 300, 5), (6, "cosine", None, 120, 0), (16, "ip", "sq8", 200, 3),
-        (4, "l2", None, 1, 0), (4, "l2", None, 0, 0),
+        (4, "l2", None, 1, 0), (4, "l2", None, 0, 0), (10, "l2", "pq4", 150, 2),
     ]:  # fmt: skip
         index = evidex.HNSWIndex(dim, space, M=4, ef_construction=16, quantization=quant, seed=1)
         if n:
@@ -172,6 +172,10 @@ def mutate(seed: bytes, rng: random.Random) -> bytes:
         )
         data = data[:size] if size <= len(data) else data + bytearray(size - len(data))
         put(data, "file_bytes", len(data))
+    elif kind == 10 and get(data, "quantization") == 2:  # PQ4 centroids
+        q = get(data, "quant_offset")
+        at = q + 4 * rng.randrange(max(1, (get(data, "quant_bytes") - 8) // 4))
+        struct.pack_into("<f", data, at, rng.choice([float("nan"), float("inf"), 1e38, 0.0]))
     elif kind == 10 and get(data, "quantization") == 1:  # quantiser ranges
         q = get(data, "quant_offset")
         d = rng.randrange(get(data, "dim"))

@@ -385,6 +385,26 @@ PYBIND11_MODULE(_core, m) {
         "vectors are used as given (no normalisation for cosine).");
 
     m.def(
+        "fastscan32",
+        [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& block,
+           const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& lut,
+           const std::string& level) {
+            if (block.ndim() != 1 || lut.ndim() != 1 || block.shape(0) != lut.shape(0) ||
+                block.shape(0) % 64 != 0 || block.shape(0) == 0)
+                throw py::value_error(
+                    "fastscan32() needs a block and a table of equal length, a multiple of 64 "
+                    "bytes (16 per subspace, a multiple of 4 subspaces)");
+            const DistanceKernels& k =
+                level.empty() ? active_kernels() : kernels_for(parse_simd_level(level));
+            py::array_t<std::uint16_t> out(32);
+            k.fastscan32(block.data(), lut.data(), static_cast<std::size_t>(block.shape(0)) / 16,
+                         out.mutable_data());
+            return out;
+        },
+        py::arg("block"), py::arg("lut"), py::arg("level") = "",
+        "The PQ4 fast-scan kernel of a SIMD level on one group of 32 codes (for tests).");
+
+    m.def(
         "distances",
         [](const FloatArray& query, const FloatArray& data, const std::string& space,
            const std::string& level) {
@@ -445,7 +465,8 @@ PYBIND11_MODULE(_core, m) {
 
     py::enum_<Quantization>(m, "Quantization")
         .value("none", Quantization::None)
-        .value("sq8", Quantization::SQ8);
+        .value("sq8", Quantization::SQ8)
+        .value("pq4", Quantization::PQ4);
     py::enum_<Space>(m, "Space")
         .value("l2", Space::L2)
         .value("ip", Space::IP)
@@ -470,9 +491,10 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<HNSW>(m, "HNSW")
         .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::size_t, std::uint64_t,
-                      Quantization>(),
+                      Quantization, std::size_t>(),
              py::arg("dim"), py::arg("space"), py::arg("M"), py::arg("ef_construction"),
-             py::arg("max_elements"), py::arg("seed"), py::arg("quantization") = Quantization::None)
+             py::arg("max_elements"), py::arg("seed"), py::arg("quantization") = Quantization::None,
+             py::arg("pq_dims") = 0)
         .def(
             "train",
             [](HNSW& self, const FloatArray& data) {
@@ -484,8 +506,13 @@ PYBIND11_MODULE(_core, m) {
             py::arg("data"))
         .def_property_readonly("trained", &HNSW::trained)
         .def_property_readonly("quantization", [](const HNSW& self) {
-            return self.quantization() == Quantization::SQ8 ? std::string("sq8") : std::string();
+            switch (self.quantization()) {
+                case Quantization::SQ8: return std::string("sq8");
+                case Quantization::PQ4: return std::string("pq4");
+                default: return std::string();
+            }
         })
+        .def_property_readonly("pq_dims", &HNSW::pq_dims)
         .def(
             "add",
             [](HNSW& self, const FloatArray& data, const LabelArray& labels,

@@ -71,6 +71,20 @@ void dot4_scalar(const float* q, std::size_t stride, const float* v, std::size_t
     for (std::size_t j = 0; j < 4; ++j) out[j] = dot_scalar(q + j * stride, v, dim);
 }
 
+void fastscan32_scalar(const std::uint8_t* block, const std::uint8_t* lut, std::size_t nsub,
+                       std::uint16_t* out) {
+    std::uint32_t acc[32] = {};
+    for (std::size_t s = 0; s < nsub; ++s) {
+        const std::uint8_t* b = block + s * 16;
+        const std::uint8_t* t = lut + s * 16;
+        for (std::size_t j = 0; j < 16; ++j) {
+            acc[j] += t[b[j] & 15];
+            acc[j + 16] += t[b[j] >> 4];
+        }
+    }
+    for (std::size_t j = 0; j < 32; ++j) out[j] = static_cast<std::uint16_t>(acc[j]);
+}
+
 #ifdef EVIDEX_X86
 // ---------------------------------------------------------------- AVX2 + FMA
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
@@ -198,6 +212,46 @@ __attribute__((target("avx2,fma"))) void l2sq4_avx2(const float* q, std::size_t 
     hsum4_256(a0, a1, a2, a3, out);
 }
 
+// Add the two lanes (even and odd subspaces).
+__attribute__((target("avx2,fma"))) inline __m128i fold_lanes(__m256i v) {
+    return _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+// Interleave the sums of even and odd codes: out[0..31] in code order.
+__attribute__((target("avx2,fma"))) inline void store_fastscan(__m128i lo_even, __m128i lo_odd,
+                                                                __m128i hi_even, __m128i hi_odd,
+                                                                std::uint16_t* out) {
+    auto* o = reinterpret_cast<__m128i*>(out);
+    _mm_storeu_si128(o, _mm_unpacklo_epi16(lo_even, lo_odd));
+    _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(lo_even, lo_odd));
+    _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(hi_even, hi_odd));
+    _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(hi_even, hi_odd));
+}
+
+// Two subspaces per 256-bit register (vpshufb looks up within 128-bit lanes).
+// Each byte result is widened by splitting 16-bit words into their even and odd
+// bytes (codes 2i and 2i + 1), so sums never leave 16 bits.
+__attribute__((target("avx2,fma"))) void fastscan32_avx2(const std::uint8_t* block,
+                                                          const std::uint8_t* lut,
+                                                          std::size_t nsub, std::uint16_t* out) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i low8 = _mm256_set1_epi16(0x00ff);
+    __m256i lo_even = _mm256_setzero_si256(), lo_odd = lo_even;
+    __m256i hi_even = lo_even, hi_odd = lo_even;
+    for (std::size_t s = 0; s < nsub; s += 2) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + s * 16));
+        const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut + s * 16));
+        const __m256i rl = _mm256_shuffle_epi8(t, _mm256_and_si256(c, low4));
+        const __m256i rh = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(c, 4), low4));
+        lo_even = _mm256_add_epi16(lo_even, _mm256_and_si256(rl, low8));
+        lo_odd = _mm256_add_epi16(lo_odd, _mm256_srli_epi16(rl, 8));
+        hi_even = _mm256_add_epi16(hi_even, _mm256_and_si256(rh, low8));
+        hi_odd = _mm256_add_epi16(hi_odd, _mm256_srli_epi16(rh, 8));
+    }
+    store_fastscan(fold_lanes(lo_even), fold_lanes(lo_odd), fold_lanes(hi_even),
+                   fold_lanes(hi_odd), out);
+}
+
 // ---------------------------------------------------------------- AVX-512
 // The tail is a masked load, so odd dimensions need no scalar loop.
 __attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b,
@@ -306,21 +360,49 @@ __attribute__((target("avx512f"))) void l2sq4_avx512(const float* q, std::size_t
     out[2] = _mm512_reduce_add_ps(a2);
     out[3] = _mm512_reduce_add_ps(a3);
 }
+__attribute__((target("avx512f,avx512bw"))) inline __m256i fold_halves(__m512i v) {
+    return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+}
+
+// Four subspaces per 512-bit register; otherwise the AVX2 kernel's scheme.
+__attribute__((target("avx512f,avx512bw"))) void fastscan32_avx512(const std::uint8_t* block,
+                                                                    const std::uint8_t* lut,
+                                                                    std::size_t nsub,
+                                                                    std::uint16_t* out) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i low8 = _mm512_set1_epi16(0x00ff);
+    __m512i lo_even = _mm512_setzero_si512(), lo_odd = lo_even;
+    __m512i hi_even = lo_even, hi_odd = lo_even;
+    for (std::size_t s = 0; s < nsub; s += 4) {
+        const __m512i c = _mm512_loadu_si512(block + s * 16);
+        const __m512i t = _mm512_loadu_si512(lut + s * 16);
+        const __m512i rl = _mm512_shuffle_epi8(t, _mm512_and_si512(c, low4));
+        const __m512i rh = _mm512_shuffle_epi8(t, _mm512_and_si512(_mm512_srli_epi16(c, 4), low4));
+        lo_even = _mm512_add_epi16(lo_even, _mm512_and_si512(rl, low8));
+        lo_odd = _mm512_add_epi16(lo_odd, _mm512_srli_epi16(rl, 8));
+        hi_even = _mm512_add_epi16(hi_even, _mm512_and_si512(rh, low8));
+        hi_odd = _mm512_add_epi16(hi_odd, _mm512_srli_epi16(rh, 8));
+    }
+    store_fastscan(fold_lanes(fold_halves(lo_even)), fold_lanes(fold_halves(lo_odd)),
+                   fold_lanes(fold_halves(hi_even)), fold_lanes(fold_halves(hi_odd)), out);
+}
 #endif  // EVIDEX_X86
 
-const DistanceKernels kScalar{l2sq_scalar,  dot_scalar,  sq8_l2_scalar, sq8_dot_scalar,
-                             l2sq4_scalar, dot4_scalar, SimdLevel::Scalar};
+const DistanceKernels kScalar{l2sq_scalar,  dot_scalar,  sq8_l2_scalar,     sq8_dot_scalar,
+                             l2sq4_scalar, dot4_scalar, fastscan32_scalar, SimdLevel::Scalar};
 #ifdef EVIDEX_X86
-const DistanceKernels kAVX2{l2sq_avx2,  dot_avx2,  sq8_l2_avx2, sq8_dot_avx2,
-                           l2sq4_avx2, dot4_avx2, SimdLevel::AVX2};
-const DistanceKernels kAVX512{l2sq_avx512,  dot_avx512,  sq8_l2_avx512, sq8_dot_avx512,
-                             l2sq4_avx512, dot4_avx512, SimdLevel::AVX512};
+const DistanceKernels kAVX2{l2sq_avx2,  dot_avx2,  sq8_l2_avx2,     sq8_dot_avx2,
+                           l2sq4_avx2, dot4_avx2, fastscan32_avx2, SimdLevel::AVX2};
+const DistanceKernels kAVX512{l2sq_avx512,  dot_avx512,  sq8_l2_avx512,     sq8_dot_avx512,
+                             l2sq4_avx512, dot4_avx512, fastscan32_avx512, SimdLevel::AVX512};
 #endif
 
 SimdLevel detect() {
 #ifdef EVIDEX_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return SimdLevel::AVX512;
+    // Every AVX-512 CPU since Skylake-SP has BW, which the fast-scan kernel needs.
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+        return SimdLevel::AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::AVX2;
 #endif
     return SimdLevel::Scalar;

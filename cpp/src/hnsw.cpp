@@ -75,7 +75,7 @@ std::size_t HNSW::ahead_for(std::size_t bytes) const {
 }
 
 HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
-           std::size_t max_elements, std::uint64_t seed, Quantization quantization)
+           std::size_t max_elements, std::uint64_t seed, Quantization quantization, std::size_t pq_dims)
     : dim_(dim),
       space_(space),
       M_(M),
@@ -105,7 +105,17 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
         qmin_.assign(padded_dim_, 0.f);
         qscale_.assign(padded_dim_, 0.f);
         qweight_.assign(padded_dim_, 0.f);
+    } else if (quant_ == Quantization::PQ4) {
+        pq_ = PQ4(dim_, pq_dims);
+        fs_groups_ = (M0_ + PQ4::kGroup - 1) / PQ4::kGroup;
+        fs_extra_offset_ = fs_groups_ * pq_.group_bytes();
+        const std::size_t extra = space_ == Space::L2 ? M0_ * sizeof(float) : 0;
+        fs_block_bytes_ = (fs_extra_offset_ + extra + 63) / 64 * 64;
+    } else if (quant_ != Quantization::None) {
+        throw std::invalid_argument("unknown quantization");
     }
+    if (pq_dims != 0 && quant_ != Quantization::PQ4)
+        throw std::invalid_argument("pq_dims applies to quantization 'pq4' only");
     allocate(max_elements);
     max_elements_.store(max_elements);
 }
@@ -113,6 +123,7 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
 HNSW::~HNSW() {
     release_storage();
     std::free(codes_);
+    std::free(fs_blocks_);
 }
 
 void HNSW::release_storage() {
@@ -125,11 +136,26 @@ void HNSW::release_storage() {
     level0_ = nullptr;
 }
 
+// Storage that searches read at random: from 4 MiB on, aligned to 2 MiB and
+// marked for transparent huge pages, so a hop costs a cache miss but rarely a
+// TLB miss as well (page walks were a good part of each hop on 4 KiB pages).
+// Freed with std::free.
+static void* alloc_random_access(std::size_t bytes) {
+    constexpr std::size_t kHuge = std::size_t{2} << 20;
+    bytes = std::max<std::size_t>(bytes, 64);
+    if (bytes < 2 * kHuge) return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    void* p = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
+#ifdef MADV_HUGEPAGE
+    if (p != nullptr) ::madvise(p, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
 // (Re)allocate every per-slot structure for `capacity` slots, keeping the first
 // count_ nodes. Callers hold the storage lock exclusively (or own the object).
 void HNSW::allocate(std::size_t capacity) {
     const std::size_t keep = count_.load();
-    char* block = static_cast<char*>(std::malloc(std::max<std::size_t>(1, capacity * node_bytes_)));
+    char* block = static_cast<char*>(alloc_random_access(capacity * node_bytes_));
     if (block == nullptr) throw std::bad_alloc();
     if (keep > 0) std::memcpy(block, level0_, keep * node_bytes_);
     release_storage();
@@ -142,12 +168,22 @@ void HNSW::allocate_slots(std::size_t capacity) {
     const std::size_t keep = count_.load();
     if (quant_ == Quantization::SQ8) {
         const std::size_t bytes = std::max<std::size_t>(64, capacity * code_stride_);
-        auto* codes = static_cast<std::uint8_t*>(std::aligned_alloc(64, bytes));
+        auto* codes = static_cast<std::uint8_t*>(alloc_random_access(bytes));
         if (codes == nullptr) throw std::bad_alloc();
         std::memset(codes, 0, bytes);
         if (keep > 0 && codes_ != nullptr) std::memcpy(codes, codes_, keep * code_stride_);
         std::free(codes_);
         codes_ = codes;
+    }
+    if (quant_ == Quantization::PQ4) {
+        // Blocks of the kept nodes move with them; the rest start empty.
+        const std::size_t bytes = std::max<std::size_t>(64, capacity * fs_block_bytes_);
+        auto* blocks = static_cast<std::uint8_t*>(alloc_random_access(bytes));
+        if (blocks == nullptr) throw std::bad_alloc();
+        std::memset(blocks, 0, bytes);
+        if (keep > 0 && fs_blocks_ != nullptr) std::memcpy(blocks, fs_blocks_, keep * fs_block_bytes_);
+        std::free(fs_blocks_);
+        fs_blocks_ = blocks;
     }
     upper_.resize(capacity);
     levels_.resize(capacity, 0);
@@ -197,9 +233,23 @@ void HNSW::train(const float* data, std::size_t n) {
 
 // The caller holds storage_mutex_ exclusively.
 void HNSW::train_locked(const float* data, std::size_t n) {
-    if (quant_ != Quantization::SQ8) return;
+    if (quant_ == Quantization::None) return;
     if (count_.load() > 0) throw std::runtime_error("train() must precede the first add");
     if (n == 0) throw std::invalid_argument("train() needs at least one vector");
+    if (quant_ == Quantization::PQ4) {
+        // Train on vectors as stored (normalised for cosine).
+        std::vector<float> rows;
+        const float* x = data;
+        if (space_ == Space::Cosine) {
+            rows.resize(n * dim_);
+            for (std::size_t i = 0; i < n; ++i)
+                normalize_into(data + i * dim_, dim_, rows.data() + i * dim_);
+            x = rows.data();
+        }
+        pq_.train(x, n, seed_, 0);
+        trained_ = true;
+        return;
+    }
     std::vector<float> lo(dim_, std::numeric_limits<float>::infinity());
     std::vector<float> hi(dim_, -std::numeric_limits<float>::infinity());
     std::vector<float> row(dim_);
@@ -338,7 +388,7 @@ void HNSW::add_locked(const float* data, std::size_t n, const label_t* labels,
                 if (!full) return;
             } else if (!grow) {
                 if (!trained())
-                    throw std::runtime_error("an SQ8 index must be trained before the first add");
+                    throw std::runtime_error("a quantised index must be trained before the first add");
                 // A mapped index has no spare slots; resize() copies it into memory.
                 throw std::runtime_error(
                     "index is memory-mapped without free slots; resize it first");
@@ -606,6 +656,7 @@ node_id HNSW::link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates
     std::size_t n = 0;
     for (const Candidate& c : candidates) links[1 + n++] = c.id;
     set_link_count(links, n);
+    if (level == 0 && fs_blocks_ != nullptr) refresh_block(id);
     return candidates.front().id;
 }
 
@@ -622,10 +673,17 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
         if (std::find(links + 1, links + 1 + n, id) != links + 1 + n) continue;
         if (n < max_links) {
             links[1 + n] = id;
+            if (level == 0 && fs_blocks_ != nullptr) place_in_block(other, n, id);
             set_link_count(links, n + 1);
             continue;
         }
         // Full: re-select among the old links plus the new node.
+        thread_local std::vector<std::uint32_t> old_links;
+        thread_local std::vector<std::uint8_t> old_block;
+        if (level == 0 && fs_blocks_ != nullptr) {
+            old_links.assign(links, links + 1 + n);
+            old_block.assign(fs_block(other), fs_block(other) + fs_block_bytes_);
+        }
         MaxHeap pool;
         pool.reserve(n + 1);
         pool.push_back({c.dist, id});
@@ -635,6 +693,46 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
         std::size_t m = 0;
         for (const Candidate& p : pool) links[1 + m++] = p.id;
         set_link_count(links, m);
+        if (level == 0 && fs_blocks_ != nullptr)
+            refresh_block(other, old_links.data(), old_block.data());
+    }
+}
+
+void HNSW::place_in_block(node_id id, std::size_t j, node_id neighbor) {
+    thread_local std::vector<float> residual;
+    thread_local std::vector<std::uint8_t> code;
+    residual.resize(dim_);
+    code.resize(pq_.code_bytes());
+    const float* x = vec(id);
+    const float* y = vec(neighbor);
+    for (std::size_t t = 0; t < dim_; ++t) residual[t] = y[t] - x[t];
+    pq_.encode(residual.data(), code.data());
+    pq_.place(fs_block(id) + (j / PQ4::kGroup) * pq_.group_bytes(), j % PQ4::kGroup, code.data());
+    if (space_ == Space::L2) {
+        const DistanceKernels& k = active_kernels();
+        fs_extra(id)[j] = k.dot(y, y, dim_) - k.dot(x, x, dim_);
+    }
+}
+
+void HNSW::refresh_block(node_id id, const std::uint32_t* old, const std::uint8_t* old_block) {
+    const std::uint32_t* links = links0(id);
+    const std::size_t n = link_count(links), old_n = old ? link_count(old) : 0;
+    thread_local std::vector<std::uint8_t> code;
+    code.resize(pq_.code_bytes());
+    const std::size_t group = pq_.group_bytes();
+    for (std::size_t j = 0; j < n; ++j) {
+        std::size_t i = old_n;
+        if (old != nullptr)
+            i = static_cast<std::size_t>(std::find(old + 1, old + 1 + old_n, links[1 + j]) - (old + 1));
+        if (i == old_n) {
+            place_in_block(id, j, links[1 + j]);
+            continue;
+        }
+        // A kept edge: move its code and term from where it was.
+        pq_.take(old_block + (i / PQ4::kGroup) * group, i % PQ4::kGroup, code.data());
+        pq_.place(fs_block(id) + (j / PQ4::kGroup) * group, j % PQ4::kGroup, code.data());
+        if (space_ == Space::L2)
+            fs_extra(id)[j] = reinterpret_cast<const float*>(old_block + fs_extra_offset_)[i];
     }
 }
 
@@ -716,6 +814,77 @@ std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_le
         out_distances[i] = exact[i].dist;
     }
     return found;
+}
+
+// PQ4 fast scan: the beam is ordered by estimated distances, and expanding a
+// node costs one contiguous read (its links and vector, and its block with its
+// neighbours' codes): the node gets its exact distance (a result candidate),
+// its neighbours are scored 32 at a time by table look-ups, and those the
+// estimate puts inside the beam enter it. Every node in the final beam has been
+// expanded, so the k nearest of them by exact distance are the answer.
+std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
+                             const float* q, std::size_t kk, std::size_t ef,
+                             label_t* out_labels, float* out_distances,
+                             std::uint64_t* dist_count) const {
+    const node_id ep = greedy_descend(k, q, entry, top_level, 1, dist_count);
+    const bool l2 = space_ == Space::L2;
+    thread_local PQ4::Tables tables;
+    pq_.tables(q, l2, tables);
+    const std::uint8_t* lut = tables.lut.data();
+    const float scale = tables.scale, bias = tables.bias;
+    const std::size_t nsub = pq_.subspaces(), group_bytes = pq_.group_bytes();
+    const std::size_t node_lines = prefetch_bytes(vec_offset_ + dim_ * sizeof(float));
+    auto prefetch = [&](node_id id) {
+        prefetch_vector(node(id), node_lines);
+        const std::size_t groups = (link_count(links0(id)) + PQ4::kGroup - 1) / PQ4::kGroup;
+        prefetch_vector(reinterpret_cast<const char*>(fs_block(id)), groups * group_bytes);
+    };
+    auto visited = visited_pool_.acquire();
+    thread_local BeamPool beam;
+    beam.reset(ef);
+    thread_local MaxHeap top;
+    top.clear();
+    beam.insert(distance(k, q, vec(ep)), ep);
+    visited->mark(ep);
+    std::uint64_t computed = 0;
+    alignas(64) std::uint16_t est[PQ4::kGroup];
+    // The next few nodes to expand are fetched while this one is scored: the
+    // beam's order changes little per hop, so this overlaps several hops' misses.
+    const std::size_t ahead = tune_ahead_.load(std::memory_order_relaxed);
+    const std::size_t lookahead = ahead ? ahead : 3;
+    while (beam.has_next()) {
+        float d;
+        const node_id c = beam.pop_exact([&](node_id id) { return distance(k, q, vec(id)); }, &d);
+        beam.for_next(lookahead, prefetch);
+        ++computed;
+        if (top.size() < kk || d < top.front().dist) {
+            top.push_back({d, c});
+            std::push_heap(top.begin(), top.end());
+            if (top.size() > kk) {
+                std::pop_heap(top.begin(), top.end());
+                top.pop_back();
+            }
+        }
+        const std::uint32_t* links = links0(c);
+        const std::size_t n = link_count(links);
+        const std::uint8_t* block = fs_block(c);
+        const float* extra = l2 ? fs_extra(c) : nullptr;
+        const float base = d + bias;  // the edges' estimates start at the node's distance
+        for (std::size_t g = 0; g * PQ4::kGroup < n; ++g) {
+            k.fastscan32(block + g * group_bytes, lut, nsub, est);
+            const std::size_t m = std::min(PQ4::kGroup, n - g * PQ4::kGroup);
+            for (std::size_t j = 0; j < m; ++j) {
+                const std::size_t e = g * PQ4::kGroup + j;
+                const float guess = base + scale * static_cast<float>(est[j]) + (l2 ? extra[e] : 0.f);
+                if (!(guess < beam.bound())) continue;
+                const node_id nb = links[1 + e];
+                if (!visited->try_visit(nb)) continue;
+                if (beam.insert(guess, nb) && beam.peek() == nb) prefetch(nb);
+            }
+        }
+    }
+    if (dist_count) *dist_count += computed;
+    return write_nearest(top, kk, out_labels, out_distances);
 }
 
 // Beam search with an acceptance test, hnswlib's two-heap form: rejected nodes
@@ -877,9 +1046,12 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
     const Entry e = entry();
     if (e.node >= 0) {
         const bool plain = filter == nullptr && num_deleted_.load() == 0;
-        if (plain && quant_ == Quantization::SQ8) {
-            found = search_sq8(k, static_cast<node_id>(e.node), e.level, q, kk, ef, out_labels,
-                               out_distances, dist_count);
+        if (plain && quant_ != Quantization::None) {
+            found = quant_ == Quantization::SQ8
+                        ? search_sq8(k, static_cast<node_id>(e.node), e.level, q, kk, ef,
+                                     out_labels, out_distances, dist_count)
+                        : search_pq4(k, static_cast<node_id>(e.node), e.level, q, kk, ef,
+                                     out_labels, out_distances, dist_count);
             for (std::size_t i = found; i < kk; ++i) {
                 out_labels[i] = kNoLabel;
                 out_distances[i] = kInf;
@@ -1694,7 +1866,7 @@ IndexStats HNSW::stats() const {
                      capacity_ * (sizeof(std::unique_ptr<std::uint32_t[]>) + 1 +
                                   sizeof(std::mutex)) +
                      map_bytes + visited_pool_.memory_bytes() + capacity_ * code_stride_ +
-                     attrs_.memory_bytes();
+                     capacity_ * fs_block_bytes_ + attrs_.memory_bytes();
     s.last_search_distance_computations = last_distance_computations_.load();
     s.last_search_queries = last_queries_.load();
     return s;

@@ -1,13 +1,17 @@
-// The index file format (version 2; version 1 is version 2 without attributes,
-// and is still what an index without attributes writes), little-endian:
+// The index file format (version 3; an index writes the oldest version that
+// holds it: 1 without attributes, 2 with them, 3 with PQ4 quantisation),
+// little-endian:
 //   Header (fixed 256 bytes: magic, version, parameters, section offsets, the
 //           payload checksum and a checksum of the header itself)
 //   level-0 block   count * node_bytes, at a 64-byte aligned offset so that a
 //                   private memory mapping can serve it directly
 //   upper section   one level byte per node (padded to 8), then each node's upper
 //                   link lists, level * (M + 1) u32
-//   quant section   (SQ8 only) per-dimension minimum and scale, then the codes
-//   attr section    (version 2) the stored attributes (AttributeStore::serialize)
+//   quant section   SQ8: per-dimension minimum and scale, then the codes;
+//                   PQ4 (version 3): the centroids (subspaces * 16 * pq_dims
+//                   floats), then each node's block of edge codes (hnsw.h)
+//   attr section    (version 2, optional in 3) the stored attributes
+//                   (AttributeStore::serialize)
 //
 // A file is input from a stranger. The checksums catch accidents; the bounds
 // catch attackers, who can recompute any checksum: every header field is bounded
@@ -38,7 +42,7 @@ namespace evidex {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'V', 'D', 'X', 'H', 'N', 'S', 'W'};
-constexpr std::uint32_t kFormatVersion = 2;
+constexpr std::uint32_t kFormatVersion = 3;
 constexpr std::uint32_t kEndianTag = 0x01020304;
 constexpr std::size_t kHeaderBytes = 256;
 constexpr std::size_t kChunkBytes = std::size_t{4} << 20;  // streaming reads
@@ -56,7 +60,8 @@ struct Header {
     std::uint64_t ef;
     std::uint64_t quantization, trained, quant_offset, quant_bytes;
     std::uint64_t attr_offset, attr_bytes;  // zero in version 1
-    std::uint64_t reserved[2];
+    std::uint64_t pq_dims;  // PQ4 only (version 3)
+    std::uint64_t reserved;
     std::uint64_t header_checksum;  // over every byte before this field
 };
 static_assert(sizeof(Header) == kHeaderBytes, "header layout");
@@ -145,7 +150,9 @@ struct Layout {
     std::uint64_t level0_offset = 0, level0_bytes = 0, upper_offset = 0, upper_bytes = 0;
     std::uint64_t quant_offset = 0, quant_bytes = 0, attr_offset = 0, attr_bytes = 0;
     std::uint64_t file_bytes = 0;
-    bool sq8 = false;
+    bool sq8 = false, pq4 = false;
+    std::size_t pq_dims = 0, pq_subspaces = 0, pq_block_bytes = 0, pq_centroid_bytes = 0;
+    std::size_t pq_extra_offset = 0;  // the block's per-edge floats (squared L2)
     int max_level = -1;
     std::int64_t entry = -1;
 };
@@ -171,8 +178,10 @@ Layout check_header(const Header& h, std::uint64_t size) {
         h.entry_point >= static_cast<std::int64_t>(h.count) ||
         (h.count == 0) != (h.entry_point == -1) || (h.count == 0) != (h.max_level == -1))
         corrupt("inconsistent parameters in the header");
-    if (h.quantization > 1 || h.trained > 1 || (h.quantization == 0 && h.trained) ||
-        (h.quantization == 1 && h.count > 0 && !h.trained))
+    if (h.quantization > (h.version >= 3 ? 2u : 1u) || h.trained > 1 ||
+        (h.quantization == 0 && h.trained) || (h.quantization != 0 && h.count > 0 && !h.trained) ||
+        (h.quantization == 2) != (h.pq_dims != 0) || h.pq_dims > h.dim ||
+        (h.pq_dims != 0 && (h.dim + h.pq_dims - 1) / h.pq_dims > 4096))
         corrupt("inconsistent quantisation fields in the header");
 
     Layout L;
@@ -181,6 +190,17 @@ Layout check_header(const Header& h, std::uint64_t size) {
     L.M = h.M;
     L.M0 = h.M0;
     L.sq8 = h.quantization == 1;
+    L.pq4 = h.quantization == 2;
+    if (L.pq4) {
+        const PQ4 pq(h.dim, h.pq_dims);  // bounded above
+        L.pq_dims = pq.sub_dim();
+        L.pq_subspaces = pq.subspaces();
+        // As the HNSW constructor lays out a block.
+        L.pq_extra_offset = mul((h.M0 + PQ4::kGroup - 1) / PQ4::kGroup, pq.group_bytes());
+        L.pq_block_bytes = round_up(
+            add(L.pq_extra_offset, h.space == 0 ? mul(h.M0, sizeof(float)) : 0), 64);
+        L.pq_centroid_bytes = mul(mul(L.pq_subspaces * PQ4::kCentroids, L.pq_dims), sizeof(float));
+    }
     L.max_level = static_cast<int>(h.max_level);
     L.entry = h.entry_point;
     // As the HNSW constructor lays out a node.
@@ -195,7 +215,8 @@ Layout check_header(const Header& h, std::uint64_t size) {
     L.upper_bytes = h.upper_bytes;
     L.quant_offset = add(L.upper_offset, L.upper_bytes);
     L.quant_bytes = L.sq8 ? round_up(add(mul(2 * sizeof(float), L.dim), mul(L.n, L.code_stride)), 8)
-                          : 0;
+                    : L.pq4 ? round_up(add(L.pq_centroid_bytes, mul(L.n, L.pq_block_bytes)), 8)
+                            : 0;
     if (h.node_bytes != L.node_bytes || h.level0_offset < kHeaderBytes ||
         h.level0_offset % 64 != 0 || h.level0_bytes != L.level0_bytes ||
         h.upper_offset != L.upper_offset || L.upper_bytes < round_up(L.n, 8) ||
@@ -204,10 +225,13 @@ Layout check_header(const Header& h, std::uint64_t size) {
         corrupt("inconsistent section sizes in the header");
     L.attr_offset = add(L.quant_offset, L.quant_bytes);
     L.attr_bytes = h.attr_bytes;
-    if (h.reserved[0] != 0 || h.reserved[1] != 0 ||
-        (h.version == 1 ? (h.attr_offset != 0 || h.attr_bytes != 0)
-                        : (h.attr_offset != L.attr_offset || h.attr_bytes < 16 ||
-                           h.attr_bytes % 8 != 0)) ||
+    // Attributes: never in version 1, always in 2, optional in 3.
+    const bool attrs_absent = h.attr_offset == 0 && h.attr_bytes == 0;
+    const bool attrs_valid =
+        h.attr_offset == L.attr_offset && h.attr_bytes >= 16 && h.attr_bytes % 8 == 0;
+    if (h.reserved != 0 ||
+        !(h.version == 1 ? attrs_absent : h.version == 2 ? attrs_valid
+                                                         : attrs_absent || attrs_valid) ||
         add(L.attr_offset, L.attr_bytes) != size)
         corrupt("inconsistent section sizes in the header");
     return L;
@@ -287,7 +311,27 @@ public:
         }
     }
 
+    // The product quantiser's centroids (L.pq_centroid_bytes at p).
+    void centroids(const char* p) {
+        sum_.update(p, L_.pq_centroid_bytes);
+        if (!h_.trained) return;
+        for (std::size_t i = 0; i < L_.pq_centroid_bytes / sizeof(float); ++i)
+            if (!std::isfinite(load_as<float>(p + 4 * i)))
+                return fail("a product quantiser centroid is NaN or infinite");
+    }
+
     void bytes(const char* p, std::size_t n) { sum_.update(p, n); }
+
+    // PQ4 blocks (count of them at p): every code is valid; the per-edge terms
+    // of squared L2 must be finite.
+    void blocks(const char* p, std::size_t count) {
+        sum_.update(p, count * L_.pq_block_bytes);
+        if (L_.pq_block_bytes == L_.pq_extra_offset) return;
+        for (std::size_t i = 0; i < count; ++i, p += L_.pq_block_bytes)
+            for (std::size_t j = 0; j < L_.M0; ++j)
+                if (!std::isfinite(load_as<float>(p + L_.pq_extra_offset + 4 * j)))
+                    return fail("a PQ4 block holds NaN or infinity");
+    }
 
     // Throws CorruptIndexError naming the first problem, if any.
     void finish() {
@@ -409,6 +453,17 @@ void verify_image(const Source& src, std::uint64_t size) {
         stream(src, L.quant_offset + ranges.size(), L.quant_bytes - ranges.size(), 1, buffer,
                [&](const char* p, std::size_t len) { check.bytes(p, len); });
     }
+    if (L.pq4) {
+        std::vector<char> centroids(L.pq_centroid_bytes);
+        src.read(L.quant_offset, centroids.size(), centroids.data());
+        check.centroids(centroids.data());
+        const std::uint64_t blocks = L.n * L.pq_block_bytes;
+        stream(src, L.quant_offset + centroids.size(), blocks, L.pq_block_bytes, buffer,
+               [&](const char* p, std::size_t len) { check.blocks(p, len / L.pq_block_bytes); });
+        std::vector<char> pad(L.quant_bytes - centroids.size() - blocks);
+        src.read(L.quant_offset + centroids.size() + blocks, pad.size(), pad.data());
+        check.bytes(pad.data(), pad.size());
+    }
     std::vector<char> attrs(L.attr_bytes);
     src.read(L.attr_offset, attrs.size(), attrs.data());
     check.bytes(attrs.data(), attrs.size());
@@ -469,8 +524,8 @@ public:
         const std::string attrs = index.attrs_.empty() ? std::string() : index.attrs_.serialize(n);
         Header h{};
         std::memcpy(h.magic, kMagic, 8);
-        // Without attributes, version 1: readable by every evidex.
-        h.version = attrs.empty() ? 1 : kFormatVersion;
+        // The oldest version that holds the index: readable by the most evidex.
+        h.version = index.quant_ == Quantization::PQ4 ? 3 : attrs.empty() ? 1 : 2;
         h.endian_tag = kEndianTag;
         h.header_bytes = kHeaderBytes;
         h.dim = index.dim_;
@@ -494,7 +549,8 @@ public:
         for (node_id id = 0; id < n; ++id) upper += upper_block_bytes(index, id);
         h.upper_bytes = round_up(upper, 8);
         h.quantization = static_cast<std::uint64_t>(index.quant_);
-        h.trained = index.quant_ == Quantization::SQ8 && index.trained_;
+        h.trained = index.quant_ != Quantization::None && index.trained_;
+        h.pq_dims = index.pq_dims();
         h.quant_offset = h.upper_offset + h.upper_bytes;
         h.quant_bytes = quant_section_bytes(index, n);
         h.attr_offset = attrs.empty() ? 0 : h.quant_offset + h.quant_bytes;
@@ -527,8 +583,10 @@ public:
             throw std::invalid_argument("max_elements must be below 2^31 - 1");
         std::unique_ptr<HNSW> index(new HNSW(h.dim, static_cast<Space>(h.space), h.M,
                                              h.ef_construction, 0, h.seed,
-                                             static_cast<Quantization>(h.quantization)));
-        if (index->node_bytes_ != L.node_bytes || index->code_stride_ != L.code_stride)
+                                             static_cast<Quantization>(h.quantization),
+                                             h.pq_dims));
+        if (index->node_bytes_ != L.node_bytes || index->code_stride_ != L.code_stride ||
+            index->fs_block_bytes_ != L.pq_block_bytes)
             corrupt("inconsistent node layout");
         ImageChecker check(h, L);
         const std::size_t n = L.n;
@@ -569,6 +627,21 @@ public:
                 for (std::size_t d = 0; d < L.dim; ++d)
                     index->qweight_[d] = index->qscale_[d] * index->qscale_[d];
             }
+            std::vector<float> centroids;
+            if (L.pq4) {
+                centroids.resize(L.pq_centroid_bytes / sizeof(float));
+                src.read(L.quant_offset, L.pq_centroid_bytes, reinterpret_cast<char*>(centroids.data()));
+                check.centroids(reinterpret_cast<const char*>(centroids.data()));
+                const std::size_t cbytes = n * L.pq_block_bytes;
+                if (cbytes > 0) {
+                    src.read(L.quant_offset + L.pq_centroid_bytes, cbytes,
+                             reinterpret_cast<char*>(index->fs_blocks_));
+                    check.blocks(reinterpret_cast<const char*>(index->fs_blocks_), n);
+                }
+                std::vector<char> pad(L.quant_bytes - L.pq_centroid_bytes - cbytes);
+                src.read(L.quant_offset + L.pq_centroid_bytes + cbytes, pad.size(), pad.data());
+                check.bytes(pad.data(), pad.size());
+            }
             std::vector<char> attrs(L.attr_bytes);
             src.read(L.attr_offset, attrs.size(), attrs.data());
             check.bytes(attrs.data(), attrs.size());
@@ -579,6 +652,7 @@ public:
                 index->attrs_.deserialize(attrs.data(), attrs.size(), n, owners.data());
             }
             adopt_upper(*index, L, upper.data());
+            if (L.pq4 && h.trained) index->pq_.set_centroids(std::move(centroids));
         } catch (...) {
             // The mapping is the caller's again until read() returns.
             if (index->mapping_ != nullptr) {
@@ -614,8 +688,15 @@ private:
     }
 
     static std::size_t quant_section_bytes(const HNSW& index, std::size_t n) {
-        if (index.quant_ != Quantization::SQ8) return 0;
-        return round_up(2 * index.dim_ * sizeof(float) + n * index.code_stride_, 8);
+        if (index.quant_ == Quantization::SQ8)
+            return round_up(2 * index.dim_ * sizeof(float) + n * index.code_stride_, 8);
+        if (index.quant_ == Quantization::PQ4) {
+            const PQ4& pq = index.pq_;
+            return round_up(pq.subspaces() * PQ4::kCentroids * pq.sub_dim() * sizeof(float) +
+                                n * index.fs_block_bytes_,
+                            8);
+        }
+        return 0;
     }
 
     static std::size_t upper_block_bytes(const HNSW& index, node_id id) {
@@ -638,11 +719,26 @@ private:
         }
         sink(zeros, h.upper_bytes - written);
         if (h.quant_bytes > 0) {
-            const std::size_t dbytes = index.dim_ * sizeof(float);
-            sink(index.qmin_.data(), dbytes);
-            sink(index.qscale_.data(), dbytes);
-            if (n) sink(index.codes_, n * index.code_stride_);
-            sink(zeros, h.quant_bytes - 2 * dbytes - n * index.code_stride_);
+            if (index.quant_ == Quantization::SQ8) {
+                const std::size_t dbytes = index.dim_ * sizeof(float);
+                sink(index.qmin_.data(), dbytes);
+                sink(index.qscale_.data(), dbytes);
+                if (n) sink(index.codes_, n * index.code_stride_);
+                sink(zeros, h.quant_bytes - 2 * dbytes - n * index.code_stride_);
+            } else {
+                // Centroids (zeros while untrained), then the codes.
+                const PQ4& pq = index.pq_;
+                const std::size_t cbytes =
+                    pq.subspaces() * PQ4::kCentroids * pq.sub_dim() * sizeof(float);
+                if (pq.trained()) {
+                    sink(pq.centroids().data(), cbytes);
+                } else {
+                    for (std::size_t i = 0; i < cbytes; i += sizeof(zeros))
+                        sink(zeros, std::min(sizeof(zeros), cbytes - i));
+                }
+                if (n) sink(index.fs_blocks_, n * index.fs_block_bytes_);
+                sink(zeros, h.quant_bytes - cbytes - n * index.fs_block_bytes_);
+            }
         }
     }
 };

@@ -27,6 +27,7 @@ class Space:
 class Quantization:
     none: ClassVar[Quantization]
     sq8: ClassVar[Quantization]
+    pq4: ClassVar[Quantization]
     name: str
     value: int
 
@@ -45,6 +46,9 @@ def parse_space(name: str) -> Space: ...
 def builtin_kernel_set() -> KernelSet: ...
 def load_kernel_library(path: str, base: KernelSet) -> KernelSet: ...
 def distance(a: npt.ArrayLike, b: npt.ArrayLike, space: str = "l2", level: str = "") -> float: ...
+def fastscan32(
+    block: npt.ArrayLike, lut: npt.ArrayLike, level: str = ""
+) -> npt.NDArray[np.uint16]: ...
 def distances(
     query: npt.ArrayLike, data: npt.ArrayLike, space: str = "l2", level: str = ""
 ) -> npt.NDArray[np.float32]: ...
@@ -67,6 +71,7 @@ class HNSW:
         max_elements: int,
         seed: int,
         quantization: Quantization = ...,
+        pq_dims: int = 0,
     ) -> None: ...
     dim: int
     space: str
@@ -82,6 +87,7 @@ class HNSW:
     is_mapped: bool
     trained: bool
     quantization: str
+    pq_dims: int
     def train(self, data: npt.ArrayLike) -> None: ...
     def add(
         self,

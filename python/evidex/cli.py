@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     p.add_argument(
         "--quantization",
-        choices=["sq8"],
+        choices=["sq8", "pq4"],
         default=None,
-        help="traverse on 8-bit codes, re-rank in float32",
+        help="sq8: traverse on 8-bit codes, re-rank in float32; pq4: steer by 4-bit "
+        "fast-scan codes of each node's edges (experimental)",
     )
     p.set_defaults(func=demo)
     from .crinn.cli import add_parsers

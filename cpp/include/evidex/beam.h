@@ -79,6 +79,42 @@ public:
         return id;
     }
 
+    // The nearest unexpanded entry, marked expanded, and its distance replaced by
+    // `exact(id)` (a search ordered by estimates: once a node is measured, its
+    // estimate no longer holds a place in the beam, nor sets the bound).
+    template <class Exact>
+    std::uint32_t pop_exact(Exact&& exact, float* d) {
+        const std::size_t at = cursor_;
+        const std::uint32_t id = pop();
+        *d = exact(id);
+        // Take it out, then put it back where its exact distance belongs.
+        std::memmove(&dist_[at], &dist_[at + 1], (size_ - at - 1) * sizeof(float));
+        std::memmove(&id_[at], &id_[at + 1], (size_ - at - 1) * sizeof(std::uint32_t));
+        --size_;
+        --cursor_;
+        const std::size_t pos = static_cast<std::size_t>(
+            std::upper_bound(dist_.data(), dist_.data() + size_, *d) - dist_.data());
+        if (pos < capacity_) {
+            std::memmove(&dist_[pos + 1], &dist_[pos], (size_ - pos) * sizeof(float));
+            std::memmove(&id_[pos + 1], &id_[pos], (size_ - pos) * sizeof(std::uint32_t));
+            dist_[pos] = *d;
+            id_[pos] = id | kExpanded;
+            ++size_;
+            if (pos <= cursor_) ++cursor_;
+        }
+        return id;
+    }
+
+    // Calls fn(id) for up to n unexpanded entries, nearest first (to prefetch them).
+    template <class Fn>
+    void for_next(std::size_t n, Fn&& fn) const {
+        for (std::size_t i = cursor_; i < size_ && n > 0; ++i)
+            if (!(id_[i] & kExpanded)) {
+                fn(id_[i]);
+                --n;
+            }
+    }
+
     std::uint32_t id(std::size_t i) const { return id_[i] & ~kExpanded; }
     float dist(std::size_t i) const { return dist_[i]; }
 

@@ -28,6 +28,15 @@ using Sq8Kernel = float (*)(const float* a, const float* w, const std::uint8_t* 
 using Distance4Kernel = void (*)(const float* q, std::size_t stride, const float* v,
                                  std::size_t dim, float* out);
 
+// Fast scan (4-bit product quantisation scored by SIMD table look-ups, as in
+// FAISS's and ScaNN's "fast scan"): estimates for the 32 codes of one block.
+// The block holds, per subspace s, 16 bytes at s * 16: byte j carries code j in
+// its low nibble and code j + 16 in its high nibble. lut holds 16 uint8 entries
+// per subspace at s * 16. out[j] = sum over s of lut[s][code_j[s]], exact in
+// uint16 when nsub * max(lut) < 65536. nsub is a multiple of 4.
+using FastScanKernel = void (*)(const std::uint8_t* block, const std::uint8_t* lut,
+                                std::size_t nsub, std::uint16_t* out);
+
 struct DistanceKernels {
     DistanceKernel l2sq;
     DistanceKernel dot;
@@ -35,6 +44,7 @@ struct DistanceKernels {
     Sq8Kernel sq8_dot;
     Distance4Kernel l2sq4;
     Distance4Kernel dot4;
+    FastScanKernel fastscan32;
     SimdLevel level;
 };
 

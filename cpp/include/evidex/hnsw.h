@@ -17,6 +17,7 @@
 
 #include "evidex/attributes.h"
 #include "evidex/distance.h"
+#include "evidex/fastscan.h"
 #include "evidex/kernel_abi.h"
 #include "evidex/kernels.h"
 #include "evidex/parallel.h"
@@ -29,10 +30,12 @@ class BeamPool;
 
 enum class Space : std::uint32_t { L2 = 0, IP = 1, Cosine = 2 };
 
-// How search traverses the graph: float32 distances throughout, or distances on
+// How search traverses the graph: float32 distances throughout; distances on
 // 8-bit scalar-quantised codes (one range per dimension) with the final beam
-// re-ranked in float32, so returned distances are always exact.
-enum class Quantization : std::uint32_t { None = 0, SQ8 = 1 };
+// re-ranked in float32; or PQ4: each node stores its neighbours' 4-bit product
+// codes, scored by fast scan, and every expanded node is measured in float32.
+// Returned distances are always exact.
+enum class Quantization : std::uint32_t { None = 0, SQ8 = 1, PQ4 = 2 };
 Space parse_space(const std::string& name);  // throws std::invalid_argument
 std::string space_name(Space space);
 
@@ -139,7 +142,7 @@ class HNSW {
 public:
     HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construction,
          std::size_t max_elements, std::uint64_t seed,
-         Quantization quantization = Quantization::None);
+         Quantization quantization = Quantization::None, std::size_t pq_dims = 0);
     ~HNSW();
     HNSW(const HNSW&) = delete;
     HNSW& operator=(const HNSW&) = delete;
@@ -205,6 +208,8 @@ public:
     void train(const float* data, std::size_t n);
     bool trained() const { return quant_ == Quantization::None || trained_; }
     Quantization quantization() const { return quant_; }
+    // Dimensions per PQ4 subspace (0 for the other quantisations).
+    std::size_t pq_dims() const { return quant_ == Quantization::PQ4 ? pq_.sub_dim() : 0; }
 
     // Delete (or undelete) `n` labels, all or none: an unknown label throws
     // LabelNotFound, one already deleted (not deleted) or listed twice throws
@@ -241,7 +246,8 @@ public:
     void set_ef(std::size_t ef);  // in [1, kMaxEf]
     bool is_mapped() const { return mapping_ != nullptr; }
     // Search tuning (not saved: it belongs to the machine): how many neighbours'
-    // data to prefetch ahead, and how many cache lines of each; 0 picks by size.
+    // data to prefetch ahead (PQ4: how many beam entries), and how many cache
+    // lines of each; 0 picks by size.
     void set_prefetch(std::size_t ahead, std::size_t lines) {
         tune_ahead_.store(ahead);
         tune_lines_.store(lines);
@@ -439,6 +445,33 @@ private:
     std::size_t code_stride_ = 0;  // bytes per code row, a multiple of 64
     std::vector<float> qmin_, qscale_, qweight_;  // per dimension; weight = scale^2
     std::uint8_t* codes_ = nullptr;
+
+    // PQ4 fast scan (fastscan.h): a block per node with the codes of its level-0
+    // edges' residuals in link order, in groups of 32 (fast-scan layout), then
+    // for squared L2 one float per edge, |x_nb|^2 - |x_node|^2. Blocks follow
+    // the links: written under the node's link lock whenever its level-0 list
+    // changes, an edge kept by a re-selection keeping its code. An edge whose
+    // end moved (an update) keeps a stale code until its list changes: that
+    // costs accuracy of the estimate, never exactness of a result.
+    PQ4 pq_;
+    std::size_t fs_groups_ = 0, fs_block_bytes_ = 0, fs_extra_offset_ = 0;
+    std::uint8_t* fs_blocks_ = nullptr;
+    std::uint8_t* fs_block(node_id id) const {
+        return fs_blocks_ + static_cast<std::size_t>(id) * fs_block_bytes_;
+    }
+    float* fs_extra(node_id id) const {
+        return reinterpret_cast<float*>(fs_block(id) + fs_extra_offset_);
+    }
+    // The caller holds link_locks_[id] (or owns the index). place_in_block codes
+    // edge j (id -> neighbor); refresh_block codes every edge, reusing the codes
+    // of edges that were in `old` (the list before the change: count word, ids)
+    // with block `old_block`.
+    void place_in_block(node_id id, std::size_t j, node_id neighbor);
+    void refresh_block(node_id id, const std::uint32_t* old = nullptr,
+                       const std::uint8_t* old_block = nullptr);
+    std::size_t search_pq4(const DistanceKernels& k, node_id entry, int top_level, const float* q,
+                           std::size_t kk, std::size_t ef, label_t* out_labels,
+                           float* out_distances, std::uint64_t* dist_count) const;
 
     // storage
     std::size_t capacity_ = 0;  // slots allocated

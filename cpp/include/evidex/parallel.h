@@ -15,7 +15,10 @@ namespace evidex {
 // Threads for `work_items` items: `requested` (0: one per core), never more than
 // the items, nor more than four per core (beyond that a thread only costs).
 inline std::size_t resolve_threads(std::size_t requested, std::size_t work_items) {
-    const std::size_t cores = std::max<unsigned>(1u, std::thread::hardware_concurrency());
+    if (work_items <= 1) return 1;
+    // Read once: glibc answers hardware_concurrency() by opening and parsing a
+    // /sys file, which cost more than a whole small search (one query per call).
+    static const std::size_t cores = std::max<unsigned>(1u, std::thread::hardware_concurrency());
     std::size_t n = requested == 0 ? cores : std::min(requested, std::max<std::size_t>(64, 4 * cores));
     return std::max<std::size_t>(1, std::min(n, work_items));
 }

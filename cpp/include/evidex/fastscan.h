@@ -1,0 +1,79 @@
+// 4-bit product quantisation for fast scan (André et al., "Cache locality is not
+// enough", VLDB 2015; as in FAISS's IndexPQFastScan and ScaNN's AH): the space is
+// cut into subspaces of sub_dim dimensions with 16 centroids each, a vector is
+// one 4-bit code per subspace, and a query's distance to 32 codes at once is a
+// sum of table look-ups done in SIMD registers (DistanceKernels::fastscan32).
+//
+// The graph stores, next to each node's level-0 links, its neighbours' codes in
+// the fast-scan layout (a "block"), so expanding a node scores all of its
+// neighbours from one contiguous read instead of one random read per neighbour.
+// What is coded is each edge's residual, neighbour minus node (the node serves as
+// the neighbour's centroid, as in SymphonyQG): residuals of graph edges are short,
+// so 4 bits per subspace estimate them far better than whole vectors. The
+// node's exact distance is known when it is expanded, and
+//   1 - <q, x_nb>     = (1 - <q, x_node>) - <q, r>
+//   |q - x_nb|^2      = |q - x_node|^2 - 2 <q, r> + (|x_nb|^2 - |x_node|^2)
+// so one table per query (<q_s, centroid>) serves every node.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace evidex {
+
+class PQ4 {
+public:
+    static constexpr std::size_t kCentroids = 16;
+    static constexpr std::size_t kGroup = 32;  // codes per fast-scan group
+
+    PQ4() = default;
+    // sub_dim 0 picks one from dim: 2 up to 64 dimensions, 4 above.
+    PQ4(std::size_t dim, std::size_t sub_dim);
+
+    static std::size_t default_sub_dim(std::size_t dim) { return dim <= 64 ? 2 : 4; }
+
+    std::size_t dim() const { return dim_; }
+    std::size_t sub_dim() const { return sub_dim_; }
+    // Subspaces holding dimensions, and the kernel's count (a multiple of 4; the
+    // padding subspaces have zero tables).
+    std::size_t used_subspaces() const { return used_; }
+    std::size_t subspaces() const { return nsub_; }
+    std::size_t code_bytes() const { return nsub_ / 2; }
+    // One group of 32 codes in the fast-scan layout.
+    std::size_t group_bytes() const { return nsub_ * 16; }
+    bool trained() const { return !centroids_.empty(); }
+
+    // k-means per subspace on residuals between near neighbours among n rows of
+    // dim floats (a deterministic sample), seeded; subspaces train in parallel.
+    void train(const float* data, std::size_t n, std::uint64_t seed, std::size_t num_threads);
+    // Centroids as saved: subspaces() * 16 * sub_dim floats (padding zero).
+    const std::vector<float>& centroids() const { return centroids_; }
+    // Adopt saved centroids; throws std::invalid_argument on a wrong size or a
+    // non-finite value.
+    void set_centroids(std::vector<float> centroids);
+
+    // The nearest centroid per subspace: code_bytes() bytes, subspace s in the
+    // low (even s) or high (odd s) nibble of byte s / 2.
+    void encode(const float* v, std::uint8_t* code) const;
+
+    // A query's look-up tables, quantised to uint8 with one scale: for codes
+    // whose entries sum to t, bias + scale * t estimates -w <q, r>, with w = 2
+    // for squared L2 and 1 otherwise (see above).
+    struct Tables {
+        std::vector<std::uint8_t> lut;  // subspaces() * 16
+        float scale = 1.f, bias = 0.f;
+    };
+    void tables(const float* q, bool l2, Tables& out) const;
+
+    // Write `code` as code j (0..31) of a fast-scan group (group_bytes() long),
+    // or read it back.
+    void place(std::uint8_t* group, std::size_t j, const std::uint8_t* code) const;
+    void take(const std::uint8_t* group, std::size_t j, std::uint8_t* code) const;
+
+private:
+    std::size_t dim_ = 0, sub_dim_ = 0, used_ = 0, nsub_ = 0;
+    std::vector<float> centroids_;  // [nsub][16][sub_dim]
+};
+
+}  // namespace evidex

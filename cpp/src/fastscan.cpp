@@ -1,0 +1,226 @@
+#include "evidex/fastscan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+#include "evidex/parallel.h"
+
+namespace evidex {
+
+PQ4::PQ4(std::size_t dim, std::size_t sub_dim) : dim_(dim) {
+    if (dim == 0) throw std::invalid_argument("dim must be at least 1");
+    sub_dim_ = sub_dim == 0 ? std::min(default_sub_dim(dim), dim) : sub_dim;
+    if (sub_dim_ > dim_)
+        throw std::invalid_argument("pq_dims must be at most dim (" + std::to_string(dim_) +
+                                    "), got " + std::to_string(sub_dim_));
+    used_ = (dim_ + sub_dim_ - 1) / sub_dim_;
+    if (used_ > 4096)
+        throw std::invalid_argument("pq_dims " + std::to_string(sub_dim_) + " gives " +
+                                    std::to_string(used_) +
+                                    " subspaces; at most 4096 (raise pq_dims)");
+    nsub_ = (used_ + 3) / 4 * 4;
+}
+
+namespace {
+
+// Lloyd's k-means with 16 centroids on n points of d floats (row stride d).
+void kmeans16(const float* x, std::size_t n, std::size_t d, std::mt19937_64& rng, float* out) {
+    constexpr std::size_t K = PQ4::kCentroids;
+    constexpr int kIterations = 16;
+    std::vector<float> c(K * d, 0.f), sum(K * d);
+    std::vector<std::size_t> count(K);
+    std::vector<std::uint8_t> assign(n, 0);
+    // Start from distinct random points (fewer points than centroids: repeats).
+    for (std::size_t k = 0; k < K; ++k) {
+        const std::size_t i = n > 0 ? static_cast<std::size_t>(rng() % n) : 0;
+        for (std::size_t t = 0; t < d && n > 0; ++t) c[k * d + t] = x[i * d + t];
+    }
+    for (int it = 0; it < kIterations && n > 0; ++it) {
+        std::fill(sum.begin(), sum.end(), 0.f);
+        std::fill(count.begin(), count.end(), 0);
+        for (std::size_t i = 0; i < n; ++i) {
+            const float* p = x + i * d;
+            float best = std::numeric_limits<float>::infinity();
+            std::size_t arg = 0;
+            for (std::size_t k = 0; k < K; ++k) {
+                float dist = 0.f;
+                for (std::size_t t = 0; t < d; ++t) {
+                    const float e = p[t] - c[k * d + t];
+                    dist += e * e;
+                }
+                if (dist < best) {
+                    best = dist;
+                    arg = k;
+                }
+            }
+            assign[i] = static_cast<std::uint8_t>(arg);
+            ++count[arg];
+            for (std::size_t t = 0; t < d; ++t) sum[arg * d + t] += p[t];
+        }
+        for (std::size_t k = 0; k < K; ++k) {
+            if (count[k] == 0) {
+                // An empty cluster restarts at a random point.
+                const std::size_t i = static_cast<std::size_t>(rng() % n);
+                for (std::size_t t = 0; t < d; ++t) c[k * d + t] = x[i * d + t];
+                continue;
+            }
+            for (std::size_t t = 0; t < d; ++t)
+                c[k * d + t] = sum[k * d + t] / static_cast<float>(count[k]);
+        }
+    }
+    std::copy(c.begin(), c.end(), out);
+}
+
+}  // namespace
+
+void PQ4::train(const float* data, std::size_t n, std::uint64_t seed, std::size_t num_threads) {
+    if (n == 0) throw std::invalid_argument("training needs at least one vector");
+    // Residuals like the graph's edges: each probe row minus its nearest few rows
+    // among an evenly spaced pool (exact search, a second or so at most).
+    constexpr std::size_t kPool = 4096, kProbes = 1024, kNear = 4;
+    const std::size_t pool = std::min(n, kPool), probes = std::min(n, kProbes);
+    auto row = [&](std::size_t i, std::size_t of) { return data + (i * n / of) * dim_; };
+    std::vector<float> residuals(probes * kNear * dim_, 0.f);
+    std::vector<std::size_t> found(probes, 0);
+    parallel_for(probes, num_threads, [&](std::size_t p) {
+        const float* x = data + ((p * n / probes + n / (2 * probes)) % n) * dim_;
+        std::vector<std::pair<float, std::size_t>> best;
+        for (std::size_t i = 0; i < pool; ++i) {
+            const float* y = row(i, pool);
+            float dist = 0.f;
+            for (std::size_t t = 0; t < dim_; ++t) dist += (x[t] - y[t]) * (x[t] - y[t]);
+            if (!(dist > 0.f)) continue;  // itself, or a duplicate
+            if (best.size() < kNear || dist < best.back().first) {
+                best.emplace_back(dist, i);
+                std::sort(best.begin(), best.end());
+                if (best.size() > kNear) best.pop_back();
+            }
+        }
+        for (std::size_t j = 0; j < best.size(); ++j) {
+            const float* y = row(best[j].second, pool);
+            float* r = residuals.data() + (p * kNear + j) * dim_;
+            for (std::size_t t = 0; t < dim_; ++t) r[t] = y[t] - x[t];
+        }
+        found[p] = best.size();
+    });
+    // Compact (rows without neighbours: a set of duplicates) into the sample.
+    std::size_t m = 0;
+    for (std::size_t p = 0; p < probes; ++p)
+        for (std::size_t j = 0; j < found[p]; ++j, ++m)
+            std::copy_n(residuals.data() + (p * kNear + j) * dim_, dim_,
+                        residuals.data() + m * dim_);
+    if (m == 0) m = 1;  // all rows equal: one zero residual
+    std::vector<float> centroids(nsub_ * kCentroids * sub_dim_, 0.f);
+    parallel_for(used_, num_threads, [&](std::size_t s) {
+        const std::size_t d0 = s * sub_dim_, d = std::min(sub_dim_, dim_ - d0);
+        std::vector<float> x(m * d);
+        for (std::size_t i = 0; i < m; ++i) {
+            const float* r = residuals.data() + i * dim_ + d0;
+            std::copy(r, r + d, x.begin() + static_cast<std::ptrdiff_t>(i * d));
+        }
+        std::mt19937_64 rng(seed * 1000003u + s);
+        std::vector<float> c(kCentroids * d);
+        kmeans16(x.data(), m, d, rng, c.data());
+        for (std::size_t k = 0; k < kCentroids; ++k)
+            std::copy(c.begin() + static_cast<std::ptrdiff_t>(k * d),
+                      c.begin() + static_cast<std::ptrdiff_t>((k + 1) * d),
+                      centroids.begin() + static_cast<std::ptrdiff_t>((s * kCentroids + k) * sub_dim_));
+    });
+    for (float v : centroids)
+        if (!std::isfinite(v)) throw std::invalid_argument("training vectors must be finite");
+    centroids_ = std::move(centroids);
+}
+
+void PQ4::set_centroids(std::vector<float> centroids) {
+    if (centroids.size() != nsub_ * kCentroids * sub_dim_)
+        throw std::invalid_argument("product quantiser: expected " +
+                                    std::to_string(nsub_ * kCentroids * sub_dim_) +
+                                    " centroid values, got " + std::to_string(centroids.size()));
+    for (float v : centroids)
+        if (!std::isfinite(v)) throw std::invalid_argument("product quantiser: non-finite centroid");
+    centroids_ = std::move(centroids);
+}
+
+void PQ4::encode(const float* v, std::uint8_t* code) const {
+    std::fill(code, code + code_bytes(), std::uint8_t{0});
+    for (std::size_t s = 0; s < used_; ++s) {
+        const std::size_t d0 = s * sub_dim_, d = std::min(sub_dim_, dim_ - d0);
+        const float* c = centroids_.data() + s * kCentroids * sub_dim_;
+        float best = std::numeric_limits<float>::infinity();
+        std::size_t arg = 0;
+        for (std::size_t k = 0; k < kCentroids; ++k) {
+            float dist = 0.f;
+            for (std::size_t t = 0; t < d; ++t) {
+                const float e = v[d0 + t] - c[k * sub_dim_ + t];
+                dist += e * e;
+            }
+            if (dist < best) {  // a NaN never wins: code 0
+                best = dist;
+                arg = k;
+            }
+        }
+        code[s / 2] |= static_cast<std::uint8_t>(arg << (4 * (s & 1)));
+    }
+}
+
+void PQ4::tables(const float* q, bool l2, Tables& out) const {
+    thread_local std::vector<float> raw;
+    raw.resize(used_ * kCentroids);
+    const float w = l2 ? -2.f : -1.f;
+    for (std::size_t s = 0; s < used_; ++s) {
+        const std::size_t d0 = s * sub_dim_, d = std::min(sub_dim_, dim_ - d0);
+        const float* c = centroids_.data() + s * kCentroids * sub_dim_;
+        float* r = raw.data() + s * kCentroids;
+        for (std::size_t k = 0; k < kCentroids; ++k) r[k] = 0.f;
+        for (std::size_t t = 0; t < d; ++t) {
+            const float a = w * q[d0 + t];
+            for (std::size_t k = 0; k < kCentroids; ++k) r[k] += a * c[k * sub_dim_ + t];
+        }
+    }
+    // One scale for every subspace (sums stay comparable), each shifted to its
+    // minimum; entries sized so that a sum over all subspaces fits in 16 bits.
+    const float qmax = static_cast<float>(std::min<std::size_t>(255, 65535 / std::max<std::size_t>(used_, 1)));
+    float bias = 0.f, widest = 0.f;
+    std::vector<float> lo(used_);
+    for (std::size_t s = 0; s < used_; ++s) {
+        const float* r = raw.data() + s * kCentroids;
+        const auto [mn, mx] = std::minmax_element(r, r + kCentroids);
+        lo[s] = *mn;
+        bias += *mn;
+        widest = std::max(widest, *mx - *mn);
+    }
+    const float scale = widest > 0.f && std::isfinite(widest) ? widest / qmax : 1.f;
+    out.lut.assign(nsub_ * kCentroids, 0);
+    for (std::size_t s = 0; s < used_; ++s)
+        for (std::size_t k = 0; k < kCentroids; ++k) {
+            const float t = std::nearbyint((raw[s * kCentroids + k] - lo[s]) / scale);
+            out.lut[s * kCentroids + k] = static_cast<std::uint8_t>(std::min(qmax, std::max(0.f, t)));
+        }
+    out.scale = scale;
+    out.bias = bias;
+}
+
+void PQ4::take(const std::uint8_t* group, std::size_t j, std::uint8_t* code) const {
+    const std::size_t byte = j & 15, shift = j < 16 ? 0 : 4;
+    std::fill(code, code + code_bytes(), std::uint8_t{0});
+    for (std::size_t s = 0; s < nsub_; ++s) {
+        const std::uint8_t c = (group[s * 16 + byte] >> shift) & 15;
+        code[s / 2] |= static_cast<std::uint8_t>(c << (4 * (s & 1)));
+    }
+}
+
+void PQ4::place(std::uint8_t* group, std::size_t j, const std::uint8_t* code) const {
+    const std::size_t byte = j & 15, shift = j < 16 ? 0 : 4;
+    const std::uint8_t keep = static_cast<std::uint8_t>(shift ? 0x0f : 0xf0);
+    for (std::size_t s = 0; s < nsub_; ++s) {
+        const std::uint8_t c = (code[s / 2] >> (4 * (s & 1))) & 15;
+        std::uint8_t& b = group[s * 16 + byte];
+        b = static_cast<std::uint8_t>((b & keep) | (c << shift));
+    }
+}
+
+}  // namespace evidex
