@@ -107,6 +107,31 @@ class EvidexPQ4(EvidexSQ8):
     quantization = "pq4"
 
 
+class EvidexIVF(Library):
+    """evidex's partitioned index (IVFIndex): k-means lists scanned by 4-bit fast scan,
+    re-ranked exactly. The beam width maps to lists scanned and the re-rank depth to
+    max(100, that), as for ScaNN."""
+
+    name = "evidex-ivf"
+
+    def build(self, data, space, M, efc, threads):
+        self.index = evidex.IVFIndex(data.shape[1], space)
+        self.index.add(data, num_threads=threads)
+
+    def set_ef(self, ef):
+        self.index.nprobe = ef
+        self.index.reorder = max(100, ef)
+
+    def query(self, q, k):
+        return self.index.search(q, k, num_threads=1)[0]
+
+    def batch(self, queries, k, threads):
+        return self.index.search(queries, k, num_threads=threads)[0]
+
+    def memory_bytes(self):
+        return self.index.stats()["memory_bytes"]
+
+
 class Hnswlib(Library):
     name = "hnswlib"
 
@@ -209,10 +234,111 @@ class Usearch(Library):
         return int(self.index.memory_usage)
 
 
+class Scann(Library):
+    """ScaNN (pip `scann`): k-means tree, anisotropic 4-bit AH (2 dims per block),
+    exact re-ordering: the authors' ann-benchmarks configuration. The runner's
+    beam width maps to leaves searched (of about 2 sqrt(n) leaves) and the
+    re-order depth to max(100, that)."""
+
+    name = "scann"
+
+    def build(self, data, space, M, efc, threads):
+        import scann
+
+        self.normalize = space == "cosine"
+        data = _unit(data) if self.normalize else np.ascontiguousarray(data, np.float32)
+        n = data.shape[0]
+        self.leaves = max(1, min(n // 50, int(2 * np.sqrt(n))))
+        metric = "squared_l2" if space == "l2" else "dot_product"
+        builder = scann.scann_ops_pybind.builder(data, 10, metric)
+        builder = builder.tree(
+            num_leaves=self.leaves,
+            num_leaves_to_search=min(self.leaves, 64),
+            training_sample_size=min(n, 250_000),
+        )
+        threshold = float("nan") if space == "l2" else 0.2
+        builder = builder.score_ah(2, anisotropic_quantization_threshold=threshold)
+        self.searcher = (
+            builder.reorder(512).set_n_training_threads(threads or os.cpu_count()).build()
+        )
+        self.set_ef(64)
+
+    def set_ef(self, ef):
+        self.search_leaves = max(1, min(ef, self.leaves))
+        self.reorder = max(100, ef)
+
+    def query(self, q, k):
+        q = _unit(q) if self.normalize else q
+        return self.searcher.search(
+            q, final_num_neighbors=k, pre_reorder_num_neighbors=self.reorder,
+            leaves_to_search=self.search_leaves,
+        )[0]  # fmt: skip
+
+    def batch(self, queries, k, threads):
+        queries = _unit(queries) if self.normalize else queries
+        self.searcher.set_num_threads(threads or os.cpu_count())
+        try:
+            return self.searcher.search_batched_parallel(
+                queries, final_num_neighbors=k, pre_reorder_num_neighbors=self.reorder,
+                leaves_to_search=self.search_leaves,
+            )[0]  # fmt: skip
+        finally:
+            self.searcher.set_num_threads(1)
+
+
+class SymphonyQG(Library):
+    """SymphonyQG (pip `rabitqlib`, SymqgIndex): a graph whose nodes hold their
+    neighbours' RaBitQ codes for fast scan; degree 32 as its authors run it."""
+
+    name = "symphonyqg"
+
+    def build(self, data, space, M, efc, threads):
+        import rabitqlib
+
+        self.normalize = space == "cosine"
+        # Its rotation takes dimensions in multiples of 4 (50 is refused): zero
+        # padding changes no distance.
+        self.dim = data.shape[1]
+        self.padded = -(-self.dim // 16) * 16
+        metric = "ip" if space == "ip" else "l2"  # cosine: L2 on unit vectors
+        self.index = rabitqlib.SymqgIndex(self.padded, 32, metric)
+        self.index.build(self._prep(data), efc, threads or os.cpu_count())
+        self.ef = 64
+
+    def _prep(self, x):
+        x = _unit(x) if self.normalize else np.ascontiguousarray(x, np.float32)
+        if self.padded == self.dim:
+            return x
+        out = np.zeros((*x.shape[:-1], self.padded), np.float32)
+        out[..., : self.dim] = x
+        return out
+
+    def set_ef(self, ef):
+        self.ef = ef
+
+    def query(self, q, k):
+        return np.asarray(self.index.search(self._prep(q)[None, :], k, self.ef, 1)[0]).reshape(-1)
+
+    def batch(self, queries, k, threads):
+        threads = threads or os.cpu_count()
+        return np.asarray(self.index.search_batch(self._prep(queries), k, self.ef, threads)[0])
+
+
+MODULES = {"symphonyqg": "rabitqlib"}  # pip package of a library, where not its name
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
 LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex": Evidex,
     "evidex-sq8": EvidexSQ8,
     "evidex-pq4": EvidexPQ4,
+    "evidex-ivf": EvidexIVF,
+    "scann": Scann,
+    "symphonyqg": SymphonyQG,
     "hnswlib": Hnswlib,
     "faiss": Faiss,
     "usearch": Usearch,
@@ -223,7 +349,7 @@ def available(names: list[str]) -> list[Library]:
     out = []
     for name in names:
         lib = LIBRARIES[name]()
-        module = "evidex" if name.startswith("evidex") else name
+        module = "evidex" if name.startswith("evidex") else MODULES.get(name, name)
         try:
             __import__(module)
         except ImportError:

@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("evidex._core", "evidex._cuda", "evidex._arrays", "evidex._progress", "evidex.cuda"),
     ("evidex.metrics", "evidex.bruteforce", "evidex.filters"),
     ("evidex.kernels",),
-    ("evidex.index", "evidex"),
+    ("evidex.index", "evidex.ivf", "evidex"),
     (
         "evidex.compat",
         "evidex.datasets",

@@ -16,6 +16,7 @@
 #include "evidex/distance.h"
 #include "evidex/errors.h"
 #include "evidex/hnsw.h"
+#include "evidex/ivf.h"
 #include "evidex/kernels.h"
 
 namespace py = pybind11;
@@ -488,6 +489,53 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("path"), py::arg("base"));
     m.attr("KERNEL_ABI_VERSION") = EVIDEX_KERNEL_ABI_VERSION;
+
+    py::class_<IVFFastScan>(m, "IVF")
+        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::uint64_t>(),
+             py::arg("dim"), py::arg("space"), py::arg("nlist"), py::arg("pq_dims"), py::arg("seed"))
+        .def(
+            "train",
+            [](IVFFastScan& self, const FloatArray& data, std::size_t num_threads) {
+                const std::size_t n = check_matrix(data, self.dim(), "training vectors", self.space());
+                py::gil_scoped_release release;
+                self.train(data.data(), n, num_threads);
+            },
+            py::arg("data"), py::arg("num_threads") = 0)
+        .def(
+            "add",
+            [](IVFFastScan& self, const FloatArray& data, const LabelArray& labels,
+               std::size_t num_threads) {
+                const std::size_t n = check_matrix(data, self.dim(), "vectors", self.space());
+                if (labels.ndim() != 1 || static_cast<std::size_t>(labels.shape(0)) != n)
+                    throw py::value_error("need one id per vector");
+                py::gil_scoped_release release;
+                self.add(data.data(), n, labels.data(), num_threads);
+            },
+            py::arg("data"), py::arg("labels"), py::arg("num_threads") = 0)
+        .def(
+            "search",
+            [](const IVFFastScan& self, const FloatArray& queries, std::size_t k,
+               std::size_t nprobe, std::size_t reorder, std::size_t num_threads) {
+                const std::size_t nq = check_matrix(queries, self.dim(), "queries", self.space());
+                py::array_t<std::int64_t> labels({nq, k});
+                py::array_t<float> dist({nq, k});
+                auto* l = reinterpret_cast<label_t*>(labels.mutable_data());
+                auto* d = dist.mutable_data();
+                {
+                    py::gil_scoped_release release;
+                    self.search(queries.data(), nq, k, nprobe, reorder, num_threads, l, d);
+                }
+                return py::make_tuple(labels, dist);
+            },
+            py::arg("queries"), py::arg("k"), py::arg("nprobe"), py::arg("reorder"),
+            py::arg("num_threads") = 0)
+        .def_property_readonly("size", &IVFFastScan::size)
+        .def_property_readonly("dim", &IVFFastScan::dim)
+        .def_property_readonly("space", [](const IVFFastScan& self) { return space_name(self.space()); })
+        .def_property_readonly("nlist", &IVFFastScan::nlist)
+        .def_property_readonly("pq_dims", &IVFFastScan::pq_dims)
+        .def_property_readonly("trained", &IVFFastScan::trained)
+        .def_property_readonly("memory_bytes", &IVFFastScan::memory_bytes);
 
     py::class_<HNSW>(m, "HNSW")
         .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::size_t, std::uint64_t,

@@ -114,6 +114,18 @@ void PQ4::train(const float* data, std::size_t n, std::uint64_t seed, std::size_
             std::copy_n(residuals.data() + (p * kNear + j) * dim_, dim_,
                         residuals.data() + m * dim_);
     if (m == 0) m = 1;  // all rows equal: one zero residual
+    fit(residuals.data(), m, seed, num_threads);
+}
+
+void PQ4::fit(const float* residuals_in, std::size_t m, std::uint64_t seed,
+              std::size_t num_threads) {
+    if (m == 0) throw std::invalid_argument("training needs at least one vector");
+    constexpr std::size_t kMaxSample = 65536;
+    const std::size_t n = m;
+    m = std::min(m, kMaxSample);
+    std::vector<float> residuals(m * dim_);
+    for (std::size_t i = 0; i < m; ++i)  // evenly spaced rows
+        std::copy_n(residuals_in + (i * n / m) * dim_, dim_, residuals.data() + i * dim_);
     std::vector<float> centroids(nsub_ * kCentroids * sub_dim_, 0.f);
     parallel_for(used_, num_threads, [&](std::size_t s) {
         const std::size_t d0 = s * sub_dim_, d = std::min(sub_dim_, dim_ - d0);
@@ -132,7 +144,7 @@ void PQ4::train(const float* data, std::size_t n, std::uint64_t seed, std::size_
     });
     for (float v : centroids)
         if (!std::isfinite(v)) throw std::invalid_argument("training vectors must be finite");
-    centroids_ = std::move(centroids);
+    adopt(std::move(centroids));
 }
 
 void PQ4::set_centroids(std::vector<float> centroids) {
@@ -142,50 +154,55 @@ void PQ4::set_centroids(std::vector<float> centroids) {
                                     " centroid values, got " + std::to_string(centroids.size()));
     for (float v : centroids)
         if (!std::isfinite(v)) throw std::invalid_argument("product quantiser: non-finite centroid");
+    adopt(std::move(centroids));
+}
+
+void PQ4::adopt(std::vector<float> centroids) {
     centroids_ = std::move(centroids);
+    by_dim_.assign(dim_ * kCentroids, 0.f);
+    for (std::size_t d = 0; d < dim_; ++d)
+        for (std::size_t k = 0; k < kCentroids; ++k)
+            by_dim_[d * kCentroids + k] =
+                centroids_[((d / sub_dim_) * kCentroids + k) * sub_dim_ + d % sub_dim_];
 }
 
 void PQ4::encode(const float* v, std::uint8_t* code) const {
     std::fill(code, code + code_bytes(), std::uint8_t{0});
     for (std::size_t s = 0; s < used_; ++s) {
-        const std::size_t d0 = s * sub_dim_, d = std::min(sub_dim_, dim_ - d0);
-        const float* c = centroids_.data() + s * kCentroids * sub_dim_;
-        float best = std::numeric_limits<float>::infinity();
-        std::size_t arg = 0;
-        for (std::size_t k = 0; k < kCentroids; ++k) {
-            float dist = 0.f;
-            for (std::size_t t = 0; t < d; ++t) {
-                const float e = v[d0 + t] - c[k * sub_dim_ + t];
-                dist += e * e;
-            }
-            if (dist < best) {  // a NaN never wins: code 0
-                best = dist;
-                arg = k;
+        const std::size_t d0 = s * sub_dim_, d1 = std::min(d0 + sub_dim_, dim_);
+        float dist[kCentroids] = {};
+        for (std::size_t d = d0; d < d1; ++d) {  // 16 centroids side by side
+            const float* c = by_dim_.data() + d * kCentroids;
+            for (std::size_t k = 0; k < kCentroids; ++k) {
+                const float e = v[d] - c[k];
+                dist[k] += e * e;
             }
         }
+        std::size_t arg = 0;
+        for (std::size_t k = 1; k < kCentroids; ++k)
+            if (dist[k] < dist[arg]) arg = k;  // a NaN never wins: code 0
         code[s / 2] |= static_cast<std::uint8_t>(arg << (4 * (s & 1)));
     }
 }
 
 void PQ4::tables(const float* q, bool l2, Tables& out) const {
-    thread_local std::vector<float> raw;
-    raw.resize(used_ * kCentroids);
+    // Per dimension, 16 contiguous centroid values (by_dim_): the inner loop is
+    // one vector FMA wide, and the whole table costs 16 * dim multiply-adds.
+    thread_local std::vector<float> raw, lo;
+    raw.assign(used_ * kCentroids, 0.f);
+    lo.resize(used_);
     const float w = l2 ? -2.f : -1.f;
-    for (std::size_t s = 0; s < used_; ++s) {
-        const std::size_t d0 = s * sub_dim_, d = std::min(sub_dim_, dim_ - d0);
-        const float* c = centroids_.data() + s * kCentroids * sub_dim_;
-        float* r = raw.data() + s * kCentroids;
-        for (std::size_t k = 0; k < kCentroids; ++k) r[k] = 0.f;
-        for (std::size_t t = 0; t < d; ++t) {
-            const float a = w * q[d0 + t];
-            for (std::size_t k = 0; k < kCentroids; ++k) r[k] += a * c[k * sub_dim_ + t];
-        }
+    for (std::size_t d = 0; d < dim_; ++d) {
+        const float a = w * q[d];
+        const float* c = by_dim_.data() + d * kCentroids;
+        float* r = raw.data() + (d / sub_dim_) * kCentroids;
+        for (std::size_t k = 0; k < kCentroids; ++k) r[k] += a * c[k];
     }
     // One scale for every subspace (sums stay comparable), each shifted to its
     // minimum; entries sized so that a sum over all subspaces fits in 16 bits.
-    const float qmax = static_cast<float>(std::min<std::size_t>(255, 65535 / std::max<std::size_t>(used_, 1)));
+    const float qmax =
+        static_cast<float>(std::min<std::size_t>(255, 65535 / std::max<std::size_t>(used_, 1)));
     float bias = 0.f, widest = 0.f;
-    std::vector<float> lo(used_);
     for (std::size_t s = 0; s < used_; ++s) {
         const float* r = raw.data() + s * kCentroids;
         const auto [mn, mx] = std::minmax_element(r, r + kCentroids);
@@ -194,11 +211,12 @@ void PQ4::tables(const float* q, bool l2, Tables& out) const {
         widest = std::max(widest, *mx - *mn);
     }
     const float scale = widest > 0.f && std::isfinite(widest) ? widest / qmax : 1.f;
+    const float inv = 1.f / scale;
     out.lut.assign(nsub_ * kCentroids, 0);
     for (std::size_t s = 0; s < used_; ++s)
         for (std::size_t k = 0; k < kCentroids; ++k) {
-            const float t = std::nearbyint((raw[s * kCentroids + k] - lo[s]) / scale);
-            out.lut[s * kCentroids + k] = static_cast<std::uint8_t>(std::min(qmax, std::max(0.f, t)));
+            const float t = (raw[s * kCentroids + k] - lo[s]) * inv + 0.5f;  // >= 0: rounds
+            out.lut[s * kCentroids + k] = static_cast<std::uint8_t>(std::min(qmax, t));
         }
     out.scale = scale;
     out.bias = bias;

@@ -1,4 +1,5 @@
 #include "evidex/hnsw.h"
+#include "evidex/memory.h"
 
 #include <sys/mman.h>
 
@@ -33,10 +34,6 @@ std::string space_name(Space space) {
     }
 }
 
-namespace {
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
 void normalize_into(const float* v, std::size_t dim, float* out) {
     double norm = 0.0;
     for (std::size_t i = 0; i < dim; ++i) norm += static_cast<double>(v[i]) * v[i];
@@ -44,6 +41,10 @@ void normalize_into(const float* v, std::size_t dim, float* out) {
     const float inv = static_cast<float>(1.0 / (std::sqrt(norm) + 1e-30));
     for (std::size_t i = 0; i < dim; ++i) out[i] = v[i] * inv;
 }
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Indexes whose locks this thread holds (see HNSW::Busy).
 thread_local std::vector<const HNSW*> t_busy;
@@ -134,21 +135,6 @@ void HNSW::release_storage() {
         std::free(level0_);
     }
     level0_ = nullptr;
-}
-
-// Storage that searches read at random: from 4 MiB on, aligned to 2 MiB and
-// marked for transparent huge pages, so a hop costs a cache miss but rarely a
-// TLB miss as well (page walks were a good part of each hop on 4 KiB pages).
-// Freed with std::free.
-static void* alloc_random_access(std::size_t bytes) {
-    constexpr std::size_t kHuge = std::size_t{2} << 20;
-    bytes = std::max<std::size_t>(bytes, 64);
-    if (bytes < 2 * kHuge) return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    void* p = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
-#ifdef MADV_HUGEPAGE
-    if (p != nullptr) ::madvise(p, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
-#endif
-    return p;
 }
 
 // (Re)allocate every per-slot structure for `capacity` slots, keeping the first
@@ -834,10 +820,11 @@ std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_le
     const float scale = tables.scale, bias = tables.bias;
     const std::size_t nsub = pq_.subspaces(), group_bytes = pq_.group_bytes();
     const std::size_t node_lines = prefetch_bytes(vec_offset_ + dim_ * sizeof(float));
+    // Whole blocks: reading the link count to size the fetch would wait on memory.
+    const std::size_t block_lines = prefetch_bytes(fs_block_bytes_);
     auto prefetch = [&](node_id id) {
         prefetch_vector(node(id), node_lines);
-        const std::size_t groups = (link_count(links0(id)) + PQ4::kGroup - 1) / PQ4::kGroup;
-        prefetch_vector(reinterpret_cast<const char*>(fs_block(id)), groups * group_bytes);
+        prefetch_vector(reinterpret_cast<const char*>(fs_block(id)), block_lines);
     };
     auto visited = visited_pool_.acquire();
     thread_local BeamPool beam;
@@ -853,33 +840,53 @@ std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_le
     const std::size_t ahead = tune_ahead_.load(std::memory_order_relaxed);
     const std::size_t lookahead = ahead ? ahead : 3;
     while (beam.has_next()) {
-        float d;
-        const node_id c = beam.pop_exact([&](node_id id) { return distance(k, q, vec(id)); }, &d);
+        // Two nodes per step: the second's data arrives while the first is
+        // scored, and a node the first one's neighbours put on top is fetched
+        // while the second is scored (one node per step waits a full memory
+        // latency per hop, since the next node is known only at its end).
+        node_id batch[2];
+        std::size_t nb = 0;
+        batch[nb++] = beam.pop();
+        if (beam.has_next()) batch[nb++] = beam.pop();
         beam.for_next(lookahead, prefetch);
-        ++computed;
-        if (top.size() < kk || d < top.front().dist) {
-            top.push_back({d, c});
-            std::push_heap(top.begin(), top.end());
-            if (top.size() > kk) {
-                std::pop_heap(top.begin(), top.end());
-                top.pop_back();
+        float dist[2];
+        for (std::size_t b = 0; b < nb; ++b) {
+            const std::uint32_t* l = links0(batch[b]);
+            for (std::size_t j = 1, n = link_count(l); j <= n; ++j) visited->prefetch(l[j]);
+        }
+        for (std::size_t b = 0; b < nb; ++b) {
+            const node_id c = batch[b];
+            dist[b] = distance(k, q, vec(c));
+            ++computed;
+            beam.settle(c, dist[b]);
+            if (top.size() < kk || dist[b] < top.front().dist) {
+                top.push_back({dist[b], c});
+                std::push_heap(top.begin(), top.end());
+                if (top.size() > kk) {
+                    std::pop_heap(top.begin(), top.end());
+                    top.pop_back();
+                }
             }
         }
-        const std::uint32_t* links = links0(c);
-        const std::size_t n = link_count(links);
-        const std::uint8_t* block = fs_block(c);
-        const float* extra = l2 ? fs_extra(c) : nullptr;
-        const float base = d + bias;  // the edges' estimates start at the node's distance
-        for (std::size_t g = 0; g * PQ4::kGroup < n; ++g) {
-            k.fastscan32(block + g * group_bytes, lut, nsub, est);
-            const std::size_t m = std::min(PQ4::kGroup, n - g * PQ4::kGroup);
-            for (std::size_t j = 0; j < m; ++j) {
-                const std::size_t e = g * PQ4::kGroup + j;
-                const float guess = base + scale * static_cast<float>(est[j]) + (l2 ? extra[e] : 0.f);
-                if (!(guess < beam.bound())) continue;
-                const node_id nb = links[1 + e];
-                if (!visited->try_visit(nb)) continue;
-                if (beam.insert(guess, nb) && beam.peek() == nb) prefetch(nb);
+        for (std::size_t b = 0; b < nb; ++b) {
+            const node_id c = batch[b];
+            const std::uint32_t* links = links0(c);
+            const std::size_t n = link_count(links);
+            const std::uint8_t* block = fs_block(c);
+            const float* extra = l2 ? fs_extra(c) : nullptr;
+            const float base = dist[b] + bias;  // edges' estimates start at the node's distance
+            for (std::size_t g = 0; g * PQ4::kGroup < n; ++g) {
+                k.fastscan32(block + g * group_bytes, lut, nsub, est);
+                const std::size_t m = std::min(PQ4::kGroup, n - g * PQ4::kGroup);
+                for (std::size_t j = 0; j < m; ++j) {
+                    const std::size_t e = g * PQ4::kGroup + j;
+                    const float guess =
+                        base + scale * static_cast<float>(est[j]) + (l2 ? extra[e] : 0.f);
+                    if (!(guess < beam.bound())) continue;
+                    const node_id to = links[1 + e];
+                    if (!visited->try_visit(to)) continue;
+                    if (beam.insert(guess, to) && beam.peek() == to) prefetch(to);
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ from ._core import CorruptIndexError, cpu_simd_level, set_simd_level, simd_level
 from .bruteforce import BruteForceIndex, exact_knn
 from .filters import F
 from .index import HNSWIndex
+from .ivf import IVFIndex
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "CorruptIndexError",
     "F",
     "HNSWIndex",
+    "IVFIndex",
     "cpu_simd_level",
     "exact_knn",
     "set_simd_level",

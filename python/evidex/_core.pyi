@@ -61,6 +61,21 @@ def brute_force_knn(
     num_threads: int = 0,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 
+class IVF:
+    def __init__(self, dim: int, space: Space, nlist: int, pq_dims: int, seed: int) -> None: ...
+    def train(self, data: npt.ArrayLike, num_threads: int = 0) -> None: ...
+    def add(self, data: npt.ArrayLike, labels: npt.ArrayLike, num_threads: int = 0) -> None: ...
+    def search(
+        self, queries: npt.ArrayLike, k: int, nprobe: int, reorder: int, num_threads: int = 0
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    size: int
+    dim: int
+    space: str
+    nlist: int
+    pq_dims: int
+    trained: bool
+    memory_bytes: int
+
 class HNSW:
     def __init__(
         self,

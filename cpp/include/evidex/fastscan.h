@@ -47,6 +47,9 @@ public:
     // k-means per subspace on residuals between near neighbours among n rows of
     // dim floats (a deterministic sample), seeded; subspaces train in parallel.
     void train(const float* data, std::size_t n, std::uint64_t seed, std::size_t num_threads);
+    // k-means per subspace on m given residuals (at most 65,536 of them used,
+    // evenly spaced), for an index that picks its own centroids.
+    void fit(const float* residuals, std::size_t m, std::uint64_t seed, std::size_t num_threads);
     // Centroids as saved: subspaces() * 16 * sub_dim floats (padding zero).
     const std::vector<float>& centroids() const { return centroids_; }
     // Adopt saved centroids; throws std::invalid_argument on a wrong size or a
@@ -73,7 +76,9 @@ public:
 
 private:
     std::size_t dim_ = 0, sub_dim_ = 0, used_ = 0, nsub_ = 0;
+    void adopt(std::vector<float> centroids);
     std::vector<float> centroids_;  // [nsub][16][sub_dim]
+    std::vector<float> by_dim_;     // [dim][16]: the same, by dimension (tables())
 };
 
 }  // namespace evidex

@@ -1,0 +1,396 @@
+#include "evidex/ivf.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+#include "evidex/beam.h"
+#include "evidex/distance.h"
+#include "evidex/parallel.h"
+
+namespace evidex {
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// e[j] = base + scale * est[j] (+ extra[j]) for a group of 32 codes, and the
+// bit mask of those below `bound` (SSE2, the x86-64 baseline: this runs for
+// every code a query scans, so it must not be a scalar loop).
+std::uint32_t estimates_below(const std::uint16_t* est, const float* extra, float base,
+                              float scale, float bound, float* e) {
+#if defined(__SSE2__)
+    const __m128 b = _mm_set1_ps(base), sc = _mm_set1_ps(scale), lim = _mm_set1_ps(bound);
+    const __m128i zero = _mm_setzero_si128();
+    std::uint32_t mask = 0;
+    for (std::size_t j = 0; j < 32; j += 8) {
+        const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(est + j));
+        __m128 lo = _mm_add_ps(b, _mm_mul_ps(sc, _mm_cvtepi32_ps(_mm_unpacklo_epi16(w, zero))));
+        __m128 hi = _mm_add_ps(b, _mm_mul_ps(sc, _mm_cvtepi32_ps(_mm_unpackhi_epi16(w, zero))));
+        if (extra != nullptr) {
+            lo = _mm_add_ps(lo, _mm_loadu_ps(extra + j));
+            hi = _mm_add_ps(hi, _mm_loadu_ps(extra + j + 4));
+        }
+        _mm_store_ps(e + j, lo);
+        _mm_store_ps(e + j + 4, hi);
+        mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmplt_ps(lo, lim))) << j;
+        mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmplt_ps(hi, lim))) << (j + 4);
+    }
+    return mask;
+#else
+    std::uint32_t mask = 0;
+    for (std::size_t j = 0; j < 32; ++j) {
+        e[j] = base + scale * static_cast<float>(est[j]) + (extra ? extra[j] : 0.f);
+        mask |= static_cast<std::uint32_t>(e[j] < bound) << j;
+    }
+    return mask;
+#endif
+}
+
+}  // namespace
+
+IVFFastScan::IVFFastScan(std::size_t dim, Space space, std::size_t nlist, std::size_t pq_dims,
+                         std::uint64_t seed)
+    : dim_(dim), space_(space), nlist_(nlist), seed_(seed), pq_(dim, pq_dims) {
+    if (nlist > (std::size_t{1} << 20)) throw std::invalid_argument("nlist must be at most 2**20");
+}
+
+std::size_t IVFFastScan::size() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return labels_.size();
+}
+
+std::size_t IVFFastScan::nlist() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return nlist_;
+}
+
+std::size_t IVFFastScan::memory_bytes() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::size_t bytes = (centroids_.capacity() + centroid_norms_.capacity() + vectors_.capacity()) *
+                            sizeof(float) +
+                        labels_.capacity() * sizeof(label_t) +
+                        rows_of_.size() * (sizeof(label_t) + sizeof(std::uint32_t) + 16);
+    bytes += codes_.capacity() + slot_rows_.capacity() * 4 + slot_extra_.capacity() * 4 +
+             (start_.capacity() + count_.capacity()) * sizeof(std::size_t);
+    return bytes;
+}
+
+void IVFFastScan::train(const float* data, std::size_t n, std::size_t num_threads) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    if (!labels_.empty()) throw std::runtime_error("train() must precede the first add");
+    train_locked(data, n, num_threads);
+}
+
+// Lloyd's k-means on an evenly spaced sample (at most 64 points per centroid),
+// then the residual quantiser on the sample's residuals to their centroids.
+void IVFFastScan::train_locked(const float* data, std::size_t n, std::size_t num_threads) {
+    if (n == 0) throw std::invalid_argument("training needs at least one vector");
+    std::size_t nlist = nlist_ ? nlist_ : std::max<std::size_t>(1, static_cast<std::size_t>(
+                                                                        2 * std::sqrt(double(n))));
+    nlist = std::min(nlist, n);
+    const std::size_t m = std::min(n, std::max<std::size_t>(64 * nlist, 1));
+    std::vector<float> x(m * dim_);
+    for (std::size_t i = 0; i < m; ++i) {
+        const float* row = data + (i * n / m) * dim_;
+        if (space_ == Space::Cosine)
+            normalize_into(row, dim_, x.data() + i * dim_);
+        else
+            std::copy_n(row, dim_, x.data() + i * dim_);
+    }
+    const DistanceKernels& k = active_kernels();
+    std::mt19937_64 rng(seed_);
+    std::vector<float> c(nlist * dim_);
+    {
+        // Distinct sample points to start from.
+        std::vector<std::size_t> pick(m);
+        for (std::size_t i = 0; i < m; ++i) pick[i] = i;
+        std::shuffle(pick.begin(), pick.end(), rng);
+        for (std::size_t j = 0; j < nlist; ++j)
+            std::copy_n(x.data() + pick[j] * dim_, dim_, c.data() + j * dim_);
+    }
+    std::vector<std::uint32_t> assign(m, 0);
+    constexpr int kIterations = 10;
+    for (int it = 0; it < kIterations; ++it) {
+        parallel_for((m + 255) / 256, num_threads, [&](std::size_t chunk) {
+            for (std::size_t i = chunk * 256; i < std::min(m, chunk * 256 + 256); ++i) {
+                float best = kInf;
+                std::uint32_t arg = 0;
+                for (std::size_t j = 0; j < nlist; ++j) {
+                    const float d = k.l2sq(x.data() + i * dim_, c.data() + j * dim_, dim_);
+                    if (d < best) {
+                        best = d;
+                        arg = static_cast<std::uint32_t>(j);
+                    }
+                }
+                assign[i] = arg;
+            }
+        });
+        std::vector<double> sum(nlist * dim_, 0.0);
+        std::vector<std::size_t> count(nlist, 0);
+        for (std::size_t i = 0; i < m; ++i) {
+            ++count[assign[i]];
+            const float* p = x.data() + i * dim_;
+            double* s = sum.data() + assign[i] * dim_;
+            for (std::size_t t = 0; t < dim_; ++t) s[t] += p[t];
+        }
+        for (std::size_t j = 0; j < nlist; ++j) {
+            if (count[j] == 0) {  // an empty cluster restarts at a random point
+                std::copy_n(x.data() + (rng() % m) * dim_, dim_, c.data() + j * dim_);
+                continue;
+            }
+            for (std::size_t t = 0; t < dim_; ++t)
+                c[j * dim_ + t] = static_cast<float>(sum[j * dim_ + t] / double(count[j]));
+        }
+    }
+    centroids_ = std::move(c);
+    nlist_ = nlist;
+    centroid_norms_.resize(nlist);
+    for (std::size_t j = 0; j < nlist; ++j)
+        centroid_norms_[j] = k.dot(centroids_.data() + j * dim_, centroids_.data() + j * dim_, dim_);
+    // Rows padded to 16 floats, four centroids per block, for the four-way kernel.
+    stride_ = (dim_ + 15) / 16 * 16;
+    padded_.assign((nlist + 3) / 4 * 4 * stride_, 0.f);
+    for (std::size_t j = 0; j < nlist; ++j)
+        std::copy_n(centroids_.data() + j * dim_, dim_, padded_.data() + j * stride_);
+    // Residuals of the sample to their (final) nearest centroids.
+    for (std::size_t i = 0; i < m; ++i) {
+        const std::size_t j = nearest_centroid(x.data() + i * dim_);
+        float* r = x.data() + i * dim_;
+        for (std::size_t t = 0; t < dim_; ++t) r[t] -= centroids_[j * dim_ + t];
+    }
+    pq_.fit(x.data(), m, seed_, num_threads);
+    start_.assign(nlist + 1, 0);
+    count_.assign(nlist, 0);
+    trained_ = true;
+}
+
+std::size_t IVFFastScan::nearest_centroid(const float* v) const {
+    const DistanceKernels& k = active_kernels();
+    float best = kInf;
+    std::size_t arg = 0;
+    for (std::size_t j = 0; j < nlist_; ++j) {
+        const float d = k.l2sq(v, centroids_.data() + j * dim_, dim_);
+        if (d < best) {
+            best = d;
+            arg = j;
+        }
+    }
+    return arg;
+}
+
+void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
+                      std::size_t num_threads) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    {
+        std::unordered_map<label_t, std::size_t> batch;
+        batch.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (labels[i] >= kLabelLimit)
+                throw std::invalid_argument("ids must be below 2**63, got " + std::to_string(labels[i]));
+            if (rows_of_.count(labels[i]) || !batch.emplace(labels[i], i).second)
+                throw std::invalid_argument("id " + std::to_string(labels[i]) +
+                                            (rows_of_.count(labels[i]) ? " is already in the index"
+                                                                       : " appears twice in the batch") +
+                                            " (an IVF index appends; it does not update)");
+        }
+    }
+    if (labels_.size() + n >= (std::size_t{1} << 32) - 1)
+        throw std::invalid_argument("an IVF index holds fewer than 2**32 - 1 vectors");
+    if (n == 0) return;
+    if (!trained_) train_locked(data, n, num_threads);
+    const std::size_t first = labels_.size();
+    vectors_.resize((first + n) * dim_);
+    std::vector<std::uint32_t> list_of(n);
+    parallel_for(n, num_threads, [&](std::size_t i) {
+        float* v = vectors_.data() + (first + i) * dim_;
+        if (space_ == Space::Cosine)
+            normalize_into(data + i * dim_, dim_, v);
+        else
+            std::copy_n(data + i * dim_, dim_, v);
+        list_of[i] = static_cast<std::uint32_t>(nearest_centroid(v));
+    });
+    // Codes of the new rows, by list in row order (deterministic).
+    const DistanceKernels& k = active_kernels();
+    const std::size_t cb = pq_.code_bytes(), group = pq_.group_bytes();
+    std::vector<std::uint8_t> codes(n * cb);
+    std::vector<float> extra(space_ == Space::L2 ? n : 0);
+    parallel_for(n, num_threads, [&](std::size_t i) {
+        thread_local std::vector<float> residual;
+        residual.resize(dim_);
+        const float* v = vectors_.data() + (first + i) * dim_;
+        const float* c = centroids_.data() + std::size_t{list_of[i]} * dim_;
+        for (std::size_t t = 0; t < dim_; ++t) residual[t] = v[t] - c[t];
+        pq_.encode(residual.data(), codes.data() + i * cb);
+        if (!extra.empty()) extra[i] = k.dot(v, v, dim_) - centroid_norms_[list_of[i]];
+    });
+    std::vector<std::vector<std::uint32_t>> added(nlist_);
+    for (std::size_t i = 0; i < n; ++i) added[list_of[i]].push_back(static_cast<std::uint32_t>(i));
+    // The new arena: each list's old groups copied whole, its new codes placed after.
+    auto groups = [](std::size_t c) { return (c + PQ4::kGroup - 1) / PQ4::kGroup; };
+    std::vector<std::size_t> start(nlist_ + 1, 0), count(nlist_);
+    for (std::size_t j = 0; j < nlist_; ++j) {
+        count[j] = count_[j] + added[j].size();
+        start[j + 1] = start[j] + groups(count[j]) * PQ4::kGroup;
+    }
+    const std::size_t slots = start[nlist_];
+    Arena<std::uint8_t> arena(slots / PQ4::kGroup * group, 0);
+    Arena<std::uint32_t> rows(slots, 0);
+    Arena<float> extras(space_ == Space::L2 ? slots : 0, 0.f);
+    for (std::size_t j = 0; j < nlist_; ++j) {
+        const std::size_t from = start_[j], to = start[j], old = count_[j];
+        std::copy_n(codes_.data() + from / PQ4::kGroup * group, groups(old) * group,
+                    arena.data() + to / PQ4::kGroup * group);
+        std::copy_n(slot_rows_.data() + from, old, rows.data() + to);
+        if (!extras.empty()) std::copy_n(slot_extra_.data() + from, old, extras.data() + to);
+        for (std::size_t t = 0; t < added[j].size(); ++t) {
+            const std::size_t i = added[j][t], slot = to + old + t;
+            pq_.place(arena.data() + slot / PQ4::kGroup * group, slot % PQ4::kGroup,
+                      codes.data() + i * cb);
+            rows[slot] = static_cast<std::uint32_t>(first + i);
+            if (!extras.empty()) extras[slot] = extra[i];
+        }
+    }
+    codes_ = std::move(arena);
+    slot_rows_ = std::move(rows);
+    slot_extra_ = std::move(extras);
+    start_ = std::move(start);
+    count_ = std::move(count);
+    labels_.insert(labels_.end(), labels, labels + n);
+    for (std::size_t i = 0; i < n; ++i)
+        rows_of_.emplace(labels[i], static_cast<std::uint32_t>(first + i));
+}
+
+void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, std::size_t nprobe,
+                         std::size_t reorder, std::size_t num_threads, label_t* out_labels,
+                         float* out_distances) const {
+    if (k == 0) throw std::invalid_argument("k must be at least 1");
+    if (nprobe == 0) throw std::invalid_argument("nprobe must be at least 1");
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    parallel_for(nq, num_threads, [&](std::size_t i) {
+        search_one(queries + i * dim_, k, nprobe, std::max(reorder, k), out_labels + i * k,
+                   out_distances + i * k);
+    });
+}
+
+void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t nprobe,
+                             std::size_t reorder, label_t* out_labels,
+                             float* out_distances) const {
+    std::fill(out_labels, out_labels + kk, kNoLabel);
+    std::fill(out_distances, out_distances + kk, kInf);
+    if (labels_.empty()) return;
+    const DistanceKernels& k = active_kernels();
+    const bool l2 = space_ == Space::L2;
+    // thread_local buffers, each looked up once (not per use in the hot loop).
+    thread_local std::vector<float> tls_query;
+    thread_local std::vector<std::pair<float, std::uint32_t>> tls_near, tls_best;
+    thread_local PQ4::Tables tls_tables;
+    std::vector<float>& qbuf = tls_query;
+    auto& near = tls_near;
+    auto& best = tls_best;
+    PQ4::Tables& tables = tls_tables;
+    const float* q = query;
+    if (space_ == Space::Cosine) {
+        qbuf.resize(dim_);
+        normalize_into(query, dim_, qbuf.data());
+        q = qbuf.data();
+    }
+    // The nprobe nearest centroids, in the index's distance.
+    near.resize(nlist_);
+    const float qq = l2 ? k.dot(q, q, dim_) : 0.f;
+    for (std::size_t j0 = 0; j0 < nlist_; j0 += 4) {
+        float dots[4];  // the query against four centroids, loads shared
+        k.dot4(padded_.data() + j0 * stride_, stride_, q, dim_, dots);
+        for (std::size_t j = j0; j < std::min(j0 + 4, nlist_); ++j)
+            near[j] = {l2 ? qq - 2.f * dots[j - j0] + centroid_norms_[j] : 1.f - dots[j - j0],
+                       static_cast<std::uint32_t>(j)};
+    }
+    nprobe = std::min(nprobe, nlist_);
+    // The nprobe nearest, nearest first (the bound tightens sooner).
+    std::nth_element(near.begin(), near.begin() + static_cast<std::ptrdiff_t>(nprobe - 1), near.end());
+    std::sort(near.begin(), near.begin() + static_cast<std::ptrdiff_t>(nprobe));
+
+    pq_.tables(q, l2, tables);
+    const std::uint8_t* lut = tables.lut.data();
+    const float scale = tables.scale;
+    const std::size_t nsub = pq_.subspaces(), group = pq_.group_bytes();
+    // The `reorder` best estimates, as a max-heap on the estimate.
+    best.clear();
+    float bound = kInf;
+    alignas(64) std::uint16_t est[PQ4::kGroup];
+    auto keep = [&](float e, std::uint32_t row) {
+        best.emplace_back(e, row);
+        std::push_heap(best.begin(), best.end());
+        if (best.size() > reorder) {
+            std::pop_heap(best.begin(), best.end());
+            best.pop_back();
+        }
+        if (best.size() == reorder) bound = best.front().first;
+    };
+    // The next list's start, fetched while this one is scanned.
+    auto prefetch_list = [&](std::size_t j) {
+        const std::size_t lead = std::min<std::size_t>(2, (count_[j] + PQ4::kGroup - 1) / PQ4::kGroup);
+        prefetch_vector(reinterpret_cast<const char*>(codes_.data() + start_[j] / PQ4::kGroup * group),
+                        lead * group);
+        EVIDEX_PREFETCH(slot_rows_.data() + start_[j]);
+        if (l2) EVIDEX_PREFETCH(slot_extra_.data() + start_[j]);
+    };
+    constexpr std::size_t kListsAhead = 2;
+    for (std::size_t p = 0; p < std::min(kListsAhead, nprobe); ++p) prefetch_list(near[p].second);
+    for (std::size_t p = 0; p < nprobe; ++p) {
+        const std::size_t list = near[p].second;
+        if (p + kListsAhead < nprobe) prefetch_list(near[p + kListsAhead].second);
+        const float base = near[p].first + tables.bias;
+        const std::size_t count = count_[list];
+        const std::uint8_t* codes = codes_.data() + start_[list] / PQ4::kGroup * group;
+        const std::uint32_t* rows = slot_rows_.data() + start_[list];
+        const float* extra = l2 ? slot_extra_.data() + start_[list] : nullptr;
+        for (std::size_t g = 0; g * PQ4::kGroup < count; ++g) {
+            if ((g + 2) * PQ4::kGroup < count)
+                prefetch_vector(reinterpret_cast<const char*>(codes + (g + 2) * group), group);
+            k.fastscan32(codes + g * group, lut, nsub, est);
+            const std::size_t m = std::min(PQ4::kGroup, count - g * PQ4::kGroup);
+            const std::size_t at = g * PQ4::kGroup;
+            // Which codes beat the bound, as a bit mask (loops the compiler
+            // vectorises), then only those are kept: most codes are not.
+            alignas(64) float e[PQ4::kGroup];
+            std::uint32_t mask = estimates_below(est, extra ? extra + at : nullptr, base, scale,
+                                                 bound, e);
+            if (m < PQ4::kGroup) mask &= (std::uint32_t{1} << m) - 1;
+            while (mask != 0) {
+                const unsigned j = static_cast<unsigned>(__builtin_ctz(mask));
+                mask &= mask - 1;
+                if (e[j] < bound) keep(e[j], rows[at + j]);
+            }
+        }
+    }
+    // Exact distances of the survivors, their vectors fetched a few ahead.
+    const std::size_t bytes = dim_ * sizeof(float), ahead = prefetch_ahead(bytes);
+    auto row_vector = [&](std::size_t i) {
+        return vectors_.data() + std::size_t{best[i].second} * dim_;
+    };
+    for (std::size_t i = 0; i < std::min(ahead, best.size()); ++i)
+        prefetch_vector(reinterpret_cast<const char*>(row_vector(i)), bytes);
+    for (std::size_t i = 0; i < best.size(); ++i) {
+        if (i + ahead < best.size())
+            prefetch_vector(reinterpret_cast<const char*>(row_vector(i + ahead)), bytes);
+        const float* v = row_vector(i);
+        best[i].first = l2 ? k.l2sq(q, v, dim_) : 1.f - k.dot(q, v, dim_);
+    }
+    const std::size_t found = std::min(kk, best.size());
+    std::partial_sort(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(found), best.end());
+    for (std::size_t i = 0; i < found; ++i) {
+        out_labels[i] = labels_[best[i].second];
+        out_distances[i] = best[i].first;
+    }
+}
+
+}  // namespace evidex

@@ -1,0 +1,147 @@
+"""IVFIndex: exact distances, recall against brute force, appends, errors, threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import evidex
+from conftest import clustered, recall_at_k
+
+
+def _exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, space: str) -> np.ndarray:
+    x = data[ids].astype(np.float64)
+    q = queries.astype(np.float64)[:, None, :]
+    if space == "l2":
+        return ((x - q) ** 2).sum(-1)
+    if space == "cosine":
+        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return 1 - (x * q).sum(-1)
+
+
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("dim", [3, 50, 129])
+def test_recall_and_exact_distances(space: str, dim: int) -> None:
+    data = clustered(4_000, dim, seed=dim)
+    queries = clustered(60, dim, seed=dim + 1)
+    if space == "ip":
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+    index = evidex.IVFIndex(dim, space, seed=1)
+    index.add(data)
+    assert len(index) == 4_000 and index.trained and index.nlist == int(2 * np.sqrt(4_000))
+    truth, _ = evidex.exact_knn(data, queries, 10, space)
+    ids, dist = index.search(queries, k=10, nprobe=40, reorder=200)
+    assert recall_at_k(ids, truth, 10) >= 0.95
+    np.testing.assert_allclose(dist, _exact(data, queries, ids, space), rtol=1e-4, atol=1e-4)
+    assert (np.diff(dist, axis=1) >= 0).all()
+    # Every list scanned and every candidate re-ranked: the exact answer.
+    ids, _ = index.search(queries, k=10, nprobe=index.nlist, reorder=4_000)
+    assert recall_at_k(ids, truth, 10) == 1.0
+
+
+def test_appends_in_batches_ids_and_single_query() -> None:
+    data = clustered(3_000, 16, seed=3)
+    index = evidex.IVFIndex(16, "l2", nlist=20, nprobe=20, reorder=3_000)
+    assert index.nlist == 20 and not index.trained
+    assert list(index.add(data[:1_000])) == list(range(1_000))
+    index.add(data[1_000:2_000], ids=np.arange(5_000, 6_000))
+    index.add(data[2_000:], ids=list(range(9_000, 10_000)))
+    assert len(index) == 3_000
+    labels = np.concatenate([np.arange(1_000), np.arange(5_000, 6_000), np.arange(9_000, 10_000)])
+    truth, true_dist = evidex.exact_knn(data, data[::300], 5, "l2")
+    ids, dist = index.search(data[::300], k=5)
+    np.testing.assert_array_equal(ids, labels[truth])
+    one_ids, one_dist = index.search(data[1_500], k=3)
+    assert one_ids.shape == (3,) and one_ids[0] == 5_500 and one_dist[0] == pytest.approx(0.0)
+    assert index.stats()["count"] == 3_000 and index.stats()["memory_bytes"] > data.nbytes
+
+
+def test_errors_leave_the_index_unchanged() -> None:
+    index = evidex.IVFIndex(4, "l2", nlist=4)
+    index.add(clustered(50, 4), ids=np.arange(50))
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(clustered(2, 4), ids=[50, 3])
+    with pytest.raises(ValueError, match="appears twice"):
+        index.add(clustered(2, 4), ids=[60, 60])
+    with pytest.raises(ValueError, match="Wrong dimensionality"):
+        index.add(np.zeros((2, 5)), ids=[70, 71])
+    with pytest.raises(ValueError, match="NaN|nan|finite"):
+        index.add(np.full((1, 4), np.nan), ids=[80])
+    with pytest.raises(ValueError, match="non-negative"):
+        index.add(np.zeros((1, 4)), ids=[-1])
+    with pytest.raises(TypeError, match="integers"):
+        index.add(np.zeros((1, 4)), ids=[1.5])
+    assert len(index) == 50
+    with pytest.raises(ValueError, match="larger than the number of vectors"):
+        index.search(np.zeros(4), k=51)
+    with pytest.raises(ValueError, match="nprobe must be at least 1"):
+        index.search(np.zeros(4), k=1, nprobe=0)
+    with pytest.raises(ValueError, match="precede the first add"):
+        index.train(clustered(10, 4))
+    with pytest.raises(ValueError, match="pq_dims must be at most dim"):
+        evidex.IVFIndex(4, pq_dims=5)
+    with pytest.raises(ValueError, match="unknown space"):
+        evidex.IVFIndex(4, "hamming")
+    with pytest.raises(ValueError, match="at least one vector"):
+        evidex.IVFIndex(4).train(np.zeros((0, 4)))
+
+
+def test_tiny_and_degenerate_sets() -> None:
+    # Fewer vectors than lists asked for; all vectors equal; explicit training.
+    index = evidex.IVFIndex(3, "cosine", nlist=10)
+    index.add(np.ones((4, 3)))
+    assert index.nlist == 4
+    ids, dist = index.search(np.ones(3), k=4, nprobe=4)
+    assert sorted(ids) == [0, 1, 2, 3] and np.allclose(dist, 0, atol=1e-6)
+    one = evidex.IVFIndex(2, "l2")
+    one.add(np.array([[1.0, 2.0]]))
+    assert one.search(np.array([1.0, 2.0]), k=1)[0][0] == 0
+    trained = evidex.IVFIndex(8, "ip", nlist=8)
+    trained.train(clustered(500, 8))
+    assert trained.trained and len(trained) == 0
+    trained.add(clustered(100, 8, seed=2))
+    assert len(trained) == 100
+
+
+def test_searches_during_appends() -> None:
+    data = clustered(4_000, 12, seed=5)
+    index = evidex.IVFIndex(12, "l2", nlist=16)
+    index.add(data[:500])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                ids, dist = index.search(data[:8], k=5, nprobe=16, reorder=500)
+                assert (ids[:, 0] == np.arange(8)).all() and np.allclose(dist[:, 0], 0, atol=1e-4)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for lo in range(500, 4_000, 500):
+            index.add(data[lo : lo + 500], num_threads=2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert len(index) == 4_000
+
+
+def test_rows_padded_when_scanned_lists_hold_fewer_than_k() -> None:
+    centers = np.eye(4, dtype=np.float32) * 100
+    data = np.repeat(centers, 5, axis=0) + np.random.default_rng(0).normal(size=(20, 4)).astype(
+        np.float32
+    )
+    index = evidex.IVFIndex(4, "l2", nlist=4)
+    index.add(data)
+    ids, dist = index.search(centers[0], k=10, nprobe=1)
+    assert sorted(ids[:5]) == [0, 1, 2, 3, 4]
+    assert (ids[5:] == -1).all() and np.isinf(dist[5:]).all()
