@@ -107,7 +107,7 @@ class EvidexPQ4(EvidexSQ8):
     quantization = "pq4"
 
 
-class EvidexIVF(Library):
+class EvidexIVF(Evidex):
     """evidex's partitioned index (IVFIndex): k-means lists scanned by 4-bit fast scan,
     re-ranked exactly. The beam width maps to lists scanned and the re-rank depth to
     max(100, that), as for ScaNN."""
@@ -122,14 +122,8 @@ class EvidexIVF(Library):
         self.index.nprobe = ef
         self.index.reorder = max(100, ef)
 
-    def query(self, q, k):
-        return self.index.search(q, k, num_threads=1)[0]
-
-    def batch(self, queries, k, threads):
-        return self.index.search(queries, k, num_threads=threads)[0]
-
-    def memory_bytes(self):
-        return self.index.stats()["memory_bytes"]
+    def distance_computations(self):
+        return None
 
 
 class Hnswlib(Library):

@@ -129,3 +129,17 @@ def tiny_causal_lm():
     from evidex.train.rl import load_causal_lm
 
     return load_causal_lm(os.path.join(os.path.dirname(tinycoder.__file__), "models"), "tiny.gguf")
+
+
+def exact_distances(
+    data: np.ndarray, queries: np.ndarray, ids: np.ndarray, space: str
+) -> np.ndarray:
+    """Exact distances (float64) of the rows `ids` [nq, k] of data to each query."""
+    x = data[ids].astype(np.float64)  # [nq, k, dim]
+    q = queries.astype(np.float64)[:, None, :]
+    if space == "l2":
+        return ((x - q) ** 2).sum(-1)
+    if space == "cosine":
+        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return 1 - (x * q).sum(-1)

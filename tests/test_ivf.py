@@ -8,18 +8,7 @@ import numpy as np
 import pytest
 
 import evidex
-from conftest import clustered, recall_at_k
-
-
-def _exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, space: str) -> np.ndarray:
-    x = data[ids].astype(np.float64)
-    q = queries.astype(np.float64)[:, None, :]
-    if space == "l2":
-        return ((x - q) ** 2).sum(-1)
-    if space == "cosine":
-        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return 1 - (x * q).sum(-1)
+from conftest import clustered, exact_distances, recall_at_k
 
 
 @pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
@@ -35,7 +24,9 @@ def test_recall_and_exact_distances(space: str, dim: int) -> None:
     truth, _ = evidex.exact_knn(data, queries, 10, space)
     ids, dist = index.search(queries, k=10, nprobe=40, reorder=200)
     assert recall_at_k(ids, truth, 10) >= 0.95
-    np.testing.assert_allclose(dist, _exact(data, queries, ids, space), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        dist, exact_distances(data, queries, ids, space), rtol=1e-4, atol=1e-4
+    )
     assert (np.diff(dist, axis=1) >= 0).all()
     # Every list scanned and every candidate re-ranked: the exact answer.
     ids, _ = index.search(queries, k=10, nprobe=index.nlist, reorder=4_000)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import evidex
-from conftest import clustered, recall_at_k
+from conftest import clustered, exact_distances, recall_at_k
 
 
 @pytest.mark.parametrize("quant", ["sq8", "pq4"])
@@ -29,24 +29,15 @@ def test_quantised_recall_close_to_float32(quant: str, space: str, dim: int) -> 
         # Every returned distance is the exact float32 one, found or not.
         same = ids[:, 0] == truth[:, 0]
         np.testing.assert_allclose(dist[same, 0], true_dist[same, 0], rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(dist, _exact(data, queries, ids, space), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            dist, exact_distances(data, queries, ids, space), rtol=1e-4, atol=1e-4
+        )
         assert (np.diff(dist, axis=1) >= 0).all()
     # PQ4 steers by 4-bit estimates of the edges: at the same beam a little
     # behind, it pays off in time per hop (bench/RESULTS.md).
     slack = 0.03 if quant == "sq8" else 0.08
     assert recalls[quant] >= recalls[None] - slack
     assert recalls[quant] >= 0.85
-
-
-def _exact(data: np.ndarray, queries: np.ndarray, ids: np.ndarray, space: str) -> np.ndarray:
-    x = data[ids].astype(np.float64)  # [nq, k, dim]
-    q = queries.astype(np.float64)[:, None, :]
-    if space == "l2":
-        return ((x - q) ** 2).sum(-1)
-    if space == "cosine":
-        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return 1 - (x * q).sum(-1)
 
 
 @pytest.mark.parametrize("quant", ["sq8", "pq4"])
@@ -151,7 +142,9 @@ def test_pq4_uneven_subspaces_and_explicit_training(dim: int, pq_dims: int) -> N
     index.add(data)
     truth, _ = evidex.exact_knn(data, data[:50], 10, "l2")
     ids, dist = index.search(data[:50], k=10, ef=200)
-    np.testing.assert_allclose(dist, _exact(data, data[:50], ids, "l2"), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        dist, exact_distances(data, data[:50], ids, "l2"), rtol=1e-4, atol=1e-3
+    )
     # One 16-level subspace for all 16 dimensions steers coarsely, yet steers.
     assert recall_at_k(ids, truth, 10) >= (0.9 if pq_dims < dim else 0.5)
 
@@ -170,7 +163,7 @@ def test_pq4_updates_and_growth_keep_blocks_consistent() -> None:
     )
     ids, dist = index.search(data[:100], k=10, ef=200)
     assert recall_at_k(ids, truth, 10) >= 0.9
-    np.testing.assert_allclose(dist, _exact(data, data[:100], ids, "cosine"), atol=1e-4)
+    np.testing.assert_allclose(dist, exact_distances(data, data[:100], ids, "cosine"), atol=1e-4)
 
 
 def test_pq4_concurrent_adds_and_searches() -> None:
