@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <random>
@@ -79,8 +80,7 @@ std::size_t IVFFastScan::memory_bytes() const {
                             sizeof(float) +
                         labels_.capacity() * sizeof(label_t) +
                         rows_of_.size() * (sizeof(label_t) + sizeof(std::uint32_t) + 16);
-    bytes += codes_.capacity() + slot_rows_.capacity() * 4 + slot_extra_.capacity() * 4 +
-             (start_.capacity() + count_.capacity()) * sizeof(std::size_t);
+    bytes += arena_.capacity() + (start_.capacity() + count_.capacity()) * sizeof(std::size_t);
     return bytes;
 }
 
@@ -234,34 +234,30 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
     });
     std::vector<std::vector<std::uint32_t>> added(nlist_);
     for (std::size_t i = 0; i < n; ++i) added[list_of[i]].push_back(static_cast<std::uint32_t>(i));
-    // The new arena: each list's old groups copied whole, its new codes placed after.
+    // The new arena: each list's old groups copied whole, its new slots filled after.
     auto groups = [](std::size_t c) { return (c + PQ4::kGroup - 1) / PQ4::kGroup; };
+    const std::size_t stride = group_stride();
     std::vector<std::size_t> start(nlist_ + 1, 0), count(nlist_);
     for (std::size_t j = 0; j < nlist_; ++j) {
         count[j] = count_[j] + added[j].size();
-        start[j + 1] = start[j] + groups(count[j]) * PQ4::kGroup;
+        start[j + 1] = start[j] + groups(count[j]);
     }
-    const std::size_t slots = start[nlist_];
-    Arena<std::uint8_t> arena(slots / PQ4::kGroup * group, 0);
-    Arena<std::uint32_t> rows(slots, 0);
-    Arena<float> extras(space_ == Space::L2 ? slots : 0, 0.f);
+    decltype(arena_) arena(start[nlist_] * stride, 0);
     for (std::size_t j = 0; j < nlist_; ++j) {
-        const std::size_t from = start_[j], to = start[j], old = count_[j];
-        std::copy_n(codes_.data() + from / PQ4::kGroup * group, groups(old) * group,
-                    arena.data() + to / PQ4::kGroup * group);
-        std::copy_n(slot_rows_.data() + from, old, rows.data() + to);
-        if (!extras.empty()) std::copy_n(slot_extra_.data() + from, old, extras.data() + to);
+        const std::size_t old = count_[j];
+        std::copy_n(arena_.data() + start_[j] * stride, groups(old) * stride,
+                    arena.data() + start[j] * stride);
         for (std::size_t t = 0; t < added[j].size(); ++t) {
-            const std::size_t i = added[j][t], slot = to + old + t;
-            pq_.place(arena.data() + slot / PQ4::kGroup * group, slot % PQ4::kGroup,
-                      codes.data() + i * cb);
-            rows[slot] = static_cast<std::uint32_t>(first + i);
-            if (!extras.empty()) extras[slot] = extra[i];
+            const std::size_t i = added[j][t], slot = old + t;
+            std::uint8_t* g = arena.data() + (start[j] + slot / PQ4::kGroup) * stride;
+            const std::size_t at = slot % PQ4::kGroup;
+            pq_.place(g, at, codes.data() + i * cb);
+            const auto row = static_cast<std::uint32_t>(first + i);
+            std::memcpy(g + group + at * 4, &row, 4);
+            if (!extra.empty()) std::memcpy(g + group + PQ4::kGroup * 4 + at * 4, &extra[i], 4);
         }
     }
-    codes_ = std::move(arena);
-    slot_rows_ = std::move(rows);
-    slot_extra_ = std::move(extras);
+    arena_ = std::move(arena);
     start_ = std::move(start);
     count_ = std::move(count);
     labels_.insert(labels_.end(), labels, labels + n);
@@ -290,13 +286,12 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
     const DistanceKernels& k = active_kernels();
     const bool l2 = space_ == Space::L2;
     // thread_local buffers, each looked up once (not per use in the hot loop).
-    thread_local std::vector<float> tls_query;
-    thread_local std::vector<std::pair<float, std::uint32_t>> tls_near, tls_best;
-    thread_local PQ4::Tables tls_tables;
-    std::vector<float>& qbuf = tls_query;
-    auto& near = tls_near;
-    auto& best = tls_best;
-    PQ4::Tables& tables = tls_tables;
+    // Per-query buffers are plain locals: thread_local ones are looked up again
+    // after every call in a shared library, and that sat in the scan loop.
+    std::vector<float> qbuf;
+    std::vector<std::pair<float, std::uint32_t>> near, best;
+    best.reserve(reorder + 1);
+    PQ4::Tables tables;
     const float* q = query;
     if (space_ == Space::Cosine) {
         qbuf.resize(dim_);
@@ -336,12 +331,11 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
         if (best.size() == reorder) bound = best.front().first;
     };
     // The next list's start, fetched while this one is scanned.
+    const std::size_t stride = group_stride();
     auto prefetch_list = [&](std::size_t j) {
-        const std::size_t lead = std::min<std::size_t>(2, (count_[j] + PQ4::kGroup - 1) / PQ4::kGroup);
-        prefetch_vector(reinterpret_cast<const char*>(codes_.data() + start_[j] / PQ4::kGroup * group),
-                        lead * group);
-        EVIDEX_PREFETCH(slot_rows_.data() + start_[j]);
-        if (l2) EVIDEX_PREFETCH(slot_extra_.data() + start_[j]);
+        const std::size_t lead = std::min<std::size_t>(2, start_[j + 1] - start_[j]);
+        prefetch_vector(reinterpret_cast<const char*>(arena_.data() + start_[j] * stride),
+                        lead * stride);
     };
     constexpr std::size_t kListsAhead = 2;
     for (std::size_t p = 0; p < std::min(kListsAhead, nprobe); ++p) prefetch_list(near[p].second);
@@ -350,25 +344,25 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
         if (p + kListsAhead < nprobe) prefetch_list(near[p + kListsAhead].second);
         const float base = near[p].first + tables.bias;
         const std::size_t count = count_[list];
-        const std::uint8_t* codes = codes_.data() + start_[list] / PQ4::kGroup * group;
-        const std::uint32_t* rows = slot_rows_.data() + start_[list];
-        const float* extra = l2 ? slot_extra_.data() + start_[list] : nullptr;
+        const std::uint8_t* first_group = arena_.data() + start_[list] * stride;
         for (std::size_t g = 0; g * PQ4::kGroup < count; ++g) {
+            const std::uint8_t* at_group = first_group + g * stride;
             if ((g + 2) * PQ4::kGroup < count)
-                prefetch_vector(reinterpret_cast<const char*>(codes + (g + 2) * group), group);
-            k.fastscan32(codes + g * group, lut, nsub, est);
-            const std::size_t m = std::min(PQ4::kGroup, count - g * PQ4::kGroup);
-            const std::size_t at = g * PQ4::kGroup;
-            // Which codes beat the bound, as a bit mask (loops the compiler
-            // vectorises), then only those are kept: most codes are not.
+                prefetch_vector(reinterpret_cast<const char*>(at_group + 2 * stride), stride);
+            k.fastscan32(at_group, lut, nsub, est);
+            const auto* rows = reinterpret_cast<const std::uint32_t*>(at_group + group);
+            const float* extra =
+                l2 ? reinterpret_cast<const float*>(at_group + group + PQ4::kGroup * 4) : nullptr;
+            // Which codes beat the bound, as a bit mask; only those are kept
+            // (most codes are not).
             alignas(64) float e[PQ4::kGroup];
-            std::uint32_t mask = estimates_below(est, extra ? extra + at : nullptr, base, scale,
-                                                 bound, e);
+            std::uint32_t mask = estimates_below(est, extra, base, scale, bound, e);
+            const std::size_t m = std::min(PQ4::kGroup, count - g * PQ4::kGroup);
             if (m < PQ4::kGroup) mask &= (std::uint32_t{1} << m) - 1;
             while (mask != 0) {
                 const unsigned j = static_cast<unsigned>(__builtin_ctz(mask));
                 mask &= mask - 1;
-                if (e[j] < bound) keep(e[j], rows[at + j]);
+                if (e[j] < bound) keep(e[j], rows[j]);
             }
         }
     }

@@ -70,15 +70,15 @@ private:
     std::vector<float> padded_;          // centroids, rows of stride_ floats
     std::size_t stride_ = 0;
     // Every list in one arena, list after list (CSR), so a query's lists are a
-    // few long reads rather than scattered allocations: list j holds count_[j]
-    // codes from slot start_[j] (a multiple of 32) on. Per slot: its code in the
-    // fast-scan groups, its row, and for squared L2 |x|^2 - |centroid|^2.
-    // An add rebuilds the arena (append-only, batch-oriented).
-    template <class T>
-    using Arena = std::vector<T, RandomAccessAllocator<T>>;
-    Arena<std::uint8_t> codes_;
-    Arena<std::uint32_t> slot_rows_;
-    Arena<float> slot_extra_;
+    // few long reads rather than scattered allocations. The arena is a run of
+    // groups of 32 slots, each [32 codes (fast-scan layout) | 32 rows (u32) |
+    // for squared L2 32 floats |x|^2 - |centroid|^2], so what a scan needs next
+    // is always the next bytes. List j holds count_[j] slots from group
+    // start_[j] on. An add rebuilds the arena (append-only, batch-oriented).
+    std::size_t group_stride() const {
+        return pq_.group_bytes() + PQ4::kGroup * (space_ == Space::L2 ? 8 : 4);
+    }
+    std::vector<std::uint8_t, RandomAccessAllocator<std::uint8_t>> arena_;
     std::vector<std::size_t> start_, count_;
     std::vector<float, RandomAccessAllocator<float>> vectors_;  // as stored, by row
     std::vector<label_t> labels_;
