@@ -315,7 +315,7 @@ def run_stress(
     return report
 
 
-if __name__ == "__main__":  # python tests/stress_index.py SECONDS [l2|cosine|sq8]
+if __name__ == "__main__":  # python tests/stress_index.py SECONDS [l2|cosine|sq8|pq4]
     import sys
     import tempfile
 
@@ -323,6 +323,6 @@ if __name__ == "__main__":  # python tests/stress_index.py SECONDS [l2|cosine|sq
     mode = sys.argv[2] if len(sys.argv) > 2 else "l2"
     with tempfile.TemporaryDirectory() as d:
         rep = run_stress(secs, Path(d), space="cosine" if mode == "cosine" else "l2",
-                         quantization="sq8" if mode == "sq8" else None,
+                         quantization=mode if mode in ("sq8", "pq4") else None,
                          seed=int(os.environ.get("SEED", "0")))  # fmt: skip
     print(rep)

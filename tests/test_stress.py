@@ -8,7 +8,8 @@ from stress_index import run_stress
 
 
 @pytest.mark.parametrize(
-    ("space", "quantization", "seconds"), [("l2", None, 12), ("cosine", "sq8", 8)]
+    ("space", "quantization", "seconds"),
+    [("l2", None, 12), ("cosine", "sq8", 8), ("l2", "pq4", 8)],
 )
 def test_eight_threads_doing_everything_keep_every_invariant(
     tmp_path, space, quantization, seconds

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <random>
 #include <stdexcept>
 #include <string>
 
+#include "evidex/kmeans.h"
 #include "evidex/parallel.h"
 
 namespace evidex {
@@ -25,57 +25,6 @@ PQ4::PQ4(std::size_t dim, std::size_t sub_dim) : dim_(dim) {
     nsub_ = (used_ + 3) / 4 * 4;
 }
 
-namespace {
-
-// Lloyd's k-means with 16 centroids on n points of d floats (row stride d).
-void kmeans16(const float* x, std::size_t n, std::size_t d, std::mt19937_64& rng, float* out) {
-    constexpr std::size_t K = PQ4::kCentroids;
-    constexpr int kIterations = 16;
-    std::vector<float> c(K * d, 0.f), sum(K * d);
-    std::vector<std::size_t> count(K);
-    std::vector<std::uint8_t> assign(n, 0);
-    // Start from distinct random points (fewer points than centroids: repeats).
-    for (std::size_t k = 0; k < K; ++k) {
-        const std::size_t i = n > 0 ? static_cast<std::size_t>(rng() % n) : 0;
-        for (std::size_t t = 0; t < d && n > 0; ++t) c[k * d + t] = x[i * d + t];
-    }
-    for (int it = 0; it < kIterations && n > 0; ++it) {
-        std::fill(sum.begin(), sum.end(), 0.f);
-        std::fill(count.begin(), count.end(), 0);
-        for (std::size_t i = 0; i < n; ++i) {
-            const float* p = x + i * d;
-            float best = std::numeric_limits<float>::infinity();
-            std::size_t arg = 0;
-            for (std::size_t k = 0; k < K; ++k) {
-                float dist = 0.f;
-                for (std::size_t t = 0; t < d; ++t) {
-                    const float e = p[t] - c[k * d + t];
-                    dist += e * e;
-                }
-                if (dist < best) {
-                    best = dist;
-                    arg = k;
-                }
-            }
-            assign[i] = static_cast<std::uint8_t>(arg);
-            ++count[arg];
-            for (std::size_t t = 0; t < d; ++t) sum[arg * d + t] += p[t];
-        }
-        for (std::size_t k = 0; k < K; ++k) {
-            if (count[k] == 0) {
-                // An empty cluster restarts at a random point.
-                const std::size_t i = static_cast<std::size_t>(rng() % n);
-                for (std::size_t t = 0; t < d; ++t) c[k * d + t] = x[i * d + t];
-                continue;
-            }
-            for (std::size_t t = 0; t < d; ++t)
-                c[k * d + t] = sum[k * d + t] / static_cast<float>(count[k]);
-        }
-    }
-    std::copy(c.begin(), c.end(), out);
-}
-
-}  // namespace
 
 void PQ4::train(const float* data, std::size_t n, std::uint64_t seed, std::size_t num_threads) {
     if (n == 0) throw std::invalid_argument("training needs at least one vector");
@@ -134,9 +83,8 @@ void PQ4::fit(const float* residuals_in, std::size_t m, std::uint64_t seed,
             const float* r = residuals.data() + i * dim_ + d0;
             std::copy(r, r + d, x.begin() + static_cast<std::ptrdiff_t>(i * d));
         }
-        std::mt19937_64 rng(seed * 1000003u + s);
-        std::vector<float> c(kCentroids * d);
-        kmeans16(x.data(), m, d, rng, c.data());
+        const std::vector<float> c =
+            kmeans(x.data(), m, d, kCentroids, 16, seed * 1000003u + s, 1);
         for (std::size_t k = 0; k < kCentroids; ++k)
             std::copy(c.begin() + static_cast<std::ptrdiff_t>(k * d),
                       c.begin() + static_cast<std::ptrdiff_t>((k + 1) * d),

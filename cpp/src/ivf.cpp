@@ -9,12 +9,12 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
-#include <random>
 #include <stdexcept>
 #include <string>
 
 #include "evidex/beam.h"
 #include "evidex/distance.h"
+#include "evidex/kmeans.h"
 #include "evidex/parallel.h"
 
 namespace evidex {
@@ -90,7 +90,7 @@ void IVFFastScan::train(const float* data, std::size_t n, std::size_t num_thread
     train_locked(data, n, num_threads);
 }
 
-// Lloyd's k-means on an evenly spaced sample (at most 64 points per centroid),
+// k-means on an evenly spaced sample (at most 64 points per centroid),
 // then the residual quantiser on the sample's residuals to their centroids.
 void IVFFastScan::train_locked(const float* data, std::size_t n, std::size_t num_threads) {
     if (n == 0) throw std::invalid_argument("training needs at least one vector");
@@ -107,50 +107,7 @@ void IVFFastScan::train_locked(const float* data, std::size_t n, std::size_t num
             std::copy_n(row, dim_, x.data() + i * dim_);
     }
     const DistanceKernels& k = active_kernels();
-    std::mt19937_64 rng(seed_);
-    std::vector<float> c(nlist * dim_);
-    {
-        // Distinct sample points to start from.
-        std::vector<std::size_t> pick(m);
-        for (std::size_t i = 0; i < m; ++i) pick[i] = i;
-        std::shuffle(pick.begin(), pick.end(), rng);
-        for (std::size_t j = 0; j < nlist; ++j)
-            std::copy_n(x.data() + pick[j] * dim_, dim_, c.data() + j * dim_);
-    }
-    std::vector<std::uint32_t> assign(m, 0);
-    constexpr int kIterations = 10;
-    for (int it = 0; it < kIterations; ++it) {
-        parallel_for((m + 255) / 256, num_threads, [&](std::size_t chunk) {
-            for (std::size_t i = chunk * 256; i < std::min(m, chunk * 256 + 256); ++i) {
-                float best = kInf;
-                std::uint32_t arg = 0;
-                for (std::size_t j = 0; j < nlist; ++j) {
-                    const float d = k.l2sq(x.data() + i * dim_, c.data() + j * dim_, dim_);
-                    if (d < best) {
-                        best = d;
-                        arg = static_cast<std::uint32_t>(j);
-                    }
-                }
-                assign[i] = arg;
-            }
-        });
-        std::vector<double> sum(nlist * dim_, 0.0);
-        std::vector<std::size_t> count(nlist, 0);
-        for (std::size_t i = 0; i < m; ++i) {
-            ++count[assign[i]];
-            const float* p = x.data() + i * dim_;
-            double* s = sum.data() + assign[i] * dim_;
-            for (std::size_t t = 0; t < dim_; ++t) s[t] += p[t];
-        }
-        for (std::size_t j = 0; j < nlist; ++j) {
-            if (count[j] == 0) {  // an empty cluster restarts at a random point
-                std::copy_n(x.data() + (rng() % m) * dim_, dim_, c.data() + j * dim_);
-                continue;
-            }
-            for (std::size_t t = 0; t < dim_; ++t)
-                c[j * dim_ + t] = static_cast<float>(sum[j * dim_ + t] / double(count[j]));
-        }
-    }
+    std::vector<float> c = kmeans(x.data(), m, dim_, nlist, 10, seed_, num_threads);
     centroids_ = std::move(c);
     nlist_ = nlist;
     centroid_norms_.resize(nlist);
