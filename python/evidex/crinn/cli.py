@@ -30,36 +30,45 @@ def load_data(spec: str, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Any, formatter: Any = argparse.HelpFormatter, count: Any = None) -> None:
+    """The ``crinn`` commands; `formatter` shows defaults, `count(minimum)` makes an
+    integer argparse type with a lower bound (both from evidex.cli; plain int without)."""
+    if count is None:
+        count = lambda minimum: int  # noqa: E731
     p = sub.add_parser(
-        "crinn", help="CRINN: optimise the index's kernels for this data and machine"
-    )
+        "crinn", help="CRINN: optimise the index's kernels for this data and machine",
+        formatter_class=formatter,
+    )  # fmt: skip
     csub = p.add_subparsers(dest="crinn_command", required=True)
-    o = csub.add_parser("optimize", help="propose, build, score and keep kernel variants")
+    o = csub.add_parser("optimize", help="propose, build, score and keep kernel variants",
+                        formatter_class=formatter)  # fmt: skip
     o.add_argument("--data", help="'glove' or a .npy file (needed for a new run)")
-    o.add_argument("--size", type=int, default=None, help="use this many vectors of --data")
-    o.add_argument("--slot", choices=[*SLOTS, "all"], default="search")
-    o.add_argument("--budget", type=int, default=40, help="candidates per slot")
+    o.add_argument("--size", type=count(1), default=None, help="use this many vectors of --data")
+    o.add_argument("--slot", choices=[*SLOTS, "all"], default="search",
+                   help="which kernel slot to optimise")  # fmt: skip
+    o.add_argument("--budget", type=count(1), default=40, help="candidates per slot")
     o.add_argument("--out", required=True, help="run folder (resumed if it exists)")
-    o.add_argument("--screen-size", type=int, default=50_000)
-    o.add_argument("--space", default="cosine", choices=["l2", "ip", "cosine"])
-    o.add_argument("--workers", type=int, default=1, help="sandboxed workers at once")
+    o.add_argument("--screen-size", type=count(1000), default=50_000,
+                   help="vectors of the screening index each candidate is scored on")  # fmt: skip
+    o.add_argument("--space", default="cosine", choices=["l2", "ip", "cosine"],
+                   help="the index's distance")  # fmt: skip
+    o.add_argument("--workers", type=count(1), default=1, help="sandboxed workers at once")
     o.add_argument("--start", choices=["builtin", "reference", "random"], default="builtin",
                    help="first template proposal: the built-in kernel's configuration, "
                         "the plain reference kernel, or a random one")  # fmt: skip
     o.add_argument("--llm", default=None,
                    help="also propose with a language model: a local model path, "
                         "or 'openai' for an OpenAI-compatible endpoint")  # fmt: skip
-    o.add_argument("--llm-url", default=None)
-    o.add_argument("--llm-model", default=None)
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--llm-url", default=None, help="endpoint of --llm openai")
+    o.add_argument("--llm-model", default=None, help="model name at that endpoint")
+    o.add_argument("--seed", type=count(0), default=0, help="seed of the proposers")
     o.add_argument("--allow-weak-sandbox", action="store_true",
                    help="run model-written kernels even where the system cannot jail them "
                         "fully (no user namespaces or no seccomp); off by default")  # fmt: skip
-    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.set_defaults(func=optimize)
-    s = csub.add_parser("show", help="list a run's archive")
-    s.add_argument("out")
+    s = csub.add_parser("show", help="list a run's archive", formatter_class=formatter)
+    s.add_argument("out", help="run folder")
     s.set_defaults(func=show)
 
 
@@ -158,6 +167,8 @@ def plot(archive: Archive, slot: str, summary: dict[str, Any]) -> Path | None:
 
 
 def show(args: argparse.Namespace) -> int:
+    if not (Path(args.out) / "run.json").is_file():  # looking never creates anything
+        raise SystemExit(f"{args.out} holds no CRINN run")
     archive = Archive(args.out)
     settings = archive.settings()
     if not settings:
