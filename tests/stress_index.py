@@ -254,7 +254,10 @@ def run_stress(
     rng = np.random.default_rng(seed)
     index = evidex.HNSWIndex(dim, space, M=8, ef_construction=40, max_elements=256,
                              quantization=quantization, seed=seed)  # fmt: skip
-    index.add(rng.standard_normal((BASE, dim)), np.arange(BASE))
+    # The base declares the attribute fields (t = -1: no thread's), so a filtered search
+    # that runs before any thread's first add finds the fields it names.
+    index.add(rng.standard_normal((BASE, dim)), np.arange(BASE),
+              attributes={"t": -1, "m": np.arange(BASE) % 7})  # fmt: skip
     index.add(rng.standard_normal((len(TOMBSTONES), dim)), np.array(TOMBSTONES))
     index.delete(np.array(TOMBSTONES))
     index.add(rng.standard_normal((1, dim)), [AUTO_FROM - 1])  # auto ids start above

@@ -23,7 +23,7 @@ def test_quantised_recall_close_to_float32(quant: str, space: str, dim: int) -> 
     recalls = {}
     for q in (None, quant):
         index = evidex.HNSWIndex(dim, space, quantization=q, seed=1)
-        index.add(data)
+        index.add(data, num_threads=1)  # one thread: the same graph every run
         ids, dist = index.search(queries, k=10, ef=300)
         recalls[q] = recall_at_k(ids, truth, 10)
         # Every returned distance is the exact float32 one, found or not.
