@@ -108,8 +108,7 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
         qweight_.assign(padded_dim_, 0.f);
     } else if (quant_ == Quantization::PQ4) {
         pq_ = PQ4(dim_, pq_dims);
-        fs_groups_ = (M0_ + PQ4::kGroup - 1) / PQ4::kGroup;
-        fs_extra_offset_ = fs_groups_ * pq_.group_bytes();
+        fs_extra_offset_ = (M0_ + PQ4::kGroup - 1) / PQ4::kGroup * pq_.group_bytes();
         const std::size_t extra = space_ == Space::L2 ? M0_ * sizeof(float) : 0;
         fs_block_bytes_ = (fs_extra_offset_ + extra + 63) / 64 * 64;
     } else if (quant_ != Quantization::None) {
@@ -152,25 +151,19 @@ void HNSW::allocate(std::size_t capacity) {
 // Everything per slot except the level-0 block (which may be a file mapping).
 void HNSW::allocate_slots(std::size_t capacity) {
     const std::size_t keep = count_.load();
-    if (quant_ == Quantization::SQ8) {
-        const std::size_t bytes = std::max<std::size_t>(64, capacity * code_stride_);
-        auto* codes = static_cast<std::uint8_t*>(alloc_random_access(bytes));
-        if (codes == nullptr) throw std::bad_alloc();
-        std::memset(codes, 0, bytes);
-        if (keep > 0 && codes_ != nullptr) std::memcpy(codes, codes_, keep * code_stride_);
-        std::free(codes_);
-        codes_ = codes;
-    }
-    if (quant_ == Quantization::PQ4) {
-        // Blocks of the kept nodes move with them; the rest start empty.
-        const std::size_t bytes = std::max<std::size_t>(64, capacity * fs_block_bytes_);
-        auto* blocks = static_cast<std::uint8_t*>(alloc_random_access(bytes));
-        if (blocks == nullptr) throw std::bad_alloc();
-        std::memset(blocks, 0, bytes);
-        if (keep > 0 && fs_blocks_ != nullptr) std::memcpy(blocks, fs_blocks_, keep * fs_block_bytes_);
-        std::free(fs_blocks_);
-        fs_blocks_ = blocks;
-    }
+    // Per-slot code rows (SQ8 codes, PQ4 blocks): the kept nodes' rows move with
+    // them; the rest start zeroed.
+    auto regrow = [&](std::uint8_t*& rows, std::size_t row_bytes) {
+        const std::size_t bytes = std::max<std::size_t>(64, capacity * row_bytes);
+        auto* fresh = static_cast<std::uint8_t*>(alloc_random_access(bytes));
+        if (fresh == nullptr) throw std::bad_alloc();
+        std::memset(fresh, 0, bytes);
+        if (keep > 0 && rows != nullptr) std::memcpy(fresh, rows, keep * row_bytes);
+        std::free(rows);
+        rows = fresh;
+    };
+    if (quant_ == Quantization::SQ8) regrow(codes_, code_stride_);
+    if (quant_ == Quantization::PQ4) regrow(fs_blocks_, fs_block_bytes_);
     upper_.resize(capacity);
     levels_.resize(capacity, 0);
     link_locks_.reset(new std::mutex[std::max<std::size_t>(1, capacity)]);

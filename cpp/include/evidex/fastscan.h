@@ -35,9 +35,8 @@ public:
 
     std::size_t dim() const { return dim_; }
     std::size_t sub_dim() const { return sub_dim_; }
-    // Subspaces holding dimensions, and the kernel's count (a multiple of 4; the
-    // padding subspaces have zero tables).
-    std::size_t used_subspaces() const { return used_; }
+    // The kernel's count of subspaces: those holding dimensions, padded to a
+    // multiple of 4 with subspaces whose tables are zero.
     std::size_t subspaces() const { return nsub_; }
     std::size_t code_bytes() const { return nsub_ / 2; }
     // One group of 32 codes in the fast-scan layout.

@@ -456,7 +456,7 @@ private:
     // end moved (an update) keeps a stale code until its list changes: that
     // costs accuracy of the estimate, never exactness of a result.
     PQ4 pq_;
-    std::size_t fs_groups_ = 0, fs_block_bytes_ = 0, fs_extra_offset_ = 0;
+    std::size_t fs_block_bytes_ = 0, fs_extra_offset_ = 0;
     std::uint8_t* fs_blocks_ = nullptr;
     std::uint8_t* fs_block(node_id id) const {
         return fs_blocks_ + static_cast<std::size_t>(id) * fs_block_bytes_;
