@@ -143,3 +143,7 @@ def exact_distances(
         x = x / np.linalg.norm(x, axis=-1, keepdims=True)
         q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     return 1 - (x * q).sum(-1)
+
+
+# hnswlib's own tests, run through tests/test_hnswlib_suite.py (see its README).
+collect_ignore = ["hnswlib_suite"]

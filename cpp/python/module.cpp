@@ -731,6 +731,16 @@ PYBIND11_MODULE(_core, m) {
         .def("set_prefetch", &HNSW::set_prefetch, py::arg("ahead"), py::arg("lines"))
         .def_property_readonly("is_mapped", &HNSW::is_mapped)
         .def("save", &HNSW::save, py::call_guard<py::gil_scoped_release>())
+        .def("save_hnswlib", &HNSW::save_hnswlib, py::call_guard<py::gil_scoped_release>())
+        .def_static(
+            "load_hnswlib",
+            [](const std::string& path, const std::string& space, std::size_t dim,
+               std::size_t max_elements) {
+                const Space parsed = parse_space(space);
+                py::gil_scoped_release release;
+                return HNSW::load_hnswlib(path, parsed, dim, max_elements);
+            },
+            py::arg("path"), py::arg("space"), py::arg("dim"), py::arg("max_elements") = 0)
         .def("serialize",
              [](const HNSW& self) {
                  std::string s;
@@ -740,8 +750,17 @@ PYBIND11_MODULE(_core, m) {
                  }
                  return py::bytes(s);
              })
-        .def_static("load", &HNSW::load, py::arg("path"), py::arg("mmap") = false,
-                    py::arg("max_elements") = 0, py::call_guard<py::gil_scoped_release>())
+        .def_static(
+            "load",
+            [](const std::string& path, bool mmap, std::size_t max_elements,
+               std::optional<std::string> space) {
+                std::optional<Space> parsed;
+                if (space) parsed = parse_space(*space);
+                py::gil_scoped_release release;
+                return HNSW::load(path, mmap, max_elements, parsed);
+            },
+            py::arg("path"), py::arg("mmap") = false, py::arg("max_elements") = 0,
+            py::arg("space") = py::none())
         .def_static(
             "deserialize",
             [](const py::bytes& data, std::size_t max_elements) {

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -475,6 +476,29 @@ void verify_image(const Source& src, std::uint64_t size) {
     }
 }
 
+// A regular file opened for reading, closed on scope exit.
+struct InputFile {
+    int fd = -1;
+    std::uint64_t size = 0;
+    explicit InputFile(const std::string& path) {
+        fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            throw FileError("cannot open " + path + ": " + std::strerror(err), err, path);
+        }
+        struct stat st {};
+        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            const int err = errno ? errno : EINVAL;
+            ::close(fd);
+            throw FileError("not a regular file: " + path, err, path);
+        }
+        size = static_cast<std::uint64_t>(st.st_size);
+    }
+    ~InputFile() { ::close(fd); }
+    InputFile(const InputFile&) = delete;
+    InputFile& operator=(const InputFile&) = delete;
+};
+
 std::atomic<std::uint64_t> g_temp_counter{0};
 
 // A new file beside `path` that no other writer uses (O_EXCL), mode 0666 less
@@ -509,6 +533,270 @@ void write_all(int fd, const void* data, std::size_t n, int& err) {
         p += put;
         n -= static_cast<std::size_t>(put);
     }
+}
+
+// Writes through a buffer, so that many small pieces cost few system calls.
+class BufferedFile {
+public:
+    explicit BufferedFile(int fd) : fd_(fd) { buffer_.reserve(kChunkBytes); }
+    void put(const void* data, std::size_t n) {
+        if (buffer_.size() + n > kChunkBytes) flush();
+        if (n >= kChunkBytes) {
+            write_all(fd_, data, n, err_);
+        } else {
+            const char* p = static_cast<const char*>(data);
+            buffer_.insert(buffer_.end(), p, p + n);
+        }
+        size_ += n;
+    }
+    void flush() {
+        write_all(fd_, buffer_.data(), buffer_.size(), err_);
+        buffer_.clear();
+    }
+    int error() const { return err_; }
+    std::uint64_t size() const { return size_; }
+
+private:
+    int fd_;
+    int err_ = 0;
+    std::uint64_t size_ = 0;
+    std::vector<char> buffer_;
+};
+
+// Replaces `path` with what `write(put)` produces, only once `verify(source,
+// size)` (reading back what reached the disk) accepts it: a failed or invalid
+// write leaves the previous file untouched. `write` takes whatever locks it needs.
+template <class Write, class Verify>
+void write_atomically(const std::string& path, Write&& write, Verify&& verify) {
+    std::string tmp;
+    const int fd = create_temp(path, tmp);
+    BufferedFile out(fd);
+    int err = 0;
+    std::string invalid;
+    try {
+        write([&](const void* p, std::size_t n) { out.put(p, n); });
+        out.flush();
+        err = out.error();
+    } catch (...) {
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw;
+    }
+    if (err == 0 && ::fsync(fd) != 0) err = errno;
+    if (err == 0) {
+        try {
+            verify(FileSource(fd, tmp), out.size());
+        } catch (const CorruptIndexError& e) {
+            invalid = e.what();
+        } catch (const FileError& e) {
+            err = e.error_number ? e.error_number : EIO;
+        }
+    }
+    if (::close(fd) != 0 && err == 0) err = errno;
+    if (err == 0 && invalid.empty() && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+    if (err != 0 || !invalid.empty()) {
+        ::unlink(tmp.c_str());  // the previous file at `path` is untouched
+        if (!invalid.empty())
+            throw std::runtime_error("not saved: the written file failed its check (" + invalid +
+                                     "); " + path + " is unchanged");
+        throw FileError("cannot write " + path + ": " + std::strerror(err), err, path);
+    }
+    // Make the rename itself durable.
+    const std::size_t slash = path.find_last_of('/');
+    const std::string dir =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// hnswlib 0.8's format (HierarchicalNSW::saveIndex): a 96-byte header of packed
+// fields, cur_element_count nodes of size_data_per_element bytes laid out as
+// evidex's level-0 nodes are ([u32 count and flags | maxM0 links | vector | u64
+// label], without the padding to 8), then per node a u32 byte count and its
+// upper link lists of (maxM + 1) u32 each. No magic, version, space or checksum.
+constexpr std::size_t kHnswlibHeaderBytes = 96;
+
+struct HnswlibHeader {
+    std::uint64_t offset_level0 = 0, max_elements = 0, count = 0, size_data = 0;
+    std::uint64_t label_offset = 0, offset_data = 0;
+    std::int32_t max_level = -1;
+    std::uint32_t entry = ~std::uint32_t{0};
+    std::uint64_t maxM = 0, maxM0 = 0, M = 0;
+    double mult = 0;
+    std::uint64_t ef_construction = 0;
+};
+
+// Field offsets, in saveIndex's order.
+constexpr std::size_t kHnswlibFieldOffsets[13] = {0, 8, 16, 24, 32, 40, 48, 52, 56, 64, 72, 80, 88};
+
+template <class Fn>
+void for_each_hnswlib_field(HnswlibHeader& h, Fn&& fn) {
+    std::size_t i = 0;
+    for (std::uint64_t* f : {&h.offset_level0, &h.max_elements, &h.count, &h.size_data,
+                             &h.label_offset, &h.offset_data})
+        fn(kHnswlibFieldOffsets[i++], f, sizeof(*f));
+    fn(kHnswlibFieldOffsets[i++], &h.max_level, sizeof(h.max_level));
+    fn(kHnswlibFieldOffsets[i++], &h.entry, sizeof(h.entry));
+    for (std::uint64_t* f : {&h.maxM, &h.maxM0, &h.M}) fn(kHnswlibFieldOffsets[i++], f, sizeof(*f));
+    fn(kHnswlibFieldOffsets[i++], &h.mult, sizeof(h.mult));
+    fn(kHnswlibFieldOffsets[i++], &h.ef_construction, sizeof(h.ef_construction));
+}
+
+[[noreturn]] void hnswlib_corrupt(const std::string& what) {
+    throw CorruptIndexError("invalid hnswlib index file: " + what);
+}
+
+// An hnswlib file as the evidex image that holds the same index, every field
+// bounded first: what it allocates is at most about twice the file's size.
+// The image is then validated and built by the one evidex reader.
+std::string image_from_hnswlib(const Source& src, std::uint64_t size, Space space,
+                               std::size_t dim, std::size_t max_elements) {
+    if (size < kHnswlibHeaderBytes)
+        hnswlib_corrupt("truncated: " + std::to_string(size) +
+                        " bytes, smaller than hnswlib's header");
+    char raw[kHnswlibHeaderBytes];
+    src.read(0, sizeof(raw), raw);
+    if (std::memcmp(raw, kMagic, 8) == 0)
+        hnswlib_corrupt("this is an evidex index file; load it as one");
+    HnswlibHeader h;
+    for_each_hnswlib_field(h, [&](std::size_t at, void* field, std::size_t n) {
+        std::memcpy(field, raw + at, n);
+    });
+    if (h.offset_level0 != 0) hnswlib_corrupt("offsetLevel0 is not 0: not an hnswlib index");
+    if (h.M < 2 || h.M > 2048)
+        hnswlib_corrupt("M = " + std::to_string(h.M) + " is outside the 2..2048 evidex supports");
+    if (h.maxM != h.M || h.maxM0 != 2 * h.M)
+        hnswlib_corrupt("maxM and maxM0 are not M and 2 * M");
+    const std::uint64_t links_bytes = (h.maxM0 + 1) * sizeof(std::uint32_t);
+    if (h.offset_data != links_bytes || h.label_offset < h.offset_data ||
+        (h.label_offset - h.offset_data) % sizeof(float) != 0 ||
+        h.size_data != h.label_offset + sizeof(label_t))
+        hnswlib_corrupt("inconsistent node layout");
+    const std::uint64_t file_dim = (h.label_offset - h.offset_data) / sizeof(float);
+    if (file_dim != dim)
+        throw std::invalid_argument("the hnswlib file holds vectors of dimension " +
+                                    std::to_string(file_dim) + ", not " + std::to_string(dim));
+    if (h.count > h.max_elements) hnswlib_corrupt("more elements than max_elements");
+    if (h.max_level < -1 || h.max_level > 255 || (h.count == 0) != (h.max_level == -1) ||
+        (h.count == 0 ? h.entry != ~std::uint32_t{0} : h.entry >= h.count))
+        hnswlib_corrupt("inconsistent entry point or maximum level");
+    if (!std::isfinite(h.mult) || !(h.mult > 0) || h.ef_construction < 1 ||
+        h.ef_construction > kMaxEf)
+        hnswlib_corrupt("inconsistent parameters in the header");
+    const std::size_t n = h.count;
+    const std::uint64_t upper_start = add(kHnswlibHeaderBytes, mul(n, h.size_data));
+    if (add(upper_start, mul(n, sizeof(std::uint32_t))) > size)
+        hnswlib_corrupt("truncated: " + std::to_string(size) + " bytes for " +
+                        std::to_string(n) + " elements");
+    // As hnswlib's loadIndex: max_elements below the element count means the
+    // file's; so does 0 (hnswlib would give an empty index no room at all).
+    const std::uint64_t capacity =
+        max_elements >= n && max_elements > 0 ? max_elements : h.max_elements;
+    if (capacity >= BeamPool::kMaxId)
+        throw std::invalid_argument("max_elements " + std::to_string(capacity) +
+                                    " is not below 2^31 - 1");
+
+    // evidex's node: hnswlib's, padded to 8 bytes.
+    const std::size_t label_offset = h.label_offset;
+    const std::size_t node_bytes = round_up(add(label_offset, sizeof(label_t)), 8);
+    const std::size_t level0_offset = round_up(kHeaderBytes, 64);
+    std::string image(add(level0_offset, mul(n, node_bytes)), '\0');
+    std::size_t deleted = 0;
+    label_t max_label = 0;
+    std::vector<char> buffer;
+    std::size_t id = 0;
+    stream(src, kHnswlibHeaderBytes, n * h.size_data, h.size_data, buffer,
+           [&](const char* p, std::size_t len) {
+               for (const char* end = p + len; p < end; p += h.size_data, ++id) {
+                   char* node = &image[level0_offset + id * node_bytes];
+                   std::memcpy(node, p, h.size_data);
+                   deleted += node[2] & 1;
+                   const label_t label = load_as<label_t>(node + label_offset);
+                   if (label >= kLabelLimit)
+                       hnswlib_corrupt("label " + std::to_string(label) +
+                                       " is 2**63 or more; evidex ids are below 2**63");
+                   max_label = std::max(max_label, label);
+                   if (space == Space::Cosine) {
+                       // hnswlib stores cosine vectors normalised, as evidex does; a
+                       // file of another space loaded as cosine is normalised here.
+                       float* v = reinterpret_cast<float*>(node + h.offset_data);
+                       double norm2 = 0;
+                       for (std::size_t d = 0; d < dim; ++d) norm2 += double(v[d]) * v[d];
+                       if (norm2 > 0 && std::fabs(norm2 - 1.0) > 1e-5) normalize_into(v, dim, v);
+                   }
+               }
+           });
+
+    // Upper levels: levels as evidex keeps them (one byte per node), then the lists.
+    std::vector<char> tail(size - upper_start);
+    src.read(upper_start, tail.size(), tail.data());
+    const std::size_t list_bytes = (h.M + 1) * sizeof(std::uint32_t);
+    std::string levels(round_up(n, 8), '\0');
+    std::size_t pos = 0, lists_bytes = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (tail.size() - pos < sizeof(std::uint32_t))
+            hnswlib_corrupt("truncated in the upper link lists");
+        const std::uint32_t bytes = load_as<std::uint32_t>(tail.data() + pos);
+        pos += sizeof(std::uint32_t);
+        if (bytes % list_bytes != 0 || bytes / list_bytes > 255)
+            hnswlib_corrupt("an upper link list size does not match maxM");
+        if (tail.size() - pos < bytes) hnswlib_corrupt("truncated in the upper link lists");
+        levels[i] = static_cast<char>(bytes / list_bytes);
+        // Compact the lists in place: the image takes them in the same order.
+        std::memmove(tail.data() + lists_bytes, tail.data() + pos, bytes);
+        lists_bytes += bytes;
+        pos += bytes;
+    }
+    if (pos != tail.size())
+        hnswlib_corrupt("trailing data: " + std::to_string(tail.size() - pos) +
+                        " bytes after the last element");
+
+    Header hd{};
+    std::memcpy(hd.magic, kMagic, 8);
+    hd.version = 1;
+    hd.endian_tag = kEndianTag;
+    hd.header_bytes = kHeaderBytes;
+    hd.dim = dim;
+    hd.space = static_cast<std::uint64_t>(space);
+    hd.M = h.M;
+    hd.M0 = h.maxM0;
+    hd.ef_construction = h.ef_construction;
+    hd.seed = 100;  // hnswlib's default random_seed; the file does not keep it
+    hd.ef = 10;     // hnswlib's default ef
+    hd.capacity = capacity;
+    hd.count = n;
+    hd.num_deleted = deleted;
+    hd.next_label = n == 0 ? 0 : max_label + 1;
+    hd.entry_point = n == 0 ? -1 : static_cast<std::int64_t>(h.entry);
+    hd.max_level = h.max_level;
+    hd.node_bytes = node_bytes;
+    hd.level0_offset = level0_offset;
+    hd.level0_bytes = n * node_bytes;
+    hd.upper_offset = level0_offset + hd.level0_bytes;
+    hd.upper_bytes = round_up(levels.size() + lists_bytes, 8);
+    hd.quant_offset = hd.upper_offset + hd.upper_bytes;
+    hd.file_bytes = hd.quant_offset;
+    image.append(levels);
+    image.append(tail.data(), lists_bytes);
+    image.append(hd.upper_bytes - levels.size() - lists_bytes, '\0');
+    Checksum payload;
+    payload.update(image.data() + level0_offset, image.size() - level0_offset);
+    hd.payload_checksum = payload.digest();
+    hd.header_checksum = header_checksum(hd);
+    std::memcpy(&image[0], &hd, sizeof(hd));
+    return image;
+}
+
+// An evidex reader's complaint about a converted hnswlib file, in its terms.
+[[noreturn]] void rethrow_as_hnswlib(const CorruptIndexError& e) {
+    static const std::string prefix = "invalid evidex index file: ";
+    std::string what = e.what();
+    if (what.compare(0, prefix.size(), prefix) == 0) what.erase(0, prefix.size());
+    hnswlib_corrupt(what);
 }
 
 }  // namespace
@@ -574,14 +862,25 @@ public:
     // Build an index from an image, validating it in the memory it will live in.
     // With `mapping` set (a private mapping of the image), the level-0 block is
     // used in place and the index then owns and unmaps the mapping.
+    // With `space` set, the index is read into that space (hnswlib's "the space
+    // can be changed: keeps the data, alters the distance function"); vectors
+    // are normalised when it becomes cosine. Quantised codes depend on the space
+    // they were made in, so a quantised index keeps its own.
     static std::unique_ptr<HNSW> read(const Source& src, std::uint64_t size,
                                       std::size_t max_elements, void* mapping,
-                                      std::size_t mapping_bytes) {
+                                      std::size_t mapping_bytes,
+                                      std::optional<Space> space = std::nullopt) {
         const Header h = read_header(src, size);
         const Layout L = check_header(h, size);
         if (max_elements >= BeamPool::kMaxId)
             throw std::invalid_argument("max_elements must be below 2^31 - 1");
-        std::unique_ptr<HNSW> index(new HNSW(h.dim, static_cast<Space>(h.space), h.M,
+        const Space saved_space = static_cast<Space>(h.space);
+        const bool respace = space.has_value() && *space != saved_space;
+        if (respace && h.quantization != 0)
+            throw std::invalid_argument("the file holds a quantised " + space_name(saved_space) +
+                                        " index; it cannot be loaded as " +
+                                        space_name(*space));
+        std::unique_ptr<HNSW> index(new HNSW(h.dim, respace ? *space : saved_space, h.M,
                                              h.ef_construction, 0, h.seed,
                                              static_cast<Quantization>(h.quantization),
                                              h.pq_dims));
@@ -661,6 +960,8 @@ public:
             }
             throw;
         }
+        if (respace && *space == Space::Cosine)
+            for (node_id id = 0; id < n; ++id) normalize_into(index->vec(id), L.dim, index->vec(id));
         index->ef_.store(h.ef);
         // The limit comes back; storage beyond the nodes is allocated when used.
         index->max_elements_.store(std::max<std::size_t>(h.capacity, capacity));
@@ -687,6 +988,41 @@ private:
         }
     }
 
+public:
+    // The index in hnswlib's format (the caller holds the locks as for write()).
+    template <class Sink>
+    static void write_hnswlib(const HNSW& index, Sink&& sink) {
+        if (!index.attrs_.empty())
+            throw std::invalid_argument(
+                "hnswlib's format has no place for stored attributes; save in evidex's format");
+        const std::size_t n = index.count_.load();
+        HnswlibHeader h;
+        h.max_elements = index.max_elements_.load();
+        h.count = n;
+        h.offset_data = index.vec_offset_;
+        h.label_offset = index.label_offset_;
+        h.size_data = index.label_offset_ + sizeof(label_t);
+        h.max_level = n == 0 ? -1 : index.entry().level;
+        h.entry = n == 0 ? ~std::uint32_t{0} : static_cast<std::uint32_t>(index.entry().node);
+        h.maxM = index.M_;
+        h.maxM0 = index.M0_;
+        h.M = index.M_;
+        h.mult = index.level_mult_;
+        h.ef_construction = index.ef_construction_;
+        char raw[kHnswlibHeaderBytes] = {};
+        for_each_hnswlib_field(h, [&](std::size_t at, const void* field, std::size_t len) {
+            std::memcpy(raw + at, field, len);
+        });
+        sink(raw, sizeof(raw));
+        for (node_id id = 0; id < n; ++id) sink(index.node(id), h.size_data);
+        for (node_id id = 0; id < n; ++id) {
+            const std::uint32_t bytes = static_cast<std::uint32_t>(upper_block_bytes(index, id));
+            sink(&bytes, sizeof(bytes));
+            if (bytes > 0) sink(index.upper_[id].get(), bytes);
+        }
+    }
+
+private:
     static std::size_t quant_section_bytes(const HNSW& index, std::size_t n) {
         if (index.quant_ == Quantization::SQ8)
             return round_up(2 * index.dim_ * sizeof(float) + n * index.code_stride_, 8);
@@ -778,49 +1114,35 @@ std::string HNSW::serialize() const {
 
 void HNSW::save(const std::string& path) const {
     Busy busy(this);
-    std::string tmp;
-    int fd = -1;
-    int err = 0;
-    std::uint64_t size = 0;
-    {
-        // A snapshot: no change runs while it is written; searches go on.
-        std::unique_lock<RwLock> wlock(write_mutex_);
-        std::shared_lock<RwLock> slock(storage_mutex_);
-        fd = create_temp(path, tmp);
-        Serializer::write(*this, [&](const void* p, std::size_t n) {
-            write_all(fd, p, n, err);
-            size += n;
-        });
-    }
-    if (err == 0 && ::fsync(fd) != 0) err = errno;
-    std::string invalid;
-    if (err == 0) {
+    write_atomically(
+        path,
+        [&](auto&& sink) {
+            // A snapshot: no change runs while it is written; searches go on.
+            std::unique_lock<RwLock> wlock(write_mutex_);
+            std::shared_lock<RwLock> slock(storage_mutex_);
+            Serializer::write(*this, sink);
+        },
         // Read back what reached the file, and check it as load() would.
-        try {
-            verify_image(FileSource(fd, tmp), size);
-        } catch (const CorruptIndexError& e) {
-            invalid = e.what();
-        } catch (const FileError& e) {
-            err = e.error_number ? e.error_number : EIO;
-        }
-    }
-    if (::close(fd) != 0 && err == 0) err = errno;
-    if (err == 0 && invalid.empty() && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
-    if (err != 0 || !invalid.empty()) {
-        ::unlink(tmp.c_str());  // the previous file at `path` is untouched
-        if (!invalid.empty())
-            throw std::runtime_error("not saved: the written file failed its check (" + invalid +
-                                     "); " + path + " is unchanged");
-        throw FileError("cannot write " + path + ": " + std::strerror(err), err, path);
-    }
-    // Make the rename itself durable.
-    const std::size_t slash = path.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
-    }
+        [](const Source& written, std::uint64_t size) { verify_image(written, size); });
+}
+
+void HNSW::save_hnswlib(const std::string& path) const {
+    Busy busy(this);
+    write_atomically(
+        path,
+        [&](auto&& sink) {
+            std::unique_lock<RwLock> wlock(write_mutex_);
+            std::shared_lock<RwLock> slock(storage_mutex_);
+            Serializer::write_hnswlib(*this, sink);
+        },
+        [&](const Source& written, std::uint64_t size) {
+            try {
+                const std::string image = image_from_hnswlib(written, size, space_, dim_, 0);
+                verify_image(MemorySource(image.data()), image.size());
+            } catch (const std::invalid_argument& e) {
+                throw CorruptIndexError(e.what());
+            }
+        });
 }
 
 std::unique_ptr<HNSW> HNSW::deserialize(const char* data, std::size_t size,
@@ -828,26 +1150,16 @@ std::unique_ptr<HNSW> HNSW::deserialize(const char* data, std::size_t size,
     return Serializer::read(MemorySource(data), size, max_elements, nullptr, 0);
 }
 
-std::unique_ptr<HNSW> HNSW::load(const std::string& path, bool mmap, std::size_t max_elements) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        const int err = errno;
-        throw FileError("cannot open " + path + ": " + std::strerror(err), err, path);
-    }
-    struct Closer {
-        int fd;
-        ~Closer() { ::close(fd); }
-    } closer{fd};
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        const int err = errno ? errno : EINVAL;
-        throw FileError("not a regular file: " + path, err, path);
-    }
-    const std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+std::unique_ptr<HNSW> HNSW::load(const std::string& path, bool mmap, std::size_t max_elements,
+                                 std::optional<Space> space) {
+    const InputFile file(path);
+    const int fd = file.fd;
+    const std::uint64_t size = file.size;
     if (size < kHeaderBytes)
         corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header (" + path +
                 ")");
-    if (!mmap) return Serializer::read(FileSource(fd, path), size, max_elements, nullptr, 0);
+    if (!mmap)
+        return Serializer::read(FileSource(fd, path), size, max_elements, nullptr, 0, space);
     // MAP_PRIVATE: pages stay shared with the page cache until written, and a
     // write (a delete after load) never reaches the file. The file must not be
     // changed by others while mapped (evidex itself only ever renames over it).
@@ -858,12 +1170,26 @@ std::unique_ptr<HNSW> HNSW::load(const std::string& path, bool mmap, std::size_t
     }
     try {
         auto index = Serializer::read(MemorySource(static_cast<const char*>(base)), size,
-                                      max_elements, base, size);
+                                      max_elements, base, size, space);
         if (!index->is_mapped()) ::munmap(base, size);
         return index;
     } catch (...) {
         ::munmap(base, size);
         throw;
+    }
+}
+
+std::unique_ptr<HNSW> HNSW::load_hnswlib(const std::string& path, Space space, std::size_t dim,
+                                         std::size_t max_elements) {
+    const InputFile file(path);
+    const int fd = file.fd;
+    const std::string image = image_from_hnswlib(FileSource(fd, path),
+                                                 file.size, space,
+                                                 dim, max_elements);
+    try {
+        return Serializer::read(MemorySource(image.data()), image.size(), 0, nullptr, 0);
+    } catch (const CorruptIndexError& e) {
+        rethrow_as_hnswlib(e);
     }
 }
 

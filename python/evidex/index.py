@@ -466,9 +466,46 @@ class HNSWIndex:
         return s
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: PathLike) -> None:
-        """Write a versioned, checksummed file (via a temporary file and a rename)."""
-        self._core.save(os.fspath(path))
+    def save(self, path: PathLike, format: str = "evidex") -> None:
+        """Write the index to ``path`` via a temporary file, read back and checked
+        before it is renamed into place (a failed save leaves the old file).
+
+        Args:
+            format: ``"evidex"`` (versioned and checksummed; keeps everything) or
+                ``"hnswlib"`` (hnswlib 0.8's ``save_index`` format, loadable by
+                ``hnswlib.Index.load_index`` with this index's space and
+                dimension: graph, vectors, ids and deletions; quantised codes are
+                not written, stored attributes are refused with ValueError).
+        """
+        if format == "evidex":
+            self._core.save(os.fspath(path))
+        elif format == "hnswlib":
+            self._core.save_hnswlib(os.fspath(path))
+        else:
+            raise ValueError(f"format must be 'evidex' or 'hnswlib', got {format!r}")
+
+    @classmethod
+    def from_hnswlib(cls, path: PathLike, space: str, dim: int, max_elements: int = 0) -> HNSWIndex:
+        """Load a file written by hnswlib 0.8's ``save_index``, without rebuilding.
+
+        hnswlib files name neither their space nor their dimension: give the ones
+        the index was built with (a file of another space loads as hnswlib allows;
+        into ``cosine`` its vectors are normalised). The file carries no checksum:
+        every field is bounded and the graph checked as for evidex's own files.
+        Capacity as hnswlib's ``load_index``: ``max_elements`` when at least the
+        element count, else (and for 0) the file's.
+
+        Raises:
+            evidex.CorruptIndexError: truncated or inconsistent file, or an id of
+                2**63 or more (evidex ids are below 2**63).
+            ValueError: the file's dimension is not ``dim``; unknown space.
+            OSError: the file cannot be opened.
+        """
+        if space not in SPACES:
+            raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
+        dim = check_positive_int(dim, "dim")
+        max_elements = check_positive_int(max_elements, "max_elements", minimum=0)
+        return cls._wrap(_core.HNSW.load_hnswlib(os.fspath(path), space, dim, max_elements))
 
     @classmethod
     def load(cls, path: PathLike, mmap: bool = False) -> HNSWIndex:

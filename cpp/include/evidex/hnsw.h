@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <shared_mutex>
 #include <string>
@@ -270,10 +271,22 @@ public:
     // meanwhile; changes wait. serialize() validates the image it returns alike.
     void save(const std::string& path) const;
     std::string serialize() const;
+    // `space`, when given, overrides the saved one (see Serializer::read).
     static std::unique_ptr<HNSW> load(const std::string& path, bool mmap,
-                                      std::size_t max_elements = 0);
+                                      std::size_t max_elements = 0,
+                                      std::optional<Space> space = std::nullopt);
     static std::unique_ptr<HNSW> deserialize(const char* data, std::size_t size,
                                              std::size_t max_elements = 0);
+    // hnswlib 0.8's file format (hnswalg.h's saveIndex), so users can switch both
+    // ways. Such a file names neither its space nor a checksum: the caller gives
+    // the space and dimension, and every field is bounded and the graph checked
+    // as strictly as in evidex's own files. Capacity follows hnswlib's loadIndex:
+    // max_elements when at least the element count, else the file's. Writing
+    // keeps graph, vectors, labels and deletion marks; stored attributes have no
+    // place in the format (refused), quantised codes are simply not written.
+    static std::unique_ptr<HNSW> load_hnswlib(const std::string& path, Space space,
+                                              std::size_t dim, std::size_t max_elements = 0);
+    void save_hnswlib(const std::string& path) const;
 
 private:
     struct Candidate {

@@ -6,7 +6,8 @@ Where hnswlib crashes or answers wrongly (a call before ``init_index``, a query 
 the wrong dimension, ``k`` above the element count in ``BFIndex``, NaN input),
 this layer raises instead; hnswlib's BFIndex leaves cosine queries unnormalised
 (distances ``1 - <x/|x|, q>``), this one returns true cosine distances (same
-ranking). Files are evidex's own format, not hnswlib's.
+ranking). ``load_index`` reads evidex's files and hnswlib's; ``save_index`` writes
+evidex's checksummed format, or hnswlib's with ``format="hnswlib"``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = ["BFIndex", "Index"]
 
 _NO_RESULTS = "Cannot return the results in a contiguous 2D array. Probably ef or M is too small"
 _NO_LABEL = np.iinfo(np.uint64).max
+_EVIDEX_MAGIC = b"EVDXHNSW"
 
 
 def _default_threads() -> int:
@@ -222,6 +224,8 @@ class Index:
             raise ValueError("return_type should be either 'numpy' or 'list'")
         if ids is None:  # hnswlib 0.8 returns nothing here, not every item
             return np.empty(0, np.float32) if return_type == "numpy" else []
+        if np.ndim(ids) == 0:  # hnswlib iterates over ids: a scalar is a ValueError there
+            raise ValueError("get_items takes a sequence of labels, not a single label")
         labels = np.asarray(ids, dtype=np.uint64).reshape(-1)
         try:
             vectors = self._core.get_vectors(labels)
@@ -233,22 +237,33 @@ class Index:
         return self._core.labels(True).tolist()
 
     # ----------------------------------------------------------- persistence
-    def save_index(self, path_to_index: str) -> None:
-        self._ready().save(path_to_index)
+    def save_index(self, path_to_index: str, format: str = "evidex") -> None:
+        """Save in evidex's checksummed format, or ``format="hnswlib"`` for a file
+        that hnswlib 0.8's ``load_index`` reads (``HNSWIndex.save``)."""
+        self._ready().save(path_to_index, format=format)
 
     def load_index(
         self, path_to_index: str, max_elements: int = 0, allow_replace_deleted: bool = False
     ) -> None:
+        """Load a file saved by this module or by hnswlib itself (recognised by its
+        first bytes), into this Index's space: like hnswlib, a file of another
+        space keeps its data and takes this distance."""
+        path = os.fspath(path_to_index)
         try:
-            core = _core.HNSW.load(os.fspath(path_to_index), False, int(max_elements))
+            with open(path, "rb") as f:
+                evidex_file = f.read(len(_EVIDEX_MAGIC)) == _EVIDEX_MAGIC
+            if evidex_file:
+                core = _core.HNSW.load(path, False, int(max_elements), self.space)
+            else:
+                core = _core.HNSW.load_hnswlib(path, self.space, self.dim, int(max_elements))
         except OSError as e:
             raise RuntimeError(f"Cannot open file: {e}") from e
-        except _core.CorruptIndexError as e:
+        except (_core.CorruptIndexError, ValueError) as e:
             raise RuntimeError(f"Index seems to be corrupted or unsupported: {e}") from e
-        if core.dim != self.dim or core.space != self.space:
+        if core.dim != self.dim:
             raise RuntimeError(
-                f"the file holds a {core.space} index of dimension {core.dim}, this Index is "
-                f"{self.space} of dimension {self.dim}"
+                f"the file holds an index of dimension {core.dim}, this Index is of "
+                f"dimension {self.dim}"
             )
         self._index = HNSWIndex._wrap(core)
         self._index.ef = max(1, self._ef)
