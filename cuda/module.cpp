@@ -53,14 +53,22 @@ PYBIND11_MODULE(_cuda, m) {
         check(evidex_cuda_box_iou_matrix(as_ptr(a), as_ptr(b), as_ptr(out), na, nb, gen, dt,
                                          as_ptr(st)), "box_iou_matrix");
     });
-    m.def("box_iou_pairs", [](ptr a, ptr b, ptr out, int n, bool gen, int dt, ptr st) {
-        check(evidex_cuda_box_iou_pairs(as_ptr(a), as_ptr(b), as_ptr(out), n, gen, dt,
+    m.def("box_iou_matrix_backward", [](ptr a, ptr b, ptr g, ptr ga, ptr gb, int na, int nb,
+                                        bool gen, int dt, ptr st) {
+        check(evidex_cuda_box_iou_matrix_backward(as_ptr(a), as_ptr(b), as_ptr(g), as_ptr(ga),
+                                                  as_ptr(gb), na, nb, gen, dt, as_ptr(st)),
+              "box_iou_matrix_backward");
+    });
+    m.def("box_iou_pairs", [](ptr a, ptr b, ptr out, int n, bool gen, double eps, int dt,
+                              ptr st) {
+        check(evidex_cuda_box_iou_pairs(as_ptr(a), as_ptr(b), as_ptr(out), n, gen, eps, dt,
                                         as_ptr(st)), "box_iou_pairs");
     });
-    m.def("giou_pairs_backward", [](ptr a, ptr b, ptr g, ptr ga, ptr gb, int n, int dt, ptr st) {
-        check(evidex_cuda_giou_pairs_backward(as_ptr(a), as_ptr(b), as_ptr(g), as_ptr(ga),
-                                              as_ptr(gb), n, dt, as_ptr(st)),
-              "giou_pairs_backward");
+    m.def("box_iou_pairs_backward", [](ptr a, ptr b, ptr g, ptr ga, ptr gb, int n, bool gen,
+                                       double eps, int dt, ptr st) {
+        check(evidex_cuda_box_iou_pairs_backward(as_ptr(a), as_ptr(b), as_ptr(g), as_ptr(ga),
+                                                 as_ptr(gb), n, gen, eps, dt, as_ptr(st)),
+              "box_iou_pairs_backward");
     });
     m.def("temporal_iou_matrix", [](ptr a, ptr b, ptr out, int na, int nb, int dt, ptr st) {
         check(evidex_cuda_temporal_iou_matrix(as_ptr(a), as_ptr(b), as_ptr(out), na, nb, dt,

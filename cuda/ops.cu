@@ -143,27 +143,49 @@ __global__ void box_iou_matrix_kernel(const T* a, const T* b, T* out, int na, in
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     const int i = blockIdx.y;
     if (i >= na || j >= nb) return;
-    const T* ai = a + 4 * i;
-    const T* bj = b + 4 * j;
     out[static_cast<std::int64_t>(i) * nb + j] =
-        generalized ? evidex::ops::generalized_box_iou(ai, bj) : evidex::ops::box_iou(ai, bj);
+        evidex::ops::iou_pair(a + 4 * i, b + 4 * j, generalized);
+}
+
+// d out / d boxes: one thread per row of boxes1 (summing over its columns), then
+// one per box of boxes2 (summing over rows), as the CPU kernel: no atomics, the
+// same order of sums on every run.
+template <class T>
+__global__ void box_iou_matrix_backward_kernel(const T* a, const T* b, const T* g, T* ga, T* gb,
+                                               int na, int nb, bool generalized) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    T acc[4] = {0, 0, 0, 0}, unused[4];
+    if (t < na) {
+        for (int j = 0; j < nb; ++j)
+            evidex::ops::box_iou_backward(a + 4 * t, b + 4 * j,
+                                          g[static_cast<std::int64_t>(t) * nb + j], generalized,
+                                          T(0), acc, unused);
+        for (int c = 0; c < 4; ++c) ga[4 * t + c] = acc[c];
+    } else if (t < na + nb) {
+        const int j = t - na;
+        for (int i = 0; i < na; ++i)
+            evidex::ops::box_iou_backward(a + 4 * i, b + 4 * j,
+                                          g[static_cast<std::int64_t>(i) * nb + j], generalized,
+                                          T(0), unused, acc);
+        for (int c = 0; c < 4; ++c) gb[4 * j + c] = acc[c];
+    }
 }
 
 template <class T>
-__global__ void box_iou_pairs_kernel(const T* a, const T* b, T* out, int n, bool generalized) {
+__global__ void box_iou_pairs_kernel(const T* a, const T* b, T* out, int n, bool generalized,
+                                     T eps) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    out[i] = generalized ? evidex::ops::generalized_box_iou(a + 4 * i, b + 4 * i)
-                         : evidex::ops::box_iou(a + 4 * i, b + 4 * i);
+    out[i] = evidex::ops::iou_pair(a + 4 * i, b + 4 * i, generalized, eps);
 }
 
 template <class T>
-__global__ void giou_pairs_backward_kernel(const T* a, const T* b, const T* g, T* ga, T* gb,
-                                           int n) {
+__global__ void box_iou_pairs_backward_kernel(const T* a, const T* b, const T* g, T* ga, T* gb,
+                                              int n, bool generalized, T eps) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     T da[4] = {0, 0, 0, 0}, db[4] = {0, 0, 0, 0};
-    evidex::ops::generalized_box_iou_backward(a + 4 * i, b + 4 * i, g[i], da, db);
+    evidex::ops::box_iou_backward(a + 4 * i, b + 4 * i, g[i], generalized, eps, da, db);
     for (int c = 0; c < 4; ++c) {
         ga[4 * i + c] = da[c];
         gb[4 * i + c] = db[c];
@@ -282,23 +304,35 @@ int evidex_cuda_box_iou_matrix(const void* a, const void* b, void* out, int na, 
     });
 }
 
+int evidex_cuda_box_iou_matrix_backward(const void* a, const void* b, const void* g, void* ga,
+                                        void* gb, int na, int nb, int generalized, int dtype,
+                                        void* stream) {
+    return dispatch(dtype, [&](auto t) {
+        using T = decltype(t);
+        box_iou_matrix_backward_kernel<T><<<blocks(na + nb), kBlock, 0, (cudaStream_t)stream>>>(
+            static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(g),
+            static_cast<T*>(ga), static_cast<T*>(gb), na, nb, generalized != 0);
+    });
+}
+
 int evidex_cuda_box_iou_pairs(const void* a, const void* b, void* out, int n, int generalized,
-                              int dtype, void* stream) {
+                              double eps, int dtype, void* stream) {
     return dispatch(dtype, [&](auto t) {
         using T = decltype(t);
         box_iou_pairs_kernel<T><<<blocks(n), kBlock, 0, (cudaStream_t)stream>>>(
             static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n,
-            generalized != 0);
+            generalized != 0, static_cast<T>(eps));
     });
 }
 
-int evidex_cuda_giou_pairs_backward(const void* a, const void* b, const void* g, void* ga,
-                                    void* gb, int n, int dtype, void* stream) {
+int evidex_cuda_box_iou_pairs_backward(const void* a, const void* b, const void* g, void* ga,
+                                       void* gb, int n, int generalized, double eps, int dtype,
+                                       void* stream) {
     return dispatch(dtype, [&](auto t) {
         using T = decltype(t);
-        giou_pairs_backward_kernel<T><<<blocks(n), kBlock, 0, (cudaStream_t)stream>>>(
+        box_iou_pairs_backward_kernel<T><<<blocks(n), kBlock, 0, (cudaStream_t)stream>>>(
             static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(g),
-            static_cast<T*>(ga), static_cast<T*>(gb), n);
+            static_cast<T*>(ga), static_cast<T*>(gb), n, generalized != 0, static_cast<T>(eps));
     });
 }
 

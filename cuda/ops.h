@@ -10,10 +10,14 @@ int evidex_cuda_st_topk_backward(const void* scores, const void* indices, const 
                                  int per_slot, int dtype, void* stream);
 int evidex_cuda_box_iou_matrix(const void* a, const void* b, void* out, int na, int nb,
                                int generalized, int dtype, void* stream);
+int evidex_cuda_box_iou_matrix_backward(const void* a, const void* b, const void* g, void* ga,
+                                        void* gb, int na, int nb, int generalized, int dtype,
+                                        void* stream);
 int evidex_cuda_box_iou_pairs(const void* a, const void* b, void* out, int n, int generalized,
-                              int dtype, void* stream);
-int evidex_cuda_giou_pairs_backward(const void* a, const void* b, const void* g, void* ga,
-                                    void* gb, int n, int dtype, void* stream);
+                              double eps, int dtype, void* stream);
+int evidex_cuda_box_iou_pairs_backward(const void* a, const void* b, const void* g, void* ga,
+                                       void* gb, int n, int generalized, double eps, int dtype,
+                                       void* stream);
 int evidex_cuda_temporal_iou_matrix(const void* a, const void* b, void* out, int na, int nb,
                                     int dtype, void* stream);
 int evidex_cuda_frame_scores(const void* frames, const void* queries, void* out, int nt, int nq,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -328,11 +330,17 @@ def test_opcheck_every_op() -> None:
             torch.ops.evidex.st_topk_backward.default,
             (s.detach(), idx, torch.randn(4, 9, dtype=torch.float64), 0.5, 1, False),
         ),
-        (torch.ops.evidex.box_iou_matrix.default, (a.detach(), b, True)),
-        (torch.ops.evidex.box_iou_pairs.default, (a, b, True)),
+        (torch.ops.evidex.box_iou_matrix.default, (a, b, True)),
+        (torch.ops.evidex.box_iou_matrix.default, (a, b.clone().requires_grad_(), False)),
         (
-            torch.ops.evidex.giou_pairs_backward.default,
-            (a.detach(), b, torch.randn(5, dtype=torch.float64)),
+            torch.ops.evidex.box_iou_matrix_backward.default,
+            (a.detach(), b, torch.randn(5, 5, dtype=torch.float64), True),
+        ),
+        (torch.ops.evidex.box_iou_pairs.default, (a, b, True, 0.0)),
+        (torch.ops.evidex.box_iou_pairs.default, (a, b, False, 1e-7)),
+        (
+            torch.ops.evidex.box_iou_pairs_backward.default,
+            (a.detach(), b, torch.randn(5, dtype=torch.float64), True, 1e-7),
         ),
         (
             torch.ops.evidex.frame_scores.default,
@@ -477,14 +485,18 @@ def test_bad_input() -> None:
         O.st_topk(torch.tensor([[1.0, float("nan")]]), 1)
     with pytest.raises(ValueError, match="unknown box format"):
         O.box_convert(torch.zeros(1, 4), "xyxy", "yxyx")
-    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+    with pytest.raises(ValueError, match=r"\[\.\.\., N, 4\]"):
         O.box_iou(torch.zeros(3, 5), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="NaN"):
         O.box_iou(torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), torch.zeros(2, 4))
-    with pytest.raises(TypeError, match="float32 or float64"):
-        O.box_iou(torch.zeros(3, 4, dtype=torch.int32), torch.zeros(2, 4, dtype=torch.int32))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(TypeError, match="real numbers"):
+        O.box_iou(torch.zeros(3, 4, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="do not broadcast"):
         O.box_iou_pairs(torch.zeros(3, 4), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        O.box_iou(torch.zeros(2, 3, 4), torch.zeros(3, 2, 4))
+    with pytest.raises(ValueError, match="eps must be"):
+        O.complete_box_iou_loss(torch.zeros(1, 4), torch.zeros(1, 4), eps=float("nan"))
     with pytest.raises(ValueError, match="frames"):
         O.frame_scores(torch.zeros(3, 4), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="min_gap"):
@@ -535,14 +547,24 @@ def test_boxes_beyond_the_float_range_of_their_areas_stay_exact(dtype) -> None:
             r"\[N, 4\]",
         ),
         (
-            lambda: torch.ops.evidex.box_iou_pairs(torch.rand(2, 4), torch.rand(3, 4), True),
+            lambda: torch.ops.evidex.box_iou_pairs(torch.rand(2, 4), torch.rand(3, 4), True, 0.0),
             "as many rows",
         ),
         (
-            lambda: torch.ops.evidex.giou_pairs_backward(
-                torch.rand(2, 4), torch.rand(2, 4), torch.rand(3)
+            lambda: torch.ops.evidex.box_iou_pairs_backward(
+                torch.rand(2, 4), torch.rand(2, 4), torch.rand(3), True, 0.0
             ),
-            r"grad must be \[N\]",
+            r"grad must be \(2,\)",
+        ),
+        (
+            lambda: torch.ops.evidex.box_iou_matrix_backward(
+                torch.rand(2, 4), torch.rand(3, 4), torch.rand(3, 2), False
+            ),
+            r"grad must be \(2, 3\)",
+        ),
+        (
+            lambda: torch.ops.evidex.box_iou_pairs(torch.rand(2, 4), torch.rand(2, 4), True, -1.0),
+            "eps must be",
         ),
         (lambda: torch.ops.evidex.frame_scores(torch.rand(3, 0), torch.rand(2, 0)), "D >= 1"),
         (lambda: torch.ops.evidex.select_keyframes(torch.rand(5), 0, 1), "k must be"),
@@ -558,8 +580,8 @@ def test_boxes_beyond_the_float_range_of_their_areas_stay_exact(dtype) -> None:
     ],
     ids=[
         "mode", "tau", "k", "rank", "slots-tau", "backward-tau", "box-shape", "pairs-rows",
-        "grad-shape", "frames-D0", "keyframes-k", "keyframes-gap", "intervals", "st_select-D0",
-        "core-box-shape",
+        "grad-shape", "matrix-grad-shape", "eps", "frames-D0", "keyframes-k", "keyframes-gap",
+        "intervals", "st_select-D0", "core-box-shape",
     ],
 )  # fmt: skip
 def test_raw_op_calls_get_the_same_checks(call, match) -> None:
@@ -572,3 +594,168 @@ def test_fake_implementations_check_too() -> None:
 
     with FakeTensorMode(), pytest.raises(ValueError, match="mode must be"):
         torch.ops.evidex.st_topk(torch.empty(2, 5), 2, 1.0, 5)
+
+
+# ------------------------------------------------------------------ torchvision parity
+# torchvision.ops' formulas in plain torch (its boxes.py and losses, for valid boxes),
+# so values and autograd gradients can be compared without torchvision installed.
+def tv_iou_parts(a, b):
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lt = torch.max(a[..., None, :2], b[..., None, :, :2])
+    rb = torch.min(a[..., None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[..., None] + area_b[..., None, :] - inter
+    lti = torch.min(a[..., None, :2], b[..., None, :, :2])
+    rbi = torch.max(a[..., None, 2:], b[..., None, :, 2:])
+    whi = (rbi - lti).clamp(min=0)
+    return inter / union, whi, union
+
+
+def tv_matrix(a, b, kind, eps=1e-7):
+    iou, whi, union = tv_iou_parts(a, b)
+    if kind == "iou":
+        return iou
+    if kind == "giou":
+        area = whi[..., 0] * whi[..., 1]
+        return iou - (area - union) / area
+    diag = whi[..., 0] ** 2 + whi[..., 1] ** 2 + eps
+    ca = (a[..., :2] + a[..., 2:]) / 2
+    cb = (b[..., :2] + b[..., 2:]) / 2
+    dist = ((ca[..., :, None, :] - cb[..., None, :, :]) ** 2).sum(-1)
+    diou = iou - dist / diag
+    if kind == "diou":
+        return diou
+    wa, ha = a[..., 2] - a[..., 0], a[..., 3] - a[..., 1]
+    wb, hb = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    v = (4 / math.pi**2) * (
+        torch.atan(wa / ha)[..., :, None] - torch.atan(wb / hb)[..., None, :]
+    ) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return diou - alpha * v
+
+
+MATRIX_OPS = {
+    "iou": O.box_iou,
+    "giou": O.generalized_box_iou,
+    "diou": O.distance_box_iou,
+    "ciou": O.complete_box_iou,
+}
+
+
+@pytest.mark.parametrize("kind", list(MATRIX_OPS))
+def test_matrices_match_torchvision_values_and_gradients(kind) -> None:
+    torch.manual_seed(0)
+    a0, b0 = random_boxes(7), random_boxes(5)
+    a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    ra, rb = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    got, want = MATRIX_OPS[kind](a, b), tv_matrix(ra, rb, kind)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    w = torch.randn(7, 5, dtype=torch.float64)
+    (got * w).sum().backward()
+    (want * w).sum().backward()
+    torch.testing.assert_close(a.grad, ra.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(b.grad, rb.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("generalized", [False, True])
+def test_matrix_gradients_pass_gradcheck_and_detr_style_losses_train(generalized) -> None:
+    torch.manual_seed(1)
+    fn = O.generalized_box_iou if generalized else O.box_iou
+    a, b = random_boxes(4).requires_grad_(), random_boxes(3).requires_grad_()
+    assert torch.autograd.gradcheck(fn, (a, b))
+    # DETR's matching cost and loss: the diagonal of the matrix of predictions x targets.
+    pred = random_boxes(6).requires_grad_()
+    target = random_boxes(6)
+    opt = torch.optim.SGD([pred], lr=0.5)
+    first = None
+    for _ in range(30):
+        loss = (1 - torch.diag(fn(pred, target))).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+
+
+def test_batched_boxes_broadcast_like_torchvision() -> None:
+    torch.manual_seed(2)
+    a = torch.stack([random_boxes(4) for _ in range(3)])  # [3, 4, 4]
+    b = torch.stack([random_boxes(5) for _ in range(3)])  # [3, 5, 4]
+    for kind, fn in MATRIX_OPS.items():
+        got = fn(a, b)
+        assert got.shape == (3, 4, 5)
+        for i in range(3):
+            torch.testing.assert_close(got[i], fn(a[i], b[i]))
+        torch.testing.assert_close(got, tv_matrix(a, b, kind), rtol=1e-12, atol=1e-12)
+    # One set of targets against a batch of predictions: batch dimensions broadcast.
+    one = random_boxes(5)
+    torch.testing.assert_close(O.box_iou(a, one), torch.stack([O.box_iou(x, one) for x in a]))
+    assert O.box_iou(a[:0], b[:0]).shape == (0, 4, 5)
+    assert O.box_area(a).shape == (3, 4)
+    x = torch.tensor([[[0.0, 0, 2, 2]], [[1, 1, 2, 3]]])  # [2, 1, 4]
+    torch.testing.assert_close(O.box_iou_pairs(x, x[:1]), torch.tensor([[1.0], [0.2]]))
+
+
+def test_dtypes_follow_torchvision() -> None:
+    boxes = [[0, 0, 100, 100], [0, 0, 50, 50], [10, 10, 60, 30]]
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        t = torch.tensor(boxes, dtype=dtype)
+        area = O.box_area(t)
+        assert area.dtype == (torch.int64 if dtype == torch.int64 else torch.int32)
+        assert area.tolist() == [10000, 2500, 1000]
+        iou = O.box_iou(t, t)
+        assert iou.dtype == torch.float32 and iou[0, 1].item() == 0.25
+    for dtype in (torch.float16, torch.bfloat16):
+        t = torch.tensor(boxes, dtype=dtype)
+        assert O.box_area(t).dtype == torch.float32
+        assert O.generalized_box_iou(t, t).dtype == torch.float32
+        assert O.generalized_box_iou_loss(t, t).dtype == torch.float32
+    mixed = O.box_iou(
+        torch.tensor(boxes, dtype=torch.float32), torch.tensor(boxes, dtype=torch.float64)
+    )
+    assert mixed.dtype == torch.float64
+    # Integer xyxy <-> xywh conversion stays integer, as in torchvision.
+    assert O.box_convert(torch.tensor(boxes), "xyxy", "xywh").dtype == torch.int64
+
+
+def test_losses_take_torchvision_arguments_and_eps() -> None:
+    a = torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    b = torch.tensor([[0.5, 0.0, 1.5, 1.0]], dtype=torch.float64)
+    # The 4th positional argument is eps, as in torchvision: inter / (union + eps).
+    eps = 0.5
+    assert O.generalized_box_iou_loss(a, b, "none", eps).item() == pytest.approx(
+        1 - (0.5 / (1.5 + eps) - (1.5 - 1.5) / (1.5 + eps))
+    )
+    # A single [4] box, as torchvision's losses take.
+    assert O.complete_box_iou_loss(a[0], a[0]).shape == ()
+    for loss in (O.generalized_box_iou_loss, O.distance_box_iou_loss, O.complete_box_iou_loss):
+        with pytest.raises(ValueError, match="^Invalid"):
+            loss(a, b, reduction="avg")
+        x = a.clone().requires_grad_()
+        loss(x, b, "mean").backward()
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # Gradient of the eps-guarded loss against autograd of torchvision's formula.
+    x, y = random_boxes(6).requires_grad_(), random_boxes(6)
+    O.generalized_box_iou_loss(x, y, "sum", 1e-3).backward()
+    rx = x.detach().clone().requires_grad_()
+    iou, whi, union = tv_iou_parts(rx[:, None], y[:, None])
+    area = whi[..., 0] * whi[..., 1]
+    inter = iou * union
+    ref = (1 - (inter / (union + 1e-3) - (area - union) / (area + 1e-3))).sum()
+    ref.backward()
+    torch.testing.assert_close(x.grad, rx.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_box_ops_compile_with_gradients() -> None:
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def cost(pred, target):
+        return (1 - torch.diag(O.generalized_box_iou(pred, target))).sum()
+
+    pred, target = random_boxes(5).requires_grad_(), random_boxes(5)
+    cost(pred, target).backward()
+    eager = pred.detach().clone().requires_grad_()
+    (1 - torch.diag(O.generalized_box_iou(eager, target))).sum().backward()
+    torch.testing.assert_close(pred.grad, eager.grad)

@@ -126,20 +126,35 @@ void register_dtype(py::module_& m) {
         }
         return out;
     });
-    m.def("box_iou_pairs", [](const Arr<T>& a, const Arr<T>& b, bool generalized) {
+    m.def("box_iou_matrix_backward", [](const Arr<T>& a, const Arr<T>& b, const Arr<T>& g,
+                                        bool generalized, std::size_t num_threads) {
+        const std::size_t na = rows_of(a, 4, "boxes1"), nb = rows_of(b, 4, "boxes2");
+        require(g, na * nb, "grad");
+        py::array_t<T> ga({na, std::size_t{4}}), gb({nb, std::size_t{4}});
+        auto *pa = ga.mutable_data(), *pb = gb.mutable_data();
+        {
+            py::gil_scoped_release release;
+            ops::box_iou_matrix_backward(a.data(), na, b.data(), nb, g.data(), generalized, pa,
+                                         pb, num_threads);
+        }
+        return py::make_tuple(ga, gb);
+    });
+    m.def("box_iou_pairs", [](const Arr<T>& a, const Arr<T>& b, bool generalized, double eps) {
         const std::size_t n = rows_of(a, 4, "boxes1");
         if (rows_of(b, 4, "boxes2") != n) throw py::value_error("boxes1 and boxes2 differ in N");
         py::array_t<T> out(n);
-        ops::box_iou_pairs(a.data(), b.data(), n, generalized, out.mutable_data());
+        ops::box_iou_pairs(a.data(), b.data(), n, generalized, static_cast<T>(eps),
+                           out.mutable_data());
         return out;
     });
-    m.def("giou_pairs_backward", [](const Arr<T>& a, const Arr<T>& b, const Arr<T>& g) {
+    m.def("box_iou_pairs_backward", [](const Arr<T>& a, const Arr<T>& b, const Arr<T>& g,
+                                       bool generalized, double eps) {
         const std::size_t n = rows_of(a, 4, "boxes1");
         if (rows_of(b, 4, "boxes2") != n) throw py::value_error("boxes1 and boxes2 differ in N");
         require(g, n, "grad");
         py::array_t<T> ga({n, std::size_t{4}}), gb({n, std::size_t{4}});
-        ops::giou_pairs_backward(a.data(), b.data(), g.data(), n, ga.mutable_data(),
-                                 gb.mutable_data());
+        ops::box_iou_pairs_backward(a.data(), b.data(), g.data(), n, generalized,
+                                    static_cast<T>(eps), ga.mutable_data(), gb.mutable_data());
         return py::make_tuple(ga, gb);
     });
     m.def("temporal_iou_matrix", [](const Arr<T>& a, const Arr<T>& b) {

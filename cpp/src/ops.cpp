@@ -552,19 +552,40 @@ void box_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb, bool
 }
 
 template <class T>
-void box_iou_pairs(const T* a, const T* b, std::size_t n, bool generalized, T* out) {
-    check_finite(a, 4 * n, "boxes1");
-    check_finite(b, 4 * n, "boxes2");
-    for (std::size_t i = 0; i < n; ++i)
-        out[i] = generalized ? generalized_box_iou(a + 4 * i, b + 4 * i) : box_iou(a + 4 * i, b + 4 * i);
+void box_iou_matrix_backward(const T* a, std::size_t na, const T* b, std::size_t nb,
+                             const T* g, bool generalized, T* ga, T* gb,
+                             std::size_t num_threads) {
+    // Two passes, rows then columns, each owning what it writes: no atomics and
+    // the same sums in the same order on every run (as the CUDA kernels do).
+    const std::size_t threads = threads_for(na * nb, num_threads);
+    parallel_for(na, threads, [&](std::size_t i) {
+        T acc[4] = {T(0), T(0), T(0), T(0)}, unused[4];
+        for (std::size_t j = 0; j < nb; ++j)
+            box_iou_backward(a + 4 * i, b + 4 * j, g[i * nb + j], generalized, T(0), acc, unused);
+        for (int c = 0; c < 4; ++c) ga[4 * i + c] = acc[c];
+    });
+    parallel_for(nb, threads, [&](std::size_t j) {
+        T acc[4] = {T(0), T(0), T(0), T(0)}, unused[4];
+        for (std::size_t i = 0; i < na; ++i)
+            box_iou_backward(a + 4 * i, b + 4 * j, g[i * nb + j], generalized, T(0), unused, acc);
+        for (int c = 0; c < 4; ++c) gb[4 * j + c] = acc[c];
+    });
 }
 
 template <class T>
-void giou_pairs_backward(const T* a, const T* b, const T* g, std::size_t n, T* ga, T* gb) {
+void box_iou_pairs(const T* a, const T* b, std::size_t n, bool generalized, T eps, T* out) {
+    check_finite(a, 4 * n, "boxes1");
+    check_finite(b, 4 * n, "boxes2");
+    for (std::size_t i = 0; i < n; ++i) out[i] = iou_pair(a + 4 * i, b + 4 * i, generalized, eps);
+}
+
+template <class T>
+void box_iou_pairs_backward(const T* a, const T* b, const T* g, std::size_t n, bool generalized,
+                            T eps, T* ga, T* gb) {
     std::fill(ga, ga + 4 * n, T(0));
     std::fill(gb, gb + 4 * n, T(0));
     for (std::size_t i = 0; i < n; ++i)
-        generalized_box_iou_backward(a + 4 * i, b + 4 * i, g[i], ga + 4 * i, gb + 4 * i);
+        box_iou_backward(a + 4 * i, b + 4 * i, g[i], generalized, eps, ga + 4 * i, gb + 4 * i);
 }
 
 template <class T>
@@ -701,8 +722,11 @@ std::size_t select_keyframes(const T* scores, std::size_t n, std::size_t k, std:
                                       std::size_t);                                            \
     template void box_iou_matrix<T>(const T*, std::size_t, const T*, std::size_t, bool, T*,    \
                                     std::size_t);                                              \
-    template void box_iou_pairs<T>(const T*, const T*, std::size_t, bool, T*);                 \
-    template void giou_pairs_backward<T>(const T*, const T*, const T*, std::size_t, T*, T*);   \
+    template void box_iou_matrix_backward<T>(const T*, std::size_t, const T*, std::size_t,    \
+                                             const T*, bool, T*, T*, std::size_t);           \
+    template void box_iou_pairs<T>(const T*, const T*, std::size_t, bool, T, T*);              \
+    template void box_iou_pairs_backward<T>(const T*, const T*, const T*, std::size_t, bool,   \
+                                            T, T*, T*);                                      \
     template void temporal_iou_matrix<T>(const T*, std::size_t, const T*, std::size_t, T*);    \
     template void frame_scores<T>(const T*, std::size_t, const T*, std::size_t, std::size_t,  \
                                   T*, std::size_t);                                            \

@@ -29,13 +29,21 @@ template <class T>
 void box_iou_matrix(const T* a, std::size_t na, const T* b, std::size_t nb, bool generalized,
                     T* out, std::size_t num_threads);
 
-// Elementwise IoU or GIoU of n box pairs.
+// Gradient of box_iou_matrix, given d out [na, nb]: into ga [na, 4], gb [nb, 4].
 template <class T>
-void box_iou_pairs(const T* a, const T* b, std::size_t n, bool generalized, T* out);
+void box_iou_matrix_backward(const T* a, std::size_t na, const T* b, std::size_t nb,
+                             const T* g, bool generalized, T* ga, T* gb,
+                             std::size_t num_threads);
 
-// Gradient of elementwise GIoU, given d out: into ga, gb [n, 4].
+// Elementwise IoU or GIoU of n box pairs; eps guards the ratios as in
+// torchvision's losses (inter / (union + eps)).
 template <class T>
-void giou_pairs_backward(const T* a, const T* b, const T* g, std::size_t n, T* ga, T* gb);
+void box_iou_pairs(const T* a, const T* b, std::size_t n, bool generalized, T eps, T* out);
+
+// Gradient of box_iou_pairs, given d out: into ga, gb [n, 4].
+template <class T>
+void box_iou_pairs_backward(const T* a, const T* b, const T* g, std::size_t n, bool generalized,
+                            T eps, T* ga, T* gb);
 
 // Pairwise [na, nb] temporal IoU of [start, end] intervals.
 template <class T>

@@ -33,12 +33,14 @@ EVIDEX_HD T box_area(const T* b) {
     return max_(b[2] - b[0], T(0)) * max_(b[3] - b[1], T(0));
 }
 
-// x / y, or 0 where y <= 0; branch-free (the division never sees 0), so the CPU
-// loops that call it vectorise.
+// x / (y + eps), or 0 where y + eps <= 0; branch-free (the division never sees
+// 0), so the CPU loops that call it vectorise. eps is torchvision's losses'
+// guard (0 for the IoU matrices, which have none).
 template <class T>
-EVIDEX_HD T ratio_or_zero(T x, T y) {
-    const bool ok = y > T(0);
-    return ok ? x / (ok ? y : T(1)) : T(0);
+EVIDEX_HD T ratio_or_zero(T x, T y, T eps = T(0)) {
+    const T d = y + eps;
+    const bool ok = d > T(0);
+    return ok ? x / (ok ? d : T(1)) : T(0);
 }
 
 // IoU and GIoU of boxes given as coordinates and areas (areas of degenerate
@@ -46,18 +48,18 @@ EVIDEX_HD T ratio_or_zero(T x, T y) {
 // the union is empty, where torchvision's formula would give NaN.
 template <class T>
 EVIDEX_HD T iou_xyxy(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b,
-                     bool generalized) {
+                     bool generalized, T eps = T(0)) {
     const T iw = max_(min_(ax2, bx2) - max_(ax1, bx1), T(0));
     const T ih = max_(min_(ay2, by2) - max_(ay1, by1), T(0));
     const T inter = iw * ih;
     const T uni = area_a + area_b - inter;
-    const T iou = ratio_or_zero(inter, uni);
+    const T iou = ratio_or_zero(inter, uni, eps);
     if (!generalized) return iou;
     // Generalised IoU: IoU - (enclosing area - union) / enclosing area.
     const T cw = max_(max_(ax2, bx2) - min_(ax1, bx1), T(0));
     const T ch = max_(max_(ay2, by2) - min_(ay1, by1), T(0));
     const T enclose = cw * ch;
-    return iou - ratio_or_zero(enclose - uni, enclose);
+    return iou - ratio_or_zero(enclose - uni, enclose, eps);
 }
 
 // Coordinates past this make the formula's products overflow T (float32 areas
@@ -76,7 +78,8 @@ EVIDEX_HD T max_abs_coordinate(const T* b) {
 
 // The scale that brings two boxes' coordinates into [-1, 1], or 0 when they are
 // small enough for the plain formula. IoU and GIoU are ratios of areas, so they
-// are the same on scaled boxes (and their gradients scale by it).
+// are the same on scaled boxes (with eps scaled as the areas are), and their
+// gradients scale by it.
 template <class T>
 EVIDEX_HD T overflow_scale(const T* a, const T* b) {
     const T m = max_(max_abs_coordinate(a), max_abs_coordinate(b));
@@ -84,26 +87,16 @@ EVIDEX_HD T overflow_scale(const T* a, const T* b) {
 }
 
 template <class T>
-EVIDEX_HD T iou_pair(const T* a, const T* b, bool generalized) {
+EVIDEX_HD T iou_pair(const T* a, const T* b, bool generalized, T eps = T(0)) {
     const T s = overflow_scale(a, b);
     if (s > T(0)) {
         const T sa[4] = {a[0] * s, a[1] * s, a[2] * s, a[3] * s};
         const T sb[4] = {b[0] * s, b[1] * s, b[2] * s, b[3] * s};
         return iou_xyxy(sa[0], sa[1], sa[2], sa[3], box_area(sa), sb[0], sb[1], sb[2], sb[3],
-                        box_area(sb), generalized);
+                        box_area(sb), generalized, eps * s * s);
     }
     return iou_xyxy(a[0], a[1], a[2], a[3], box_area(a), b[0], b[1], b[2], b[3], box_area(b),
-                    generalized);
-}
-
-template <class T>
-EVIDEX_HD T box_iou(const T* a, const T* b) {
-    return iou_pair(a, b, false);
-}
-
-template <class T>
-EVIDEX_HD T generalized_box_iou(const T* a, const T* b) {
-    return iou_pair(a, b, true);
+                    generalized, eps);
 }
 
 // expf(x) for x <= 0 (a softmax after max subtraction): Cody-Waite range
@@ -136,11 +129,13 @@ EVIDEX_HD float exp_nonpositive(float x) {
     return p * scale * flush;
 }
 
-// d GIoU / d (a, b), given the upstream gradient g: adds into ga[4], gb[4].
-// Follows the same piecewise branches as the forward (subgradient 0 at ties and
-// on clamped sides), so it matches autograd of the plain-torch composition.
+// d IoU (or GIoU) / d (a, b), given the upstream gradient g: adds into ga[4],
+// gb[4]. Follows the same piecewise branches as the forward (subgradient 0 at
+// ties and on clamped sides), so it matches autograd of the plain-torch
+// composition.
 template <class T>
-EVIDEX_HD void giou_backward_unscaled(const T* a, const T* b, T g, T* ga, T* gb) {
+EVIDEX_HD void iou_backward_unscaled(const T* a, const T* b, T g, bool generalized, T eps, T* ga,
+                                     T* gb) {
     // Forward pieces.
     const T wa = a[2] - a[0], ha = a[3] - a[1], wb = b[2] - b[0], hb = b[3] - b[1];
     const bool wa_pos = wa > T(0), ha_pos = ha > T(0), wb_pos = wb > T(0), hb_pos = hb > T(0);
@@ -162,15 +157,17 @@ EVIDEX_HD void giou_backward_unscaled(const T* a, const T* b, T g, T* ga, T* gb)
     const T cw = cw_pos ? cw_raw : T(0), ch = ch_pos ? ch_raw : T(0);
     const T enclose = cw * ch;
 
-    // giou = inter/uni - (enclose - uni)/enclose = inter/uni - 1 + uni/enclose
+    // iou = inter/(uni+eps); giou = iou - (enclose - uni)/(enclose+eps)
     T g_inter = 0, g_uni = 0, g_enc = 0;
-    if (uni > T(0)) {
-        g_inter += g / uni;
-        g_uni -= g * inter / (uni * uni);
+    const T du = uni + eps, de = enclose + eps;
+    if (du > T(0)) {
+        g_inter += g / du;
+        g_uni -= g * inter / (du * du);
     }
-    if (enclose > T(0)) {
-        g_uni += g / enclose;
-        g_enc -= g * uni / (enclose * enclose);
+    if (generalized && de > T(0)) {
+        // -(enclose - uni)/de: d/d uni = 1/de, d/d enclose = -(de - enclose + uni)/de^2
+        g_uni += g / de;
+        g_enc -= g * (eps + uni) / (de * de);
     }
     // uni = area_a + area_b - inter
     const T g_area_a = g_uni, g_area_b = g_uni;
@@ -207,20 +204,21 @@ EVIDEX_HD void giou_backward_unscaled(const T* a, const T* b, T g, T* ga, T* gb)
 }
 
 template <class T>
-EVIDEX_HD void generalized_box_iou_backward(const T* a, const T* b, T g, T* ga, T* gb) {
+EVIDEX_HD void box_iou_backward(const T* a, const T* b, T g, bool generalized, T eps, T* ga,
+                                T* gb) {
     const T s = overflow_scale(a, b);
     if (s > T(0)) {
         const T sa[4] = {a[0] * s, a[1] * s, a[2] * s, a[3] * s};
         const T sb[4] = {b[0] * s, b[1] * s, b[2] * s, b[3] * s};
         T da[4] = {T(0), T(0), T(0), T(0)}, db[4] = {T(0), T(0), T(0), T(0)};
-        giou_backward_unscaled(sa, sb, g, da, db);
+        iou_backward_unscaled(sa, sb, g, generalized, eps * s * s, da, db);
         for (int i = 0; i < 4; ++i) {
             ga[i] += da[i] * s;  // d f(s x) / dx = s f'(s x), and f(s x) = f(x)
             gb[i] += db[i] * s;
         }
         return;
     }
-    giou_backward_unscaled(a, b, g, ga, gb);
+    iou_backward_unscaled(a, b, g, generalized, eps, ga, gb);
 }
 
 // IoU of two frame intervals [start, end] (inclusive ends count as length end-start).

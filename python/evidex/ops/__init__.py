@@ -2,7 +2,9 @@
 
 Selection (CLaRa): `st_topk`, `st_select`. Boxes (torchvision.ops semantics and
 formats): `box_convert`, `box_area`, `box_iou`, `generalized_box_iou`,
-`box_iou_pairs`, `generalized_box_iou_pairs`, `generalized_box_iou_loss`. Video:
+`distance_box_iou`, `complete_box_iou`, `box_iou_pairs`, `generalized_box_iou_pairs`,
+and the losses `generalized_box_iou_loss`, `distance_box_iou_loss`,
+`complete_box_iou_loss`. Video:
 `frame_scores`, `select_keyframes`, `temporal_iou`. Every op is a
 ``torch.library.custom_op`` (``torch.ops.evidex.*``) with a fake implementation, so
 ``torch.compile(fullgraph=True)`` traces it, and an autograd formula where it has a
@@ -29,6 +31,10 @@ __all__ = [
     "box_convert",
     "box_iou",
     "box_iou_pairs",
+    "complete_box_iou",
+    "complete_box_iou_loss",
+    "distance_box_iou",
+    "distance_box_iou_loss",
     "frame_scores",
     "generalized_box_iou",
     "generalized_box_iou_loss",
@@ -44,12 +50,20 @@ _BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 
 # ----------------------------------------------------------------- argument checks
-def _float_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
-    """(tensor, came_from_numpy). Integer and other dtypes are refused."""
+def _real_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
+    """(tensor, came_from_numpy) of any real dtype (not bool or complex)."""
     from_numpy = isinstance(x, np.ndarray)
     t = torch.from_numpy(x) if from_numpy else x
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
+    return t, from_numpy
+
+
+def _float_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
+    """(tensor, came_from_numpy). Integer and other dtypes are refused."""
+    t, from_numpy = _real_tensor(x, name)
     if t.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
     return t, from_numpy
@@ -175,20 +189,73 @@ def st_select(
 
 
 # ----------------------------------------------------------------- boxes
+# torchvision.ops' box functions, names, argument order and dtype rules (boxes of
+# any real dtype; integer and half boxes computed in a wider type, their IoUs
+# returned as float32; leading batch dimensions). One deliberate difference:
+# degenerate boxes (x2 < x1 or y2 < y1) have area 0 and an empty union gives IoU
+# 0, where torchvision gives negative areas and NaN; the rewards that use these
+# ops must never see NaN. Not TorchScript-able (numpy inputs, keyword checks);
+# torch.compile and torch.export trace them.
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """torchvision's rule for areas: half floats to float32, small ints to int32."""
+    if t.is_floating_point():
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t if t.dtype in (torch.int32, torch.int64) else t.int()
+
+
+def _compute_dtype(*ts: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(dtype the kernels compute in, dtype returned) for IoU-like ops: float32
+    and float64 as given; half floats in float32; integers exactly in float64,
+    returned as float32 (torchvision's true division of integer tensors)."""
+    out = torch.float32
+    for t in ts:
+        if t.dtype == torch.float64:
+            out = torch.float64
+    compute = out
+    if all(not t.is_floating_point() for t in ts):
+        compute = torch.float64
+    return compute, out
+
+
+def _as_boxes(x: Any, name: str, min_dim: int) -> tuple[torch.Tensor, bool]:
+    t, from_numpy = _real_tensor(x, name)
+    if t.dim() < min_dim or t.shape[-1] != 4:
+        shape = "[..., N, 4]" if min_dim == 2 else "[..., 4]"
+        raise ValueError(f"{name} must be {shape}, got {tuple(t.shape)}")
+    return t, from_numpy
+
+
+def _to_xyxy(t: torch.Tensor, fmt: str, dtype: torch.dtype, name: str) -> torch.Tensor:
+    if fmt not in _BOX_FORMATS:
+        raise ValueError(f"unknown box format {fmt!r}; expected one of {_BOX_FORMATS}")
+    t = t.to(dtype)
+    _check_finite(t, name)
+    return t if fmt == "xyxy" else box_convert(t, fmt, "xyxy")
+
+
 def box_convert(boxes: Any, in_fmt: str, out_fmt: str) -> Any:
-    """Convert [..., 4] boxes between ``xyxy``, ``xywh`` and ``cxcywh`` (torchvision's names)."""
+    """Convert [..., 4] boxes between ``xyxy``, ``xywh`` and ``cxcywh`` (torchvision's names).
+
+    Integer boxes stay integer where the conversion needs no halving (xyxy <-> xywh),
+    as in torchvision; the same format returns a copy.
+    """
     for fmt in (in_fmt, out_fmt):
         if fmt not in _BOX_FORMATS:
             raise ValueError(f"unknown box format {fmt!r}; expected one of {_BOX_FORMATS}")
-    b, from_numpy = _float_tensor(boxes, "boxes")
+    b, from_numpy = _real_tensor(boxes, "boxes")
     if b.shape[-1:] != (4,):
         raise ValueError(f"boxes must have a last dimension of 4, got {tuple(b.shape)}")
-    if in_fmt != out_fmt:
+    if in_fmt == out_fmt:
+        b = b.clone()
+    else:
         x, y, z, w = b.unbind(-1)
         if in_fmt == "xywh":
             b = torch.stack([x, y, x + z, y + w], -1)
         elif in_fmt == "cxcywh":
-            b = torch.stack([x - z / 2, y - w / 2, x + z / 2, y + w / 2], -1)
+            b = torch.stack([x - 0.5 * z, y - 0.5 * w, x + 0.5 * z, y + 0.5 * w], -1)
         x1, y1, x2, y2 = b.unbind(-1)
         if out_fmt == "xywh":
             b = torch.stack([x1, y1, x2 - x1, y2 - y1], -1)
@@ -197,69 +264,213 @@ def box_convert(boxes: Any, in_fmt: str, out_fmt: str) -> Any:
     return b.numpy() if from_numpy else b
 
 
-def _boxes(x: Any, name: str, fmt: str) -> tuple[torch.Tensor, bool]:
-    b, from_numpy = _float_tensor(x, name)
-    if b.dim() != 2 or b.shape[1] != 4:
-        raise ValueError(f"{name} must be [N, 4], got {tuple(b.shape)}")
-    _check_finite(b, name)
-    if fmt != "xyxy":
-        b = box_convert(b, fmt, "xyxy")
-    return b, from_numpy
-
-
 def box_area(boxes: Any, fmt: str = "xyxy") -> Any:
-    """Areas [N] of [N, 4] boxes; degenerate boxes (x2 < x1 or y2 < y1) have area 0."""
-    b, from_numpy = _boxes(boxes, "boxes", fmt)
-    area = (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)
+    """Areas [...] of [..., 4] boxes (torchvision.ops.box_area); degenerate boxes
+    (x2 < x1 or y2 < y1, or a negative width or height) have area 0.
+
+    Integer boxes give int32/int64 areas, half floats float32 (torchvision's upcast).
+    """
+    if fmt not in _BOX_FORMATS:
+        raise ValueError(f"unknown box format {fmt!r}; expected one of {_BOX_FORMATS}")
+    b, from_numpy = _as_boxes(boxes, "boxes", 1)
+    b = _upcast(b)
+    if b.is_floating_point():
+        _check_finite(b, "boxes")
+    if fmt == "xyxy":
+        w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    else:
+        w, h = b[..., 2], b[..., 3]
+    area = w.clamp_min(0) * h.clamp_min(0)
     return area.numpy() if from_numpy else area
 
 
-def _iou(a: Any, b: Any, generalized: bool, fmt: str, pairs: bool) -> Any:
-    """IoU/GIoU of every pair (``pairs=False``, [N, M]) or of matching rows ([N])."""
-    ta, from_numpy = _boxes(a, "boxes1", fmt)
-    tb, _ = _boxes(b, "boxes2", fmt)
-    if pairs and ta.shape != tb.shape:
+def _pairwise(a: Any, b: Any, generalized: bool, fmt: str) -> tuple[Any, bool, torch.dtype]:
+    """IoU/GIoU matrices [..., N, M] of [..., N, 4] and [..., M, 4] boxes by the
+    compiled kernel (leading dimensions broadcast); also (from_numpy, out dtype)."""
+    ta, from_numpy = _as_boxes(a, "boxes1", 2)
+    tb, _ = _as_boxes(b, "boxes2", 2)
+    if ta.device != tb.device:
+        raise ValueError(f"boxes1 and boxes2 are on {ta.device} and {tb.device}")
+    compute, out_dtype = _compute_dtype(ta, tb)
+    ta = _to_xyxy(ta, fmt, compute, "boxes1").contiguous()
+    tb = _to_xyxy(tb, fmt, compute, "boxes2").contiguous()
+    op = torch.ops.evidex.box_iou_matrix
+    if ta.dim() == 2 and tb.dim() == 2:
+        return op(ta, tb, generalized).to(out_dtype), from_numpy, out_dtype
+    try:
+        batch = torch.broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
+    except RuntimeError as e:
         raise ValueError(
-            f"boxes1 and boxes2 must have the same shape, got {tuple(ta.shape)} "
-            f"and {tuple(tb.shape)}"
-        )
-    if ta.dtype != tb.dtype or ta.device != tb.device:
-        raise TypeError("boxes1 and boxes2 must share dtype and device")
-    op = torch.ops.evidex.box_iou_pairs if pairs else torch.ops.evidex.box_iou_matrix
-    out = op(ta.contiguous(), tb.contiguous(), generalized)
-    return out.numpy() if from_numpy else out
+            f"the batch dimensions of boxes1 {tuple(ta.shape)} and boxes2 {tuple(tb.shape)} "
+            "do not broadcast"
+        ) from e
+    n, m = ta.shape[-2], tb.shape[-2]
+    fa = ta.expand(*batch, n, 4).reshape(-1, n, 4)
+    fb = tb.expand(*batch, m, 4).reshape(-1, m, 4)
+    rows = [op(fa[i], fb[i], generalized) for i in range(fa.shape[0])]
+    out = torch.stack(rows) if rows else ta.new_empty((0, n, m))
+    return out.reshape(*batch, n, m).to(out_dtype), from_numpy, out_dtype
+
+
+def _elementwise(a: Any, b: Any, generalized: bool, fmt: str, eps: float) -> tuple[Any, bool]:
+    """IoU/GIoU of matching [..., 4] boxes (broadcast), by the compiled kernel."""
+    ta, from_numpy = _as_boxes(a, "boxes1", 1)
+    tb, _ = _as_boxes(b, "boxes2", 1)
+    if ta.device != tb.device:
+        raise ValueError(f"boxes1 and boxes2 are on {ta.device} and {tb.device}")
+    compute, out_dtype = _compute_dtype(ta, tb)
+    ta = _to_xyxy(ta, fmt, compute, "boxes1")
+    tb = _to_xyxy(tb, fmt, compute, "boxes2")
+    try:
+        ta, tb = torch.broadcast_tensors(ta, tb)
+    except RuntimeError as e:
+        raise ValueError(
+            f"boxes1 {tuple(ta.shape)} and boxes2 {tuple(tb.shape)} do not broadcast"
+        ) from e
+    shape = ta.shape[:-1]
+    out = torch.ops.evidex.box_iou_pairs(
+        ta.reshape(-1, 4).contiguous(), tb.reshape(-1, 4).contiguous(), generalized, float(eps)
+    )
+    return out.reshape(shape).to(out_dtype), from_numpy
+
+
+def _numpy_out(t: torch.Tensor, from_numpy: bool) -> Any:
+    return t.detach().numpy() if from_numpy else t
 
 
 def box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
-    """Pairwise IoU [N, M]; 0 where the union is empty, never NaN."""
-    return _iou(boxes1, boxes2, False, fmt, pairs=False)
+    """Pairwise IoU [..., N, M] of [..., N, 4] and [..., M, 4] boxes
+    (torchvision.ops.box_iou), differentiable; 0 where the union is empty."""
+    out, from_numpy, _ = _pairwise(boxes1, boxes2, False, fmt)
+    return _numpy_out(out, from_numpy)
 
 
 def generalized_box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
-    """Pairwise generalised IoU [N, M], in [-1, 1]."""
-    return _iou(boxes1, boxes2, True, fmt, pairs=False)
+    """Pairwise generalised IoU [..., N, M], in [-1, 1], differentiable
+    (torchvision.ops.generalized_box_iou)."""
+    out, from_numpy, _ = _pairwise(boxes1, boxes2, True, fmt)
+    return _numpy_out(out, from_numpy)
+
+
+def _distance_terms(
+    a: torch.Tensor, b: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared centre distance / squared enclosing diagonal, aspect-ratio term v)
+    of broadcast xyxy boxes: the DIoU and CIoU penalties (Zheng et al., 2020)."""
+    lt = torch.minimum(a[..., :2], b[..., :2])
+    rb = torch.maximum(a[..., 2:], b[..., 2:])
+    diagonal = (rb - lt).clamp_min(0).pow(2).sum(-1) + eps
+    centres = ((a[..., :2] + a[..., 2:]) - (b[..., :2] + b[..., 2:])) / 2
+    penalty = centres.pow(2).sum(-1) / diagonal
+    wa, ha = a[..., 2] - a[..., 0], a[..., 3] - a[..., 1]
+    wb, hb = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    v = (4 / math.pi**2) * (torch.atan(wa / ha) - torch.atan(wb / hb)).pow(2)
+    return penalty, v
+
+
+def _check_eps(eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return float(eps)
+
+
+def _complete(iou: torch.Tensor, penalty: torch.Tensor, v: torch.Tensor, eps: float):
+    with torch.no_grad():  # CIoU's trade-off weight is a constant for the gradient
+        alpha = v / (1 - iou + v + eps)
+    return iou - penalty - alpha * v
+
+
+def _pairwise_family(boxes1: Any, boxes2: Any, eps: float, complete: bool) -> Any:
+    eps = _check_eps(eps)
+    iou, from_numpy, out_dtype = _pairwise(boxes1, boxes2, False, "xyxy")
+    ta, _ = _as_boxes(boxes1, "boxes1", 2)
+    tb, _ = _as_boxes(boxes2, "boxes2", 2)
+    dtype = iou.dtype
+    a = ta.to(dtype).unsqueeze(-2)  # [..., N, 1, 4]
+    b = tb.to(dtype).unsqueeze(-3)  # [..., 1, M, 4]
+    penalty, v = _distance_terms(a, b, eps)
+    out = _complete(iou, penalty, v, eps) if complete else iou - penalty
+    return _numpy_out(out.to(out_dtype), from_numpy)
+
+
+def distance_box_iou(boxes1: Any, boxes2: Any, eps: float = 1e-7) -> Any:
+    """Pairwise distance IoU [..., N, M] (torchvision.ops.distance_box_iou): IoU
+    less the squared centre distance over the squared enclosing diagonal."""
+    return _pairwise_family(boxes1, boxes2, eps, complete=False)
+
+
+def complete_box_iou(boxes1: Any, boxes2: Any, eps: float = 1e-7) -> Any:
+    """Pairwise complete IoU [..., N, M] (torchvision.ops.complete_box_iou):
+    distance IoU less the aspect-ratio term."""
+    return _pairwise_family(boxes1, boxes2, eps, complete=True)
 
 
 def box_iou_pairs(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
-    """Elementwise IoU [N] of two [N, 4] box sets."""
-    return _iou(boxes1, boxes2, False, fmt, pairs=True)
+    """Elementwise IoU [...] of matching [..., 4] boxes, differentiable."""
+    out, from_numpy = _elementwise(boxes1, boxes2, False, fmt, 0.0)
+    return _numpy_out(out, from_numpy)
 
 
 def generalized_box_iou_pairs(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
-    """Elementwise generalised IoU [N], differentiable in both box sets."""
-    return _iou(boxes1, boxes2, True, fmt, pairs=True)
+    """Elementwise generalised IoU [...] of matching [..., 4] boxes, differentiable."""
+    out, from_numpy = _elementwise(boxes1, boxes2, True, fmt, 0.0)
+    return _numpy_out(out, from_numpy)
 
 
-def generalized_box_iou_loss(
-    boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", fmt: str = "xyxy"
-) -> torch.Tensor:
-    """``1 - GIoU`` of box pairs (torchvision.ops.generalized_box_iou_loss), with gradients."""
-    if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    loss = 1 - generalized_box_iou_pairs(boxes1, boxes2, fmt)
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return loss.mean() if loss.numel() else loss.sum()
     return loss.sum() if reduction == "sum" else loss
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"Invalid value for reduction: {reduction!r}; expected 'none', 'mean' or 'sum'"
+        )
+
+
+def generalized_box_iou_loss(
+    boxes1: torch.Tensor,
+    boxes2: torch.Tensor,
+    reduction: str = "none",
+    eps: float = 1e-7,
+    *,
+    fmt: str = "xyxy",
+) -> torch.Tensor:
+    """``1 - GIoU`` of matching [..., 4] boxes (torchvision.ops.generalized_box_iou_loss:
+    same arguments, ``eps`` guarding both ratios), by the compiled kernel with its
+    compiled gradient."""
+    _check_reduction(reduction)
+    giou, _ = _elementwise(boxes1, boxes2, True, fmt, _check_eps(eps))
+    return _reduce(1 - giou, reduction)
+
+
+def _loss_family(boxes1: Any, boxes2: Any, reduction: str, eps: float, complete: bool):
+    _check_reduction(reduction)
+    eps = _check_eps(eps)
+    iou, _ = _elementwise(boxes1, boxes2, False, "xyxy", eps)
+    ta, _ = _as_boxes(boxes1, "boxes1", 1)
+    tb, _ = _as_boxes(boxes2, "boxes2", 1)
+    penalty, v = _distance_terms(ta.to(iou.dtype), tb.to(iou.dtype), eps)
+    score = _complete(iou, penalty, v, eps) if complete else iou - penalty
+    return _reduce(1 - score, reduction)
+
+
+def distance_box_iou_loss(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7
+) -> torch.Tensor:
+    """``1 - DIoU`` of matching [..., 4] boxes (torchvision.ops.distance_box_iou_loss)."""
+    return _loss_family(boxes1, boxes2, reduction, eps, complete=False)
+
+
+def complete_box_iou_loss(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7
+) -> torch.Tensor:
+    """``1 - CIoU`` of matching [..., 4] boxes (torchvision.ops.complete_box_iou_loss)."""
+    return _loss_family(boxes1, boxes2, reduction, eps, complete=True)
 
 
 # ----------------------------------------------------------------- video

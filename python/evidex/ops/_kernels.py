@@ -79,9 +79,16 @@ def _check_backward(
     _require(mode in (0, 1), op, f"mode must be 0 (softmax) or 1 (successive), got {mode}")
 
 
-def _check_giou_backward(a: torch.Tensor, b: torch.Tensor, grad: torch.Tensor) -> None:
-    _check_boxes(a, b, "giou_pairs_backward", pairs=True)
-    _require(tuple(grad.shape) == (a.shape[0],), "giou_pairs_backward", "grad must be [N]")
+def _check_box_backward(
+    a: torch.Tensor, b: torch.Tensor, grad: torch.Tensor, op: str, pairs: bool
+) -> None:
+    _check_boxes(a, b, op, pairs=pairs)
+    want = (a.shape[0],) if pairs else (a.shape[0], b.shape[0])
+    _require(tuple(grad.shape) == want, op, f"grad must be {want}, got {tuple(grad.shape)}")
+
+
+def _check_eps(eps: float, op: str) -> None:
+    _require(eps >= 0 and math.isfinite(eps), op, f"eps must be finite and >= 0, got {eps}")
 
 
 def _check_frames(frames: torch.Tensor, queries: torch.Tensor) -> None:
@@ -292,16 +299,74 @@ def _(boxes1, boxes2, generalized):
     return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
 
 
+@torch.library.custom_op("evidex::box_iou_matrix_backward", mutates_args=(), device_types="cpu")
+def box_iou_matrix_backward_op(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, grad: torch.Tensor, generalized: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_box_backward(boxes1, boxes2, grad, "box_iou_matrix_backward", pairs=False)
+    g = _np(grad.to(boxes1.dtype))
+    ga, gb = _core.ops.box_iou_matrix_backward(_np(boxes1), _np(boxes2), g, generalized, _THREADS)
+    return torch.from_numpy(ga), torch.from_numpy(gb)
+
+
+@box_iou_matrix_backward_op.register_kernel("cuda")
+def _(boxes1, boxes2, grad, generalized):
+    _check_box_backward(boxes1, boxes2, grad, "box_iou_matrix_backward", pairs=False)
+    a, b, g = boxes1.contiguous(), boxes2.contiguous(), grad.to(boxes1.dtype).contiguous()
+    ga, gb = torch.empty_like(a), torch.empty_like(b)
+    if a.shape[0] + b.shape[0]:
+        _cuda().box_iou_matrix_backward(
+            a.data_ptr(),
+            b.data_ptr(),
+            g.data_ptr(),
+            ga.data_ptr(),
+            gb.data_ptr(),
+            a.shape[0],
+            b.shape[0],
+            generalized,
+            _dtype_code(a),
+            _stream(a),
+        )
+    return ga, gb
+
+
+@box_iou_matrix_backward_op.register_fake
+def _(boxes1, boxes2, grad, generalized):
+    _check_box_backward(boxes1, boxes2, grad, "box_iou_matrix_backward", pairs=False)
+    return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
+
+def _matrix_setup(ctx, inputs, output):
+    boxes1, boxes2, generalized = inputs
+    ctx.save_for_backward(boxes1, boxes2)
+    ctx.generalized = generalized
+
+
+def _matrix_backward(ctx, grad):
+    boxes1, boxes2 = ctx.saved_tensors
+    ga, gb = box_iou_matrix_backward_op(boxes1, boxes2, grad.contiguous(), ctx.generalized)
+    return ga, gb, None
+
+
+torch.library.register_autograd(
+    "evidex::box_iou_matrix", _matrix_backward, setup_context=_matrix_setup
+)
+
+
 @torch.library.custom_op("evidex::box_iou_pairs", mutates_args=(), device_types="cpu")
-def box_iou_pairs_op(boxes1: torch.Tensor, boxes2: torch.Tensor, generalized: bool) -> torch.Tensor:
-    """Elementwise [N] IoU or GIoU of two [N, 4] xyxy box sets."""
+def box_iou_pairs_op(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, generalized: bool, eps: float
+) -> torch.Tensor:
+    """Elementwise [N] IoU or GIoU of two [N, 4] xyxy box sets (eps as torchvision's losses)."""
     _check_boxes(boxes1, boxes2, "box_iou_pairs", pairs=True)
-    return torch.from_numpy(_core.ops.box_iou_pairs(_np(boxes1), _np(boxes2), generalized))
+    _check_eps(eps, "box_iou_pairs")
+    return torch.from_numpy(_core.ops.box_iou_pairs(_np(boxes1), _np(boxes2), generalized, eps))
 
 
 @box_iou_pairs_op.register_kernel("cuda")
-def _(boxes1, boxes2, generalized):
+def _(boxes1, boxes2, generalized, eps):
     _check_boxes(boxes1, boxes2, "box_iou_pairs", pairs=True)
+    _check_eps(eps, "box_iou_pairs")
     a, b = boxes1.contiguous(), boxes2.contiguous()
     out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
     if out.numel():
@@ -311,6 +376,7 @@ def _(boxes1, boxes2, generalized):
             out.data_ptr(),
             a.shape[0],
             generalized,
+            eps,
             _dtype_code(a),
             _stream(a),
         )
@@ -318,57 +384,61 @@ def _(boxes1, boxes2, generalized):
 
 
 @box_iou_pairs_op.register_fake
-def _(boxes1, boxes2, generalized):
+def _(boxes1, boxes2, generalized, eps):
     _check_boxes(boxes1, boxes2, "box_iou_pairs", pairs=True)
+    _check_eps(eps, "box_iou_pairs")
     return boxes1.new_empty(boxes1.shape[0])
 
 
-@torch.library.custom_op("evidex::giou_pairs_backward", mutates_args=(), device_types="cpu")
-def giou_pairs_backward_op(
-    boxes1: torch.Tensor, boxes2: torch.Tensor, grad: torch.Tensor
+@torch.library.custom_op("evidex::box_iou_pairs_backward", mutates_args=(), device_types="cpu")
+def box_iou_pairs_backward_op(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, grad: torch.Tensor, generalized: bool, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_giou_backward(boxes1, boxes2, grad)
-    ga, gb = _core.ops.giou_pairs_backward(_np(boxes1), _np(boxes2), _np(grad.to(boxes1.dtype)))
+    _check_box_backward(boxes1, boxes2, grad, "box_iou_pairs_backward", pairs=True)
+    ga, gb = _core.ops.box_iou_pairs_backward(
+        _np(boxes1), _np(boxes2), _np(grad.to(boxes1.dtype)), generalized, eps
+    )
     return torch.from_numpy(ga), torch.from_numpy(gb)
 
 
-@giou_pairs_backward_op.register_kernel("cuda")
-def _(boxes1, boxes2, grad):
-    _check_giou_backward(boxes1, boxes2, grad)
+@box_iou_pairs_backward_op.register_kernel("cuda")
+def _(boxes1, boxes2, grad, generalized, eps):
+    _check_box_backward(boxes1, boxes2, grad, "box_iou_pairs_backward", pairs=True)
     a, b, g = boxes1.contiguous(), boxes2.contiguous(), grad.to(boxes1.dtype).contiguous()
     ga, gb = torch.empty_like(a), torch.empty_like(b)
     if a.shape[0]:
-        _cuda().giou_pairs_backward(
+        _cuda().box_iou_pairs_backward(
             a.data_ptr(),
             b.data_ptr(),
             g.data_ptr(),
             ga.data_ptr(),
             gb.data_ptr(),
             a.shape[0],
+            generalized,
+            eps,
             _dtype_code(a),
             _stream(a),
         )
     return ga, gb
 
 
-@giou_pairs_backward_op.register_fake
-def _(boxes1, boxes2, grad):
-    _check_giou_backward(boxes1, boxes2, grad)
+@box_iou_pairs_backward_op.register_fake
+def _(boxes1, boxes2, grad, generalized, eps):
+    _check_box_backward(boxes1, boxes2, grad, "box_iou_pairs_backward", pairs=True)
     return torch.empty_like(boxes1), torch.empty_like(boxes2)
 
 
 def _pairs_setup(ctx, inputs, output):
-    boxes1, boxes2, generalized = inputs
+    boxes1, boxes2, generalized, eps = inputs
     ctx.save_for_backward(boxes1, boxes2)
     ctx.generalized = generalized
+    ctx.eps = eps
 
 
 def _pairs_backward(ctx, grad):
-    if not ctx.generalized:
-        raise RuntimeError("box_iou_pairs has no gradient; use generalized_box_iou_pairs")
     boxes1, boxes2 = ctx.saved_tensors
-    ga, gb = giou_pairs_backward_op(boxes1, boxes2, grad.contiguous())
-    return ga, gb, None
+    ga, gb = box_iou_pairs_backward_op(boxes1, boxes2, grad.contiguous(), ctx.generalized, ctx.eps)
+    return ga, gb, None, None
 
 
 torch.library.register_autograd(
