@@ -22,6 +22,26 @@ def test_import_needs_numpy_only() -> None:
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.parametrize(
+    ("module", "missing", "extra"),
+    [
+        ("evidex.train", "torch", "evidex[train]"),
+        ("evidex.train", "transformers", "evidex[train]"),
+        ("evidex.ops", "torch", "evidex[torch]"),
+    ],
+)
+def test_extras_missing_name_what_to_install(module, missing, extra) -> None:
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        "import evidex, evidex.compat.hnswlib\n"  # the core works without them
+        f"import {module}\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError") and extra in last, out.stderr
+
+
 def test_cuda_module_is_lazy_and_reports() -> None:
     # CI builds with EVIDEX_CUDA=ON, so there the module must exist.
     if os.environ.get("EVIDEX_CUDA") == "ON":

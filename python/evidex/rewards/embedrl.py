@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..evidence import Box, Evidence, parse_evidence
+from .columns import (
+    frame_counts_of,
+    image_sizes_of,
+    read_column,
+    reference_boxes_of,
+    reference_segments_of,
+)
 
 __all__ = [
+    "AlignmentReward",
     "EmbedRLReward",
+    "FormatReward",
+    "OutcomeReward",
     "alignment_reward",
     "evidence_text",
     "format_reward",
@@ -50,15 +60,18 @@ def evidence_text(query: str, ev: Evidence) -> str:
 def format_reward(
     evidence: Sequence[Evidence],
     problems: Sequence[Sequence[str]],
-    image_sizes: Sequence[dict[str, tuple[int, int]] | None] | None = None,
-    frame_counts: Sequence[dict[str, int] | None] | None = None,
+    image_sizes: Sequence[Any] | None = None,
+    frame_counts: Sequence[Any] | None = None,
     keyword_range: tuple[int, int] = (1, 10),
 ) -> list[float]:
     """Fraction of checks passed: reasoning present, no parser problems, keyword count in
     range, boxes inside their image with positive area (examples with images), key frames
-    inside their video (examples with videos)."""
+    inside their video (examples with videos). Columns in any form `evidex.rewards.columns`
+    reads."""
     n = len(evidence)
     _check_lengths(n, problems=problems, image_sizes=image_sizes, frame_counts=frame_counts)
+    image_sizes = read_column(image_sizes, image_sizes_of, "image_sizes")
+    frame_counts = read_column(frame_counts, frame_counts_of, "frame_counts")
     lo, hi = keyword_range
     scores = []
     for i, ev in enumerate(evidence):
@@ -91,9 +104,9 @@ def _box_inside(box: Box, sizes: dict[str, tuple[int, int]]) -> bool:
 def alignment_reward(
     evidence: Sequence[Evidence],
     targets: Sequence[str],
-    reference_boxes: Sequence[Sequence[Box] | None] | None = None,
-    image_sizes: Sequence[dict[str, tuple[int, int]] | None] | None = None,
-    reference_segments: Sequence[dict[str, Sequence[tuple[float, float]]] | None] | None = None,
+    reference_boxes: Sequence[Any] | None = None,
+    image_sizes: Sequence[Any] | None = None,
+    reference_segments: Sequence[Any] | None = None,
     queries: Sequence[str] | None = None,
     embedder: Any = None,
 ) -> list[float]:
@@ -109,6 +122,11 @@ def alignment_reward(
         image_sizes=image_sizes,
         reference_segments=reference_segments,
         queries=queries,
+    )
+    reference_boxes = read_column(reference_boxes, reference_boxes_of, "reference_boxes")
+    image_sizes = read_column(image_sizes, image_sizes_of, "image_sizes")
+    reference_segments = read_column(
+        reference_segments, reference_segments_of, "reference_segments"
     )
     cos = None
     if embedder is not None:
@@ -278,7 +296,189 @@ def outcome_reward_index(
     return out
 
 
-# ----------------------------------------------------------------- combined
+# ----------------------------------------------------------------- TRL reward functions
+def completion_text(completion: Any) -> str:
+    """A completion as text: TRL passes strings, or for conversational datasets a list
+    of messages (the assistant's contents are joined)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        completion = [completion]
+    if isinstance(completion, Sequence):
+        parts = []
+        for message in completion:
+            content = message.get("content") if isinstance(message, Mapping) else message
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, Sequence):  # multimodal content: its text parts
+                parts.extend(
+                    c.get("text", "") for c in content if isinstance(c, Mapping) and c.get("text")
+                )
+        return "\n".join(parts)
+    raise TypeError(
+        f"a completion must be text or a list of messages, got {type(completion).__name__}"
+    )
+
+
+def _parsed(
+    prompts: Sequence[Any], completions: Sequence[Any]
+) -> tuple[list[Evidence], list[list[str]]]:
+    n = len(completions)
+    if len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts for {n} completions")
+    parsed = [parse_evidence(completion_text(c)) for c in completions]
+    return [p.evidence for p in parsed], [p.problems for p in parsed]
+
+
+def _column(kwargs: dict[str, Any], name: str, n: int, owner: str) -> list[Any]:
+    if name not in kwargs:
+        raise ValueError(f"{owner} needs the dataset column {name!r}")
+    values = list(kwargs[name])
+    _check_lengths(n, **{name: values})
+    return values
+
+
+class _ComponentReward:
+    """A TRL reward function over parsed evidence: subclasses implement `score`."""
+
+    __name__ = "embed_rl_component"
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float]:
+        evidence, problems = _parsed(prompts, completions)
+        return self.score(evidence, problems, kwargs)
+
+    def score(
+        self, evidence: list[Evidence], problems: list[list[str]], kwargs: dict[str, Any]
+    ) -> list[float]:
+        raise NotImplementedError
+
+
+class FormatReward(_ComponentReward):
+    """The format reward alone, as a TRL reward function (no embedder needed).
+
+    Reads the optional columns ``image_sizes`` and ``frame_counts``.
+    """
+
+    def __init__(self, keyword_range: tuple[int, int] = (1, 10)) -> None:
+        lo, hi = keyword_range
+        if not 0 <= lo <= hi:
+            raise ValueError(
+                f"keyword_range must be (lo, hi) with 0 <= lo <= hi, got {keyword_range}"
+            )
+        self.keyword_range = (int(lo), int(hi))
+        self.__name__ = "embed_rl_format"
+
+    def score(
+        self, evidence: list[Evidence], problems: list[list[str]], kwargs: dict[str, Any]
+    ) -> list[float]:
+        return format_reward(
+            evidence,
+            problems,
+            kwargs.get("image_sizes"),
+            kwargs.get("frame_counts"),
+            self.keyword_range,
+        )
+
+
+class AlignmentReward(_ComponentReward):
+    """The alignment reward alone, as a TRL reward function.
+
+    Reads ``target`` (and ``query`` when an embedder is given) and the optional columns
+    ``reference_boxes``, ``image_sizes`` and ``reference_segments``. With ``judge``, a
+    process scorer ``judge(query, target, evidence) -> [0, 1]`` is averaged in.
+    """
+
+    def __init__(
+        self, embedder: Any = None, judge: Callable[[str, str, Evidence], float] | None = None
+    ) -> None:
+        if embedder is not None and not hasattr(embedder, "encode"):
+            raise TypeError("embedder must have encode(texts) -> [n, d] array")
+        self.embedder = embedder
+        self.judge = judge
+        self.__name__ = "embed_rl_alignment"
+
+    def score(
+        self, evidence: list[Evidence], problems: list[list[str]], kwargs: dict[str, Any]
+    ) -> list[float]:
+        n = len(evidence)
+        targets = _column(kwargs, "target", n, "the alignment reward")
+        needs_query = self.embedder is not None or self.judge is not None
+        queries = _column(kwargs, "query", n, "the alignment reward") if needs_query else None
+        scores = alignment_reward(
+            evidence,
+            targets,
+            kwargs.get("reference_boxes"),
+            kwargs.get("image_sizes"),
+            kwargs.get("reference_segments"),
+            queries,
+            self.embedder,
+        )
+        if self.judge is not None:
+            judged = [float(self.judge(q, t, ev)) for q, t, ev in zip(queries, targets, evidence)]
+            scores = [(a + min(1.0, max(0.0, j))) / 2 for a, j in zip(scores, judged)]
+        return scores
+
+
+class OutcomeReward(_ComponentReward):
+    """The outcome reward alone, as a TRL reward function: how well the frozen embedder,
+    reading the query with the evidence, retrieves the target.
+
+    Reads ``query`` and ``target``, and ``candidates`` (default: the batch's targets) or,
+    with ``candidate_index`` (an `evidex.HNSWIndex` of candidate embeddings), ``target_id``.
+    """
+
+    def __init__(
+        self,
+        embedder: Any,
+        form: str = "reciprocal_rank",
+        temperature: float = 0.05,
+        candidate_index: Any = None,
+        index_k: int = 100,
+    ) -> None:
+        if not hasattr(embedder, "encode"):
+            raise TypeError("embedder must have encode(texts) -> [n, d] array")
+        if form not in ("reciprocal_rank", "softmax", "margin"):
+            raise ValueError(f"unknown form {form!r}")
+        self.embedder = embedder
+        self.form = form
+        self.temperature = temperature
+        self.candidate_index = candidate_index
+        self.index_k = index_k
+        self.__name__ = "embed_rl_outcome"
+
+    def score(
+        self, evidence: list[Evidence], problems: list[list[str]], kwargs: dict[str, Any]
+    ) -> list[float]:
+        n = len(evidence)
+        queries = _column(kwargs, "query", n, "the outcome reward")
+        q = self.embedder.encode([evidence_text(qq, ev) for qq, ev in zip(queries, evidence)])
+        if self.candidate_index is not None:
+            target_ids = _column(kwargs, "target_id", n, "the outcome reward over an index")
+            form = "softmax" if self.form == "softmax" else "reciprocal_rank"
+            return outcome_reward_index(
+                q, self.candidate_index, target_ids, self.index_k, form, self.temperature
+            )
+        targets = _column(kwargs, "target", n, "the outcome reward")
+        candidates = kwargs.get("candidates")
+        if candidates is None:
+            pools = [list(dict.fromkeys(targets)) for _ in range(n)]
+        else:
+            _check_lengths(n, candidates=candidates)
+            pools = [list(dict.fromkeys([t, *(c or ())])) for t, c in zip(targets, candidates)]
+        texts = sorted({t for pool in pools for t in pool})
+        emb = self.embedder.encode(texts)
+        where = {t: i for i, t in enumerate(texts)}
+        size = max(len(p) for p in pools)
+        cand = np.zeros((n, size, q.shape[1]), dtype=np.float64)
+        for b, pool in enumerate(pools):
+            cand[b, : len(pool)] = emb[[where[t] for t in pool]]
+            cand[b, len(pool) :] = -q[b]  # padding: never closer than a real candidate
+        target_index = [pool.index(t) for pool, t in zip(pools, targets)]
+        return outcome_reward(q, cand, target_index, self.form, self.temperature)
+
+
 @dataclass
 class _Last:
     format: list[float]
@@ -288,6 +488,10 @@ class _Last:
 
 class EmbedRLReward:
     """format, alignment and outcome rewards from a frozen embedder, in TRL's signature.
+
+    The three are `FormatReward`, `AlignmentReward` and `OutcomeReward`, weighted; each is
+    also a TRL reward function by itself (`component`). The columns they read, and a helper
+    that builds a valid `datasets.Dataset`: `evidex.rewards.columns`.
 
     Args:
         embedder: anything with ``encode(texts) -> float32 [n, d]`` (L2-normalised), frozen.
@@ -316,106 +520,33 @@ class EmbedRLReward:
             raise TypeError("embedder must have encode(texts) -> [n, d] array")
         self.embedder = embedder
         self.weights = tuple(float(w) for w in weights)
-        self.outcome_form = outcome_form
-        self.temperature = temperature
-        self.keyword_range = keyword_range
-        self.judge = judge
-        self.candidate_index = candidate_index
-        self.index_k = index_k
+        self.format = FormatReward(keyword_range)
+        self.alignment = AlignmentReward(embedder, judge)
+        self.outcome = OutcomeReward(embedder, outcome_form, temperature, candidate_index, index_k)
         self.last: _Last | None = None
         self.__name__ = "embed_rl_reward"  # TRL logs reward functions by name
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-    ) -> list[float | None]:
-        n = len(completions)
-        if len(prompts) != n:
-            raise ValueError(f"got {len(prompts)} prompts for {n} completions")
+    ) -> list[float]:
+        evidence, problems = _parsed(prompts, completions)
+        n = len(evidence)
         for required in ("query", "target"):
-            if required not in kwargs:
-                raise ValueError(f"EmbedRLReward needs the dataset column {required!r}")
-        queries, targets = list(kwargs["query"]), list(kwargs["target"])
-        _check_lengths(n, query=queries, target=targets)
-        parsed = [parse_evidence(c) for c in completions]
-        evidence = [p.evidence for p in parsed]
-        fmt = format_reward(
-            evidence,
-            [p.problems for p in parsed],
-            kwargs.get("image_sizes"),
-            kwargs.get("frame_counts"),
-            self.keyword_range,
-        )
-        ali = alignment_reward(
-            evidence,
-            targets,
-            kwargs.get("reference_boxes"),
-            kwargs.get("image_sizes"),
-            kwargs.get("reference_segments"),
-            queries,
-            self.embedder,
-        )
-        if self.judge is not None:
-            judged = [float(self.judge(q, t, ev)) for q, t, ev in zip(queries, targets, evidence)]
-            ali = [(a + min(1.0, max(0.0, j))) / 2 for a, j in zip(ali, judged)]
-        if self.candidate_index is not None:
-            if "target_id" not in kwargs:
-                raise ValueError(
-                    "with a candidate_index, EmbedRLReward needs the column 'target_id'"
-                )
-            q = self.embedder.encode([evidence_text(qq, ev) for qq, ev in zip(queries, evidence)])
-            form = "softmax" if self.outcome_form == "softmax" else "reciprocal_rank"
-            out = outcome_reward_index(
-                q,
-                self.candidate_index,
-                list(kwargs["target_id"]),
-                self.index_k,
-                form,
-                self.temperature,
-            )
-        else:
-            out = self._outcome(queries, targets, evidence, kwargs.get("candidates"))
+            _column(kwargs, required, n, "EmbedRLReward")
+        fmt = self.format.score(evidence, problems, kwargs)
+        ali = self.alignment.score(evidence, problems, kwargs)
+        out = self.outcome.score(evidence, problems, kwargs)
         self.last = _Last(fmt, ali, out)
         wf, wa, wo = self.weights
         return [wf * f + wa * a + wo * o for f, a, o in zip(fmt, ali, out)]
 
     def component(self, name: str) -> RewardFn:
         """One component as its own TRL reward function (``"format"``, ``"alignment"`` or
-        ``"outcome"``), e.g. ``GRPOTrainer(reward_funcs=[r.component("format"), ...])``."""
+        ``"outcome"``), computing only that component, e.g.
+        ``GRPOTrainer(reward_funcs=[r.component("format"), ...])``."""
         if name not in ("format", "alignment", "outcome"):
             raise ValueError(f"unknown component {name!r}")
-
-        def fn(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-            self(prompts, completions, **kwargs)
-            return list(getattr(self.last, name))
-
-        fn.__name__ = f"embed_rl_{name}"
-        return fn
-
-    def _outcome(
-        self,
-        queries: list[str],
-        targets: list[str],
-        evidence: list[Evidence],
-        candidates: Sequence[Sequence[str]] | None,
-    ) -> list[float]:
-        """Rank each target among its candidates (default: the batch's targets)."""
-        n = len(queries)
-        if candidates is None:
-            pools = [list(dict.fromkeys(targets)) for _ in range(n)]
-        else:
-            _check_lengths(n, candidates=candidates)
-            pools = [list(dict.fromkeys([t, *c])) for t, c in zip(targets, candidates)]
-        q = self.embedder.encode([evidence_text(qq, ev) for qq, ev in zip(queries, evidence)])
-        texts = sorted({t for pool in pools for t in pool})
-        emb = self.embedder.encode(texts)
-        where = {t: i for i, t in enumerate(texts)}
-        size = max(len(p) for p in pools)
-        cand = np.zeros((n, size, q.shape[1]), dtype=np.float64)
-        for b, pool in enumerate(pools):
-            cand[b, : len(pool)] = emb[[where[t] for t in pool]]
-            cand[b, len(pool) :] = -q[b]  # padding: never closer than a real candidate
-        target_index = [pool.index(t) for pool, t in zip(pools, targets)]
-        return outcome_reward(q, cand, target_index, self.outcome_form, self.temperature)
+        return getattr(self, name)
 
 
 def _check_lengths(n: int, **columns: Sequence[Any] | None) -> None:

@@ -7,6 +7,15 @@
 - `rl`: GRPO of a reasoner against Embed-RL rewards; `rar`, `rge`, `clara`: the methods.
 """
 
+try:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+except ModuleNotFoundError as e:  # pragma: no cover - exercised in a venv without torch
+    raise ModuleNotFoundError(
+        f"evidex.train needs torch and transformers ({e.name} is missing): "
+        "pip install 'evidex[train]'"
+    ) from e
+
 from .data import ContrastiveBatch, ContrastiveExample, collate, load_jsonl
 from .embedder import Embedder
 from .evaluation import RetrievalEvaluator, evaluate_retrieval

@@ -113,19 +113,14 @@ def load_causal_lm(
     return from_dir(cache)
 
 
-def retrieval_dataset(queries: Sequence[str], targets: Sequence[str]) -> Any:
-    """A `datasets.Dataset` with the columns GRPOTrainer and EmbedRLReward read."""
-    from datasets import Dataset
+def retrieval_dataset(queries: Sequence[str], targets: Sequence[str], **columns: Any) -> Any:
+    """A `datasets.Dataset` with the columns GRPOTrainer and EmbedRLReward read
+    (`evidex.rewards.columns.embedrl_dataset`; further columns as keyword arguments)."""
+    from ..rewards.columns import embedrl_dataset
 
     if len(queries) != len(targets):
         raise ValueError(f"got {len(queries)} queries for {len(targets)} targets")
-    return Dataset.from_dict(
-        {
-            "prompt": [reasoner_prompt(q) for q in queries],
-            "query": list(queries),
-            "target": list(targets),
-        }
-    )
+    return embedrl_dataset(queries, targets, **columns)
 
 
 def train_grpo(
@@ -140,6 +135,7 @@ def train_grpo(
     max_completion_length: int = 64,
     learning_rate: float = 1e-5,
     seed: int = 0,
+    temperature: float = 1.0,
 ) -> Any:
     """Run GRPO (TRL) for `max_steps` with one reward function or several (TRL adds them)
     and return the trainer (its ``state.log_history`` holds the mean reward per step)."""
@@ -163,6 +159,7 @@ def train_grpo(
         num_generations=num_generations,
         max_completion_length=max_completion_length,
         learning_rate=learning_rate,
+        temperature=temperature,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
