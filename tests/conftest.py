@@ -66,7 +66,11 @@ def make_tiny_bert(path, words, hidden: int = 16, layers: int = 1, dropout: floa
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
-    BertModel(config).save_pretrained(path)
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same model in every session: tests of training are stable
+        BertModel(config).save_pretrained(path)
     return str(path)
 
 

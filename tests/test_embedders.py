@@ -38,7 +38,7 @@ def test_errors(tiny_model_dir, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no model directory"):
         TransformersEmbedder(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="pooling"):
-        TransformersEmbedder(tiny_model_dir, pooling="max")
+        TransformersEmbedder(tiny_model_dir, pooling="median")
     emb = TransformersEmbedder(tiny_model_dir)
     with pytest.raises(TypeError, match="not one string"):
         emb.encode("the cat")

@@ -27,7 +27,19 @@ def test_pool_modes_ignore_padding_on_either_side() -> None:
     with pytest.raises(ValueError, match="no <emb> token"):
         pool(hidden, right, "emb_token", ids, 7 + 100)
     with pytest.raises(ValueError, match="unknown pooling"):
-        pool(hidden, right, "max")
+        pool(hidden, right, "median")
+    # sentence-transformers' modes: max, sum / sqrt(count), position-weighted mean.
+    assert torch.equal(pool(hidden, right, "max"), hidden[[0, 1], [2, 1]])
+    assert torch.equal(pool(hidden, left, "max"), hidden[[0, 1], [3, 3]])
+    torch.testing.assert_close(
+        pool(hidden, right, "mean_sqrt_len")[1], hidden[1, :2].sum(0) / 2**0.5
+    )
+    w = torch.tensor([1.0, 2.0]).unsqueeze(1)
+    want = (hidden[1, :2] * w).sum(0) / 3
+    torch.testing.assert_close(pool(hidden, right, "weighted_mean")[1], want)
+    torch.testing.assert_close(
+        pool(hidden, left, "weighted_mean")[1], (hidden[1, 2:] * w).sum(0) / 3
+    )
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last", "emb_token"])
@@ -84,7 +96,7 @@ def test_errors(tiny_model_dir, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no model directory"):
         Embedder.from_pretrained(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="unknown pooling"):
-        Embedder.from_pretrained(tiny_model_dir, pooling="max")
+        Embedder.from_pretrained(tiny_model_dir, pooling="median")
     model = Embedder.from_pretrained(tiny_model_dir)
     with pytest.raises(TypeError, match="not one string"):
         model.encode("the cat")

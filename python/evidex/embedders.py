@@ -53,9 +53,12 @@ class TransformersEmbedder:
 
     Args:
         path: a local model directory (no hub access is attempted).
-        pooling: ``"mean"`` (over non-padding tokens), ``"cls"``, ``"last"`` or
-            ``"emb_token"``; default: what the directory declares, else mean.
-        max_length: tokens per text (longer texts are truncated).
+        pooling: ``"mean"`` (over non-padding tokens), ``"cls"``, ``"last"``,
+            ``"emb_token"``, ``"max"``, ``"mean_sqrt_len"`` or ``"weighted_mean"``;
+            default: what the directory declares (an evidex or sentence-transformers
+            model directory), else mean.
+        max_length: tokens per text (longer texts are truncated); default: what the
+            directory declares, else 256.
         batch_size: texts per forward pass.
         cache_size: texts whose embeddings are kept, so repeated texts (the same
             target across RL rollouts) are not encoded again; 0 disables.
@@ -66,7 +69,7 @@ class TransformersEmbedder:
         self,
         path: str,
         pooling: str | None = None,
-        max_length: int = 256,
+        max_length: int | None = None,
         batch_size: int = 64,
         cache_size: int = 100_000,
         device: str = "cpu",
@@ -78,7 +81,7 @@ class TransformersEmbedder:
         ).eval()
         self.embedder.requires_grad_(False)
         self.pooling = self.embedder.pooling
-        self.max_length = max_length
+        self.max_length = self.embedder.max_length
         self.batch_size = batch_size
         self.device = device
         self.cache_size = cache_size
