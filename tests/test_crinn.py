@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -524,6 +525,67 @@ def test_llm_proposer_over_an_openai_compatible_endpoint(run) -> None:
         server.shutdown()
     cand = run.evaluate(bad)
     assert cand.score == 0 and "malformed model output" in cand.reason
+
+
+class _FlakyHandler(http.server.BaseHTTPRequestHandler):
+    """Answers with the statuses in `script` (then 200), counting requests."""
+
+    script: list[int] = []
+    seen = 0
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        cls = type(self)
+        cls.seen += 1
+        status = cls.script.pop(0) if cls.script else 200
+        if status == -1:  # hang past the client's timeout
+            time.sleep(0.5)
+            status = 200
+        data = json.dumps({"choices": [{"message": {"content": "ok"}}]}).encode()
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "7")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_openai_backend_retries_transient_failures_with_backoff() -> None:
+    from evidex.crinn.llm import OpenAIBackend
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    waits: list[float] = []
+    try:
+        _FlakyHandler.script, _FlakyHandler.seen = [429, 503, 502], 0
+        backend = OpenAIBackend(url, "m", "", backoff=0.5, max_backoff=30, sleep=waits.append)
+        assert backend.generate(["hi"], 8, 0.0) == ["ok"]
+        assert _FlakyHandler.seen == 4
+        assert waits[0] == 7.0  # the server's Retry-After
+        assert 0 <= waits[1] <= 1.0 and 0 <= waits[2] <= 2.0  # jitter under the doubling cap
+        # Not transient: fails at once, naming the status.
+        _FlakyHandler.script, _FlakyHandler.seen = [401], 0
+        with pytest.raises(RuntimeError, match="HTTP 401"):
+            backend.generate(["hi"], 8, 0.0)
+        assert _FlakyHandler.seen == 1
+        # A timeout is retried too.
+        _FlakyHandler.script, _FlakyHandler.seen = [-1], 0
+        quick = OpenAIBackend(url, "m", "", timeout=0.1, sleep=waits.append)
+        assert quick.generate(["hi"], 8, 0.0) == ["ok"] and _FlakyHandler.seen == 2
+        # Always failing: the error says how often and why.
+        _FlakyHandler.script, _FlakyHandler.seen = [503] * 10, 0
+        few = OpenAIBackend(url, "m", "", max_retries=2, sleep=waits.append)
+        with pytest.raises(RuntimeError, match="failed 3 times; last: HTTP 503"):
+            few.generate(["hi"], 8, 0.0)
+    finally:
+        server.shutdown()
+    closed = OpenAIBackend(url, "m", "", max_retries=1, sleep=waits.append)
+    with pytest.raises(RuntimeError, match="failed 2 times"):
+        closed.generate(["hi"], 8, 0.0)
 
 
 def test_llm_proposer_with_a_local_model_and_a_learning_step(tiny_causal_lm) -> None:

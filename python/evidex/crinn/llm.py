@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -95,14 +97,29 @@ class TransformersBackend:
         return tok.batch_decode(new, skip_special_tokens=True)
 
 
+# HTTP statuses worth another try: rate limits and server-side trouble. Anything else
+# (bad request, authentication, unknown model) fails at once.
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 16 << 20
+
+
 class OpenAIBackend:
     """An OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Transient failures (HTTP 408/409/425/429/5xx, refused or reset connections,
+    timeouts) are retried with exponential backoff and full jitter, honouring a
+    ``Retry-After`` header; other HTTP errors fail at once. One failed request never
+    ends a round silently: after the last try, RuntimeError names the endpoint, the
+    attempts and the last error.
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1``; default ``$OPENAI_BASE_URL``.
         model: default ``$OPENAI_MODEL``.
         api_key: default ``$OPENAI_API_KEY`` (may be empty for local servers).
         timeout: seconds per request.
+        max_retries: further tries after the first.
+        backoff: seconds before the first retry; doubles each time, up to `max_backoff`.
+        sleep: how to wait (for tests).
     """
 
     def __init__(
@@ -111,6 +128,10 @@ class OpenAIBackend:
         model: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        sleep: Any = time.sleep,
     ) -> None:
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").rstrip("/")
         self.model = model or os.environ.get("OPENAI_MODEL") or ""
@@ -119,35 +140,80 @@ class OpenAIBackend:
             raise ValueError(
                 "OpenAIBackend needs base_url and model (or OPENAI_BASE_URL, OPENAI_MODEL)"
             )
+        if not timeout > 0 or max_retries < 0 or backoff < 0 or max_backoff < backoff:
+            raise ValueError("need timeout > 0, max_retries >= 0 and 0 <= backoff <= max_backoff")
         self.timeout = timeout
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self._sleep = sleep
+        self._random = random.Random()
         self.name = f"{self.model}@{self.base_url}"
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        """Full jitter over the exponential cap, or the server's Retry-After (capped)."""
+        if retry_after is not None:
+            try:
+                return min(max(float(retry_after), 0.0), self.max_backoff)
+            except ValueError:
+                pass  # an HTTP date: fall back to our own schedule
+        cap = min(self.max_backoff, self.backoff * 2**attempt)
+        return self._random.uniform(0, cap)
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        req = urllib.request.Request(
+            self.base_url + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})},
+        )  # fmt: skip
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    raw = resp.read(MAX_RESPONSE_BYTES + 1)
+                if len(raw) > MAX_RESPONSE_BYTES:
+                    raise RuntimeError(f"LLM endpoint {self.base_url} sent more than 16 MiB")
+                return json.loads(raw)
+            except urllib.error.HTTPError as e:
+                if e.code not in RETRY_STATUSES:
+                    raise RuntimeError(
+                        f"LLM endpoint {self.base_url} refused the request: HTTP {e.code} "
+                        f"{e.reason}"
+                    ) from e
+                last = f"HTTP {e.code} {e.reason}"
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = str(getattr(e, "reason", e))
+            except json.JSONDecodeError as e:
+                last = f"malformed JSON ({e})"
+            if attempt < self.max_retries:
+                self._sleep(self._delay(attempt, retry_after))
+        raise RuntimeError(
+            f"LLM endpoint {self.base_url} failed {self.max_retries + 1} times; last: {last}"
+        )
 
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int, temperature: float
     ) -> list[str]:
         out = []
         for prompt in prompts:
-            body = {
-                "model": self.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_new_tokens,
-                "temperature": temperature,
-            }
-            req = urllib.request.Request(
-                self.base_url + "/chat/completions",
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json",
-                         **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})},
-            )  # fmt: skip
+            data = self._post(
+                {
+                    "model": self.model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": max_new_tokens,
+                    "temperature": temperature,
+                }
+            )
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = json.loads(resp.read())
-            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
-                raise RuntimeError(f"LLM endpoint {self.base_url} failed: {e}") from e
-            try:
-                out.append(data["choices"][0]["message"]["content"])
+                content = data["choices"][0]["message"]["content"]
             except (KeyError, IndexError, TypeError) as e:
                 raise RuntimeError(f"LLM endpoint returned no choices: {str(data)[:200]}") from e
+            if not isinstance(content, str):
+                raise RuntimeError(f"LLM endpoint returned non-text content: {str(content)[:200]}")
+            out.append(content)
         return out
 
 
