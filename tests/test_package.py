@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -63,3 +64,20 @@ def test_cuda_kernel_runs_on_gpu() -> None:
 
 def test_version() -> None:
     assert evidex.__version__
+
+
+def test_cibuildwheel_configuration_and_its_test_command() -> None:
+    """The wheel configuration is well-formed and its smoke test passes on this build
+    (.ci/wheel builds and repairs a manylinux wheel and runs the same command)."""
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        config = tomllib.load(f)["tool"]["cibuildwheel"]
+    assert config["build"].split() == ["cp310-*", "cp311-*", "cp312-*", "cp313-*"]
+    assert config["linux"]["manylinux-x86_64-image"] == "manylinux_2_28"
+    assert "auditwheel repair" in config["linux"]["repair-wheel-command"]
+    argv = shlex.split(config["test-command"])
+    assert argv[:2] == ["python", "-c"]
+    out = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
