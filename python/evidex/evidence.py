@@ -22,6 +22,7 @@ import math
 import re
 import reprlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,11 +30,15 @@ Scale = Literal["normalized", "grid1000", "pixel"]
 SCALES: tuple[str, ...] = ("normalized", "grid1000", "pixel")
 
 __all__ = [
+    "DEFAULT_SHOTS",
+    "INSTRUCTION",
+    "VISUAL_SHOTS",
     "Box",
     "Evidence",
     "KeyFrame",
     "ParseResult",
     "parse_evidence",
+    "reasoner_prompt",
     "render_evidence",
     "unusable_crops",
 ]
@@ -412,3 +417,52 @@ def unusable_crops(
         elif max(bw / bh, bh / bw) > max_aspect:
             problems.append(f"box {box.xyxy} on {box.image!r} has aspect ratio over {max_aspect:g}")
     return problems
+
+
+# ----------------------------------------------------------------- the reasoner's prompt
+INSTRUCTION = "Explain what a good match for the query must contain, then list evidence.\n\n"
+
+# Worked examples shown before the query. Two, on different topics, so a small base
+# model learns the pattern (evidence taken from its own query) instead of copying
+# one example's keywords verbatim, which is what a single example invites.
+DEFAULT_SHOTS: tuple[tuple[str, Evidence], ...] = (
+    (
+        "data compression library",
+        Evidence(
+            reasoning="It needs a library that compresses files; a match explains the "
+            "compression format and the API.",
+            keywords=["compression", "library", "zlib format"],
+        ),
+    ),
+    (
+        "interactive process monitor",
+        Evidence(
+            reasoning="It needs a terminal tool to monitor processes; a match describes an "
+            "interactive process viewer.",
+            keywords=["process viewer", "terminal", "monitoring"],
+        ),
+    ),
+)
+
+# For image and video queries: the same format with boxes and key frames.
+VISUAL_SHOTS: tuple[tuple[str, Evidence], ...] = (
+    (
+        "a red car at a crossing",
+        Evidence(
+            reasoning="The query asks for a red car at a crossing.",
+            keywords=["red car", "crossing"],
+            boxes=[Box("query", (120, 40, 610, 380), "grid1000")],
+            key_frames=[KeyFrame("query", 12)],
+        ),
+    ),
+)
+
+
+def reasoner_prompt(query: str, shots: Sequence[tuple[str, Evidence]] = DEFAULT_SHOTS) -> str:
+    """The prompt that asks the reasoner for a traceability chain of thought: the
+    instruction, worked examples (query, evidence) in the tagged format, the query."""
+    parts = [INSTRUCTION]
+    for example_query, evidence in shots:
+        parts.append(f"Query: {example_query}\n{render_evidence(evidence)}\n\n")
+    parts.append(f"Query: {query}\n")
+    return "".join(parts)

@@ -37,7 +37,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..evidence import SCALES, Box
+from ..evidence import SCALES, VISUAL_SHOTS, Box, reasoner_prompt
 
 __all__ = [
     "embedrl_dataset",
@@ -220,7 +220,7 @@ def embedrl_dataset(
     """A `datasets.Dataset` with the columns GRPOTrainer and `EmbedRLReward` read, every
     structured column in its record form (which survives Arrow unchanged), checked here.
 
-    ``prompt`` defaults to `evidex.train.rl.reasoner_prompt` of each query (with the
+    ``prompt`` defaults to `evidex.evidence.reasoner_prompt` of each query (with the
     visual worked examples where the example has images or videos). Any value form the
     readers accept may be given.
     """
@@ -253,8 +253,6 @@ def embedrl_dataset(
     boxes = read_column(reference_boxes, reference_boxes_of, "reference_boxes")
     segments = read_column(reference_segments, reference_segments_of, "reference_segments")
     if prompt is None:
-        from ..train.rl import VISUAL_SHOTS, reasoner_prompt
-
         visual = [bool((sizes and sizes[i]) or (counts and counts[i])) for i in range(n)]
         prompt = [
             reasoner_prompt(q, VISUAL_SHOTS) if v else reasoner_prompt(q)
