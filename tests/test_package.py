@@ -81,3 +81,38 @@ def test_cibuildwheel_configuration_and_its_test_command() -> None:
     assert argv[:2] == ["python", "-c"]
     out = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_compiled_module_stub_lists_what_the_module_has() -> None:
+    """python/evidex/_core.pyi (shipped with py.typed) against the built module: every
+    public name and every public member of its classes, and nothing that is gone."""
+    import ast
+
+    import evidex._core as core
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = ast.parse(open(os.path.join(root, "python", "evidex", "_core.pyi")).read())
+
+    def declared(body) -> set[str]:
+        names = set()
+        for node in body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+            elif isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        return {n for n in names if not n.startswith("_")}
+
+    def public(obj) -> set[str]:
+        return {n for n in dir(obj) if not n.startswith("_")}
+
+    assert declared(tree.body) == public(core)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and isinstance(getattr(core, node.name), type):
+            cls = getattr(core, node.name)
+            if issubclass(cls, BaseException):
+                continue
+            inherited = public(int) if issubclass(cls, int) else set()  # enums
+            assert declared(node.body) == public(cls) - inherited, node.name
+    assert os.path.isfile(os.path.join(root, "python", "evidex", "py.typed"))
