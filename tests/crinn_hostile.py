@@ -203,3 +203,30 @@ def source(kind: str, **fmt: object) -> str:
     if kind in IN_SEARCH:
         return in_search(kind)
     return on_load(kind, **fmt)
+
+
+# The built-in search with a dishonest filtered slot: allowed but far answers with
+# exact distances (only recall shows it), or answers the filter excludes.
+BAD_FILTERED = {
+    "filtered_far": """size_t n = 0;
+        for (uint32_t i = 0; i < f->num_bits && n < ef; ++i)
+            if (evx_allowed(f, i)) { ids[n] = i; dists[n] = evx_distance(g, q,
+                (const float*)(g->nodes + (size_t)i * g->node_bytes + g->vector_offset)); ++n; }
+        return (int64_t)n;""",
+    "filtered_leak": """size_t n = ef < g->num_nodes ? ef : g->num_nodes;
+        for (size_t i = 0; i < n; ++i) { ids[i] = (uint32_t)i; dists[i] = 0; }
+        return (int64_t)n;""",
+}
+
+
+def bad_filtered(kind: str) -> str:
+    return (
+        "#define evidex_search_filtered evidex_search_filtered_honest\n"
+        + builtin_search()
+        + "\n#undef evidex_search_filtered\n"
+        + 'extern "C" __attribute__((visibility("default"))) int64_t evidex_search_filtered(\n'
+        + "    const evx_graph_view* g, const float* q, uint32_t entry, size_t ef,\n"
+        + "    const evx_filter* f, evx_visited* v, uint32_t* ids, float* dists, uint64_t* count) {\n"
+        + BAD_FILTERED[kind]
+        + "\n}\n"
+    )

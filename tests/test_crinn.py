@@ -85,23 +85,33 @@ def test_template_kernel_equal_to_builtin_serves_queries(libs) -> None:
     want = index.search(q, 10, ef=48)
     assert index.kernels() == {
         "search": "builtin",
+        "filtered search": "builtin",
         "construction": "builtin",
         "refinement": "builtin",
     }
+    allowed = np.arange(0, 3000, 7)
+    want_filtered = index.search(q, 10, ef=48, filter=allowed, filter_strategy="filtered")
     index.use_kernels(libs["search_builtin"])
     assert index.kernels()["search"] == str(libs["search_builtin"])
+    assert index.kernels()["filtered search"] == str(libs["search_builtin"])
     got = index.search(q, 10, ef=48)
     # The template's built-in configuration is the same algorithm: identical results.
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
     index.use_kernels(libs["search_tuned"])  # batched distances, bitset visited set
     np.testing.assert_array_equal(index.search(q, 10, ef=48)[0], want[0])
-    # Filtered and range searches do not use the search slot (its ABI carries no
-    # filter): they run the built-in planner's methods, whatever library is loaded.
-    allowed = np.arange(0, 3000, 7)
+    # Filtered searches that walk the graph run the library's evidex_search_filtered
+    # (the template's is hnswlib's filtered search, as the built-in): the same
+    # results; exact scans and range searches stay built-in.
+    got = index.search(q, 10, ef=48, filter=allowed, filter_strategy="filtered")
+    np.testing.assert_array_equal(got[0], want_filtered[0])
+    np.testing.assert_allclose(got[1], want_filtered[1], rtol=1e-5)
     for strategy in ("scan", "filtered", "two_hop", "auto"):
         ids, _ = index.search(q, 10, ef=48, filter=allowed, filter_strategy=strategy)
         assert np.isin(ids, allowed).all()
+    few = np.arange(0, 3000, 997)  # fewer allowed than k: all of them, then padding
+    ids, _ = index.search(q[:3], 10, ef=48, filter=few, filter_strategy="filtered")
+    assert (np.sort(ids[:, :4], axis=1) == few).all() and (ids[:, 4:] == -1).all()
     lims, ids, _ = index.search_range(q, 1.0)
     assert lims[-1] == ids.size
     index.reset_kernels()
@@ -115,6 +125,7 @@ def test_every_slot_loads_and_stacks(libs) -> None:
     index.use_kernels(libs["search_tuned"])
     assert index.kernels() == {
         "search": str(libs["search_tuned"]),
+        "filtered search": str(libs["search_tuned"]),
         "construction": str(libs["construction_alpha"]),
         "refinement": str(libs["refinement_hop"]),
     }
@@ -614,3 +625,43 @@ def test_llm_proposer_with_a_local_model_and_a_learning_step(tiny_causal_lm) -> 
     prompt = proposer.history[0][0][-400:]
     assert policy_gradient_step(model, tok, prompt, ["a", "b"], [1.0, 1.0], opt) == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+FILTERED_HEAD = """
+#include <evidex/kernel_abi.h>
+extern "C" __attribute__((visibility("default"))) uint32_t evidex_kernel_abi_version(void) {
+    return EVIDEX_KERNEL_ABI_VERSION;
+}
+extern "C" __attribute__((visibility("default"))) int64_t evidex_search_filtered(
+    const evx_graph_view* g, const float* q, uint32_t entry, size_t ef, const evx_filter* f,
+    evx_visited* v, uint32_t* ids, float* dists, uint64_t* count) {
+"""
+BAD_FILTERED = {
+    # Ignores the filter: the first nodes, allowed or not (a leak of excluded data).
+    "not_allowed": "size_t n = ef < g->num_nodes ? ef : g->num_nodes;"
+    " for (size_t i = 0; i < n; ++i) { ids[i] = (uint32_t)i; dists[i] = 0; } return (int64_t)n;",
+    "twice": "for (uint32_t i = 0; i < f->num_bits; ++i) if (evx_allowed(f, i)) {"
+    " ids[0] = ids[1] = i; dists[0] = dists[1] = 0; return ef >= 2 ? 2 : 1; } return 0;",
+    "out_of_range": "ids[0] = (uint32_t)g->num_nodes + 3; dists[0] = 0; return 1;",
+    "too_many": "return (int64_t)ef + 1;",
+    "negative": "return -7;",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILTERED))
+def test_a_filtered_search_kernel_that_breaks_the_contract_fails_the_search(kind, tmp_path) -> None:
+    built = build_kernel(FILTERED_HEAD + BAD_FILTERED[kind] + "\n}\n", tmp_path / kind)
+    assert built.ok, built.log
+    data = clustered(1500, 8, seed=3)
+    index = HNSWIndex(8, "l2", max_elements=1500)
+    index.add(data)
+    index.use_kernels(built.library)
+    assert index.kernels()["filtered search"] == str(built.library)
+    assert index.kernels()["search"] == "builtin"
+    allowed = np.arange(500, 1500, 3)
+    with pytest.raises(RuntimeError, match="filtered search kernel returned"):
+        index.search(data[:4], 5, ef=32, filter=allowed, filter_strategy="filtered")
+    # Searches the slot does not serve are untouched.
+    assert index.search(data[:4], 5, ef=32)[0][:, 0].tolist() == [0, 1, 2, 3]
+    ids, _ = index.search(data[:4], 5, filter=allowed, filter_strategy="scan")
+    assert np.isin(ids, allowed).all()

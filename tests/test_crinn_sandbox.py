@@ -150,6 +150,20 @@ def test_a_misbehaving_search_scores_zero_with_the_loops_reason(run, kind, reaso
     assert cand.score == 0.0 and reason in cand.reason, cand.reason
 
 
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("filtered_far", "filtered search recall"),
+        ("filtered_leak", "while searching"),
+    ],
+)
+def test_a_fast_kernel_with_a_broken_filtered_search_scores_zero(run, kind, reason) -> None:
+    """The score times unfiltered search; the loop also checks the library's filtered
+    slot against the built-in one, so a broken one cannot ride on a good score."""
+    cand = run.evaluate(Proposal("search", hostile.bad_filtered(kind), "test"))
+    assert cand.score == 0.0 and reason in cand.reason, cand.reason
+
+
 def test_flooding_the_channel_fails_fast_and_costs_the_loop_nothing(run, host) -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.monotonic()

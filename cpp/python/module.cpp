@@ -476,6 +476,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<KernelSet, std::shared_ptr<KernelSet>>(m, "KernelSet")
         .def_readonly("search_source", &KernelSet::search_source)
         .def_readonly("select_source", &KernelSet::select_source)
+        .def_readonly("search_filtered_source", &KernelSet::search_filtered_source)
         .def_readonly("refine_source", &KernelSet::refine_source);
     m.def("builtin_kernel_set", [] { return std::make_shared<KernelSet>(builtin_kernels()); });
     m.def(

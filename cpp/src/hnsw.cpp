@@ -999,6 +999,51 @@ std::size_t HNSW::search_kernels(const DistanceKernels& k, const KernelSet& ks, 
     return static_cast<std::size_t>(m);
 }
 
+std::size_t HNSW::search_filtered_kernel(const DistanceKernels& k, const KernelSet& ks,
+                                         node_id start, const float* q, std::size_t kk,
+                                         std::size_t ef, const SlotSet& set,
+                                         label_t* out_labels, float* out_distances,
+                                         std::uint64_t* dist_count) const {
+    thread_local std::vector<node_id> ids;
+    thread_local std::vector<float> dists;
+    thread_local std::vector<std::pair<float, node_id>> order;
+    ids.resize(ef);
+    dists.resize(ef);
+    auto visited = visited_pool_.acquire();
+    evx_visited v = visited->abi();
+    const evx_graph_view g = graph_view(k);
+    const evx_filter f{set.words(), set.size()};
+    std::uint64_t computed = 0;
+    const std::int64_t n =
+        ks.search_filtered(&g, q, start, ef, &f, &v, ids.data(), dists.data(), &computed);
+    if (n < 0 || static_cast<std::size_t>(n) > ef)
+        throw std::runtime_error("filtered search kernel returned " + std::to_string(n) +
+                                 " results for a beam of " + std::to_string(ef));
+    // A result the filter does not allow would leak data the caller excluded: every
+    // one is checked, and a kernel that breaks the contract fails the search.
+    const std::size_t count = count_.load();
+    order.clear();
+    for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) {
+        if (ids[i] >= count || !set.test(ids[i]))
+            throw std::runtime_error("filtered search kernel returned node " +
+                                     std::to_string(ids[i]) + ", which the filter does not allow");
+        order.emplace_back(dists[i], ids[i]);
+    }
+    std::sort(ids.begin(), ids.begin() + n);
+    const auto twice = std::adjacent_find(ids.begin(), ids.begin() + n);
+    if (twice != ids.begin() + n)
+        throw std::runtime_error("filtered search kernel returned node " + std::to_string(*twice) +
+                                 " twice");
+    std::sort(order.begin(), order.end());
+    const std::size_t found = std::min(kk, order.size());
+    for (std::size_t i = 0; i < found; ++i) {
+        out_labels[i] = label_at(order[i].second);
+        out_distances[i] = order[i].first;
+    }
+    if (dist_count) *dist_count += computed;
+    return found;
+}
+
 evx_graph_view HNSW::graph_view(const DistanceKernels& k) const {
     evx_graph_view g{};
     g.abi_version = EVIDEX_KERNEL_ABI_VERSION;
@@ -1442,10 +1487,20 @@ void HNSW::search_set_one(const DistanceKernels& k, FilterStrategy s, const Slot
         MaxHeap top;
         if (s == FilterStrategy::TwoHop) top = search_two_hop(k, start, q, ef, accept, dist_count);
         // Too few found (the allowed nodes around the query are not connected
-        // within two hops): the filtered search, which walks through everything.
-        if (s != FilterStrategy::TwoHop || top.size() < std::min(ef, allowed))
-            top = search_filtered(k, start, q, 0, ef, accept, dist_count);
-        found = write_nearest(top, kk, out_labels, out_distances);
+        // within two hops): the filtered search, which walks through everything,
+        // a kernel library's when one is loaded.
+        const KernelSet& ks = kernels();
+        if (s != FilterStrategy::TwoHop || top.size() < std::min(ef, allowed)) {
+            if (ks.search_filtered != nullptr) {
+                found = search_filtered_kernel(k, ks, start, q, kk, ef, set, out_labels,
+                                               out_distances, dist_count);
+            } else {
+                top = search_filtered(k, start, q, 0, ef, accept, dist_count);
+                found = write_nearest(top, kk, out_labels, out_distances);
+            }
+        } else {
+            found = write_nearest(top, kk, out_labels, out_distances);
+        }
     }
     for (std::size_t i = found; i < kk; ++i) {
         out_labels[i] = kNoLabel;

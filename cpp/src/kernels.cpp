@@ -214,6 +214,12 @@ std::shared_ptr<KernelSet> load_kernel_library(const std::string& path,
         set->search_source = path;
         any = true;
     }
+    if (auto f = reinterpret_cast<evx_search_filtered_fn>(
+            dlsym(handle, "evidex_search_filtered"))) {
+        set->search_filtered = f;
+        set->search_filtered_source = path;
+        any = true;
+    }
     if (auto f = reinterpret_cast<evx_select_fn>(dlsym(handle, "evidex_select_neighbors"))) {
         set->select = f;
         set->select_source = path;
@@ -226,8 +232,8 @@ std::shared_ptr<KernelSet> load_kernel_library(const std::string& path,
     }
     if (!any)
         throw std::runtime_error("kernel library '" + path +
-                                 "' exports none of evidex_search, evidex_select_neighbors, "
-                                 "evidex_refine");
+                                 "' exports none of evidex_search, evidex_search_filtered, "
+                                 "evidex_select_neighbors, evidex_refine");
     // Libraries stacked on a base keep the base's libraries loaded too.
     set->library = std::shared_ptr<void>(
         new std::pair<std::shared_ptr<void>, std::shared_ptr<void>>(library, base.library),

@@ -34,6 +34,7 @@ class Quantization:
 class KernelSet:
     search_source: str
     select_source: str
+    search_filtered_source: str
     refine_source: str
 
 def simd_level() -> str: ...

@@ -59,6 +59,7 @@ def describe(kernel_set: Any) -> dict[str, str]:
     """Where each slot of a kernel set comes from: ``"builtin"`` or a library path."""
     return {
         "search": kernel_set.search_source,
+        "filtered search": kernel_set.search_filtered_source,
         "construction": kernel_set.select_source,
         "refinement": kernel_set.refine_source,
     }

@@ -21,6 +21,7 @@ class SlotSet {
 public:
     explicit SlotSet(std::size_t size = 0) : size_(size), words_((size + 63) / 64, 0) {}
     std::size_t size() const { return size_; }
+    const std::uint64_t* words() const { return words_.data(); }  // bit i of word i / 64
     void set(std::size_t i) { words_[i >> 6] |= std::uint64_t{1} << (i & 63); }
     void reset(std::size_t i) { words_[i >> 6] &= ~(std::uint64_t{1} << (i & 63)); }
     bool test(std::size_t i) const {

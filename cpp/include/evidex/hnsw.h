@@ -426,6 +426,12 @@ private:
                     std::size_t ef, const SearchFilter* filter, label_t* out_labels,
                     float* out_distances, std::uint64_t* dist_count) const;
     // Plain level-0 search through the kernel set's search and refine slots.
+    // The filtered search of a kernel library (evidex_search_filtered) over `set`,
+    // its results checked (allowed, in range, once) before they are used.
+    std::size_t search_filtered_kernel(const DistanceKernels& k, const KernelSet& ks,
+                                       node_id start, const float* q, std::size_t kk,
+                                       std::size_t ef, const SlotSet& set, label_t* out_labels,
+                                       float* out_distances, std::uint64_t* dist_count) const;
     std::size_t search_kernels(const DistanceKernels& k, const KernelSet& ks, node_id start,
                                const float* q, std::size_t kk, std::size_t ef,
                                label_t* out_labels, float* out_distances,

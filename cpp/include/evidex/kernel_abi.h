@@ -9,9 +9,12 @@
  *
  *     EVIDEX_KERNEL_CPU_FEATURES("avx2 fma bmi2")
  *
- * and exports any of the three slots below under these names:
+ * and exports any of the slots below under these names:
  *
  *     evidex_search             level-0 beam search           (evx_search_fn)
+ *     evidex_search_filtered    the same, returning only nodes a filter allows
+ *                               (evx_search_filtered_fn; optional: filtered
+ *                               searches use the built-in one without it)
  *     evidex_select_neighbors   neighbour selection on insert (evx_select_fn)
  *     evidex_refine             re-ranking of the final beam  (evx_refine_fn)
  *
@@ -24,7 +27,7 @@
  * keys them on the view's `nodes` and `version` and frees them when unloaded.
  *
  * Bump EVIDEX_KERNEL_ABI_VERSION on any change to these structs or signatures
- * (4: the CPU feature declaration became required).
+ * (4: the CPU feature declaration became required; 5: the filtered search slot).
  */
 #ifndef EVIDEX_KERNEL_ABI_H
 #define EVIDEX_KERNEL_ABI_H
@@ -36,7 +39,7 @@
 extern "C" {
 #endif
 
-#define EVIDEX_KERNEL_ABI_VERSION 4u
+#define EVIDEX_KERNEL_ABI_VERSION 5u
 
 /* A library needing features the CPU lacks is refused with their names, never
  * loaded to die on an illegal instruction. Declarations add up (a library may
@@ -86,6 +89,29 @@ typedef struct evx_visited {
 typedef int64_t (*evx_search_fn)(const evx_graph_view* graph, const float* query, uint32_t entry,
                                  size_t ef, evx_visited* visited, uint32_t* out_ids,
                                  float* out_dists, uint64_t* dist_count);
+
+/* The nodes a filtered search may return: node i is allowed when bit i % 64 of
+ * bits[i / 64] is set; ids at or past num_bits are not. Deleted nodes and nodes
+ * the user's filter rejects are never allowed. */
+typedef struct evx_filter {
+    const uint64_t* bits;
+    size_t num_bits;
+} evx_filter;
+
+static inline int evx_allowed(const evx_filter* f, uint32_t id) {
+    return id < f->num_bits && ((f->bits[id >> 6] >> (id & 63)) & 1u);
+}
+
+/* Beam search on level 0 that returns only allowed nodes: filtered-out nodes are
+ * still walked through (they lead to their neighbours), but only allowed ones
+ * enter the results. Writes up to ef allowed results, nearest first, with exact
+ * distances; returns how many (fewer than ef only when fewer are reachable).
+ * Otherwise as evx_search_fn. The index rejects a result that is not allowed,
+ * repeated or out of range. */
+typedef int64_t (*evx_search_filtered_fn)(const evx_graph_view* graph, const float* query,
+                                          uint32_t entry, size_t ef, const evx_filter* filter,
+                                          evx_visited* visited, uint32_t* out_ids,
+                                          float* out_dists, uint64_t* dist_count);
 
 /* Choose at most `m` out-links for `node` on HNSW level `level` from `n` candidates
  * sorted nearest first (cand_dists: their distances to the node, whose vector is

@@ -14,8 +14,11 @@ struct KernelSet {
     evx_search_fn search = nullptr;
     evx_select_fn select = nullptr;
     evx_refine_fn refine = nullptr;
+    // Optional: without it, filtered searches run the index's own.
+    evx_search_filtered_fn search_filtered = nullptr;
     // Where each slot comes from: "builtin" or the library's path.
     std::string search_source = "builtin", select_source = "builtin", refine_source = "builtin";
+    std::string search_filtered_source = "builtin";
     std::shared_ptr<void> library;  // keeps the shared object loaded while in use
 };
 

@@ -486,6 +486,87 @@ int64_t beam_search(const evx_graph_view* g, const float* q, uint32_t entry, siz
     return static_cast<int64_t>(found);
 }
 
+// hnswlib's filtered search: every node reached may lead on (the frontier), only
+// allowed ones become results; the bound is the ef-th allowed result. Exact float32
+// distances (the filtered slot returns them; codes would need a re-rank anyway).
+template <class Visited>
+int64_t filtered_beam_search(const evx_graph_view* g, const float* q, uint32_t entry, size_t ef,
+                             const evx_filter* f, Visited& visited, uint32_t* out_ids,
+                             float* out_dists, uint64_t* dist_count) {
+    using Item = std::pair<float, uint32_t>;
+    thread_local std::vector<Item> tls_frontier, tls_best;
+    thread_local std::vector<uint32_t> tls_todo;
+    std::vector<Item>& frontier = tls_frontier;  // min-heap (std::greater)
+    std::vector<Item>& best = tls_best;          // max-heap of allowed results
+    frontier.clear();
+    best.clear();
+    tls_todo.resize(g->max_links);
+    uint32_t* const todo = tls_todo.data();
+    const size_t ahead = EVX_AHEAD ? static_cast<size_t>(EVX_AHEAD) : g->prefetch_ahead;
+    const auto nearer = std::greater<Item>();
+    auto bound = [&] { return best.size() < ef ? 3.4e38f : best.front().first; };
+    auto take = [&](float d, uint32_t id) {
+        frontier.push_back({d, id});
+        std::push_heap(frontier.begin(), frontier.end(), nearer);
+        if (!evx_allowed(f, id)) return;
+        best.push_back({d, id});
+        std::push_heap(best.begin(), best.end());
+        if (best.size() > ef) {
+            std::pop_heap(best.begin(), best.end());
+            best.pop_back();
+        }
+    };
+    visited.try_visit(entry);
+    take(distance(g, q, vector_of(g, entry)), entry);
+    uint64_t computed = 1;
+    while (!frontier.empty()) {
+        std::pop_heap(frontier.begin(), frontier.end(), nearer);
+        const Item c = frontier.back();
+        frontier.pop_back();
+        if (c.first > bound()) break;
+        const uint32_t* l = links_of(g, c.second);
+        const size_t n = link_count(l);
+        size_t m = 0;
+        for (size_t j = 1; j <= n; ++j)
+            if (visited.try_visit(l[j])) todo[m++] = l[j];
+        for (size_t i = 0; i < std::min(m, ahead); ++i) prefetch_node(g, todo[i]);
+        for (size_t i = 0; i < m; ++i) {
+            if (i + ahead < m) prefetch_node(g, todo[i + ahead]);
+            const float d = distance(g, q, vector_of(g, todo[i]));
+            if (d < bound()) take(d, todo[i]);
+        }
+        computed += m;
+    }
+    *dist_count += computed;
+    std::sort(best.begin(), best.end());
+    for (size_t i = 0; i < best.size(); ++i) {
+        out_ids[i] = best[i].second;
+        out_dists[i] = best[i].first;
+    }
+    return static_cast<int64_t>(best.size());
+}
+
+// Runs search(visited set) with the configured set: the index's epoch tags, or a
+// thread-local bitset (EVX_VISITED 1); -1 for data of another dimension than a
+// build fixed to one.
+template <class Search>
+int64_t with_visited(const evx_graph_view* g, evx_visited* visited, Search&& search) {
+#if EVX_FIXED_DIM
+    if (g->dim != EVX_FIXED_DIM) return -1;  // built for another dimension
+#endif
+#if EVX_VISITED == 0
+    TagVisited v{visited};
+    return search(v);
+#else
+    (void)visited;
+    thread_local std::vector<uint64_t> tls_bits;
+    std::vector<uint64_t>& bits = tls_bits;
+    bits.assign((g->num_nodes + 63) / 64, 0);
+    BitsetVisited v{bits.data()};
+    return search(v);
+#endif
+}
+
 }  // namespace
 
 extern "C" {
@@ -498,20 +579,17 @@ __attribute__((visibility("default"))) uint32_t evidex_kernel_abi_version(void) 
 __attribute__((visibility("default"))) int64_t evidex_search(
     const evx_graph_view* g, const float* q, uint32_t entry, size_t ef, evx_visited* visited,
     uint32_t* out_ids, float* out_dists, uint64_t* dist_count) {
-#if EVX_FIXED_DIM
-    if (g->dim != EVX_FIXED_DIM) return -1;  // built for another dimension
-#endif
-#if EVX_VISITED == 0
-    TagVisited v{visited};
-    return beam_search(g, q, entry, ef, v, out_ids, out_dists, dist_count);
-#else
-    (void)visited;
-    thread_local std::vector<uint64_t> tls_bits;
-    std::vector<uint64_t>& bits = tls_bits;
-    bits.assign((g->num_nodes + 63) / 64, 0);
-    BitsetVisited v{bits.data()};
-    return beam_search(g, q, entry, ef, v, out_ids, out_dists, dist_count);
-#endif
+    return with_visited(g, visited, [&](auto& v) {
+        return beam_search(g, q, entry, ef, v, out_ids, out_dists, dist_count);
+    });
+}
+
+__attribute__((visibility("default"))) int64_t evidex_search_filtered(
+    const evx_graph_view* g, const float* q, uint32_t entry, size_t ef, const evx_filter* f,
+    evx_visited* visited, uint32_t* out_ids, float* out_dists, uint64_t* dist_count) {
+    return with_visited(g, visited, [&](auto& v) {
+        return filtered_beam_search(g, q, entry, ef, f, v, out_ids, out_dists, dist_count);
+    });
 }
 #endif
 

@@ -136,6 +136,22 @@ class _Data:
         return ""
 
 
+# The filtered-search check: 1 id in FILTER_STEP allowed, recall within tolerance.
+FILTER_STEP = 10
+FILTER_TOLERANCE = 0.02
+
+
+def _exact_among(data: _Data, rows: slice, allowed: np.ndarray, k: int) -> np.ndarray:
+    """Exact k nearest of queries[rows] among the allowed base vectors (their ids)."""
+    q = data.unit_queries[rows]
+    x = data.stored[allowed]
+    if data.space == "l2":
+        d = (q**2).sum(1)[:, None] - 2 * q @ x.T + (x**2).sum(1)[None, :]
+    else:
+        d = -(q @ x.T)
+    return allowed[np.argsort(d, axis=1, kind="stable")[:, :k]]
+
+
 class MeasurementFailed(Exception):
     """The candidate's worker failed; str() is the reason, in the loop's words."""
 
@@ -287,11 +303,47 @@ class Bench:
                 if w.pin(cpu) > 1 and name == "candidate":
                     raise MeasurementFailed("the kernel left threads running after the build")
                 w.pause()
-            return self._rounds(workers, data, batch, repeats)
+            curves = self._rounds(workers, data, batch, repeats)
+            if slot == "search" and "candidate" in workers:
+                self._check_filtered(workers, data, batch)
+            return curves
         finally:
             for w in workers.values():
                 w.close()
             CORES.release(cpu)
+
+    def _check_filtered(self, workers: dict[str, Worker], data: _Data, batch: int) -> None:
+        """A search library's filtered slot (or the built-in one it leaves in place)
+        must answer filtered searches as well as the baseline: every result allowed,
+        exact distances, and recall within the tolerance, over 1 id in
+        FILTER_STEP. The score measures unfiltered search only; this keeps a fast
+        kernel with a broken filtered search from winning."""
+        s = self.settings
+        rows = slice(0, min(batch, 100))
+        ef = max(s.efs)
+        allowed = np.arange(0, len(data.base), FILTER_STEP)
+        truth = _exact_among(data, rows, allowed, s.k)
+        recall = {}
+        for name in ("baseline", "candidate"):
+            try:
+                ids, dists, _, _ = workers[name].search(
+                    data.queries[rows], s.k, ef, filter_step=FILTER_STEP
+                )
+            except WorkerFailed as e:
+                raise self._failure(name, f"{e} (in a filtered search)") from None
+            problem = data.check(ids, dists, rows, ef)
+            if not problem and (ids % FILTER_STEP != 0).any():
+                problem = f"wrong answers: a filtered search returned excluded ids at ef={ef}"
+            if problem:
+                raise self._failure(
+                    name, problem.replace("wrong answers", "wrong filtered answers")
+                )
+            recall[name] = recall_at_k(ids, truth, s.k)
+        if recall["candidate"] < recall["baseline"] - FILTER_TOLERANCE:
+            raise MeasurementFailed(
+                f"filtered search recall {recall['candidate']:.3f} below the built-in's "
+                f"{recall['baseline']:.3f} at ef={ef}"
+            )
 
     def _failure(self, side: str, reason: str) -> Exception:
         if side == "candidate":

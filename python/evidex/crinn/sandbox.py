@@ -294,18 +294,20 @@ class Worker:
         self.stage = "searching"
 
     def search(
-        self, queries: np.ndarray, k: int, ef: int
+        self, queries: np.ndarray, k: int, ef: int, filter_step: int = 0
     ) -> tuple[np.ndarray, np.ndarray, int, float]:
         """(ids, distances, distance computations, seconds): the time is the
-        request's round trip, measured here."""
+        request's round trip, measured here. With `filter_step`, a filtered search
+        over the ids divisible by it."""
         q = np.ascontiguousarray(queries, np.float32)
         nq = len(q)
         size = nq * k * 12
         self.resume()
         t0 = time.perf_counter()
-        answer, data = self._exchange(
-            {"op": "search", "k": k, "ef": ef, "nq": nq}, q.tobytes(), size
-        )
+        request = {"op": "search", "k": k, "ef": ef, "nq": nq}
+        if filter_step:
+            request["filter_step"] = int(filter_step)
+        answer, data = self._exchange(request, q.tobytes(), size)
         seconds = time.perf_counter() - t0
         self.pause()
         if answer.get("op") != "result" or len(data) != size:

@@ -9,8 +9,9 @@ Protocol (frames of evidex.crinn.channel, stdin to stdout):
    build_threads, seccomp}: load the graph (or the base vectors), install the
    seccomp filter, load the kernel libraries, build the graph for the
    construction slot; answer ``ready`` {n, dim}.
-2. ``search`` {k, ef, nq} + float32 queries: answer ``result`` {dist_count} +
-   int64 ids + float32 distances.
+2. ``search`` {k, ef, nq[, filter_step]} + float32 queries: answer ``result``
+   {dist_count} + int64 ids + float32 distances. With filter_step, a filtered search
+   (strategy "filtered": the filtered search slot) over the ids divisible by it.
 3. ``export``: answer ``graph`` + the graph's file image (to build the search
    slot's graph with a construction winner without loading it in the loop).
 End of input ends the worker.
@@ -75,7 +76,15 @@ def main() -> int:
             if op == "search":
                 k, ef, nq = int(request["k"]), int(request["ef"]), int(request["nq"])
                 queries = np.frombuffer(payload, np.float32).reshape(nq, index.dim)
-                ids, dists = index.search(queries, k, ef=ef, num_threads=1)
+                step = int(request.get("filter_step") or 0)
+                if step > 0:
+                    allowed = np.arange(0, len(index), step)
+                    ids, dists = index.search(
+                        queries, k, ef=ef, num_threads=1, filter=allowed,
+                        filter_strategy="filtered",
+                    )  # fmt: skip
+                else:
+                    ids, dists = index.search(queries, k, ef=ef, num_threads=1)
                 computed = index._core.stats()["last_search_distance_computations"]
                 write_frame(
                     1,
