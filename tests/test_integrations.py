@@ -196,3 +196,56 @@ def test_llama_index_store_life_cycle_and_persistence(tmp_path) -> None:
     assert len(found) == 1 and found[0].node.node_id in ("a", "b")
     with pytest.raises(ValueError, match="no embedding"):
         EvidexLlamaStore().add([TextNode(id_="x", text="x")])
+
+
+def test_stores_under_many_threads_stay_consistent() -> None:
+    """Adds, upserts, deletes and every kind of read at once: no error, and the
+    documents and the index agree afterwards (a hit deleted mid-search once raised
+    KeyError: documents and vectors are now read under the search's own lock)."""
+    import random
+    import threading
+    import time
+
+    lc = EvidexVectorStore(DeterministicFakeEmbedding(size=16))
+    lc.add_texts([f"seed {i}" for i in range(50)], ids=[f"s{i}" for i in range(50)])
+    llama = EvidexLlamaStore()
+    llama.add(_nodes(50))
+    errors: list[str] = []
+    stop = time.monotonic() + 3
+
+    def work(t: int) -> None:
+        rng = random.Random(t)
+        try:
+            while time.monotonic() < stop:
+                r = rng.random()
+                key = f"t{t}-{rng.randrange(100)}"
+                if r < 0.3:
+                    lc.add_texts([f"text {key}"], [{"t": t}], ids=[key])
+                    node = TextNode(
+                        id_=key,
+                        text=key,
+                        embedding=np.random.default_rng(t).standard_normal(8).tolist(),
+                    )
+                    llama.add([node])
+                elif r < 0.45:
+                    lc.delete([key])
+                    llama.delete_nodes([key])
+                elif r < 0.7:
+                    lc.similarity_search("text 5", k=5, filter={"t": t} if r < 0.6 else None)
+                    llama.query(VectorStoreQuery(query_embedding=[0.1] * 8, similarity_top_k=5))
+                elif r < 0.85:
+                    lc.max_marginal_relevance_search("seed 3", k=3, fetch_k=10)
+                else:
+                    lc.get_by_ids([key, "s1"])
+                    llama.get_nodes([key, "n1"])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    assert len(lc) == len(lc.index)
+    assert len(llama.client) == len(llama.get_nodes())

@@ -137,21 +137,27 @@ class EvidexVectorStore(VectorStore):
         return Document(id=key, page_content=text, metadata=dict(metadata))
 
     def _search(
-        self, vector: Sequence[float], k: int, filter: MetadataFilter
-    ) -> list[tuple[str, float, int]]:
+        self, vector: Sequence[float], k: int, filter: MetadataFilter, with_vectors: bool = False
+    ) -> tuple[list[tuple[Document, float]], np.ndarray | None]:
+        """(documents with distances, their stored vectors if asked), read under one
+        hold of the lock: a concurrent delete cannot remove a hit before its document
+        (or vector) is read."""
         with self._lock:
             index = self._index
             if index is None or len(index) == 0 or k <= 0:
-                return []
+                return [], None
             predicate = self._predicate(filter)
             k = min(int(k), len(index))
             q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
             labels, dist = index.search(q, k=k, ef=max(k, index.ef), filter=predicate)
-            return [
-                (self._table.key_of(int(label)), float(d), int(label))
+            hits = [
+                (int(label), float(d))
                 for label, d in zip(labels[0], dist[0])
                 if label >= 0 and np.isfinite(d)
             ]
+            docs = [(self._document(self._table.key_of(label)), d) for label, d in hits]
+            vectors = index.get_vectors([label for label, _ in hits]) if with_vectors else None
+            return docs, vectors
 
     def _predicate(self, filter: MetadataFilter) -> Callable[[int], bool] | None:
         if filter is None:
@@ -170,7 +176,7 @@ class EvidexVectorStore(VectorStore):
         self, embedding: Sequence[float], k: int = 4, filter: MetadataFilter = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Documents and their distances in the index's space (smaller is closer)."""
-        return [(self._document(key), d) for key, d, _ in self._search(embedding, k, filter)]
+        return self._search(embedding, k, filter)[0]
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: MetadataFilter = None, **kwargs: Any
@@ -211,15 +217,13 @@ class EvidexVectorStore(VectorStore):
         filter: MetadataFilter = None,
         **kwargs: Any,
     ) -> list[Document]:
-        found = self._search(embedding, max(fetch_k, k), filter)
+        found, vectors = self._search(embedding, max(fetch_k, k), filter, with_vectors=True)
         if not found:
             return []
-        with self._lock:
-            vectors = self._index.get_vectors([label for _, _, label in found])
         picked = maximal_marginal_relevance(
             np.asarray(embedding, dtype=np.float32), list(vectors), lambda_mult=lambda_mult, k=k
         )
-        return [self._document(found[i][0]) for i in picked]
+        return [found[i][0] for i in picked]
 
     def max_marginal_relevance_search(
         self,
