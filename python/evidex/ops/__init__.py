@@ -284,9 +284,12 @@ def box_area(boxes: Any, fmt: str = "xyxy") -> Any:
     return area.numpy() if from_numpy else area
 
 
-def _pairwise(a: Any, b: Any, generalized: bool, fmt: str) -> tuple[Any, bool, torch.dtype]:
+def _pairwise(
+    a: Any, b: Any, generalized: bool, fmt: str
+) -> tuple[torch.Tensor, bool, torch.Tensor, torch.Tensor]:
     """IoU/GIoU matrices [..., N, M] of [..., N, 4] and [..., M, 4] boxes by the
-    compiled kernel (leading dimensions broadcast); also (from_numpy, out dtype)."""
+    compiled kernel (leading dimensions broadcast); also whether the input was numpy,
+    and both box sets as checked xyxy tensors in the computing dtype."""
     ta, from_numpy = _as_boxes(a, "boxes1", 2)
     tb, _ = _as_boxes(b, "boxes2", 2)
     if ta.device != tb.device:
@@ -296,7 +299,7 @@ def _pairwise(a: Any, b: Any, generalized: bool, fmt: str) -> tuple[Any, bool, t
     tb = _to_xyxy(tb, fmt, compute, "boxes2").contiguous()
     op = torch.ops.evidex.box_iou_matrix
     if ta.dim() == 2 and tb.dim() == 2:
-        return op(ta, tb, generalized).to(out_dtype), from_numpy, out_dtype
+        return op(ta, tb, generalized).to(out_dtype), from_numpy, ta, tb
     try:
         batch = torch.broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
     except RuntimeError as e:
@@ -309,11 +312,14 @@ def _pairwise(a: Any, b: Any, generalized: bool, fmt: str) -> tuple[Any, bool, t
     fb = tb.expand(*batch, m, 4).reshape(-1, m, 4)
     rows = [op(fa[i], fb[i], generalized) for i in range(fa.shape[0])]
     out = torch.stack(rows) if rows else ta.new_empty((0, n, m))
-    return out.reshape(*batch, n, m).to(out_dtype), from_numpy, out_dtype
+    return out.reshape(*batch, n, m).to(out_dtype), from_numpy, ta, tb
 
 
-def _elementwise(a: Any, b: Any, generalized: bool, fmt: str, eps: float) -> tuple[Any, bool]:
-    """IoU/GIoU of matching [..., 4] boxes (broadcast), by the compiled kernel."""
+def _elementwise(
+    a: Any, b: Any, generalized: bool, fmt: str, eps: float
+) -> tuple[torch.Tensor, bool, torch.Tensor, torch.Tensor]:
+    """IoU/GIoU of matching [..., 4] boxes (broadcast), by the compiled kernel; also
+    whether the input was numpy, and the broadcast xyxy boxes in the computing dtype."""
     ta, from_numpy = _as_boxes(a, "boxes1", 1)
     tb, _ = _as_boxes(b, "boxes2", 1)
     if ta.device != tb.device:
@@ -331,7 +337,7 @@ def _elementwise(a: Any, b: Any, generalized: bool, fmt: str, eps: float) -> tup
     out = torch.ops.evidex.box_iou_pairs(
         ta.reshape(-1, 4).contiguous(), tb.reshape(-1, 4).contiguous(), generalized, float(eps)
     )
-    return out.reshape(shape).to(out_dtype), from_numpy
+    return out.reshape(shape).to(out_dtype), from_numpy, ta, tb
 
 
 def _numpy_out(t: torch.Tensor, from_numpy: bool) -> Any:
@@ -341,14 +347,14 @@ def _numpy_out(t: torch.Tensor, from_numpy: bool) -> Any:
 def box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
     """Pairwise IoU [..., N, M] of [..., N, 4] and [..., M, 4] boxes
     (torchvision.ops.box_iou), differentiable; 0 where the union is empty."""
-    out, from_numpy, _ = _pairwise(boxes1, boxes2, False, fmt)
+    out, from_numpy, _, _ = _pairwise(boxes1, boxes2, False, fmt)
     return _numpy_out(out, from_numpy)
 
 
 def generalized_box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
     """Pairwise generalised IoU [..., N, M], in [-1, 1], differentiable
     (torchvision.ops.generalized_box_iou)."""
-    out, from_numpy, _ = _pairwise(boxes1, boxes2, True, fmt)
+    out, from_numpy, _, _ = _pairwise(boxes1, boxes2, True, fmt)
     return _numpy_out(out, from_numpy)
 
 
@@ -384,15 +390,12 @@ def _complete(iou: torch.Tensor, penalty: torch.Tensor, v: torch.Tensor, eps: fl
 
 def _pairwise_family(boxes1: Any, boxes2: Any, eps: float, complete: bool) -> Any:
     eps = _check_eps(eps)
-    iou, from_numpy, out_dtype = _pairwise(boxes1, boxes2, False, "xyxy")
-    ta, _ = _as_boxes(boxes1, "boxes1", 2)
-    tb, _ = _as_boxes(boxes2, "boxes2", 2)
-    dtype = iou.dtype
-    a = ta.to(dtype).unsqueeze(-2)  # [..., N, 1, 4]
-    b = tb.to(dtype).unsqueeze(-3)  # [..., 1, M, 4]
+    iou, from_numpy, ta, tb = _pairwise(boxes1, boxes2, False, "xyxy")
+    a = ta.to(iou.dtype).unsqueeze(-2)  # [..., N, 1, 4]
+    b = tb.to(iou.dtype).unsqueeze(-3)  # [..., 1, M, 4]
     penalty, v = _distance_terms(a, b, eps)
     out = _complete(iou, penalty, v, eps) if complete else iou - penalty
-    return _numpy_out(out.to(out_dtype), from_numpy)
+    return _numpy_out(out, from_numpy)
 
 
 def distance_box_iou(boxes1: Any, boxes2: Any, eps: float = 1e-7) -> Any:
@@ -409,13 +412,13 @@ def complete_box_iou(boxes1: Any, boxes2: Any, eps: float = 1e-7) -> Any:
 
 def box_iou_pairs(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
     """Elementwise IoU [...] of matching [..., 4] boxes, differentiable."""
-    out, from_numpy = _elementwise(boxes1, boxes2, False, fmt, 0.0)
+    out, from_numpy, _, _ = _elementwise(boxes1, boxes2, False, fmt, 0.0)
     return _numpy_out(out, from_numpy)
 
 
 def generalized_box_iou_pairs(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
     """Elementwise generalised IoU [...] of matching [..., 4] boxes, differentiable."""
-    out, from_numpy = _elementwise(boxes1, boxes2, True, fmt, 0.0)
+    out, from_numpy, _, _ = _elementwise(boxes1, boxes2, True, fmt, 0.0)
     return _numpy_out(out, from_numpy)
 
 
@@ -444,16 +447,14 @@ def generalized_box_iou_loss(
     same arguments, ``eps`` guarding both ratios), by the compiled kernel with its
     compiled gradient."""
     _check_reduction(reduction)
-    giou, _ = _elementwise(boxes1, boxes2, True, fmt, _check_eps(eps))
+    giou, _, _, _ = _elementwise(boxes1, boxes2, True, fmt, _check_eps(eps))
     return _reduce(1 - giou, reduction)
 
 
 def _loss_family(boxes1: Any, boxes2: Any, reduction: str, eps: float, complete: bool):
     _check_reduction(reduction)
     eps = _check_eps(eps)
-    iou, _ = _elementwise(boxes1, boxes2, False, "xyxy", eps)
-    ta, _ = _as_boxes(boxes1, "boxes1", 1)
-    tb, _ = _as_boxes(boxes2, "boxes2", 1)
+    iou, _, ta, tb = _elementwise(boxes1, boxes2, False, "xyxy", eps)
     penalty, v = _distance_terms(ta.to(iou.dtype), tb.to(iou.dtype), eps)
     score = _complete(iou, penalty, v, eps) if complete else iou - penalty
     return _reduce(1 - score, reduction)
