@@ -12,7 +12,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "evidex"
 
 # Bottom to top. A module may import its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("evidex._core", "evidex._cuda", "evidex._arrays", "evidex._progress", "evidex.cuda"),
+    (
+        "evidex._core",
+        "evidex._cuda",
+        "evidex._arrays",
+        "evidex._progress",
+        "evidex._files",
+        "evidex.cuda",
+    ),  # fmt: skip
     ("evidex.metrics", "evidex.bruteforce", "evidex.filters"),
     ("evidex.kernels",),
     ("evidex.index", "evidex.ivf", "evidex"),
@@ -24,7 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
         "evidex.embedding_model",
         "evidex.media",
     ),  # fmt: skip
-    ("evidex.ops", "evidex.rewards", "evidex.crinn", "evidex.train"),
+    # The torch-side of media (embedders use ops' video kernels) sits with ops.
+    ("evidex.ops", "evidex.rewards", "evidex.crinn", "evidex.train", "evidex.media.embedders"),
     ("evidex.examples",),
     ("evidex.cli", "evidex.__main__", "evidex.crinn.cli"),
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from ._arrays import check_texts
+from ._files import atomic_directory
 from ._progress import progress_bar
 
 POOLINGS = ("mean", "cls", "last", "emb_token", "max", "mean_sqrt_len", "weighted_mean")
@@ -437,9 +437,7 @@ class Embedder(torch.nn.Module):
         any previous model at `path` intact.
         """
         path = os.path.abspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with atomic_directory(path) as tmp:
             self.backbone.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             settings = {
@@ -453,14 +451,6 @@ class Embedder(torch.nn.Module):
             }
             _write_json(os.path.join(tmp, CONFIG_NAME), settings)
             self._write_sentence_transformers(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = f"{path}.old{os.getpid()}"
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
 
     def _write_sentence_transformers(self, path: str) -> None:
         """sentence-transformers' files, in the form every version since 2 reads."""

@@ -25,6 +25,17 @@ component does not apply to):
                           `evidex.evidence.Box` objects
 ``reference_segments``    frame ranges key frames should fall in: ``[{"video": "target",
                           "start": 100, "end": 180}]``, or ``{"target": [(100, 180)]}``
+``query_images``          the query's images, for a multimodal embedder (TRL's ``images``
+                          column, which a vision-language reasoner is also shown, serves
+                          when this one is absent): ``[{"image":
+                          "query", "path": "cat.png"}]``, ``{"query": "cat.png"}``, one image
+                          (named ``"query"``), or TRL's list of images (named ``"query"``,
+                          ``"image1"``, ``"image2"``, ...); an image is a path, bytes, a PIL
+                          image or a uint8 array. Their sizes serve for images missing from
+                          ``image_sizes``.
+``query_videos``          the query's videos (else ``videos``): ``[{"video": "query",
+                          "path": "clip.mp4"}]``, ``{"query": "clip.mp4"}`` or one path
+                          (named ``"query"``)
 ========================  =================================================================
 
 `embedrl_dataset` builds a `datasets.Dataset` in the record forms, which survive Arrow as
@@ -43,8 +54,10 @@ __all__ = [
     "embedrl_dataset",
     "frame_counts_of",
     "image_sizes_of",
+    "images_of",
     "reference_boxes_of",
     "reference_segments_of",
+    "videos_of",
 ]
 
 
@@ -115,6 +128,61 @@ def image_sizes_of(
                 _count(size[1], column, row, "height", 1),
             )
     return out or None
+
+
+def _is_image_source(x: Any) -> bool:
+    from ..media.items import ImageItem, as_item
+
+    if isinstance(x, str):
+        return True  # a path
+    try:
+        return isinstance(as_item(x), ImageItem)
+    except (TypeError, ValueError):
+        return False
+
+
+def _media(value: Any, column: str, row: int | None, kind: str) -> dict[str, Any] | None:
+    """``{name: source}`` of the `images` or `videos` column (kind "image" / "video")."""
+    if value is None:
+        return None
+    out: dict[str, Any] = {}
+    if isinstance(value, Mapping):
+        for name, source in value.items():
+            if source is not None:  # a key another row has
+                out[_name(name, column, row, kind)] = source
+    elif (kind == "image" and _is_image_source(value)) or (
+        kind == "video" and isinstance(value, str)
+    ):
+        out["query"] = value
+    elif isinstance(value, Sequence) and value and all(isinstance(r, Mapping) for r in value):
+        for r in value:
+            source = r.get("path", r.get(kind))
+            name = r.get(kind) if "path" in r else "query"
+            out[_name(name, column, row, kind)] = source
+    elif kind == "image" and isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        for i, source in enumerate(value):
+            out["query" if i == 0 else f"image{i}"] = source
+    else:
+        raise ValueError(f"{_where(column, row)}: cannot read {kind}s from {value!r}")
+    for name, source in out.items():
+        ok = _is_image_source(source) if kind == "image" else isinstance(source, str)
+        if not ok or (isinstance(source, str) and not source):
+            raise ValueError(
+                f"{_where(column, row)}: {kind} {name!r} must be "
+                + ("a path, bytes, a PIL image or a uint8 array" if kind == "image" else "a path")
+                + f", got {type(source).__name__}"
+            )
+    return out or None
+
+
+def images_of(value: Any, column: str = "images", row: int | None = None) -> dict[str, Any] | None:
+    """``{image name: source}`` from records, a dict, one image or TRL's list of images."""
+    return _media(value, column, row, "image")
+
+
+def videos_of(value: Any, column: str = "videos", row: int | None = None) -> dict[str, str] | None:
+    """``{video name: path}`` from records, a dict or one path."""
+    return _media(value, column, row, "video")
 
 
 def frame_counts_of(
@@ -216,9 +284,12 @@ def embedrl_dataset(
     frame_counts: Sequence[Any] | None = None,
     reference_boxes: Sequence[Any] | None = None,
     reference_segments: Sequence[Any] | None = None,
+    query_images: Sequence[Any] | None = None,
+    query_videos: Sequence[Any] | None = None,
 ) -> Any:
     """A `datasets.Dataset` with the columns GRPOTrainer and `EmbedRLReward` read, every
     structured column in its record form (which survives Arrow unchanged), checked here.
+    ``query_images`` and ``query_videos`` must be paths here (a dataset holds plain data).
 
     ``prompt`` defaults to `evidex.evidence.reasoner_prompt` of each query (with the
     visual worked examples where the example has images or videos). Any value form the
@@ -240,6 +311,8 @@ def embedrl_dataset(
         "frame_counts": frame_counts,
         "reference_boxes": reference_boxes,
         "reference_segments": reference_segments,
+        "query_images": query_images,
+        "query_videos": query_videos,
     }
     for name, values in {**columns, **optional}.items():
         if values is not None and len(values) != n:
@@ -252,8 +325,22 @@ def embedrl_dataset(
     counts = read_column(frame_counts, frame_counts_of, "frame_counts")
     boxes = read_column(reference_boxes, reference_boxes_of, "reference_boxes")
     segments = read_column(reference_segments, reference_segments_of, "reference_segments")
+    images = read_column(query_images, images_of, "query_images")
+    videos = read_column(query_videos, videos_of, "query_videos")
+    for column, rows in (("query_images", images), ("query_videos", videos)):
+        for i, media in enumerate(rows or ()):
+            for name, source in (media or {}).items():
+                if not isinstance(source, str):
+                    raise ValueError(
+                        f"{column}[{i}]: {name!r} must be a path in a dataset, "
+                        f"got {type(source).__name__}"
+                    )
     if prompt is None:
-        visual = [bool((sizes and sizes[i]) or (counts and counts[i])) for i in range(n)]
+        visual = [
+            bool((sizes and sizes[i]) or (counts and counts[i]))
+            or bool((images and images[i]) or (videos and videos[i]))
+            for i in range(n)
+        ]
         prompt = [
             reasoner_prompt(q, VISUAL_SHOTS) if v else reasoner_prompt(q)
             for q, v in zip(query, visual)
@@ -290,4 +377,12 @@ def embedrl_dataset(
             else [{"video": v, "start": a, "end": e} for v, segs in s.items() for a, e in segs]
             for s in segments
         ]
+    for column, rows, kind in (
+        ("query_images", images, "image"),
+        ("query_videos", videos, "video"),
+    ):
+        if rows is not None:
+            columns[column] = [
+                None if m is None else [{kind: k, "path": p} for k, p in m.items()] for m in rows
+            ]
     return Dataset.from_dict(columns)

@@ -22,9 +22,11 @@ from ..evidence import Box, Evidence, parse_evidence
 from .columns import (
     frame_counts_of,
     image_sizes_of,
+    images_of,
     read_column,
     reference_boxes_of,
     reference_segments_of,
+    videos_of,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "FormatReward",
     "OutcomeReward",
     "alignment_reward",
+    "evidence_item",
     "evidence_text",
     "format_reward",
     "outcome_reward",
@@ -56,6 +59,106 @@ def evidence_text(query: str, ev: Evidence) -> str:
     return "\n".join(parts)
 
 
+def evidence_item(
+    query: str,
+    ev: Evidence,
+    images: Mapping[str, Any] | None = None,
+    videos: Mapping[str, str] | None = None,
+    min_crop: float = 10.0,
+    text_weight: float = 1.0,
+) -> Any:
+    """What a multimodal frozen embedder reads: the query's text with the evidence
+    (`evidence_text`), the query's images, the crop of every evidence box on a known image,
+    and the key frames of known videos, as one `evidex.media.Interleaved` item (the plain
+    text when there are no images or videos). Crops under `min_crop` pixels a side are
+    left out, as Embed-RL drops them; so are boxes and key frames naming unknown media or
+    frames outside the video. `text_weight` weighs the text against each image, crop and
+    frame where a dual encoder averages the parts (a VLM reads them all in one sequence
+    and ignores weights)."""
+    text = evidence_text(query, ev)
+    if not images and not videos:
+        return text
+    from ..media import ImageItem, Interleaved, Video, crop_box, load_image
+
+    parts: list[Any] = [text]
+    loaded = {name: load_image(source) for name, source in (images or {}).items()}
+    parts.extend(ImageItem(im) for im in loaded.values())
+    for box in ev.boxes:
+        image = loaded.get(box.image)
+        if image is None:
+            continue
+        x1, y1, x2, y2 = box.to_pixels(*image.size)
+        if min(x2, image.size[0]) - max(x1, 0) < min_crop:
+            continue
+        if min(y2, image.size[1]) - max(y1, 0) < min_crop:
+            continue
+        parts.append(ImageItem(crop_box(image, box)))
+    opened: dict[str, Any] = {}
+    for kf in ev.key_frames:
+        path = (videos or {}).get(kf.video)
+        if path is None:
+            continue
+        video = opened.get(kf.video) or opened.setdefault(kf.video, Video(path))
+        index = kf.frame if kf.frame is not None else video.time_to_index(float(kf.time or 0))
+        if 0 <= index < len(video):
+            parts.append(ImageItem(video.frames([index])[0]))
+    if len(parts) == 1:  # no usable image, crop or frame
+        return text
+    return Interleaved(tuple(parts), (float(text_weight),) + (1.0,) * (len(parts) - 1))
+
+
+def _media(kwargs: Mapping[str, Any], kind: str) -> Any:
+    """The ``query_images`` / ``query_videos`` column, else TRL's ``images`` / ``videos``
+    (what a vision-language reasoner is shown)."""
+    value = kwargs.get(f"query_{kind}")
+    return kwargs.get(kind) if value is None else value
+
+
+def _check_text_weight(w: Any) -> float:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise ValueError(f"text_weight must be a non-negative finite number, got {w!r}")
+    return float(w)
+
+
+def _accepts_items(embedder: Any) -> bool:
+    return bool(getattr(embedder, "accepts_items", False))
+
+
+def _embedded_queries(
+    embedder: Any,
+    queries: Sequence[str],
+    evidence: Sequence[Evidence],
+    images: Sequence[Any] | None,
+    videos: Sequence[Any] | None,
+    text_weight: float = 1.0,
+) -> np.ndarray:
+    """The embedder's vectors of the evidence-enriched queries, with their media when the
+    examples have ``images`` / ``videos`` columns."""
+    n = len(queries)
+    _check_lengths(n, images=images, videos=videos)
+    images = read_column(images, images_of, "images")
+    videos = read_column(videos, videos_of, "videos")
+    if (images and any(images)) or (videos and any(videos)):
+        if not _accepts_items(embedder):
+            raise ValueError(
+                "the query_images / query_videos columns need a multimodal embedder "
+                "(encode(items), accepts_items = True, e.g. "
+                "evidex.media.embedders.DualEncoderEmbedder)"
+            )
+        items = [
+            evidence_item(
+                q,
+                ev,
+                images[i] if images else None,
+                videos[i] if videos else None,
+                text_weight=text_weight,
+            )
+            for i, (q, ev) in enumerate(zip(queries, evidence))
+        ]
+        return embedder.encode(items)
+    return embedder.encode([evidence_text(q, ev) for q, ev in zip(queries, evidence)])
+
+
 # ----------------------------------------------------------------- format
 def format_reward(
     evidence: Sequence[Evidence],
@@ -63,14 +166,17 @@ def format_reward(
     image_sizes: Sequence[Any] | None = None,
     frame_counts: Sequence[Any] | None = None,
     keyword_range: tuple[int, int] = (1, 10),
+    images: Sequence[Any] | None = None,
 ) -> list[float]:
     """Fraction of checks passed: reasoning present, no parser problems, keyword count in
-    range, boxes inside their image with positive area (examples with images), key frames
-    inside their video (examples with videos). Columns in any form `evidex.rewards.columns`
-    reads."""
+    range, boxes inside their image with positive area (examples with images: sizes from
+    `image_sizes`, else from `images`), key frames inside their video (examples with
+    videos). Columns in any form `evidex.rewards.columns` reads."""
     n = len(evidence)
     _check_lengths(n, problems=problems, image_sizes=image_sizes, frame_counts=frame_counts)
     image_sizes = read_column(image_sizes, image_sizes_of, "image_sizes")
+    if images is not None:
+        image_sizes = _sizes_with_images(n, image_sizes, images)
     frame_counts = read_column(frame_counts, frame_counts_of, "frame_counts")
     lo, hi = keyword_range
     scores = []
@@ -109,11 +215,16 @@ def alignment_reward(
     reference_segments: Sequence[Any] | None = None,
     queries: Sequence[str] | None = None,
     embedder: Any = None,
+    images: Sequence[Any] | None = None,
+    videos: Sequence[Any] | None = None,
+    text_weight: float = 1.0,
 ) -> list[float]:
     """Mean of the components an example has: keyword overlap with the target text,
     best IoU of each box against the reference boxes of its image, the share of key frames
     inside a reference segment of their video, and (with an embedder and queries) the
-    frozen embedder's cosine between query-with-evidence and target, mapped to [0, 1]."""
+    frozen embedder's cosine between query-with-evidence (with its images, crops and key
+    frames, `evidence_item`, when `images` / `videos` are given) and target, mapped to
+    [0, 1]. Images also give the sizes of images missing from `image_sizes`."""
     n = len(evidence)
     _check_lengths(
         n,
@@ -128,11 +239,13 @@ def alignment_reward(
     reference_segments = read_column(
         reference_segments, reference_segments_of, "reference_segments"
     )
+    if images is not None:
+        image_sizes = _sizes_with_images(n, image_sizes, images)
     cos = None
     if embedder is not None:
         if queries is None:
             raise ValueError("alignment_reward needs queries to use the embedder")
-        a = embedder.encode([evidence_text(q, ev) for q, ev in zip(queries, evidence)])
+        a = _embedded_queries(embedder, queries, evidence, images, videos, text_weight)
         b = embedder.encode(list(targets))
         cos = np.sum(a * b, axis=1)
     box_scores = (
@@ -165,6 +278,22 @@ def alignment_reward(
             parts.append(float((cos[i] + 1.0) / 2.0))
         scores.append(sum(parts) / len(parts))
     return scores
+
+
+def _sizes_with_images(n: int, image_sizes: list[Any] | None, images: Sequence[Any]) -> list[Any]:
+    """`image_sizes` with the sizes of the ``images`` column's images filled in."""
+    from ..media import load_image
+
+    _check_lengths(n, images=images)
+    read = read_column(images, images_of, "images") or [None] * n
+    out = list(image_sizes) if image_sizes is not None else [None] * n
+    for i, media in enumerate(read):
+        if media:
+            sizes = dict(out[i] or {})
+            for name, source in media.items():
+                sizes.setdefault(name, load_image(source).size)
+            out[i] = sizes
+    return out
 
 
 def _box_agreements(
@@ -379,6 +508,7 @@ class FormatReward(_ComponentReward):
             kwargs.get("image_sizes"),
             kwargs.get("frame_counts"),
             self.keyword_range,
+            _media(kwargs, "images"),
         )
 
 
@@ -386,17 +516,23 @@ class AlignmentReward(_ComponentReward):
     """The alignment reward alone, as a TRL reward function.
 
     Reads ``target`` (and ``query`` when an embedder is given) and the optional columns
-    ``reference_boxes``, ``image_sizes`` and ``reference_segments``. With ``judge``, a
-    process scorer ``judge(query, target, evidence) -> [0, 1]`` is averaged in.
+    ``reference_boxes``, ``image_sizes``, ``reference_segments`` and ``query_images`` /
+    ``query_videos`` (for a multimodal embedder; `text_weight` as in `evidence_item`).
+    With ``judge``, a process scorer ``judge(query, target, evidence) -> [0, 1]`` is
+    averaged in.
     """
 
     def __init__(
-        self, embedder: Any = None, judge: Callable[[str, str, Evidence], float] | None = None
+        self,
+        embedder: Any = None,
+        judge: Callable[[str, str, Evidence], float] | None = None,
+        text_weight: float = 1.0,
     ) -> None:
         if embedder is not None and not hasattr(embedder, "encode"):
             raise TypeError("embedder must have encode(texts) -> [n, d] array")
         self.embedder = embedder
         self.judge = judge
+        self.text_weight = _check_text_weight(text_weight)
         self.__name__ = "embed_rl_alignment"
 
     def score(
@@ -414,6 +550,9 @@ class AlignmentReward(_ComponentReward):
             kwargs.get("reference_segments"),
             queries,
             self.embedder,
+            _media(kwargs, "images"),
+            _media(kwargs, "videos"),
+            self.text_weight,
         )
         if self.judge is not None:
             judged = [float(self.judge(q, t, ev)) for q, t, ev in zip(queries, targets, evidence)]
@@ -426,7 +565,9 @@ class OutcomeReward(_ComponentReward):
     reading the query with the evidence, retrieves the target.
 
     Reads ``query`` and ``target``, and ``candidates`` (default: the batch's targets) or,
-    with ``candidate_index`` (an `evidex.HNSWIndex` of candidate embeddings), ``target_id``.
+    with ``candidate_index`` (an `evidex.HNSWIndex` of candidate embeddings), ``target_id``;
+    with a multimodal embedder also ``query_images`` / ``query_videos`` (the query is then
+    `evidence_item`: text, images, crops and key frames; `text_weight` as there).
     """
 
     def __init__(
@@ -436,6 +577,7 @@ class OutcomeReward(_ComponentReward):
         temperature: float = 0.05,
         candidate_index: Any = None,
         index_k: int = 100,
+        text_weight: float = 1.0,
     ) -> None:
         if not hasattr(embedder, "encode"):
             raise TypeError("embedder must have encode(texts) -> [n, d] array")
@@ -446,6 +588,7 @@ class OutcomeReward(_ComponentReward):
         self.temperature = temperature
         self.candidate_index = candidate_index
         self.index_k = index_k
+        self.text_weight = _check_text_weight(text_weight)
         self.__name__ = "embed_rl_outcome"
 
     def score(
@@ -453,7 +596,14 @@ class OutcomeReward(_ComponentReward):
     ) -> list[float]:
         n = len(evidence)
         queries = _column(kwargs, "query", n, "the outcome reward")
-        q = self.embedder.encode([evidence_text(qq, ev) for qq, ev in zip(queries, evidence)])
+        q = _embedded_queries(
+            self.embedder,
+            queries,
+            evidence,
+            _media(kwargs, "images"),
+            _media(kwargs, "videos"),
+            self.text_weight,
+        )
         if self.candidate_index is not None:
             target_ids = _column(kwargs, "target_id", n, "the outcome reward over an index")
             form = "softmax" if self.form == "softmax" else "reciprocal_rank"
@@ -499,6 +649,9 @@ class EmbedRLReward:
         outcome_form: see `outcome_reward`.
         judge: optional process scorer ``judge(query, target, evidence) -> [0, 1]`` (a language
             model, as Embed-RL's code uses), averaged into the alignment reward.
+        text_weight: with a multimodal embedder and ``query_images`` / ``query_videos``,
+            the weight of the query's text against each image, crop and key frame
+            (`evidence_item`).
         candidate_index: an `evidex.HNSWIndex` of candidate embeddings; the outcome then ranks
             each example's ``target_id`` column among the index's ``index_k`` nearest.
     """
@@ -513,6 +666,7 @@ class EmbedRLReward:
         judge: Callable[[str, str, Evidence], float] | None = None,
         candidate_index: Any = None,
         index_k: int = 100,
+        text_weight: float = 1.0,
     ) -> None:
         if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights):
             raise ValueError(f"weights must be three non-negative numbers, got {weights}")
@@ -521,8 +675,10 @@ class EmbedRLReward:
         self.embedder = embedder
         self.weights = tuple(float(w) for w in weights)
         self.format = FormatReward(keyword_range)
-        self.alignment = AlignmentReward(embedder, judge)
-        self.outcome = OutcomeReward(embedder, outcome_form, temperature, candidate_index, index_k)
+        self.alignment = AlignmentReward(embedder, judge, text_weight)
+        self.outcome = OutcomeReward(
+            embedder, outcome_form, temperature, candidate_index, index_k, text_weight
+        )
         self.last: _Last | None = None
         self.__name__ = "embed_rl_reward"  # TRL logs reward functions by name
 

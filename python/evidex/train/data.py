@@ -4,6 +4,10 @@ An example is a query, one or more positives and optional hard negatives. Accept
 forms: `ContrastiveExample`; a dict with ``query`` (or ``anchor``), ``positive`` or
 ``positives``, and optional ``negative`` / ``negatives``; a tuple ``(query, positive,
 *negatives)``. A JSONL file holds one such dict per line.
+
+Queries and documents are texts, or, for a multimodal model such as
+`evidex.media.embedders.DualEncoder`, media items (`evidex.media.ImageItem`, PIL images,
+uint8 arrays): an (image, caption) example trains image-to-text retrieval.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from typing import Any
 class ContrastiveExample:
     """One query with its positives and (optional) hard negatives."""
 
-    query: str
-    positives: list[str]
-    negatives: list[str] = field(default_factory=list)
+    query: Any  # a text, or a media item for multimodal models
+    positives: list[Any]
+    negatives: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -33,22 +37,39 @@ class ContrastiveBatch:
     positives (a false negative, masked by the losses).
     """
 
-    queries: list[str]
-    documents: list[str]
+    queries: list[Any]
+    documents: list[Any]
     positives: list[list[int]]
 
     def __len__(self) -> int:
         return len(self.queries)
 
 
-def _texts(value: Any, what: str, where: str) -> list[str]:
+def _entry(value: Any, what: str, where: str) -> Any:
+    """A non-empty text, or a media item (images for multimodal models)."""
+    label = "the query" if what == "query" else f"every {what}"
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{where}: {label} must be a non-empty string, got {value!r}")
+        return value
+    from ..media.items import Interleaved, as_item
+
+    try:
+        item = as_item(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{where}: {label} must be a non-empty string or a media item ({e})"
+        ) from e
+    if isinstance(item, Interleaved):  # a list here is a list of entries, not one item
+        raise ValueError(f"{where}: {label} must be a non-empty string or a media item")
+    return item
+
+
+def _texts(value: Any, what: str, where: str) -> list[Any]:
     if value is None:
         return []
-    items = [value] if isinstance(value, str) else list(value)
-    for t in items:
-        if not isinstance(t, str) or not t.strip():
-            raise ValueError(f"{where}: every {what} must be a non-empty string, got {t!r}")
-    return items
+    single = isinstance(value, str) or not isinstance(value, (list, tuple))
+    return [_entry(t, what, where) for t in ([value] if single else value)]
 
 
 def as_example(item: Any, where: str = "example") -> ContrastiveExample:
@@ -66,8 +87,9 @@ def as_example(item: Any, where: str = "example") -> ContrastiveExample:
             f"{where}: expected a dict with query/positive(s), a (query, positive, "
             f"*negatives) tuple or a ContrastiveExample, got {type(item).__name__}"
         )
-    if not isinstance(query, str) or not query.strip():
+    if query is None or isinstance(query, (list, tuple)):
         raise ValueError(f"{where}: the query must be a non-empty string, got {query!r}")
+    query = _entry(query, "query", where)
     positives = _texts(positives, "positive", where)
     if not positives:
         raise ValueError(f"{where}: needs at least one positive")

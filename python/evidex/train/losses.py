@@ -43,9 +43,13 @@ def _scale_from(temperature: float | None, scale: float | None) -> float:
     return float(scale)
 
 
-def _text_ids(texts: Sequence[str]) -> list[int]:
-    ids: dict[str, int] = {}
-    return [ids.setdefault(t, len(ids)) for t in texts]
+def _text_ids(texts: Sequence[Any]) -> list[int]:
+    """Equal entries share an id: texts by value, media items by content."""
+    from ..media.items import item_key
+
+    ids: dict[Any, int] = {}
+    keys = [t if isinstance(t, str) else (item_key(t) or ("object", id(t))) for t in texts]
+    return [ids.setdefault(k, len(ids)) for k in keys]
 
 
 class _Gathered:

@@ -222,6 +222,10 @@ class ContrastiveTrainer:
     def _load_weights(self, model_dir: str) -> None:
         from safetensors.torch import load_file
 
+        if hasattr(self.model, "load_weights"):  # a model with its own layout (DualEncoder)
+            self.model.load_weights(model_dir)
+            return
+
         files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
         if not files:
             raise FileNotFoundError(f"no safetensors weights in {model_dir}")
@@ -398,7 +402,8 @@ class ContrastiveTrainer:
         was_training = self.model.training
         self.model.eval()
         self.model.zero_grad(set_to_none=True)
-        self.model(["probe"]).sum().backward()
+        probe = self.model.probe_items() if hasattr(self.model, "probe_items") else ["probe"]
+        self.model(probe).sum().backward()
         for p in self.model.parameters():
             if p.requires_grad and p.grad is None:
                 p.requires_grad_(False)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .evidence import Box
+from ..evidence import Box
 
 __all__ = ["Video", "crop_box", "draw_boxes", "load_image"]
 
@@ -27,8 +27,21 @@ def _pil():
 
 
 def load_image(source: Any) -> Any:
-    """An RGB PIL image from a path, bytes or a PIL image, with its EXIF orientation applied."""
+    """An RGB PIL image from a path, bytes, a PIL image or a ``uint8`` array ``[H, W, 3]``
+    / ``[H, W]``, with its EXIF orientation applied."""
     Image, ImageOps = _pil()
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or not (
+            source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4))
+        ):
+            raise ValueError(
+                f"an image array must be uint8 [H, W], [H, W, 3] or [H, W, 4], "
+                f"got {source.dtype} {source.shape}"
+            )
+        if min(source.shape[:2]) == 0:
+            raise ValueError(f"image array {source.shape} has no pixels")
+        a = source[:, :, 0] if source.ndim == 3 and source.shape[2] == 1 else source
+        return Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
     if isinstance(source, Image.Image):
         image = source
         name = "<PIL image>"
@@ -49,7 +62,9 @@ def load_image(source: Any) -> Any:
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot decode image {name!r}: {e}") from e
     else:
-        raise TypeError(f"load_image takes a path, bytes or PIL image, got {type(source).__name__}")
+        raise TypeError(
+            f"load_image takes a path, bytes, PIL image or uint8 array, got {type(source).__name__}"
+        )
     image = ImageOps.exif_transpose(image)
     return image.convert("RGB") if image.mode != "RGB" else image
 
