@@ -545,3 +545,22 @@ class _Wide(ItemEmbedder):
 
     def _encode_items(self, items):
         return np.ones((len(items), 16))
+
+
+def test_many_threads_share_one_embedder_and_its_small_cache(tiny_model_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    emb = DualEncoderEmbedder(tiny_dual(tiny_model_dir), batch_size=2, cache_size=3)
+    images, captions = squares(6)
+    items = [*images, "the cat", "a dog", "the mat"]
+    expect = DualEncoderEmbedder(emb.model, cache_size=0).encode(items)
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(len(items))[: 4 + i % 5] for i in range(64)]
+
+    def work(order):
+        return order, emb.encode([items[i] for i in order])
+
+    with ThreadPoolExecutor(8) as pool:
+        for order, got in pool.map(work, orders):
+            np.testing.assert_allclose(got, expect[order], atol=1e-5)
+    assert len(emb._cache) <= 3

@@ -9,6 +9,7 @@ transformers).
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -86,6 +87,7 @@ class TransformersEmbedder:
         self.device = device
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # encode may be called from many threads
         self.dim = self.embedder.dim
 
     @classmethod
@@ -105,11 +107,14 @@ class TransformersEmbedder:
         """Embeddings of `texts` (float32, L2-normalised), served from the cache when seen."""
         texts = check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        todo = [i for i, t in enumerate(texts) if t not in self._cache]
-        for i, t in enumerate(texts):
-            if t in self._cache:
-                self._cache.move_to_end(t)
-                out[i] = self._cache[t]
+        todo = []
+        with self._cache_lock:
+            for i, t in enumerate(texts):
+                if t in self._cache:
+                    self._cache.move_to_end(t)
+                    out[i] = self._cache[t]
+                else:
+                    todo.append(i)
         # Encode each distinct missing text once, in length order (less padding).
         unique = sorted({texts[i] for i in todo}, key=len)
         bs = batch_size or self.batch_size
@@ -126,8 +131,9 @@ class TransformersEmbedder:
         for i in todo:
             out[i] = fresh[texts[i]]
         if self.cache_size:
-            for t, e in fresh.items():
-                self._cache[t] = e
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            with self._cache_lock:
+                for t, e in fresh.items():
+                    self._cache[t] = e
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
         return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -85,6 +86,7 @@ class ItemEmbedder:
         self.batch_size = batch_size
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # encode may be called from many threads
 
     # ---- what a backend provides ---------------------------------------------------------
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -149,12 +151,13 @@ class ItemEmbedder:
         keys = [item_key(x) for x in items]
         out = np.empty((len(items), self.dim), dtype=np.float32)
         todo: dict[Any, list[int]] = {}
-        for i, k in enumerate(keys):
-            if k is not None and k in self._cache:
-                self._cache.move_to_end(k)
-                out[i] = self._cache[k]
-            else:
-                todo.setdefault(k if k is not None else ("uncached", i), []).append(i)
+        with self._cache_lock:
+            for i, k in enumerate(keys):
+                if k is not None and k in self._cache:
+                    self._cache.move_to_end(k)
+                    out[i] = self._cache[k]
+                else:
+                    todo.setdefault(k if k is not None else ("uncached", i), []).append(i)
         groups = list(todo.values())
         bs = batch_size or self.batch_size
         bar = progress_bar(len(groups), show_progress, "encode", unit="item")
@@ -168,16 +171,17 @@ class ItemEmbedder:
                     f"(finite: {bool(np.isfinite(emb).all())}) for {len(chunk)} items"
                 )
             emb = _normalize(emb)
-            for g, e in zip(chunk, emb):
-                out[g] = e
-                if self.cache_size and keys[g[0]] is not None:
-                    self._cache[keys[g[0]]] = e
+            with self._cache_lock:
+                for g, e in zip(chunk, emb):
+                    out[g] = e
+                    if self.cache_size and keys[g[0]] is not None:
+                        self._cache[keys[g[0]]] = e
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
             bar.close()
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
         return out
 
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
@@ -241,7 +245,8 @@ class DualEncoder(nn.Module):
         text_model: the text tower.
         dim: the shared embedding size.
         image_size: images are resized (bilinear, antialiased) to this square size.
-        mean, std: per-channel input normalisation of 0-1 pixels.
+        mean: per-channel input mean (of 0-1 pixels).
+        std: per-channel input scale.
         grid: the image tower's final feature map is average-pooled over a ``grid x grid``
             layout (1: global pooling), keeping where things are.
         tower_name: recorded in the saved config, to rebuild the tower on load.
