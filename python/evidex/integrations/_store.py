@@ -9,7 +9,6 @@ removes older index files: a crash at any point leaves a matching pair.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -18,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._core import CorruptIndexError
+from .._files import sha256_file
 from ..index import HNSWIndex
 
 FORMAT = "evidex-documents/1"
@@ -146,14 +146,6 @@ def _check_json(value: Any) -> None:
         raise ValueError(f"metadata must be JSON (strings, numbers, lists, dicts): {e}") from e
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_folder(
     folder: str, index: HNSWIndex | None, table: DocumentTable, extra: dict[str, Any]
 ) -> None:
@@ -166,7 +158,7 @@ def write_folder(
     manifest = {
         "format": FORMAT,
         "index_file": name,
-        "index_sha256": _sha256(os.path.join(folder, name)) if name else None,
+        "index_sha256": sha256_file(os.path.join(folder, name)) if name else None,
         **table.to_json(),
         **extra,
     }
@@ -203,7 +195,7 @@ def read_folder(folder: str) -> tuple[HNSWIndex | None, DocumentTable, dict[str,
         if not isinstance(name, str) or os.path.basename(name) != name or not name.endswith(".evx"):
             raise CorruptIndexError(f"{path}: invalid index file name {name!r}")
         index_path = os.path.join(os.fspath(folder), name)
-        if _sha256(index_path) != manifest.get("index_sha256"):
+        if sha256_file(index_path) != manifest.get("index_sha256"):
             raise CorruptIndexError(f"{index_path} is not the index {DOCUMENTS} was saved with")
         index = HNSWIndex.load(index_path)
     table = DocumentTable.from_json(manifest, index)

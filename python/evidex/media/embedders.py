@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._files import atomic_directory
+from .._files import atomic_directory, read_versioned_json
 from .._progress import progress_bar
 from .items import ImageItem, Interleaved, VideoItem, check_items, item_key
 
@@ -433,17 +433,7 @@ class DualEncoder(nn.Module):
         from ..embedding_model import Embedder
 
         config_file = os.path.join(path, DUAL_CONFIG)
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"no evidex dual encoder at {path!r} (no {DUAL_CONFIG})")
-        try:
-            with open(config_file, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read {config_file}: {e}") from e
-        if not isinstance(config, dict) or config.get("format") != "evidex-dual-encoder":
-            raise ValueError(f"{config_file} is not an evidex dual encoder config")
-        if config.get("version") != 1:
-            raise ValueError(f"{config_file}: unsupported version {config.get('version')!r}")
+        config = read_versioned_json(config_file, "evidex-dual-encoder", 1, "evidex dual encoder")
         try:
             kwargs = {
                 "dim": int(config["dim"]),
