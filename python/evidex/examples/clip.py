@@ -225,8 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
     p.add_argument("--captioner", default=None, help="a captioner directory (evidex.examples.rar)")
+    p.add_argument(
+        "--caption-route-only",
+        action="store_true",
+        help="only measure RAR's caption route with --captioner (trained there first, "
+        "--captioner-steps, when the directory has no model) and write caption_route.json",
+    )
+    p.add_argument("--captioner-steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.caption_route_only:
+        return _caption_route_only(args)
 
     import torch
 
@@ -310,6 +319,24 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
+    return 0
+
+
+def _caption_route_only(args: argparse.Namespace) -> int:
+    from .rar import train_captioner
+
+    if not args.captioner:
+        raise SystemExit("--caption-route-only needs --captioner DIR")
+    if not os.path.isfile(os.path.join(args.captioner, "config.json")):
+        t0 = time.time()
+        loss = train_captioner(args.captioner, args.captioner_steps, 32, 2e-3, args.seed)
+        print(f"captioner trained in {time.time() - t0:.0f} s, final loss {loss:.3f}")
+    test = examples("test")[: args.test_limit] if args.test_limit else examples("test")
+    route = caption_route(args.captioner, test)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "caption_route.json"), "w") as f:
+        json.dump({"test_images": len(test), "colour_shape": route}, f, indent=2)
+    print(json.dumps(route, indent=2))
     return 0
 
 
