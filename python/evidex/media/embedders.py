@@ -312,22 +312,17 @@ class DualEncoder(nn.Module):
         return self.mean.device
 
     def pixels(self, images: Sequence[Any]) -> torch.Tensor:
-        """Normalised ``[B, 3, S, S]`` pixels of images (any form `ImageItem` reads)."""
+        """Normalised ``[B, 3, S, S]`` pixels of images (any form `ImageItem` reads),
+        resized by pillow (antialiased bilinear, on uint8: cheap for any input size)."""
+        from PIL import Image
+
+        size = (self.image_size, self.image_size)
         rows = []
         for im in images:
             pil = im.load() if isinstance(im, ImageItem) else ImageItem(im).load()
-            a = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy())
-            rows.append(
-                F.interpolate(
-                    a.permute(2, 0, 1)[None].float() / 255.0,
-                    size=(self.image_size, self.image_size),
-                    mode="bilinear",
-                    antialias=True,
-                    align_corners=False,
-                )
-            )
-        x = torch.cat(rows).to(self.device)
-        return (x - self.mean) / self.std
+            rows.append(np.asarray(pil.resize(size, Image.BILINEAR), dtype=np.uint8))
+        x = torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).to(self.device, torch.float32)
+        return (x / 255.0 - self.mean) / self.std
 
     def _tower_features(self, x: torch.Tensor) -> torch.Tensor:
         tower = self.image_tower
