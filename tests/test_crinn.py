@@ -594,7 +594,8 @@ def test_openai_backend_retries_transient_failures_with_backoff() -> None:
             few.generate(["hi"], 8, 0.0)
     finally:
         server.shutdown()
-    closed = OpenAIBackend(url, "m", "", max_retries=1, sleep=waits.append)
+        server.server_close()  # else the socket still accepts, and the request below hangs
+    closed = OpenAIBackend(url, "m", "", max_retries=1, timeout=5, sleep=waits.append)
     with pytest.raises(RuntimeError, match="failed 2 times"):
         closed.generate(["hi"], 8, 0.0)
 
