@@ -4,6 +4,8 @@ that carry them (query_images, query_videos) in every form."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -197,3 +199,22 @@ def test_media_columns_in_every_form():
     assert videos_of([{"video": "v", "path": "c.mp4"}]) == {"v": "c.mp4"}
     with pytest.raises(ValueError, match=r"videos\[1\]"):
         videos_of(np.zeros(3), row=1)
+
+
+def test_model_written_boxes_past_float_range_score_zero_not_raise(tmp_path):
+    """1e308 on the 0-1 scale times the image width is infinite: such a box gets IoU 0
+    (the box kernel refuses non-finite input, which once escaped as a ValueError)."""
+    path = scene(tmp_path)
+    boxes = [
+        {"bbox": [0, 0, 1e308, 1e308], "scale": "normalized"},
+        {"bbox_2d": [-1e308, 5, 1e308, 1e308]},
+    ]
+    huge = (
+        f'<think>t</think><evidence>{{"keywords": ["k"], "boxes": {json.dumps(boxes)}}}</evidence>'
+    )
+    reference = [[{"image": "query", "bbox": [150, 40, 170, 60], "scale": "pixel"}]] * 2
+    scores = EmbedRLReward(ColourEmbedder())(
+        ["p"] * 2, [huge, completion([RED_BOX])], query=["q"] * 2, target=["red"] * 2,
+        candidates=[["red", "blue"]] * 2, query_images=[path] * 2, reference_boxes=reference,
+    )  # fmt: skip
+    assert all(0 <= x <= 1 for x in scores) and scores[1] > scores[0]

@@ -314,9 +314,12 @@ def _box_agreements(
         sizes = image_sizes[i] if image_sizes is not None and image_sizes[i] else {}
         for p, box in enumerate(ev.boxes):
             w, h = sizes.get(box.image, (1000, 1000))
+            pixels = box.to_pixels(w, h)
+            if not all(math.isfinite(c) for c in pixels):
+                continue  # a model-written 1e308 scaled past float range: IoU 0
             for ref in refs:
                 if ref.image == box.image:
-                    a_rows.append(box.to_pixels(w, h))
+                    a_rows.append(pixels)
                     b_rows.append(ref.to_pixels(w, h))
                     owner.append((i, p))
     best: dict[tuple[int, int], float] = {}
