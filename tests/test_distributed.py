@@ -246,3 +246,93 @@ def test_the_corpus_pipeline_from_a_ray_dataset():
     assert ids[0, 0] == 140
     vectors = ray.data.from_items([{"vector": v, "id": i} for i, v in enumerate(data(30))])
     assert len(ShardedIndex.from_dataset(vectors, 16, num_shards=2, space="l2")) == 30
+
+
+def test_ray_pool_builds_and_measures_real_candidates_like_the_local_pool(tmp_path):
+    """Two template kernels, sandboxed build and measurement, once on each pool: the same
+    outcome and the same recall at every beam to within the run-to-run spread (the screen
+    index is built by several threads; QPS differs too); each candidate carries the CPU
+    fingerprint of the node that ran it."""
+    import functools
+
+    from conftest import clustered
+    from evidex.crinn.loop import CrinnRun, Settings
+    from evidex.crinn.measure import machine_fingerprint
+    from evidex.crinn.sandbox import Limits, LocalPool
+    from evidex.crinn.templates import TemplateProposer
+
+    settings = Settings(
+        space="l2", screen_size=3000, queries=100, screen_queries=50, efs=(10, 20, 40),
+        screen_repeats=1, final_repeats=1, finalists=1, recall_range=(0.5, 0.999), batch=2,
+        limits=Limits(cpu_seconds=8, wall_seconds=30, memory_bytes=1 << 30),
+    )  # fmt: skip
+    data = clustered(4000, 16)
+    scored = {}
+    for name, pool in (("local", LocalPool(1)), ("ray", RayPool(num_cpus=1))):
+        run = CrinnRun(tmp_path / name, data, settings, pool=pool)
+        proposals = TemplateProposer("search", seed=3, dim=16).propose([], 2)
+        scored[name] = list(pool.map(functools.partial(run.evaluate, iteration=0), proposals))
+    for a, b in zip(scored["local"], scored["ray"]):
+        assert (a.config, a.ok, a.reason) == (b.config, b.ok, b.reason)
+        assert [p["ef"] for p in a.curve] == [p["ef"] for p in b.curve]
+        np.testing.assert_allclose(
+            [p["recall"] for p in a.curve], [p["recall"] for p in b.curve], atol=0.02
+        )
+        assert b.node == a.node == machine_fingerprint()  # one machine here
+    assert len({c.id for c in scored["ray"]}) == 2
+
+
+def test_candidate_ids_are_claimed_atomically(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evidex.crinn.archive import Archive
+
+    archive = Archive(tmp_path / "run")
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: archive.new_id("search"), range(64)))
+    assert len(set(ids)) == 64
+
+
+def test_the_image_corpus_pipeline_from_a_ray_dataset(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("PIL")
+    import ray.data
+    from PIL import Image
+
+    paths = []
+    for i, colour in enumerate([(220, 20, 20), (20, 20, 220), (20, 200, 20)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (16, 16), colour).save(path)
+        paths.append(str(path))
+    import sys
+
+    # The embedder factory is defined here: ship it by value (workers cannot import tests).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ds = ray.data.from_items([{"id": i, "path": p} for i, p in enumerate(paths)])
+    index = ShardedIndex.from_dataset(
+        ds, 3, num_shards=2, embedder=_ColourEmbedder, image_column="path", batch_size=2,
+        map_options={"num_cpus": 0.5}, M=4,
+    )  # fmt: skip
+    ids, _ = index.search(np.array([[0.1, 0.1, 1.0]]), k=1)
+    assert ids[0, 0] == 1
+
+
+class _ColourEmbedder:
+    """Mean colour of an image: enough to check that images, not paths, were embedded."""
+
+    def encode(self, items):
+        rows = [np.asarray(item.load(), np.float32).reshape(-1, 3).mean(0) for item in items]
+        out = np.stack(rows)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_the_cli_pool_flag_picks_the_ray_pool():
+    from evidex.cli import build_parser
+    from evidex.crinn.cli import make_pool
+    from evidex.crinn.sandbox import LocalPool
+
+    parse = build_parser().parse_args
+    ray_args = parse(["crinn", "optimize", "--out", "o", "--pool", "ray", "--ray-resource", "b"])
+    pool = make_pool(ray_args)  # joins the cluster already running here
+    assert isinstance(pool, RayPool) and pool.resource == "b"
+    assert isinstance(make_pool(parse(["crinn", "optimize", "--out", "o"])), LocalPool)

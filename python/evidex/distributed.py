@@ -479,19 +479,27 @@ class ShardedIndex:
         id_column: str | None = "id",
         embedder: Callable[[], Any] | None = None,
         text_column: str = "text",
+        image_column: str | None = None,
         batch_size: int = 1024,
         map_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> ShardedIndex:
         """Build from a Ray Dataset of vectors (`vector_column`, optional `id_column`), or
-        of texts (`text_column`) embedded on the cluster: `embedder` is a zero-argument
-        factory, called once per worker (a model is not shipped from here), returning an
-        object with ``encode(texts)``; `map_options` go to ``map_batches`` (``num_gpus``,
-        ``num_cpus``, ``concurrency``). Other arguments are `ShardedIndex`'s."""
+        of texts (`text_column`) or images (`image_column`: paths, encoded bytes or uint8
+        arrays) embedded on the cluster: `embedder` is a zero-argument factory, called once
+        per worker (a model is not shipped from here), returning an object with
+        ``encode(items)`` (a multimodal embedder for images); `map_options` go to
+        ``map_batches`` (``num_gpus``, ``num_cpus``, ``concurrency``). Other arguments
+        are `ShardedIndex`'s."""
         if embedder is not None:
             ds = dataset.map_batches(
                 _Embed,
-                fn_constructor_args=(embedder, text_column, vector_column),
+                fn_constructor_args=(
+                    embedder,
+                    image_column or text_column,
+                    vector_column,
+                    image_column is not None,
+                ),  # fmt: skip
                 batch_size=batch_size,
                 batch_format="numpy",
                 **{"concurrency": 1, **dict(map_options or {})},
@@ -511,14 +519,25 @@ class ShardedIndex:
 class _Embed:
     """A ``map_batches`` worker: the embedder is made once, where it runs."""
 
-    def __init__(self, factory: Callable[[], Any], text_column: str, vector_column: str) -> None:
+    def __init__(
+        self, factory: Callable[[], Any], column: str, vector_column: str, images: bool
+    ) -> None:
         self.embedder = factory()
-        self.text_column, self.vector_column = text_column, vector_column
+        self.column, self.vector_column, self.images = column, vector_column, images
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in batch[self.text_column]]
+        if self.column not in batch:
+            raise ValueError(f"the dataset has no column {self.column!r}")
+        if self.images:
+            from .media.items import ImageItem
+
+            items: list[Any] = [
+                ImageItem(x if not isinstance(x, np.str_) else str(x)) for x in batch[self.column]
+            ]
+        else:
+            items = [str(t) for t in batch[self.column]]
         out = dict(batch)
-        out[self.vector_column] = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+        out[self.vector_column] = np.asarray(self.embedder.encode(items), dtype=np.float32)
         return out
 
 

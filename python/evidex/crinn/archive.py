@@ -83,6 +83,7 @@ class Candidate:
     build_seconds: float = 0.0
     eval_seconds: float = 0.0
     iteration: int = 0
+    node: dict[str, str] | None = None  # CPU fingerprint of the machine that built and measured it
 
     @property
     def ok(self) -> bool:
@@ -101,10 +102,16 @@ class Archive:
         return self.root / "candidates" / candidate_id
 
     def new_id(self, slot: str) -> str:
+        """A fresh candidate id, its folder claimed by ``mkdir`` (atomic, also on a shared
+        file system), so concurrent workers, threads or cluster nodes never share one."""
         n = sum(1 for _ in (self.root / "candidates").glob(f"{slot}-*"))
-        while self.folder(f"{slot}-{n:04d}").exists():
-            n += 1
-        return f"{slot}-{n:04d}"
+        while True:
+            cid = f"{slot}-{n:04d}"
+            try:
+                self.folder(cid).mkdir(parents=True)
+                return cid
+            except FileExistsError:
+                n += 1
 
     def save(self, candidate: Candidate) -> None:
         write_json(self.folder(candidate.id) / "meta.json", asdict(candidate))

@@ -66,20 +66,44 @@ def add_parsers(sub: Any, formatter: Any = argparse.HelpFormatter, count: Any = 
                    help="run model-written kernels even where the system cannot jail them "
                         "fully (no user namespaces or no seccomp); off by default")  # fmt: skip
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--pool", choices=["local", "ray"], default="local",
+                   help="where candidates are built and measured: here (--workers at once) or "
+                        "on a Ray cluster (the run folder must be on a file system every node "
+                        "shares; each node builds for its own CPU)")  # fmt: skip
+    o.add_argument("--ray-address", default=None,
+                   help="the Ray cluster to join (default: start a local one)")  # fmt: skip
+    o.add_argument("--ray-resource", default=None,
+                   help="a custom resource each measurement holds one unit of: declare one "
+                        "unit per core a node may measure on")  # fmt: skip
     o.set_defaults(func=optimize)
     s = csub.add_parser("show", help="list a run's archive", formatter_class=formatter)
     s.add_argument("out", help="run folder")
     s.set_defaults(func=show)
 
 
+def make_pool(args: argparse.Namespace) -> Any:
+    """The pool `--pool` names: `LocalPool` or `evidex.distributed.RayPool`."""
+    from .sandbox import LocalPool
+
+    if args.pool != "ray":
+        return LocalPool(args.workers)
+    import ray
+
+    from ..distributed import RayPool
+
+    if not ray.is_initialized():
+        ray.init(address=args.ray_address)
+    return RayPool(resource=args.ray_resource)
+
+
 def optimize(args: argparse.Namespace) -> int:
     from .loop import CrinnRun, Settings
-    from .sandbox import LocalPool, protection
+    from .sandbox import protection
 
     print(protection().describe(), flush=True)
     data = load_data(args.data, args.size) if args.data else None
     settings = Settings(space=args.space, screen_size=args.screen_size)
-    run = CrinnRun(args.out, data, settings, pool=LocalPool(args.workers), seed=args.seed,
+    run = CrinnRun(args.out, data, settings, pool=make_pool(args), seed=args.seed,
                    allow_weak_sandbox=args.allow_weak_sandbox)  # fmt: skip
     slots = list(SLOTS) if args.slot == "all" else [args.slot]
     for slot in slots:

@@ -117,8 +117,10 @@ class CrinnRun:
         """Build and screen one proposal; the result is saved in the archive."""
         cid = self.archive.new_id(proposal.slot)
         folder = self.archive.folder(cid)
+        # node: the machine this runs on (a pool may place it on any node of a cluster).
         cand = Candidate(cid, proposal.slot, proposal.origin, config=proposal.config,
-                         prompt=proposal.prompt, iteration=iteration)  # fmt: skip
+                         prompt=proposal.prompt, iteration=iteration,
+                         node=machine_fingerprint())  # fmt: skip
         if proposal.error:
             folder.mkdir(parents=True, exist_ok=True)
             cand.reason = proposal.error
