@@ -32,8 +32,14 @@ LAYERS: list[tuple[str, ...]] = [
         "evidex.media",
     ),  # fmt: skip
     # The torch-side of media (embedders use ops' video kernels) sits with ops.
-    ("evidex.ops", "evidex.rewards", "evidex.crinn", "evidex.train", "evidex.media.embedders",
-     "evidex.distributed"),  # fmt: skip
+    (
+        "evidex.ops",
+        "evidex.rewards",
+        "evidex.crinn",
+        "evidex.train",
+        "evidex.media.embedders",
+        "evidex.distributed",
+    ),  # fmt: skip
     ("evidex.examples",),
     ("evidex.cli", "evidex.__main__", "evidex.crinn.cli"),
 ]

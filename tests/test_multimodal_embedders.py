@@ -170,7 +170,7 @@ def test_interleaved_and_video_items_are_weighted_means_of_their_parts(tiny_mode
 def test_the_cache_serves_repeats_and_sees_rewritten_files(tiny_model_dir, tmp_path):
     from PIL import Image
 
-    emb = DualEncoderEmbedder(tiny_model_dir and tiny_dual(tiny_model_dir))
+    emb = DualEncoderEmbedder(tiny_dual(tiny_model_dir))
     calls = []
     real = emb._encode_images
     emb._encode_images = lambda ims: calls.append(len(ims)) or real(ims)

@@ -587,17 +587,7 @@ class RayPool:
         self.num_cpus = num_cpus
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        ray = _ray()
-        options: dict[str, Any] = {"num_cpus": self.num_cpus}
-        if self.resource:
-            options["resources"] = {self.resource: 1}
-        task = ray.remote(**options)(_run_with_node)
-        refs = [task.remote(fn, x) for x in items]
-        try:
-            results = ray.get(refs)
-        except ray.exceptions.RayTaskError as e:
-            raise e.as_instanceof_cause() from None
-        return iter([r for r, _node in results])
+        return iter([result for result, _node in self.map_with_nodes(fn, items)])
 
     def map_with_nodes(self, fn: Callable[[T], R], items: Iterable[T]) -> list[tuple[R, dict]]:
         """As `map`, with the CPU fingerprint of the node that ran each job."""
@@ -606,7 +596,10 @@ class RayPool:
         if self.resource:
             options["resources"] = {self.resource: 1}
         task = ray.remote(**options)(_run_with_node)
-        return ray.get([task.remote(fn, x) for x in items])
+        try:
+            return ray.get([task.remote(fn, x) for x in items])
+        except ray.exceptions.RayTaskError as e:
+            raise e.as_instanceof_cause() from None
 
 
 def _run_with_node(fn: Callable[[Any], Any], item: Any) -> tuple[Any, dict[str, str]]:

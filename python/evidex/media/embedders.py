@@ -124,8 +124,6 @@ class ItemEmbedder:
                 for part, weight in zip(item.parts, w):
                     plan.extend(leaves(part, weight))
                 plans.append(plan)
-            elif isinstance(item, VideoItem):
-                plans.append(leaves(item, 1.0))
             else:
                 plans.append(leaves(item, 1.0))
         bs = self.batch_size
