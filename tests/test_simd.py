@@ -86,8 +86,9 @@ def test_environment_variable_rejects_unknown_level() -> None:
 @pytest.mark.parametrize("level", SUPPORTED)
 @pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
 def test_exact_scans_match_numpy_at_every_level(level: str, space: str) -> None:
-    """The four-query kernels of exact scans: odd dimensions (masked tails), batches
-    that are not a multiple of four, every space."""
+    """The kernels of exact scans: four-query kernels below four queries, panel
+    kernels from four (row tails 1-3 after blocks of 4 and 8, the last panel part
+    full), odd dimensions (masked tails), chunks split over threads, every space."""
     rng = np.random.default_rng(7)
     evidex.set_simd_level(level)
     try:
@@ -97,19 +98,24 @@ def test_exact_scans_match_numpy_at_every_level(level: str, space: str) -> None:
             index.add(x)
             allowed = np.arange(0, 300, 3)
             xs = x / np.linalg.norm(x, axis=1, keepdims=True) if space == "cosine" else x
-            for nq in (1, 2, 5, 6):
+            for nq, threads in ((1, 1), (2, 1), (4, 1), (5, 1), (6, 1), (11, 1), (37, 2)):
                 q = rng.standard_normal((nq, dim)).astype(np.float32)
                 qs = q / np.linalg.norm(q, axis=1, keepdims=True) if space == "cosine" else q
                 if space == "l2":
                     d = ((qs[:, None, :].astype(np.float64) - xs[allowed]) ** 2).sum(-1)
                 else:
                     d = 1 - qs.astype(np.float64) @ xs[allowed].T
-                ids, dist = index.search(q, k=5, filter=allowed, filter_strategy="scan")
+                ids, dist = index.search(
+                    q, k=5, filter=allowed, filter_strategy="scan", num_threads=threads
+                )
                 np.testing.assert_allclose(dist, np.sort(d, axis=1)[:, :5], rtol=1e-4, atol=1e-4)
                 # A radius halfway between two distinct distances: no ties at it.
-                u = np.unique(np.round(d, 4))
+                # (Radii are non-negative: inner-product distances below 0 are not used.)
+                u = np.unique(np.round(d[d > 0], 4))
                 r = float(u[len(u) // 2] + u[len(u) // 2 - 1]) / 2 if len(u) > 1 else 1.0
-                lims, hits, _ = index.search_range(q, r, filter=allowed, filter_strategy="scan")
+                lims, hits, _ = index.search_range(
+                    q, r, filter=allowed, filter_strategy="scan", num_threads=threads
+                )
                 for i in range(nq):
                     want = set(allowed[d[i] < r].tolist())
                     assert set(hits[lims[i] : lims[i + 1]].tolist()) == want

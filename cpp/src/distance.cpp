@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -69,6 +70,39 @@ void l2sq4_scalar(const float* q, std::size_t stride, const float* v, std::size_
 void dot4_scalar(const float* q, std::size_t stride, const float* v, std::size_t dim,
                  float* out) {
     for (std::size_t j = 0; j < 4; ++j) out[j] = dot_scalar(q + j * stride, v, dim);
+}
+
+// Panel kernels (distance.h): the lane loop vectorises at the base ISA.
+template <bool L2>
+void panel_scalar(const float* q, std::size_t stride, std::size_t nq, const float* panel,
+                  std::size_t dim, float* out) {
+    for (std::size_t r = 0; r < nq; ++r) {
+        float acc[kPanelWidth] = {};
+        const float* qr = q + r * stride;
+        for (std::size_t d = 0; d < dim; ++d) {
+            const float a = qr[d];
+            const float* row = panel + d * kPanelWidth;
+            for (std::size_t l = 0; l < kPanelWidth; ++l) {
+                if constexpr (L2) {
+                    const float t = a - row[l];
+                    acc[l] += t * t;
+                } else {
+                    acc[l] += a * row[l];
+                }
+            }
+        }
+        std::memcpy(out + r * kPanelWidth, acc, sizeof(acc));
+    }
+}
+
+void l2sq_panel_scalar(const float* q, std::size_t stride, std::size_t nq, const float* panel,
+                       std::size_t dim, float* out) {
+    panel_scalar<true>(q, stride, nq, panel, dim, out);
+}
+
+void dot_panel_scalar(const float* q, std::size_t stride, std::size_t nq, const float* panel,
+                      std::size_t dim, float* out) {
+    panel_scalar<false>(q, stride, nq, panel, dim, out);
 }
 
 void fastscan32_scalar(const std::uint8_t* block, const std::uint8_t* lut, std::size_t nsub,
@@ -210,6 +244,65 @@ __attribute__((target("avx2,fma"))) void l2sq4_avx2(const float* q, std::size_t 
         a3 = _mm256_fmadd_ps(d3, d3, a3);
     }
     hsum4_256(a0, a1, a2, a3, out);
+}
+
+// R queries against a panel: 2R accumulators (R = 4: eight, enough to cover the
+// FMA latency on two pipes), two panel loads and R broadcasts per dimension.
+template <int R, bool L2>
+__attribute__((target("avx2,fma"))) inline void panel_rows_avx2(const float* q,
+                                                               std::size_t stride,
+                                                               const float* panel,
+                                                               std::size_t dim, float* out) {
+    __m256 lo[R], hi[R];
+    for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+    for (std::size_t d = 0; d < dim; ++d) {
+        const __m256 p0 = _mm256_loadu_ps(panel + d * kPanelWidth);
+        const __m256 p1 = _mm256_loadu_ps(panel + d * kPanelWidth + 8);
+        for (int r = 0; r < R; ++r) {
+            const __m256 b = _mm256_broadcast_ss(q + r * stride + d);
+            if constexpr (L2) {
+                const __m256 t0 = _mm256_sub_ps(b, p0), t1 = _mm256_sub_ps(b, p1);
+                lo[r] = _mm256_fmadd_ps(t0, t0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(t1, t1, hi[r]);
+            } else {
+                lo[r] = _mm256_fmadd_ps(b, p0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(b, p1, hi[r]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        _mm256_storeu_ps(out + r * kPanelWidth, lo[r]);
+        _mm256_storeu_ps(out + r * kPanelWidth + 8, hi[r]);
+    }
+}
+
+template <bool L2>
+__attribute__((target("avx2,fma"))) void panel_avx2(const float* q, std::size_t stride,
+                                                    std::size_t nq, const float* panel,
+                                                    std::size_t dim, float* out) {
+    std::size_t r = 0;
+    for (; r + 4 <= nq; r += 4)
+        panel_rows_avx2<4, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
+    q += r * stride;
+    out += r * kPanelWidth;
+    switch (nq - r) {
+        case 3: panel_rows_avx2<3, L2>(q, stride, panel, dim, out); break;
+        case 2: panel_rows_avx2<2, L2>(q, stride, panel, dim, out); break;
+        case 1: panel_rows_avx2<1, L2>(q, stride, panel, dim, out); break;
+        default: break;
+    }
+}
+
+__attribute__((target("avx2,fma"))) void l2sq_panel_avx2(const float* q, std::size_t stride,
+                                                         std::size_t nq, const float* panel,
+                                                         std::size_t dim, float* out) {
+    panel_avx2<true>(q, stride, nq, panel, dim, out);
+}
+
+__attribute__((target("avx2,fma"))) void dot_panel_avx2(const float* q, std::size_t stride,
+                                                        std::size_t nq, const float* panel,
+                                                        std::size_t dim, float* out) {
+    panel_avx2<false>(q, stride, nq, panel, dim, out);
 }
 
 // Add the two lanes (even and odd subspaces).
@@ -360,6 +453,54 @@ __attribute__((target("avx512f"))) void l2sq4_avx512(const float* q, std::size_t
     out[2] = _mm512_reduce_add_ps(a2);
     out[3] = _mm512_reduce_add_ps(a3);
 }
+// One register per panel row; R = 8 accumulators cover the FMA latency.
+template <int R, bool L2>
+__attribute__((target("avx512f"))) inline void panel_rows_avx512(const float* q,
+                                                                std::size_t stride,
+                                                                const float* panel,
+                                                                std::size_t dim, float* out) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (std::size_t d = 0; d < dim; ++d) {
+        const __m512 p = _mm512_loadu_ps(panel + d * kPanelWidth);
+        for (int r = 0; r < R; ++r) {
+            const __m512 b = _mm512_set1_ps(q[r * stride + d]);
+            if constexpr (L2) {
+                const __m512 t = _mm512_sub_ps(b, p);
+                acc[r] = _mm512_fmadd_ps(t, t, acc[r]);
+            } else {
+                acc[r] = _mm512_fmadd_ps(b, p, acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * kPanelWidth, acc[r]);
+}
+
+template <bool L2>
+__attribute__((target("avx512f"))) void panel_avx512(const float* q, std::size_t stride,
+                                                     std::size_t nq, const float* panel,
+                                                     std::size_t dim, float* out) {
+    std::size_t r = 0;
+    for (; r + 8 <= nq; r += 8)
+        panel_rows_avx512<8, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
+    for (; r + 4 <= nq; r += 4)
+        panel_rows_avx512<4, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
+    for (; r < nq; ++r)
+        panel_rows_avx512<1, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
+}
+
+__attribute__((target("avx512f"))) void l2sq_panel_avx512(const float* q, std::size_t stride,
+                                                          std::size_t nq, const float* panel,
+                                                          std::size_t dim, float* out) {
+    panel_avx512<true>(q, stride, nq, panel, dim, out);
+}
+
+__attribute__((target("avx512f"))) void dot_panel_avx512(const float* q, std::size_t stride,
+                                                         std::size_t nq, const float* panel,
+                                                         std::size_t dim, float* out) {
+    panel_avx512<false>(q, stride, nq, panel, dim, out);
+}
+
 __attribute__((target("avx512f,avx512bw"))) inline __m256i fold_halves(__m512i v) {
     return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
 }
@@ -388,13 +529,19 @@ __attribute__((target("avx512f,avx512bw"))) void fastscan32_avx512(const std::ui
 }
 #endif  // EVIDEX_X86
 
-const DistanceKernels kScalar{l2sq_scalar,  dot_scalar,  sq8_l2_scalar,     sq8_dot_scalar,
-                             l2sq4_scalar, dot4_scalar, fastscan32_scalar, SimdLevel::Scalar};
+const DistanceKernels kScalar{l2sq_scalar,       dot_scalar,       sq8_l2_scalar,
+                             sq8_dot_scalar,    l2sq4_scalar,     dot4_scalar,
+                             l2sq_panel_scalar, dot_panel_scalar, fastscan32_scalar,
+                             SimdLevel::Scalar};
 #ifdef EVIDEX_X86
-const DistanceKernels kAVX2{l2sq_avx2,  dot_avx2,  sq8_l2_avx2,     sq8_dot_avx2,
-                           l2sq4_avx2, dot4_avx2, fastscan32_avx2, SimdLevel::AVX2};
-const DistanceKernels kAVX512{l2sq_avx512,  dot_avx512,  sq8_l2_avx512,     sq8_dot_avx512,
-                             l2sq4_avx512, dot4_avx512, fastscan32_avx512, SimdLevel::AVX512};
+const DistanceKernels kAVX2{l2sq_avx2,       dot_avx2,       sq8_l2_avx2,
+                           sq8_dot_avx2,    l2sq4_avx2,     dot4_avx2,
+                           l2sq_panel_avx2, dot_panel_avx2, fastscan32_avx2,
+                           SimdLevel::AVX2};
+const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512,
+                             sq8_dot_avx512,    l2sq4_avx512,     dot4_avx512,
+                             l2sq_panel_avx512, dot_panel_avx512, fastscan32_avx512,
+                             SimdLevel::AVX512};
 #endif
 
 SimdLevel detect() {

@@ -13,6 +13,10 @@
 #include <queue>
 #include <stdexcept>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>  // baseline on x86-64: no dispatch needed
+#endif
+
 #include "evidex/beam.h"
 #include "evidex/errors.h"
 
@@ -1252,6 +1256,14 @@ std::size_t scan_class(std::size_t nq) {
     return c;
 }
 
+// Classes of allowed counts (decades: a scan's fixed cost per query weighs on
+// its cost per row when the rows are few).
+std::size_t count_class(std::size_t allowed) {
+    std::size_t c = 0;
+    for (std::size_t a = allowed; a >= 10 && c < 7; a /= 10) ++c;
+    return c;
+}
+
 std::size_t selectivity_class(double sel) {
     const double c = -2.0 * std::log10(std::max(sel, 1e-9));
     return static_cast<std::size_t>(std::min(7.0, std::max(0.0, c)));
@@ -1263,6 +1275,19 @@ double nearest(const Figure* figures, std::size_t count, std::size_t cls, double
         if (cls >= d && figures[cls - d].batches) return figures[cls - d].value;
         if (cls + d < count && figures[cls + d].batches) return figures[cls + d].value;
     }
+    return fallback;
+}
+
+// The figure of cell (a, b), else of the nearest measured cell (by |da| + |db|).
+template <std::size_t K>
+double nearest2(const Figure (&figures)[K][K], std::size_t a, std::size_t b, double fallback) {
+    for (std::size_t d = 0; d < 2 * K; ++d)
+        for (std::size_t i = 0; i < K; ++i) {
+            const std::size_t di = i > a ? i - a : a - i;
+            if (di > d) continue;
+            for (std::size_t j : {b + (d - di), b - (d - di)})
+                if (j < K && figures[i][j].batches) return figures[i][j].value;
+        }
     return fallback;
 }
 
@@ -1298,7 +1323,8 @@ FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef,
                        s == FilterStrategy::Filtered ? 10.0 : 4.0);
     };
     double cost[4] = {0, 0, 0, 0};
-    cost[1] = nearest(m.scan_row_ns, K, qc, 2.0 + 0.1 * dim) * a;
+    const std::size_t ac = count_class(allowed);
+    cost[1] = nearest2(m.scan_row_ns, qc, ac, 2.0 + 0.1 * dim) * a;
     cost[2] = step_ns(FilterStrategy::Filtered) *
               std::min(n, per_unit(FilterStrategy::Filtered) * e / sel);
     // Two hops are for filters that leave a node fewer than M allowed neighbours
@@ -1321,7 +1347,7 @@ FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef,
         // A method not yet measured in this class of batch gets one batch when its
         // estimate is close, so the model learns this machine, not the defaults.
         const auto measured = [&](FilterStrategy s) {
-            return s == FilterStrategy::Scan ? m.scan_row_ns[qc].batches != 0
+            return s == FilterStrategy::Scan ? m.scan_row_ns[qc][ac].batches != 0
                                              : m.step_ns[idx(s)][sc].batches != 0;
         };
         for (FilterStrategy s :
@@ -1354,12 +1380,13 @@ void HNSW::calibrate(FilterStrategy s, std::size_t allowed, std::size_t live, st
     std::lock_guard<std::mutex> lk(planner_mutex_);
     CostModel& m = cost_;
     const std::size_t sc = selectivity_class(sel);
-    const bool calibrated = s == FilterStrategy::Scan ? m.scan_row_ns[scan_class(nq)].batches != 0
+    CostFigure& scan_figure = m.scan_row_ns[scan_class(nq)][count_class(allowed)];
+    const bool calibrated = s == FilterStrategy::Scan ? scan_figure.batches != 0
                                                       : m.step_ns[i][sc].batches != 0;
     if (calibrated && predicted_ns > 0 && ns > 0)
         m.log_error[i] += 0.3 * (std::fabs(std::log(ns / predicted_ns)) - m.log_error[i]);
     if (s == FilterStrategy::Scan) {
-        learn(m.scan_row_ns[scan_class(nq)], ns / static_cast<double>(allowed));
+        learn(scan_figure, ns / static_cast<double>(allowed));
         return;
     }
     learn(m.step_ns[i][sc], ns / std::max(1.0, per_query));
@@ -1370,24 +1397,88 @@ void HNSW::calibrate(FilterStrategy s, std::size_t allowed, std::size_t live, st
         learn(m.distances_per_unit[i][sc], per_query / unit);
 }
 
+// A range search's graph beam is as wide as the results expected and doubles
+// while all of it lies inside the radius: its cost per unit of beam is learnt
+// from the range searches that ran (until then the k-NN model's estimate), and
+// charged its typical miss like the k-NN methods; the scan is the k-NN scan.
+FilterStrategy HNSW::plan_range(std::size_t allowed, std::size_t live, std::size_t beam,
+                                std::size_t nq, FilterStrategy forced,
+                                PlanInfo* info_out) const {
+    PlanInfo info;
+    const FilterStrategy knn = plan(allowed, live, beam, nq, forced, &info);
+    std::lock_guard<std::mutex> lk(planner_mutex_);
+    const CostModel& m = cost_;
+    const auto idx = [](FilterStrategy s) { return static_cast<std::size_t>(s); };
+    const double sel = std::min(
+        1.0, static_cast<double>(allowed) / static_cast<double>(std::max<std::size_t>(live, 1)));
+    const std::size_t sc = selectivity_class(sel);
+    double cost[4] = {0, info.predicted_ns[1], info.predicted_ns[2], info.predicted_ns[3]};
+    for (FilterStrategy s : {FilterStrategy::Filtered, FilterStrategy::TwoHop}) {
+        const CostFigure& f = m.range_beam_ns[idx(s)][sc];
+        if (std::isfinite(cost[idx(s)]) && f.batches != 0)
+            cost[idx(s)] = f.value * static_cast<double>(beam);
+    }
+    FilterStrategy best = knn;
+    if (forced == FilterStrategy::Auto) {
+        double charged[4];
+        charged[1] = cost[1] * std::exp(m.log_error[1]);
+        for (std::size_t i = 2; i < 4; ++i) charged[i] = cost[i] * std::exp(m.range_log_error[i]);
+        best = FilterStrategy::Scan;
+        for (FilterStrategy s : {FilterStrategy::Filtered, FilterStrategy::TwoHop})
+            if (charged[idx(s)] < charged[idx(best)]) best = s;
+    }
+    if (info_out != nullptr) {
+        *info_out = info;
+        info_out->strategy = best;
+        for (std::size_t i = 1; i < 4; ++i) info_out->predicted_ns[i] = cost[i];
+    }
+    return best;
+}
+
+void HNSW::calibrate_range(FilterStrategy s, std::size_t allowed, std::size_t live,
+                           std::size_t beam, std::size_t nq, std::size_t threads, double seconds,
+                           double predicted_ns) const {
+    if (nq == 0 || allowed == 0 || beam == 0) return;
+    if (s == FilterStrategy::Scan) {
+        calibrate(s, allowed, live, beam, nq, threads, seconds, nq * allowed, predicted_ns);
+        return;
+    }
+    const std::size_t i = static_cast<std::size_t>(s);
+    const double ns = seconds * 1e9 * static_cast<double>(threads) / static_cast<double>(nq);
+    const double sel = std::min(
+        1.0, static_cast<double>(allowed) / static_cast<double>(std::max<std::size_t>(1, live)));
+    std::lock_guard<std::mutex> lk(planner_mutex_);
+    CostModel& m = cost_;
+    CostFigure& f = m.range_beam_ns[i][selectivity_class(sel)];
+    if (f.batches != 0 && predicted_ns > 0 && ns > 0)
+        m.range_log_error[i] += 0.3 * (std::fabs(std::log(ns / predicted_ns)) - m.range_log_error[i]);
+    learn(f, ns / static_cast<double>(beam));
+}
+
 PlanInfo HNSW::last_plan() const {
     std::lock_guard<std::mutex> lk(planner_mutex_);
     return cost_.last;
 }
 
 // Scores every member against each of nq queries (raw, normalised here for
-// cosine): each member vector is read once and scored against the whole chunk
-// while it sits in L1, so a batch costs one pass over the allowed vectors instead
-// of one per query. visit(query, distance, member) takes each score.
+// cosine), sixteen members at a time: visit(query, distances, members, m) takes
+// the distances of query `query` to members[0..m). With four queries or more the
+// members' vectors are packed dimension-major into a panel (a matrix product's
+// packed operand), read once per chunk of queries and scored with broadcasts and
+// no horizontal sums; with fewer, packing would cost more than it saves and each
+// vector is scored against the (padded) queries four at a time.
 template <class Visit>
 void HNSW::scan_rows(const DistanceKernels& k, const float* queries, std::size_t nq,
                      const std::vector<node_id>& members, Visit&& visit) const {
+    constexpr std::size_t W = kPanelWidth;
+    constexpr std::size_t kPanelMin = 4;
     const std::size_t bytes = dim_ * sizeof(float);
-    // The queries four by four, zero-padded to a multiple of 16 floats (and of 4
-    // queries), as the four-query kernels read them.
+    // Queries four by four, zero-padded to a multiple of 16 floats (and of 4
+    // queries), as the four-query kernels read them; the panel kernels read the
+    // same rows up to dim.
     const std::size_t stride = (dim_ + 15) / 16 * 16;
     const std::size_t groups = (nq + 3) / 4;
-    thread_local std::vector<float> padded;
+    thread_local std::vector<float> padded, panel, out;
     padded.assign(groups * 4 * stride, 0.f);
     for (std::size_t i = 0; i < nq; ++i) {
         float* row = padded.data() + i * stride;
@@ -1397,41 +1488,101 @@ void HNSW::scan_rows(const DistanceKernels& k, const float* queries, std::size_t
             std::memcpy(row, queries + i * dim_, bytes);
     }
     const bool l2 = space_ == Space::L2;
+    const bool packed = nq >= kPanelMin;
     const Distance4Kernel four = l2 ? k.l2sq4 : k.dot4;
+    const PanelKernel panel_kernel = l2 ? k.l2sq_panel : k.dot_panel;
+    if (packed) panel.assign(dim_ * W, 0.f);
+    out.resize(std::max<std::size_t>(groups * 4, 1) * W);
+    float* const pan = panel.data();
+    float* const dist = out.data();
+    const float* const qs = padded.data();
     const std::size_t n = members.size();
-    constexpr std::size_t kAhead = 8;
-    for (std::size_t j = 0; j < std::min(n, kAhead); ++j)
+    for (std::size_t j = 0; j < std::min(n, W); ++j)
         prefetch_vector(node(members[j]) + vec_offset_, bytes);
     float d[4];
-    for (std::size_t j = 0; j < n; ++j) {
-        if (j + kAhead < n) prefetch_vector(node(members[j + kAhead]) + vec_offset_, bytes);
-        const node_id id = members[j];
-        const float* v = vec(id);
-        for (std::size_t g = 0; g < groups; ++g) {
-            four(padded.data() + g * 4 * stride, stride, v, dim_, d);
-            const std::size_t base = g * 4;
-            for (std::size_t t = 0; t < 4 && base + t < nq; ++t)
-                visit(base + t, l2 ? d[t] : 1.0f - d[t], id);
+    for (std::size_t b = 0; b < n; b += W) {
+        const std::size_t m = std::min(W, n - b);
+        for (std::size_t l = 0; l < m; ++l) {
+            if (b + W + l < n) prefetch_vector(node(members[b + W + l]) + vec_offset_, bytes);
+            const float* v = vec(members[b + l]);
+            if (packed) {
+                for (std::size_t t = 0; t < dim_; ++t) pan[t * W + l] = v[t];
+                continue;
+            }
+            for (std::size_t g = 0; g < groups; ++g) {
+                four(qs + g * 4 * stride, stride, v, dim_, d);
+                for (std::size_t t = 0; t < 4; ++t) dist[(g * 4 + t) * W + l] = d[t];
+            }
+        }
+        // Lanes past m keep the previous block's values: finite, and never visited.
+        if (packed) panel_kernel(qs, stride, nq, pan, dim_, dist);
+        for (std::size_t i = 0; i < nq; ++i) {
+            float* row = dist + i * W;
+            if (!l2)
+                for (std::size_t l = 0; l < m; ++l) row[l] = 1.0f - row[l];
+            visit(i, static_cast<const float*>(row), members.data() + b, m);
         }
     }
 }
+
+// Queries per chunk of an exact scan: a chunk is one pass over the allowed
+// vectors (each packed once per chunk), so chunks are as large as the threads
+// allow while their queries stay in L2.
+std::size_t HNSW::scan_chunk(std::size_t nq, std::size_t num_threads) const {
+    const std::size_t threads = resolve_threads(num_threads, (nq + 31) / 32);
+    const std::size_t cap = std::max<std::size_t>(32, (std::size_t{256} << 10) / (dim_ * 4));
+    return std::max<std::size_t>(1, std::min(cap, (nq + threads - 1) / threads));
+}
+
+namespace {
+
+// Bit l set where d[l] < bound, for l < m; d holds kPanelWidth readable floats.
+inline std::uint32_t lanes_below(const float* d, std::size_t m, float bound) {
+    static_assert(kPanelWidth == 16, "four SSE compares cover a panel");
+    std::uint32_t mask = 0;
+#if defined(__SSE2__)
+    const __m128 b = _mm_set1_ps(bound);
+    for (int j = 0; j < 4; ++j)
+        mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmplt_ps(_mm_loadu_ps(d + 4 * j), b)))
+                << (4 * j);
+#else
+    for (std::size_t l = 0; l < kPanelWidth; ++l) mask |= static_cast<std::uint32_t>(d[l] < bound) << l;
+#endif
+    return mask & ((1u << m) - 1u);
+}
+
+}  // namespace
 
 void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                       const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                       float* out_distances) const {
     std::vector<MaxHeap> tops(nq);
+    // The k-th distance so far per query: most members fail this one comparison.
+    std::vector<float> worst(nq, kInf);
     for (auto& t : tops) t.reserve(kk + 1);
-    scan_rows(k, queries, nq, members, [&](std::size_t i, float d, node_id id) {
-        MaxHeap& top = tops[i];
-        if (top.size() < kk) {
-            top.push_back({d, id});
-            std::push_heap(top.begin(), top.end());
-        } else if (d < top.front().dist) {
-            std::pop_heap(top.begin(), top.end());
-            top.back() = {d, id};
-            std::push_heap(top.begin(), top.end());
-        }
-    });
+    scan_rows(k, queries, nq, members,
+              [&](std::size_t i, const float* dist, const node_id* ids, std::size_t m) {
+                  float bound = worst[i];
+                  std::uint32_t mask = lanes_below(dist, m, bound);
+                  if (mask == 0) return;
+                  MaxHeap& top = tops[i];
+                  for (; mask != 0; mask &= mask - 1) {
+                      const int l = __builtin_ctz(mask);
+                      const float d = dist[l];
+                      if (!(d < bound)) continue;  // the bound tightened meanwhile
+                      if (top.size() < kk) {
+                          top.push_back({d, ids[l]});
+                          std::push_heap(top.begin(), top.end());
+                          if (top.size() == kk) bound = top.front().dist;
+                      } else {
+                          std::pop_heap(top.begin(), top.end());
+                          top.back() = {d, ids[l]};
+                          std::push_heap(top.begin(), top.end());
+                          bound = top.front().dist;
+                      }
+                  }
+                  worst[i] = bound;
+              });
     for (std::size_t i = 0; i < nq; ++i) {
         label_t* labels = out_labels + i * kk;
         float* distances = out_distances + i * kk;
@@ -1572,10 +1723,10 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
     const auto t0 = std::chrono::steady_clock::now();
     if (s == FilterStrategy::Scan) {
         // Chunks of queries share each pass over the allowed vectors.
-        constexpr std::size_t kChunk = 32;
-        const std::size_t chunks = (nq + kChunk - 1) / kChunk;
+        const std::size_t chunk = scan_chunk(nq, num_threads);
+        const std::size_t chunks = (nq + chunk - 1) / chunk;
         parallel_for(chunks, num_threads, [&](std::size_t c) {
-            const std::size_t i0 = c * kChunk, m = std::min(kChunk, nq - i0);
+            const std::size_t i0 = c * chunk, m = std::min(chunk, nq - i0);
             scan_batch(kernels, queries + i0 * dim_, m, members, k, out_labels + i0 * k,
                        out_distances + i0 * k);
         });
@@ -1627,7 +1778,9 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
             out_distances[i * k + w] = kInf;
         }
     });
-    const std::size_t units = s == FilterStrategy::Scan ? (nq + 31) / 32 : nq;
+    const std::size_t units = s == FilterStrategy::Scan
+                                  ? (nq + scan_chunk(nq, num_threads) - 1) / scan_chunk(nq, num_threads)
+                                  : nq;
     calibrate(s, allowed, live_count(), ef, nq, resolve_threads(num_threads, units), seconds,
               total.load(), info.predicted_ns[static_cast<std::size_t>(s)]);
     {
@@ -1704,26 +1857,33 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
         });
         std::size_t hits = 0;
         scan_rows(kernels, queries, probes, sample,
-                  [&](std::size_t, float d, node_id) { hits += d < radius; });
+                  [&](std::size_t, const float* d, const node_id*, std::size_t m) {
+                      for (std::size_t l = 0; l < m; ++l) hits += d[l] < radius;
+                  });
         const double est = static_cast<double>(hits) / static_cast<double>(samples * probes) *
                            static_cast<double>(allowed);
         beam = std::max<std::size_t>(
             ef, static_cast<std::size_t>(std::min(2.0 * std::min(est, double(max_results)),
                                                   static_cast<double>(allowed))));
     }
-    const FilterStrategy s = plan(allowed, live_count(), beam, nq, strategy, nullptr);
+    PlanInfo info;
+    const FilterStrategy s = plan_range(allowed, live_count(), beam, nq, strategy, &info);
     std::vector<std::vector<Candidate>> found(nq);
     std::atomic<std::uint64_t> total{0};
+    const auto t0 = std::chrono::steady_clock::now();
+    std::size_t units = nq;
     if (s == FilterStrategy::Scan) {
         std::vector<node_id> members;
         members.reserve(allowed);
         set.for_each([&](node_id id) { members.push_back(id); });
-        constexpr std::size_t kChunk = 32;
-        parallel_for((nq + kChunk - 1) / kChunk, num_threads, [&](std::size_t c) {
-            const std::size_t i0 = c * kChunk, m = std::min(kChunk, nq - i0);
+        const std::size_t chunk = scan_chunk(nq, num_threads);
+        units = (nq + chunk - 1) / chunk;
+        parallel_for(units, num_threads, [&](std::size_t c) {
+            const std::size_t i0 = c * chunk, m = std::min(chunk, nq - i0);
             scan_rows(kernels, queries + i0 * dim_, m, members,
-                      [&](std::size_t i, float d, node_id id) {
-                          if (d < radius) found[i0 + i].push_back({d, id});
+                      [&](std::size_t i, const float* d, const node_id* ids, std::size_t n) {
+                          for (std::size_t l = 0; l < n; ++l)
+                              if (d[l] < radius) found[i0 + i].push_back({d[l], ids[l]});
                       });
             for (std::size_t i = i0; i < i0 + m; ++i) {
                 auto& f = found[i];
@@ -1745,6 +1905,13 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
             total.fetch_add(computed, std::memory_order_relaxed);
         });
     }
+    calibrate_range(s, allowed, live_count(), beam, nq, resolve_threads(num_threads, units),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                    info.predicted_ns[static_cast<std::size_t>(s)]);
+    {
+        std::lock_guard<std::mutex> lk(planner_mutex_);
+        cost_.last = info;
+    }
     // Labels are read now, once: a slot reused later must not rename a result
     // after its check.
     std::vector<std::vector<std::pair<float, label_t>>> hits(nq);
@@ -1759,9 +1926,11 @@ RangeResult HNSW::search_range(const float* queries, std::size_t nq, float radiu
             std::vector<node_id> current;
             now.for_each([&](node_id id) { current.push_back(id); });
             found[i].clear();
-            scan_rows(kernels, queries + i * dim_, 1, current, [&](std::size_t, float d, node_id id) {
-                if (d < radius) found[i].push_back({d, id});
-            });
+            scan_rows(kernels, queries + i * dim_, 1, current,
+                      [&](std::size_t, const float* d, const node_id* ids, std::size_t n) {
+                          for (std::size_t l = 0; l < n; ++l)
+                              if (d[l] < radius) found[i].push_back({d[l], ids[l]});
+                      });
             std::sort(found[i].begin(), found[i].end());
             if (found[i].size() > max_results) found[i].resize(max_results);
         } else {

@@ -420,9 +420,9 @@ class HNSWIndex:
         return lims, ids, dists
 
     def last_plan(self) -> dict[str, Any]:
-        """How the last filtered search ran: the method, the allowed count, and the
-        planner's predicted nanoseconds per query for each method (``None`` for a
-        method that was not a candidate)."""
+        """How the last filtered or range search ran: the method, the allowed
+        count, and the planner's predicted nanoseconds per query for each method
+        (``None`` for a method that was not a candidate)."""
         return dict(self._core.last_plan())
 
     def _allow(

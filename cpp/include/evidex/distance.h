@@ -28,6 +28,16 @@ using Sq8Kernel = float (*)(const float* a, const float* w, const std::uint8_t* 
 using Distance4Kernel = void (*)(const float* q, std::size_t stride, const float* v,
                                  std::size_t dim, float* out);
 
+// Many queries against a panel of kPanelWidth vectors stored dimension-major
+// (panel[d * kPanelWidth + lane]; unused lanes hold anything finite), as a
+// matrix product's packed operand: each query value is broadcast against the
+// whole panel row, so no horizontal sums and no reloads of the vectors. q holds
+// nq queries `stride` floats apart. out[r * kPanelWidth + lane] = dot(q_r, v_lane)
+// or squared L2.
+constexpr std::size_t kPanelWidth = 16;
+using PanelKernel = void (*)(const float* q, std::size_t stride, std::size_t nq,
+                             const float* panel, std::size_t dim, float* out);
+
 // Fast scan (4-bit product quantisation scored by SIMD table look-ups, as in
 // FAISS's and ScaNN's "fast scan"): estimates for the 32 codes of one block.
 // The block holds, per subspace s, 16 bytes at s * 16: byte j carries code j in
@@ -44,6 +54,8 @@ struct DistanceKernels {
     Sq8Kernel sq8_dot;
     Distance4Kernel l2sq4;
     Distance4Kernel dot4;
+    PanelKernel l2sq_panel;
+    PanelKernel dot_panel;
     FastScanKernel fastscan32;
     SimdLevel level;
 };

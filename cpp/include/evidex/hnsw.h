@@ -358,17 +358,27 @@ private:
     // by the calibrated model; then the model learns from what the batch cost.
     FilterStrategy plan(std::size_t allowed, std::size_t live, std::size_t ef, std::size_t nq,
                         FilterStrategy forced, PlanInfo* info) const;
+    // The same for a range search whose graph beam is `beam` (from the expected
+    // result count).
+    FilterStrategy plan_range(std::size_t allowed, std::size_t live, std::size_t beam,
+                              std::size_t nq, FilterStrategy forced, PlanInfo* info) const;
+    void calibrate_range(FilterStrategy s, std::size_t allowed, std::size_t live,
+                         std::size_t beam, std::size_t nq, std::size_t threads, double seconds,
+                         double predicted_ns) const;
     void calibrate(FilterStrategy s, std::size_t allowed, std::size_t live, std::size_t ef,
                    std::size_t nq, std::size_t threads, double seconds, std::uint64_t computed,
                    double predicted_ns) const;
-    // k nearest of `members` by exact distances for each of nq queries (raw, not
-    // yet normalised), into out[nq, kk], padded.
+    // Exact distances of nq queries (raw, not yet normalised) to `members`, handed
+    // to visit(query, distances, members, m) sixteen members at a time; scan_batch
+    // keeps the kk nearest of each into out[nq, kk], padded; scan_chunk is the
+    // queries per pass over the members.
     template <class Visit>
     void scan_rows(const DistanceKernels& k, const float* queries, std::size_t nq,
                    const std::vector<node_id>& members, Visit&& visit) const;
     void scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                     const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                     float* out_distances) const;
+    std::size_t scan_chunk(std::size_t nq, std::size_t num_threads) const;
     template <class Accept>
     MaxHeap search_two_hop(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
                            Accept&& accept, std::uint64_t* dist_count) const;
@@ -564,14 +574,19 @@ private:
     AttributeStore attrs_;  // its own leaf lock
     // The planner's cost model (planner_mutex_, a leaf), learnt from the batches
     // it plans: nanoseconds per scanned row, by batch size class (queries share
-    // each pass over the allowed vectors); and, for each graph method, by class
+    // each pass over the allowed vectors) and allowed count; and, for each graph method, by class
     // of allowed fraction, nanoseconds per distance computation and distance
     // computations per query in units of the method's shape (see plan()).
     struct CostModel {
-        static constexpr std::size_t kClasses = 8;
-        CostFigure scan_row_ns[kClasses];
+        static constexpr std::size_t kClasses = 8;  // count_class() has 8 too
+        CostFigure scan_row_ns[kClasses][kClasses];  // by batch size, allowed count
         CostFigure step_ns[4][kClasses];
         CostFigure distances_per_unit[4][kClasses];
+        // Range search over the graph, per query per unit of planned beam: its
+        // beam is wide and doubles while all of it lies inside the radius, so it
+        // is learnt apart from the k-NN figures (see plan_range()).
+        CostFigure range_beam_ns[4][kClasses];
+        double range_log_error[4] = {0, 0, 0, 0};
         // How far off each method's calibrated predictions have been (mean
         // |ln(actual / predicted)|): a method is charged its typical miss, so an
         // erratic graph estimate must beat the steady scan by that much.
