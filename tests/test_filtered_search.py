@@ -305,6 +305,26 @@ def test_range_search_matches_the_exact_answer(index, data, strategy) -> None:
         assert (np.diff(dist[lims[i] : lims[i + 1]]) >= 0).all() and (dist < radius).all()
 
 
+def test_range_search_reports_its_plan_and_learns_its_graph_figure(index, data) -> None:
+    """A range search leaves its plan in last_plan(); once the graph has run a range
+    search, the graph's prediction is the range figure learnt from it (per unit of
+    beam), not the k-NN model's."""
+    x, _ = data
+    q = x[:16] + 0.05
+    for strategy in ("scan", "filtered"):
+        index.search_range(q, 14.0, filter_strategy=strategy)
+        plan = index.last_plan()
+        assert plan["strategy"] == strategy and plan["allowed"] == len(index)
+    before = index.last_plan()["predicted_ns_per_query"]["filtered"]
+    index.search_range(q, 14.0, filter_strategy="filtered")
+    after = index.last_plan()["predicted_ns_per_query"]["filtered"]
+    assert before > 0 and after > 0 and after != before
+    index.search_range(q, 14.0)
+    plan = index.last_plan()
+    assert plan["strategy"] in ("scan", "filtered", "two_hop")
+    assert plan["predicted_ns_per_query"]["scan"] > 0
+
+
 def test_range_search_filtered_truncated_and_edge_cases(index, data) -> None:
     x, a = data
     q = x[:5]
