@@ -1530,7 +1530,7 @@ void HNSW::scan_rows(const DistanceKernels& k, const float* queries, std::size_t
 // allow while their queries stay in L2.
 std::size_t HNSW::scan_chunk(std::size_t nq, std::size_t num_threads) const {
     const std::size_t threads = resolve_threads(num_threads, (nq + 31) / 32);
-    const std::size_t cap = std::max<std::size_t>(32, (std::size_t{256} << 10) / (dim_ * 4));
+    const std::size_t cap = std::max<std::size_t>(32, (std::size_t{512} << 10) / (dim_ * 4));
     return std::max<std::size_t>(1, std::min(cap, (nq + threads - 1) / threads));
 }
 
