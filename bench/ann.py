@@ -81,6 +81,17 @@ class Evidex(Library):
     def distance_computations(self):
         return self.index.stats()["last_search_distance_computations_per_query"]
 
+    def layout(self):
+        s = self.index.stats()
+        return {key: s[key] for key in ("node_bytes", "code_bytes", "pq4_block_bytes")}
+
+    def search_counts(self, queries, k):
+        """Mean distance computations and hops per query over a whole batch."""
+        self.index.search(queries, k, num_threads=1)
+        s = self.index.stats()
+        return (s["last_search_distance_computations_per_query"],
+                s["last_search_hops_per_query"])  # fmt: skip
+
 
 class EvidexSQ8(Evidex):
     """evidex traversing 8-bit codes, re-ranking the beam in float32."""
@@ -124,6 +135,11 @@ class EvidexIVF(Evidex):
 
     def distance_computations(self):
         return None
+
+    layout = None  # not a graph
+
+    def search_counts(self, queries, k):
+        return None, None
 
 
 class Hnswlib(Library):
@@ -362,6 +378,7 @@ class Point:
     qps: float
     batch_qps: float | None = None
     distance_computations: float | None = None
+    hops: float | None = None  # expanded nodes per query (evidex graphs)
 
 
 @dataclass
@@ -377,6 +394,8 @@ class Result:
     build_seconds: dict[str, float] = field(default_factory=dict)
     memory_bytes: dict[str, int | None] = field(default_factory=dict)  # RSS growth of the build
     reported_bytes: dict[str, int | None] = field(default_factory=dict)  # the library's own count
+    # evidex graphs: bytes of a level-0 node, an SQ8 code row, a PQ4 block.
+    layouts: dict[str, dict[str, int]] = field(default_factory=dict)
     points: list[Point] = field(default_factory=list)
     brute_force_qps: float | None = None
 
@@ -450,6 +469,8 @@ def run(args: argparse.Namespace) -> Result:
             print(f"  build {lib.name:8s} round {rep + 1}: {t:7.1f} s", flush=True)
     for lib in libs:
         res.reported_bytes[lib.name] = lib.memory_bytes()
+        if getattr(lib, "layout", None) is not None:
+            res.layouts[lib.name] = lib.layout()
 
     # Exact search floor (numpy-free: evidex's SIMD brute force, one thread).
     if not args.no_brute_force:
@@ -468,7 +489,9 @@ def run(args: argparse.Namespace) -> Result:
                 best[lib.name] = min(t, best.get(lib.name, t))
                 found[lib.name] = ids
         for lib in libs:
-            dc = lib.distance_computations()
+            dc, hops = lib.distance_computations(), None
+            if hasattr(lib, "search_counts"):
+                dc, hops = lib.search_counts(data.queries, k)
             batch = None
             if args.batch:
                 tb = min(
@@ -483,6 +506,7 @@ def run(args: argparse.Namespace) -> Result:
                 data.queries.shape[0] / best[lib.name],
                 batch,
                 dc,
+                hops,
             )
             res.points.append(p)
         line = "  ".join(

@@ -1,12 +1,14 @@
-"""Limit analysis: how close does search get to its distance-kernel bound?
+"""Limit analysis: how close does search get to what this machine allows?
 
     python -m bench.limits bench/results/glove-50-angular-200000.json
 
-The kernel-bound ceiling of a point is 1 / (distance computations per query x time
-of one in-cache distance): the QPS a search would reach if all it did was compute
-distances on data already in L1. The gap to the measured QPS is what memory
-latency (random node accesses), the beam bookkeeping, the visited set and the
-Python call cost take.
+Per query, from the runner's counts (distance computations, hops = expanded
+nodes) and the layout of the index, the cache lines a search touches, and three
+bounds measured on this machine: the kernel bound (every distance at the speed
+of one in-cache distance), the latency bound (every hop pays one dependent
+DRAM access, measured by a pointer chase over huge-page storage as the graph
+uses, and nothing else overlaps it) and the call cost. The limit is the larger
+of the first two plus the call; "of limit" is limit time / measured time.
 """
 
 from __future__ import annotations
@@ -50,41 +52,68 @@ def call_overhead(dim: int) -> float:
     return best
 
 
-def analyse(path: str) -> str:
+def lines_of(nbytes: int) -> int:
+    return -(-int(nbytes) // 64)
+
+
+def lines_per_query(library: str, p: dict, layout: dict, dim: int, M: int) -> float | None:
+    """Cache lines a query touches: each hop reads a link list; each distance a
+    vector (float32), a code row (SQ8, whose final beam is re-ranked in float32),
+    or, with PQ4, each expanded node reads its block and its own vector."""
+    dc, hops = p.get("distance_computations"), p.get("hops")
+    if not dc or hops is None:
+        return None
+    links = lines_of((2 * M + 1) * 4)
+    vector = lines_of(dim * 4)
+    if library == "evidex-sq8":
+        return hops * links + dc * lines_of(layout.get("code_bytes") or dim) + p["ef"] * vector
+    if library == "evidex-pq4":
+        return hops * (links + lines_of(layout.get("pq4_block_bytes") or 0) + vector)
+    return hops * links + dc * vector
+
+
+def analyse(path: str, latency_ns: float | None = None) -> str:
     with open(path) as f:
         doc = json.load(f)
     res = doc["result"]
-    dim, space = res["dim"], res["space"]
+    dim, space, M = res["dim"], res["space"], res["M"]
     t_dist = seconds_per_distance(dim, space)
     t_call = call_overhead(dim)
+    t_mem = (latency_ns if latency_ns is not None else _core.memory_latency()) * 1e-9
     lines = [
         f"### Limit analysis: {res['dataset']} ({res['n_base']} x {dim}, {space})",
         "",
-        f"One in-cache distance ({_core.simd_level()}): {t_dist * 1e9:.1f} ns; one search "
+        f"One in-cache float32 distance ({_core.simd_level()}): {t_dist * 1e9:.1f} ns; one "
+        f"dependent DRAM access (pointer chase, huge pages): {t_mem * 1e9:.0f} ns; one search "
         f"call's fixed cost (binding, Python): {t_call * 1e6:.1f} us.",
         "",
-        "| library | ef | recall@10 | dist/query | kernel-bound QPS | measured QPS | of bound |"
-        " kernel | call | rest (memory, beam) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| library | ef | recall@10 | dist/query | hops/query | lines/query | kernel | "
+        "latency chain | limit QPS | measured QPS | of limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in res["points"]:
-        dc = p.get("distance_computations")
-        if not dc or not p["library"].startswith("evidex"):
+        dc, hops = p.get("distance_computations"), p.get("hops")
+        if not dc or not p["library"].startswith("evidex") or not hops:
             continue
-        per_query = 1.0 / p["qps"]
+        layout = res.get("layouts", {}).get(p["library"], {})
         kernel = dc * t_dist
-        rest = max(0.0, per_query - kernel - t_call)
+        chain = hops * t_mem
+        limit = max(kernel, chain) + t_call
+        n_lines = lines_per_query(p["library"], p, layout, dim, M)
         lines.append(
-            f"| {p['library']} | {p['ef']} | {p['recall']:.4f} | {dc:.0f} | {1 / kernel:.0f} | "
-            f"{p['qps']:.0f} | {kernel / per_query:.0%} | {kernel * 1e6:.1f} us | "
-            f"{t_call * 1e6:.1f} us | {rest * 1e6:.1f} us |"
+            f"| {p['library']} | {p['ef']} | {p['recall']:.4f} | {dc:.0f} | {hops:.0f} | "
+            f"{'-' if n_lines is None else f'{n_lines:.0f}'} | {kernel * 1e6:.1f} us | "
+            f"{chain * 1e6:.1f} us | {1 / limit:.0f} | {p['qps']:.0f} | "
+            f"{limit * p['qps']:.0%} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    for path in argv if argv is not None else sys.argv[1:]:
-        print(analyse(path))
+    paths = argv if argv is not None else sys.argv[1:]
+    latency = _core.memory_latency() if paths else None  # once for every file
+    for path in paths:
+        print(analyse(path, latency))
         print()
     return 0
 

@@ -1,4 +1,4 @@
-"""The benchmark's data plumbing: fvecs/ivecs reading and recall counting."""
+"""The benchmark's plumbing: fvecs/ivecs reading, recall counting, limit analysis."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from bench.datasets import read_fvecs
+from bench.limits import analyse
+from evidex import _core
 
 
 def _write_vecs(path, rows: np.ndarray) -> None:
@@ -34,3 +36,34 @@ def test_fvecs_rejects_damaged_files(tmp_path) -> None:
     (tmp_path / "t.fvecs").write_bytes((tmp_path / "t.fvecs").read_bytes()[:-4])
     with pytest.raises(ValueError, match="not a valid"):
         read_fvecs(str(tmp_path / "t.fvecs"))
+
+
+def test_memory_latency_measures_and_refuses_bad_sizes() -> None:
+    ns = _core.memory_latency(megabytes=4, steps=20_000)
+    assert 0 < ns < 1e6
+    for bad in ({"megabytes": 0}, {"steps": 0}, {"megabytes": 1 << 20}):
+        with pytest.raises(ValueError, match="memory_latency"):
+            _core.memory_latency(**bad)
+
+
+def test_limit_analysis_reads_counts_and_layouts(tmp_path) -> None:
+    """Each evidex point gets its lines, kernel and latency bounds; the limit is the
+    larger bound plus the call, and a point without hops is left out."""
+    import json
+
+    point = {"library": "evidex-sq8", "ef": 64, "recall": 0.93, "qps": 1000.0,
+             "distance_computations": 2000.0, "hops": 100.0}  # fmt: skip
+    doc = {"result": {"dataset": "toy", "n_base": 1000, "dim": 50, "space": "angular", "M": 16,
+                      "layouts": {"evidex-sq8": {"node_bytes": 340, "code_bytes": 64,
+                                                 "pq4_block_bytes": 0}},
+                      "points": [point, {**point, "library": "evidex", "hops": None},
+                                 {**point, "library": "hnswlib"}]}}  # fmt: skip
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(doc))
+    table = analyse(str(path), latency_ns=100.0)
+    rows = [line for line in table.splitlines() if line.startswith("| evidex")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    # 100 hops x 3 link lines + 2000 codes x 1 line + a re-ranked beam of 64 x 4 lines
+    assert cells[5] == str(100 * 3 + 2000 + 64 * 4)
+    assert cells[7] == "10.0 us"  # 100 hops x 100 ns

@@ -101,3 +101,17 @@ def test_stats_report_counts_levels_and_work() -> None:
     assert s["last_search_queries"] == 10
     assert 10 * 5 <= s["last_search_distance_computations"] < 10 * 3_000
     assert s["simd_level"] == evidex.simd_level()
+    # Hops: at least one expansion per query and fewer than the distances, and the
+    # layout of each storage mode for limit analyses.
+    assert 10 <= s["last_search_hops"] < s["last_search_distance_computations"]
+    assert s["last_search_hops_per_query"] == s["last_search_hops"] / 10
+    assert s["node_bytes"] >= 16 * 4 + (2 * 16 + 1) * 4 and s["code_bytes"] == 0
+    assert s["pq4_block_bytes"] == 0
+    index.search(data[:4], k=5, filter=np.arange(100))  # hops count k-NN searches only
+    assert index.stats()["last_search_hops"] == 0
+    for quantization, key in (("sq8", "code_bytes"), ("pq4", "pq4_block_bytes")):
+        q_index = evidex.HNSWIndex(16, "l2", quantization=quantization)
+        q_index.add(data[:600])
+        q_index.search(data[:5], k=5)
+        q_stats = q_index.stats()
+        assert q_stats[key] > 0 and q_stats["last_search_hops"] >= 5

@@ -6,7 +6,10 @@
 #include <pybind11/stl.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <numeric>
+#include <random>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -18,6 +21,7 @@
 #include "evidex/hnsw.h"
 #include "evidex/ivf.h"
 #include "evidex/kernels.h"
+#include "evidex/memory.h"
 
 namespace py = pybind11;
 using namespace evidex;
@@ -94,7 +98,11 @@ py::dict stats_dict(const IndexStats& s) {
     d["level_counts"] = s.level_counts;
     d["memory_bytes"] = s.memory_bytes;
     d["last_search_distance_computations"] = s.last_search_distance_computations;
+    d["last_search_hops"] = s.last_search_hops;
     d["last_search_queries"] = s.last_search_queries;
+    d["node_bytes"] = s.node_bytes;
+    d["code_bytes"] = s.code_bytes;
+    d["pq4_block_bytes"] = s.pq4_block_bytes;
     return d;
 }
 
@@ -384,6 +392,44 @@ PYBIND11_MODULE(_core, m) {
         py::arg("a"), py::arg("b"), py::arg("space") = "l2", py::arg("level") = "",
         "One distance with the kernel of a SIMD level (for tests and microbenchmarks); "
         "vectors are used as given (no normalisation for cosine).");
+
+    m.def(
+        "memory_latency",
+        [](std::size_t megabytes, std::size_t steps) {
+            // A pointer chase over one random cycle (Sattolo's shuffle) through
+            // storage allocated as the index's graph is: each load depends on
+            // the last, so the time per step is the latency of a random access.
+            if (megabytes < 1 || megabytes > 65536 || steps < 1 || steps > (1u << 30))
+                throw py::value_error("memory_latency() needs 1-65536 MiB and 1-2^30 steps");
+            const std::size_t n = (megabytes << 20) / 64;  // one pointer per cache line
+            struct Line {
+                std::size_t next;
+                char pad[56];
+            };
+            Line* lines = static_cast<Line*>(alloc_random_access(n * sizeof(Line)));
+            if (lines == nullptr) throw std::bad_alloc();
+            std::unique_ptr<Line, decltype(&std::free)> owner(lines, &std::free);
+            std::vector<std::size_t> order(n);
+            std::iota(order.begin(), order.end(), std::size_t{0});
+            std::mt19937_64 rng(42);
+            for (std::size_t i = n - 1; i > 0; --i)
+                std::swap(order[i], order[std::uniform_int_distribution<std::size_t>(0, i - 1)(rng)]);
+            for (std::size_t i = 0; i < n; ++i) lines[order[i]].next = order[(i + 1) % n];
+            py::gil_scoped_release release;
+            std::size_t at = 0;
+            for (std::size_t i = 0; i < std::min(steps, n); ++i) at = lines[at].next;  // warm up
+            const auto t0 = std::chrono::steady_clock::now();
+            for (std::size_t i = 0; i < steps; ++i) at = lines[at].next;
+            const double ns =
+                std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0)
+                    .count();
+            volatile std::size_t sink = at;
+            (void)sink;
+            return ns / static_cast<double>(steps);
+        },
+        py::arg("megabytes") = 512, py::arg("steps") = 2000000,
+        "Nanoseconds of one random, dependent memory access (a pointer chase over "
+        "`megabytes` of huge-page storage, as the graph uses): the latency bound of a hop.");
 
     m.def(
         "fastscan32",

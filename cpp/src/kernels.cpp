@@ -54,7 +54,7 @@ extern "C" std::int64_t builtin_search(const evx_graph_view* g, const float* q,
         [g, q](std::uint32_t id) { return distance_of(g, q, vector_of(g, id)); },
         [g, pb](std::uint32_t id) { prefetch_vector(node_of(g, id) + g->vector_offset, pb); },
         g->prefetch_ahead, (g->max_links + 1) * sizeof(std::uint32_t), entry, ef, vis, beam,
-        todo.data());
+        todo.data(), &search_expansions());
     *dist_count += computed;
     const std::size_t n = beam.size();
     for (std::size_t i = 0; i < n; ++i) {
@@ -164,6 +164,11 @@ std::string join(const std::vector<std::string>& v) {
 }
 
 }  // namespace
+
+std::uint64_t& search_expansions() {
+    thread_local std::uint64_t count = 0;
+    return count;
+}
 
 std::vector<std::string> kernel_library_cpu_features(const std::string& path) {
     return declared_cpu_features(path);

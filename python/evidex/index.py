@@ -456,13 +456,17 @@ class HNSWIndex:
         return self._core.labels(include_deleted).astype(np.int64)
 
     def stats(self) -> dict[str, Any]:
-        """Counts, levels, memory in bytes, and the distance computations of the last search."""
+        """Counts, levels, memory in bytes, the distance computations and hops
+        (expanded nodes; unfiltered k-NN searches with the built-in kernels) of the
+        last search, and the layout's sizes (``node_bytes``, ``code_bytes``,
+        ``pq4_block_bytes``) for limit analyses."""
         s = dict(self._core.stats())
         s["simd_level"] = _core.simd_level()
         q = s["last_search_queries"]
         s["last_search_distance_computations_per_query"] = (
             s["last_search_distance_computations"] / q if q else 0.0
         )
+        s["last_search_hops_per_query"] = s["last_search_hops"] / q if q else 0.0
         return s
 
     # ------------------------------------------------------------ persistence

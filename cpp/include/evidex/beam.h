@@ -129,12 +129,14 @@ private:
 // nodes before the distance computations. `links(id)` gives a node's link list
 // ([count word, ids...], `link_bytes` long), `dist(id)` measures a node,
 // `prefetch(id)` brings in what dist will read, `visited` has try_visit(id) and
-// mark(id); `todo` has room for the longest link list. The HNSW class and the
-// built-in search kernel of the kernel ABI both run this body.
+// mark(id); `todo` has room for the longest link list; `expanded`, when given,
+// counts the nodes expanded (hops). The HNSW class and the built-in search kernel
+// of the kernel ABI both run this body.
 template <class Links, class Dist, class Prefetch, class Visited>
 std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::size_t ahead,
                           std::size_t link_bytes, std::uint32_t ep, std::size_t ef,
-                          Visited& visited, BeamPool& beam, std::uint32_t* todo) {
+                          Visited& visited, BeamPool& beam, std::uint32_t* todo,
+                          std::uint64_t* expanded = nullptr) {
     // The link list of the node likely expanded next, fetched as soon as it is
     // known, so the fetch overlaps this node's distances rather than following
     // them (found by the CRINN loop: bench/RESULTS.md, "link prefetch").
@@ -147,6 +149,7 @@ std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::
     std::uint64_t computed = 1;
     while (beam.has_next()) {
         const std::uint32_t* l = links(beam.pop());
+        if (expanded != nullptr) ++*expanded;
         if (beam.has_next()) prefetch_links(beam.peek());
         const std::size_t n = *reinterpret_cast<const std::uint16_t*>(l);
         std::size_t m = 0;

@@ -121,7 +121,13 @@ struct IndexStats {
     std::vector<std::size_t> level_counts;  // nodes whose top level is i
     std::size_t memory_bytes = 0;
     std::uint64_t last_search_distance_computations = 0;
+    // Nodes expanded by the last unfiltered k-NN search (built-in kernels; a
+    // loaded kernel library's search does not count them).
+    std::uint64_t last_search_hops = 0;
     std::uint64_t last_search_queries = 0;
+    // Layout, for limit analyses: bytes of a level-0 node (links, vector,
+    // label), of an SQ8 code row, of a PQ4 block (0 when absent).
+    std::size_t node_bytes = 0, code_bytes = 0, pq4_block_bytes = 0;
 };
 
 // Thread safety. Every public method may be called from any thread, concurrently
@@ -598,6 +604,7 @@ private:
     mutable VisitedPool visited_pool_;
     mutable std::atomic<std::uint64_t> last_distance_computations_{0};
     mutable std::atomic<std::uint64_t> last_queries_{0};
+    mutable std::atomic<std::uint64_t> last_hops_{0};
 };
 
 // The index's read lock, held by one thread (see HNSW::read_session).

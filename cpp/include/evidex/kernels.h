@@ -25,6 +25,10 @@ struct KernelSet {
 // The built-in kernels, compiled into the package.
 const KernelSet& builtin_kernels();
 
+// Nodes expanded (hops) by this thread's searches with the built-in kernels, a
+// running count: the index reads it around each query for its statistics.
+std::uint64_t& search_expansions();
+
 // Slots found in the library at `path` replace those of `base`; the others stay.
 // Throws std::runtime_error if it declares CPU features this machine lacks (or
 // none at all), cannot be loaded, has no or another ABI version, or exports none
