@@ -67,3 +67,21 @@ def test_limit_analysis_reads_counts_and_layouts(tmp_path) -> None:
     # 100 hops x 3 link lines + 2000 codes x 1 line + a re-ranked beam of 64 x 4 lines
     assert cells[5] == str(100 * 3 + 2000 + 64 * 4)
     assert cells[7] == "10.0 us"  # 100 hops x 100 ns
+
+
+def test_reorder_reads_the_graph_and_orders_every_slot_once() -> None:
+    """bench.reorder parses the level-0 graph from an hnswlib-format save (labels and
+    links as the index holds them) and its breadth-first order is a permutation."""
+    import evidex
+    from bench.reorder import bfs_order, level0_graph
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    index = evidex.HNSWIndex(8, M=6, ef_construction=30)
+    index.add(x, np.arange(1000, 1500))
+    labels, counts, links, entry = level0_graph(index)
+    assert sorted(labels.tolist()) == list(range(1000, 1500))
+    assert counts.max() <= 12 and counts.min() >= 1 and 0 <= entry < 500
+    assert all((links[i, : counts[i]] < 500).all() for i in range(500))
+    order = bfs_order(counts, links, entry)
+    assert order[0] == entry and sorted(order.tolist()) == list(range(500))
