@@ -540,3 +540,37 @@ def test_slots_reused_during_filtered_searches_never_leak_into_results() -> None
     values = idx.get_attributes(live)["t"].tolist()
     for i, v in zip(live.tolist(), values):
         assert (v is None) if i >= 10**6 else v == i % 10, (i, v)
+
+
+def test_scans_from_many_threads_at_once_equal_the_exact_answer(index, data) -> None:
+    """Scans keep packed blocks and query buffers per thread: eight threads scanning
+    batches of every shape (below four queries, panel tails, several chunks, threads
+    inside the call) at once each get numpy's exact answer."""
+    x, _ = data
+    rng = np.random.default_rng(11)
+    cases = []
+    for nq in (1, 3, 4, 7, 33, 150):
+        allowed = np.sort(rng.choice(N, int(rng.integers(20, 700)), replace=False))
+        q = rng.standard_normal((nq, DIM)).astype(np.float32)
+        d = ((x[allowed][None, :, :].astype(np.float64) - q[:, None, :]) ** 2).sum(-1)
+        cases.append((q, allowed, np.sort(d, axis=1)[:, :5]))
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        order = np.random.default_rng(seed).permutation(len(cases) * 4) % len(cases)
+        try:
+            for c in order:
+                q, allowed, want = cases[c]
+                ids, dist = index.search(q, k=5, filter=allowed, filter_strategy="scan",
+                                         num_threads=int(seed % 3))  # fmt: skip
+                assert np.isin(ids, allowed).all()
+                np.testing.assert_allclose(dist, want, rtol=1e-4, atol=1e-4)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
