@@ -78,9 +78,6 @@ class Evidex(Library):
     def memory_bytes(self):
         return self.index.stats()["memory_bytes"]
 
-    def distance_computations(self):
-        return self.index.stats()["last_search_distance_computations_per_query"]
-
     def layout(self):
         s = self.index.stats()
         return {key: s[key] for key in ("node_bytes", "code_bytes", "pq4_block_bytes")}
@@ -132,9 +129,6 @@ class EvidexIVF(Evidex):
     def set_ef(self, ef):
         self.index.nprobe = ef
         self.index.reorder = max(100, ef)
-
-    def distance_computations(self):
-        return None
 
     layout = None  # not a graph
 
@@ -489,9 +483,10 @@ def run(args: argparse.Namespace) -> Result:
                 best[lib.name] = min(t, best.get(lib.name, t))
                 found[lib.name] = ids
         for lib in libs:
-            dc, hops = lib.distance_computations(), None
-            if hasattr(lib, "search_counts"):
+            if hasattr(lib, "search_counts"):  # evidex: means over the whole batch
                 dc, hops = lib.search_counts(data.queries, k)
+            else:
+                dc, hops = lib.distance_computations(), None
             batch = None
             if args.batch:
                 tb = min(

@@ -32,7 +32,8 @@ def level0_graph(index: evidex.HNSWIndex) -> tuple[np.ndarray, np.ndarray, np.nd
     os.close(fd)
     try:
         index.save(path, format="hnswlib")
-        raw = open(path, "rb").read()
+        with open(path, "rb") as f:
+            raw = f.read()
     finally:
         os.unlink(path)
     _, _, count, size_per, label_off, _ = struct.unpack_from("<6Q", raw, 0)

@@ -72,7 +72,8 @@ void dot4_scalar(const float* q, std::size_t stride, const float* v, std::size_t
     for (std::size_t j = 0; j < 4; ++j) out[j] = dot_scalar(q + j * stride, v, dim);
 }
 
-// Panel kernels (distance.h): the lane loop vectorises at the base ISA.
+// Panel kernels (distance.h; L2: squared L2, else dot products): the lane loop
+// vectorises at the base ISA.
 template <bool L2>
 void panel_scalar(const float* q, std::size_t stride, std::size_t nq, const float* panel,
                   std::size_t dim, float* out) {
@@ -95,15 +96,6 @@ void panel_scalar(const float* q, std::size_t stride, std::size_t nq, const floa
     }
 }
 
-void l2sq_panel_scalar(const float* q, std::size_t stride, std::size_t nq, const float* panel,
-                       std::size_t dim, float* out) {
-    panel_scalar<true>(q, stride, nq, panel, dim, out);
-}
-
-void dot_panel_scalar(const float* q, std::size_t stride, std::size_t nq, const float* panel,
-                      std::size_t dim, float* out) {
-    panel_scalar<false>(q, stride, nq, panel, dim, out);
-}
 
 void fastscan32_scalar(const std::uint8_t* block, const std::uint8_t* lut, std::size_t nsub,
                        std::uint16_t* out) {
@@ -295,17 +287,6 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const float* q, std::size_t 
     }
 }
 
-__attribute__((target("avx2,fma"))) void l2sq_panel_avx2(const float* q, std::size_t stride,
-                                                         std::size_t nq, const float* panel,
-                                                         std::size_t dim, float* out) {
-    panel_avx2<true>(q, stride, nq, panel, dim, out);
-}
-
-__attribute__((target("avx2,fma"))) void dot_panel_avx2(const float* q, std::size_t stride,
-                                                        std::size_t nq, const float* panel,
-                                                        std::size_t dim, float* out) {
-    panel_avx2<false>(q, stride, nq, panel, dim, out);
-}
 
 // Add the two lanes (even and odd subspaces).
 __attribute__((target("avx2,fma"))) inline __m128i fold_lanes(__m256i v) {
@@ -491,17 +472,6 @@ __attribute__((target("avx512f"))) void panel_avx512(const float* q, std::size_t
         panel_rows_avx512<1, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
 }
 
-__attribute__((target("avx512f"))) void l2sq_panel_avx512(const float* q, std::size_t stride,
-                                                          std::size_t nq, const float* panel,
-                                                          std::size_t dim, float* out) {
-    panel_avx512<true>(q, stride, nq, panel, dim, out);
-}
-
-__attribute__((target("avx512f"))) void dot_panel_avx512(const float* q, std::size_t stride,
-                                                         std::size_t nq, const float* panel,
-                                                         std::size_t dim, float* out) {
-    panel_avx512<false>(q, stride, nq, panel, dim, out);
-}
 
 __attribute__((target("avx512f,avx512bw"))) inline __m256i fold_halves(__m512i v) {
     return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
@@ -533,16 +503,16 @@ __attribute__((target("avx512f,avx512bw"))) void fastscan32_avx512(const std::ui
 
 const DistanceKernels kScalar{l2sq_scalar,       dot_scalar,       sq8_l2_scalar,
                              sq8_dot_scalar,    l2sq4_scalar,     dot4_scalar,
-                             l2sq_panel_scalar, dot_panel_scalar, fastscan32_scalar,
+                             panel_scalar<true>, panel_scalar<false>, fastscan32_scalar,
                              SimdLevel::Scalar};
 #ifdef EVIDEX_X86
 const DistanceKernels kAVX2{l2sq_avx2,       dot_avx2,       sq8_l2_avx2,
                            sq8_dot_avx2,    l2sq4_avx2,     dot4_avx2,
-                           l2sq_panel_avx2, dot_panel_avx2, fastscan32_avx2,
+                           panel_avx2<true>, panel_avx2<false>, fastscan32_avx2,
                            SimdLevel::AVX2};
 const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512,
                              sq8_dot_avx512,    l2sq4_avx512,     dot4_avx512,
-                             l2sq_panel_avx512, dot_panel_avx512, fastscan32_avx512,
+                             panel_avx512<true>, panel_avx512<false>, fastscan32_avx512,
                              SimdLevel::AVX512};
 #endif
 

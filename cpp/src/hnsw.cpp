@@ -1732,11 +1732,12 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
     const DistanceKernels& kernels = active_kernels();
     std::atomic<std::uint64_t> total{0};
     const auto t0 = std::chrono::steady_clock::now();
+    // Work units: chunks of queries sharing each pass over the allowed vectors
+    // (a scan), or single queries.
+    const std::size_t chunk = s == FilterStrategy::Scan ? scan_chunk(nq, num_threads) : 1;
+    const std::size_t units = (nq + chunk - 1) / chunk;
     if (s == FilterStrategy::Scan) {
-        // Chunks of queries share each pass over the allowed vectors.
-        const std::size_t chunk = scan_chunk(nq, num_threads);
-        const std::size_t chunks = (nq + chunk - 1) / chunk;
-        parallel_for(chunks, num_threads, [&](std::size_t c) {
+        parallel_for(units, num_threads, [&](std::size_t c) {
             const std::size_t i0 = c * chunk, m = std::min(chunk, nq - i0);
             scan_batch(kernels, queries + i0 * dim_, m, members, k, out_labels + i0 * k,
                        out_distances + i0 * k);
@@ -1789,9 +1790,6 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
             out_distances[i * k + w] = kInf;
         }
     });
-    const std::size_t units = s == FilterStrategy::Scan
-                                  ? (nq + scan_chunk(nq, num_threads) - 1) / scan_chunk(nq, num_threads)
-                                  : nq;
     calibrate(s, allowed, live_count(), ef, nq, resolve_threads(num_threads, units), seconds,
               total.load(), info.predicted_ns[static_cast<std::size_t>(s)]);
     {

@@ -232,6 +232,17 @@ class ShardedIndex:
         """Live replicas per shard (as last seen)."""
         return [len(g) for g in self._replicas]
 
+    def _rows(self, x: Any, name: str) -> np.ndarray:
+        """float32 rows [n, dim] (one 1-D row allowed), finite: what add and search take."""
+        a = np.asarray(x, dtype=np.float32)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"{name} must be [n, {self.dim}], got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} hold NaN or infinity")
+        return a
+
     # ---- the index interface -------------------------------------------------------------
     def __len__(self) -> int:
         return int(sum(s["count"] for s in self.shard_stats()))  # count excludes deleted
@@ -242,13 +253,7 @@ class ShardedIndex:
         """Insert (or update) vectors; ids default to ``next_id, next_id + 1, ...``.
         Returns the ids. Each shard checks its part as `HNSWIndex.add` does; a shard that
         refuses raises, and shards already written keep their part."""
-        v = np.asarray(vectors, dtype=np.float32)
-        if v.ndim == 1:
-            v = v[None]
-        if v.ndim != 2 or v.shape[1] != self.dim:
-            raise ValueError(f"vectors must be [n, {self.dim}], got {v.shape}")
-        if not np.isfinite(v).all():
-            raise ValueError("vectors hold NaN or infinity")
+        v = self._rows(vectors, "vectors")
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + len(v), dtype=np.int64)
         ids = np.asarray(ids)
@@ -304,13 +309,7 @@ class ShardedIndex:
         `ShardUnavailableError` naming it; with ``allow_partial=True`` the result is
         ``(ids, distances, missing_shards)`` from the shards that answered."""
         ray = _ray()
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must be [n, {self.dim}], got {q.shape}")
-        if not np.isfinite(q).all():
-            raise ValueError("queries hold NaN or infinity")
+        q = self._rows(queries, "queries")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         q_ref = ray.put(q)
