@@ -85,3 +85,24 @@ def test_reorder_reads_the_graph_and_orders_every_slot_once() -> None:
     assert all((links[i, : counts[i]] < 500).all() for i in range(500))
     order = bfs_order(counts, links, entry)
     assert order[0] == entry and sorted(order.tolist()) == list(range(500))
+
+
+def test_interleave_bench_measures_every_group_with_the_same_answers(tmp_path) -> None:
+    """bench.interleave runs every group size at every beam and thread count, and
+    would stop if a group size changed an answer."""
+    from bench.interleave import main
+
+    rng = np.random.default_rng(0)
+    _write_vecs(tmp_path / "b.fvecs", rng.standard_normal((1500, 12)).astype(np.float32))
+    _write_vecs(tmp_path / "q.fvecs", rng.standard_normal((25, 12)).astype(np.float32))
+    out = main(["--dataset", f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}",
+                "--size", "1500", "--queries", "25", "--groups", "1,2,3", "--efs", "16,40",
+                "--rounds", "2", "--index", str(tmp_path / "i.evx"),
+                "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert out["n"] == 1500 and out["code_bytes"] > 0
+    assert [(r["ef"], sorted(r["qps"])) for r in out["rows"][:2]] == [
+        (16, [1, 2, 3]),
+        (40, [1, 2, 3]),
+    ]
+    assert all(v > 0 for r in out["rows"] for v in r["qps"].values())
+    assert (tmp_path / "i.evx").exists() and (tmp_path / "r.json").exists()

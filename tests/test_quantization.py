@@ -218,3 +218,50 @@ def test_pq4_hostile_file_with_valid_checksums() -> None:
     bad[at : at + 8] = b"\xff" * 8
     loaded = evidex.HNSWIndex.from_bytes(reseal(bad))
     assert loaded.search(clustered(5, 8), k=3)[0].shape == (5, 3)
+
+
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+def test_interleaved_batches_match_one_query_at_a_time(space: str) -> None:
+    # A batch's queries searched together on a thread, hops taken in turn: the
+    # same answers, distance counts and hops as searching them one by one.
+    data = clustered(4_000, 24, seed=5)
+    queries = clustered(37, 24, seed=6)  # not a multiple of any group size
+    index = evidex.HNSWIndex(24, space, quantization="sq8", seed=2)
+    index.add(data, num_threads=1)
+    one_ids = np.stack([index.search(q[None], k=7, ef=40)[0][0] for q in queries])
+    one_dist = np.stack([index.search(q[None], k=7, ef=40)[1][0] for q in queries])
+    index.set_search_tuning(interleave=1)
+    index.search(queries, k=7, ef=40, num_threads=1)
+    counts = (index.stats()["last_search_distance_computations"], index.stats()["last_search_hops"])
+    for group in (0, 2, 3, 5, 16):
+        index.set_search_tuning(interleave=group)
+        for threads in (1, 2):
+            ids, dist = index.search(queries, k=7, ef=40, num_threads=threads)
+            np.testing.assert_array_equal(ids, one_ids)
+            np.testing.assert_array_equal(dist, one_dist)
+            stats = index.stats()
+            assert (stats["last_search_distance_computations"], stats["last_search_hops"]) == counts
+    # k as large as the index: every node, nearest first, in every row.
+    small = evidex.HNSWIndex(24, space, quantization="sq8")
+    small.add(data[:5])
+    small.set_search_tuning(interleave=4)
+    ids, dist = small.search(queries[:9], k=5, num_threads=1)
+    assert (np.sort(ids, axis=1) == np.arange(5)).all()
+    assert (np.diff(dist, axis=1) >= 0).all()
+
+
+def test_interleave_setting_errors_and_fallbacks() -> None:
+    data = clustered(2_000, 16, seed=8)
+    index = evidex.HNSWIndex(16, "l2", quantization="sq8", seed=3)
+    index.add(data, num_threads=1)
+    for bad in (-1, 17, 2.5, "2"):
+        with pytest.raises((ValueError, TypeError), match="interleave"):
+            index.set_search_tuning(interleave=bad)
+    # Filters and deletions take the per-query path; answers stay right.
+    index.set_search_tuning(interleave=4)
+    want = evidex.exact_knn(data[1::2], data[:12], 5, "l2")[0] * 2 + 1
+    ids, _ = index.search(data[:12], k=5, ef=200, filter=np.arange(1, 2_000, 2))
+    assert recall_at_k(ids, want, 5) >= 0.95
+    index.delete(np.arange(0, 2_000, 2))
+    ids, _ = index.search(data[:12], k=5, ef=200)
+    assert recall_at_k(ids, want, 5) >= 0.95

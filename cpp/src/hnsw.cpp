@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <queue>
 #include <stdexcept>
 
@@ -751,40 +752,106 @@ void HNSW::search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q
                 ahead_for(bytes), ep, level, ef, beam, dist_count);
 }
 
-std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_level,
-                             const float* q, std::size_t kk, std::size_t ef, label_t* out_labels,
-                             float* out_distances, std::uint64_t* dist_count) const {
-    // The query in code units: distances on codes then cost one FMA per dimension.
-    thread_local std::vector<float> a;
-    a.assign(padded_dim_, 0.f);
-    float bias = 0.f;
-    if (space_ == Space::L2) {
-        for (std::size_t d = 0; d < dim_; ++d) a[d] = (q[d] - qmin_[d]) / qscale_[d];
-    } else {
-        for (std::size_t d = 0; d < dim_; ++d) {
-            a[d] = q[d] * qscale_[d];
-            bias += q[d] * qmin_[d];
+void HNSW::set_interleave(std::size_t group) {
+    if (group > kMaxInterleave)
+        throw std::invalid_argument("interleave must be at most " +
+                                    std::to_string(kMaxInterleave));
+    interleave_.store(group);
+}
+
+std::size_t HNSW::interleave_group(std::size_t nq, std::size_t threads) const {
+    const std::size_t want = interleave_.load(std::memory_order_relaxed);
+    // Measured (bench/RESULTS.md, "Interleaved batch search"): two queries gain
+    // up to 1.2x where a code is one or two cache lines (GloVe-50, SIFT-128); a
+    // 384-d code's distance is long enough to cover its own fetches (no gain).
+    const std::size_t group = want ? want : code_stride_ <= 128 ? 2 : 1;
+    // Every thread gets whole groups; a thread with one query has nothing to
+    // interleave it with.
+    return std::max<std::size_t>(1, std::min(group, nq / std::max<std::size_t>(threads, 1)));
+}
+
+void HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_level,
+                      const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,
+                      label_t* out_labels, float* out_distances,
+                      std::uint64_t* dist_count) const {
+    // Each query in code units: distances on codes then cost one FMA per dimension.
+    const std::size_t n = padded_dim_;
+    thread_local std::vector<float> units;
+    units.assign(nq * n, 0.f);
+    float bias[kMaxInterleave] = {};
+    for (std::size_t g = 0; g < nq; ++g) {
+        const float* q = qs[g];
+        float* a = units.data() + g * n;
+        if (space_ == Space::L2) {
+            for (std::size_t d = 0; d < dim_; ++d) a[d] = (q[d] - qmin_[d]) / qscale_[d];
+        } else {
+            for (std::size_t d = 0; d < dim_; ++d) {
+                a[d] = q[d] * qscale_[d];
+                bias[g] += q[d] * qmin_[d];
+            }
         }
     }
     const float* w = qweight_.data();
-    const std::size_t n = padded_dim_;
-    const std::size_t stride = code_stride_;
-    const std::size_t code_bytes = prefetch_bytes(stride);
+    const std::size_t code_bytes = prefetch_bytes(code_stride_);
     auto prefetch = [&](node_id id) {
         prefetch_vector(reinterpret_cast<const char*>(code(id)), code_bytes);
     };
-    thread_local BeamPool beam;
-    const std::size_t ahead = ahead_for(stride);
-    auto run = [&](auto&& dist) {
-        const node_id ep = descend(dist, prefetch, ahead, entry, top_level, 1, dist_count);
-        search_beam(dist, prefetch, ahead, ep, 0, ef, beam, dist_count);
+    auto links = [&](node_id id) { return links0(id); };
+    thread_local std::vector<BeamPool> beams;
+    thread_local std::vector<node_id> todo;
+    if (beams.size() < nq) beams.resize(nq);
+    todo.resize(nq * (M0_ + 1));
+    const std::size_t ahead = ahead_for(code_stride_);
+    const std::size_t link_bytes = (M0_ + 1) * sizeof(std::uint32_t);
+    auto run = [&](auto&& measure) {
+        using Dist = decltype(measure(std::size_t{0}));
+        using Walk = BeamWalk<decltype(links), Dist, decltype(prefetch), VisitedList>;
+        // In place (lambdas and references have no default state), no allocation.
+        std::optional<Dist> dists[kMaxInterleave];
+        std::optional<VisitedPool::Handle> visited[kMaxInterleave];
+        std::optional<Walk> walks[kMaxInterleave];
+        std::uint64_t* hops = &search_expansions();
+        for (std::size_t g = 0; g < nq; ++g) {
+            dists[g].emplace(measure(g));
+            visited[g].emplace(visited_pool_.acquire());
+            const node_id ep =
+                descend(*dists[g], prefetch, ahead, entry, top_level, 1, dist_count);
+            walks[g].emplace(Walk{links, *dists[g], prefetch, ahead, link_bytes, **visited[g],
+                                  beams[g], todo.data() + g * (M0_ + 1), hops});
+            walks[g]->start(ep, ef);
+        }
+        run_interleaved([&](std::size_t g) -> Walk& { return *walks[g]; }, nq);
+        for (std::size_t g = 0; g < nq; ++g)
+            if (dist_count) *dist_count += walks[g]->computed;
     };
     if (space_ == Space::L2) {
-        run([&](node_id id) { return k.sq8_l2(a.data(), w, code(id), n); });
+        run([&](std::size_t g) {
+            return [&k, w, n, this, a = units.data() + g * n](node_id id) {
+                return k.sq8_l2(a, w, code(id), n);
+            };
+        });
     } else {
-        run([&](node_id id) { return 1.0f - (bias + k.sq8_dot(a.data(), w, code(id), n)); });
+        run([&](std::size_t g) {
+            return [&k, w, n, this, a = units.data() + g * n, b = bias[g]](node_id id) {
+                return 1.0f - (b + k.sq8_dot(a, w, code(id), n));
+            };
+        });
     }
-    // Re-rank the whole beam with exact float32 distances.
+    for (std::size_t g = 0; g < nq; ++g) {
+        label_t* labels = out_labels + g * kk;
+        float* distances = out_distances + g * kk;
+        const std::size_t found = rerank(k, qs[g], beams[g], kk, labels, distances);
+        if (dist_count) *dist_count += beams[g].size();
+        for (std::size_t r = found; r < kk; ++r) {
+            labels[r] = kNoLabel;
+            distances[r] = kInf;
+        }
+    }
+}
+
+// The kk nearest of a beam by exact float32 distance, into out (nearest first).
+std::size_t HNSW::rerank(const DistanceKernels& k, const float* q, const BeamPool& beam,
+                         std::size_t kk, label_t* out_labels, float* out_distances) const {
     const std::size_t m = beam.size();
     thread_local std::vector<Candidate> exact;
     exact.resize(m);
@@ -795,7 +862,6 @@ std::size_t HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_le
         if (i + 8 < m) prefetch_vector(node(beam.id(i + 8)) + vec_offset_, bytes);
         exact[i] = {distance(k, q, vec(beam.id(i))), beam.id(i)};
     }
-    if (dist_count) *dist_count += m;
     const std::size_t found = std::min(kk, m);
     std::partial_sort(exact.begin(), exact.begin() + static_cast<std::ptrdiff_t>(found),
                       exact.end());
@@ -1103,12 +1169,14 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
     const Entry e = entry();
     if (e.node >= 0) {
         const bool plain = filter == nullptr && num_deleted_.load() == 0;
-        if (plain && quant_ != Quantization::None) {
-            found = quant_ == Quantization::SQ8
-                        ? search_sq8(k, static_cast<node_id>(e.node), e.level, q, kk, ef,
-                                     out_labels, out_distances, dist_count)
-                        : search_pq4(k, static_cast<node_id>(e.node), e.level, q, kk, ef,
-                                     out_labels, out_distances, dist_count);
+        if (plain && quant_ == Quantization::SQ8) {
+            search_sq8(k, static_cast<node_id>(e.node), e.level, &q, 1, kk, ef, out_labels,
+                       out_distances, dist_count);
+            return;
+        }
+        if (plain && quant_ == Quantization::PQ4) {
+            found = search_pq4(k, static_cast<node_id>(e.node), e.level, q, kk, ef, out_labels,
+                               out_distances, dist_count);
             for (std::size_t i = found; i < kk; ++i) {
                 out_labels[i] = kNoLabel;
                 out_distances[i] = kInf;
@@ -1184,6 +1252,38 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
     const DistanceKernels& kernels = active_kernels();
     const KernelSet& ks = this->kernels();
     std::atomic<std::uint64_t> total{0}, hops{0};
+    const Entry e = entry();
+    const std::size_t threads = resolve_threads(num_threads, nq);
+    const std::size_t group = quant_ == Quantization::SQ8 && filter == nullptr &&
+                                      num_deleted_.load() == 0 && e.node >= 0
+                                  ? interleave_group(nq, threads)
+                                  : 1;
+    if (group > 1) {
+        // Groups of queries, each searched with its hops interleaved.
+        parallel_for((nq + group - 1) / group, threads, [&](std::size_t c) {
+            const std::size_t i0 = c * group, m = std::min(group, nq - i0);
+            thread_local std::vector<float> scratch;
+            const float* qs[kMaxInterleave];
+            if (space_ == Space::Cosine) {
+                scratch.resize(m * dim_);
+                for (std::size_t g = 0; g < m; ++g)
+                    normalize_into(queries + (i0 + g) * dim_, dim_, scratch.data() + g * dim_);
+            }
+            for (std::size_t g = 0; g < m; ++g)
+                qs[g] = space_ == Space::Cosine ? scratch.data() + g * dim_
+                                                : queries + (i0 + g) * dim_;
+            std::uint64_t computed = 0;
+            const std::uint64_t expanded = search_expansions();
+            search_sq8(kernels, static_cast<node_id>(e.node), e.level, qs, m, k, ef,
+                       out_labels + i0 * k, out_distances + i0 * k, &computed);
+            total.fetch_add(computed, std::memory_order_relaxed);
+            hops.fetch_add(search_expansions() - expanded, std::memory_order_relaxed);
+        });
+        last_distance_computations_.store(total.load());
+        last_hops_.store(hops.load());
+        last_queries_.store(nq);
+        return;
+    }
     parallel_for(nq, num_threads, [&](std::size_t i) {
         thread_local std::vector<float> scratch;
         const float* q = prepare_query(queries + i * dim_, scratch);
@@ -1307,6 +1407,28 @@ void learn(Figure& f, double x) {
     ++f.batches;
 }
 
+// The method of least cost once each is charged its learnt error (cost and
+// log_error by FilterStrategy; infinite cost: not a candidate). Unless forced,
+// a method not yet measured for this case (measured(s) false) whose charge is
+// within 1.5x of the least gets the batch instead, so the model learns this
+// machine, not its defaults.
+template <class Measured>
+FilterStrategy cheapest(const double (&cost)[4], const double (&log_error)[4],
+                        Measured&& measured, FilterStrategy forced) {
+    if (forced != FilterStrategy::Auto) return forced;
+    const auto idx = [](FilterStrategy s) { return static_cast<std::size_t>(s); };
+    constexpr FilterStrategy kMethods[] = {FilterStrategy::Scan, FilterStrategy::Filtered,
+                                           FilterStrategy::TwoHop};
+    double charged[4] = {0, 0, 0, 0};
+    for (FilterStrategy s : kMethods) charged[idx(s)] = cost[idx(s)] * std::exp(log_error[idx(s)]);
+    FilterStrategy best = FilterStrategy::Scan;
+    for (FilterStrategy s : kMethods)
+        if (charged[idx(s)] < charged[idx(best)]) best = s;
+    for (FilterStrategy s : kMethods)
+        if (s != best && !measured(s) && charged[idx(s)] < 1.5 * charged[idx(best)]) return s;
+    return best;
+}
+
 }  // namespace
 
 // Per-query cost of each method, in nanoseconds: a scan costs a figure per
@@ -1349,27 +1471,10 @@ FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef,
                   ? step_ns(FilterStrategy::TwoHop) *
                         std::min(n, per_unit(FilterStrategy::TwoHop) * e / std::min(1.0, reach))
                   : std::numeric_limits<double>::infinity();
-    double charged[4];
-    for (std::size_t i = 1; i < 4; ++i) charged[i] = cost[i] * std::exp(m.log_error[i]);
-    FilterStrategy best = FilterStrategy::Scan;
-    for (FilterStrategy s : {FilterStrategy::Filtered, FilterStrategy::TwoHop})
-        if (charged[idx(s)] < charged[idx(best)]) best = s;
-    if (forced == FilterStrategy::Auto) {
-        // A method not yet measured in this class of batch gets one batch when its
-        // estimate is close, so the model learns this machine, not the defaults.
-        const auto measured = [&](FilterStrategy s) {
-            return s == FilterStrategy::Scan ? m.scan_row_ns[qc][ac].batches != 0
-                                             : m.step_ns[idx(s)][sc].batches != 0;
-        };
-        for (FilterStrategy s :
-             {FilterStrategy::Scan, FilterStrategy::Filtered, FilterStrategy::TwoHop})
-            if (s != best && !measured(s) && charged[idx(s)] < 1.5 * charged[idx(best)]) {
-                best = s;
-                break;
-            }
-    } else {
-        best = forced;
-    }
+    const FilterStrategy best = cheapest(cost, m.log_error, [&](FilterStrategy s) {
+        return s == FilterStrategy::Scan ? m.scan_row_ns[qc][ac].batches != 0
+                                         : m.step_ns[idx(s)][sc].batches != 0;
+    }, forced);
     if (info != nullptr) {
         info->strategy = best;
         info->allowed = allowed;
@@ -1416,7 +1521,7 @@ FilterStrategy HNSW::plan_range(std::size_t allowed, std::size_t live, std::size
                                 std::size_t nq, FilterStrategy forced,
                                 PlanInfo* info_out) const {
     PlanInfo info;
-    const FilterStrategy knn = plan(allowed, live, beam, nq, forced, &info);
+    plan(allowed, live, beam, nq, forced, &info);  // the k-NN model's costs, the scan's
     std::lock_guard<std::mutex> lk(planner_mutex_);
     const CostModel& m = cost_;
     const auto idx = [](FilterStrategy s) { return static_cast<std::size_t>(s); };
@@ -1429,15 +1534,14 @@ FilterStrategy HNSW::plan_range(std::size_t allowed, std::size_t live, std::size
         if (std::isfinite(cost[idx(s)]) && f.batches != 0)
             cost[idx(s)] = f.value * static_cast<double>(beam);
     }
-    FilterStrategy best = knn;
-    if (forced == FilterStrategy::Auto) {
-        double charged[4];
-        charged[1] = cost[1] * std::exp(m.log_error[1]);
-        for (std::size_t i = 2; i < 4; ++i) charged[i] = cost[i] * std::exp(m.range_log_error[i]);
-        best = FilterStrategy::Scan;
-        for (FilterStrategy s : {FilterStrategy::Filtered, FilterStrategy::TwoHop})
-            if (charged[idx(s)] < charged[idx(best)]) best = s;
-    }
+    // The scan is the k-NN scan (its figure and error); the graph methods have
+    // their own, as a range beam is wide and run twice.
+    const double log_error[4] = {0, m.log_error[1], m.range_log_error[2], m.range_log_error[3]};
+    const FilterStrategy best = cheapest(cost, log_error, [&](FilterStrategy s) {
+        return s == FilterStrategy::Scan
+                   ? m.scan_row_ns[scan_class(nq)][count_class(allowed)].batches != 0
+                   : m.range_beam_ns[idx(s)][sc].batches != 0;
+    }, forced);
     if (info_out != nullptr) {
         *info_out = info;
         info_out->strategy = best;

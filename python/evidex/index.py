@@ -134,16 +134,29 @@ class HNSWIndex:
         """Dimensions per 4-bit subspace of a ``"pq4"`` index (0 otherwise)."""
         return self._core.pq_dims
 
-    def set_search_tuning(self, prefetch_ahead: int = 0, prefetch_lines: int = 0) -> None:
-        """Tune the search's software prefetch for this machine (0: chosen by data size).
+    def set_search_tuning(
+        self, prefetch_ahead: int = 0, prefetch_lines: int = 0, interleave: int = 0
+    ) -> None:
+        """Tune the search's memory access for this machine (0: chosen by data size).
+
+        Not saved with the index: it belongs to the machine.
 
         Args:
             prefetch_ahead: neighbours whose data is requested ahead of use.
             prefetch_lines: cache lines requested of each (the rest streams in).
+            interleave: queries of a batch searched together on one thread, their
+                graph hops taken in turn so one query's memory requests are in flight
+                while another computes (``"sq8"`` indexes without a filter or
+                deletions; 1 turns it off, at most 16). Results are the same as
+                searching the queries one by one.
         """
-        for name, v in (("prefetch_ahead", prefetch_ahead), ("prefetch_lines", prefetch_lines)):
+        for name, v in (("prefetch_ahead", prefetch_ahead), ("prefetch_lines", prefetch_lines),
+                        ("interleave", interleave)):  # fmt: skip
             check_positive_int(v, name, minimum=0)
+        if interleave > 16:
+            raise ValueError(f"interleave must be at most 16, got {interleave}")
         self._core.set_prefetch(int(prefetch_ahead), int(prefetch_lines))
+        self._core.set_interleave(int(interleave))
 
     # ------------------------------------------------------------ kernels
     def use_kernels(

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -132,32 +133,58 @@ private:
 // mark(id); `todo` has room for the longest link list; `expanded`, when given,
 // counts the nodes expanded (hops). The HNSW class and the built-in search kernel
 // of the kernel ABI both run this body.
+//
+// A search is a walk of hops, each in two steps: expand (pop the nearest
+// unexpanded node, gather its unvisited neighbours, request their data) and
+// score (measure them, insert them). beam_search runs the steps back to back;
+// run_interleaved runs several queries' walks round-robin on one thread, so one
+// query's requests are in flight while the others compute: a graph search waits
+// on memory at every hop, and one query alone hides only part of that.
 template <class Links, class Dist, class Prefetch, class Visited>
-std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::size_t ahead,
-                          std::size_t link_bytes, std::uint32_t ep, std::size_t ef,
-                          Visited& visited, BeamPool& beam, std::uint32_t* todo,
-                          std::uint64_t* expanded = nullptr) {
+struct BeamWalk {
+    Links& links;
+    Dist& dist;
+    Prefetch& prefetch;
+    std::size_t ahead, link_bytes;
+    Visited& visited;
+    BeamPool& beam;
+    std::uint32_t* todo;
+    std::uint64_t* expanded;
+    std::size_t m = 0;
+    std::uint64_t computed = 0;
+
     // The link list of the node likely expanded next, fetched as soon as it is
     // known, so the fetch overlaps this node's distances rather than following
     // them (found by the CRINN loop: bench/RESULTS.md, "link prefetch").
-    auto prefetch_links = [&](std::uint32_t id) {
+    void prefetch_links(std::uint32_t id) {
         prefetch_vector(reinterpret_cast<const char*>(links(id)), link_bytes);
-    };
-    beam.reset(ef);
-    beam.insert(dist(ep), ep);
-    visited.mark(ep);
-    std::uint64_t computed = 1;
-    while (beam.has_next()) {
+    }
+
+    void start(std::uint32_t ep, std::size_t ef) {
+        beam.reset(ef);
+        beam.insert(dist(ep), ep);
+        visited.mark(ep);
+        computed = 1;
+        if (beam.has_next()) prefetch_links(beam.peek());
+    }
+
+    // Returns false when every node in the beam has been expanded.
+    bool expand() {
+        if (!beam.has_next()) return false;
         const std::uint32_t* l = links(beam.pop());
         if (expanded != nullptr) ++*expanded;
         if (beam.has_next()) prefetch_links(beam.peek());
         const std::size_t n = *reinterpret_cast<const std::uint16_t*>(l);
-        std::size_t m = 0;
+        m = 0;
         for (std::size_t j = 1; j <= n; ++j) {
             const std::uint32_t nb = l[j];
             if (visited.try_visit(nb)) todo[m++] = nb;
         }
         for (std::size_t i = 0; i < std::min(m, ahead); ++i) prefetch(todo[i]);
+        return true;
+    }
+
+    void score() {
         for (std::size_t i = 0; i < m; ++i) {
             if (i + ahead < m) prefetch(todo[i + ahead]);
             const float d = dist(todo[i]);
@@ -167,7 +194,36 @@ std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::
         }
         computed += m;
     }
-    return computed;
+};
+
+template <class Links, class Dist, class Prefetch, class Visited>
+std::uint64_t beam_search(Links&& links, Dist&& dist, Prefetch&& prefetch, std::size_t ahead,
+                          std::size_t link_bytes, std::uint32_t ep, std::size_t ef,
+                          Visited& visited, BeamPool& beam, std::uint32_t* todo,
+                          std::uint64_t* expanded = nullptr) {
+    BeamWalk<std::remove_reference_t<Links>, std::remove_reference_t<Dist>,
+             std::remove_reference_t<Prefetch>, Visited>
+        walk{links, dist, prefetch, ahead, link_bytes, visited, beam, todo, expanded};
+    walk.start(ep, ef);
+    while (walk.expand()) walk.score();
+    return walk.computed;
+}
+
+// Runs the started walks walk(0..n) to their ends round-robin: each query
+// scores the neighbours it requested one round earlier, then requests its next
+// hop's. Each walk does exactly what beam_search would, so the results are the
+// same. n is at most 64.
+template <class WalkAt>
+void run_interleaved(WalkAt&& walk, std::size_t n) {
+    std::uint64_t live = 0;
+    for (std::size_t g = 0; g < n; ++g)
+        if (walk(g).expand()) live |= std::uint64_t{1} << g;
+    while (live != 0)
+        for (std::uint64_t rest = live; rest != 0; rest &= rest - 1) {
+            const int g = __builtin_ctzll(rest);
+            walk(g).score();
+            if (!walk(g).expand()) live &= ~(std::uint64_t{1} << g);
+        }
 }
 
 }  // namespace evidex

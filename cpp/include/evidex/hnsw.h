@@ -261,6 +261,10 @@ public:
         tune_ahead_.store(ahead);
         tune_lines_.store(lines);
     }
+    // Queries of a batch searched together on one thread, their hops interleaved
+    // (SQ8 graphs, no filter): 0 picks, 1 turns it off, at most kMaxInterleave.
+    void set_interleave(std::size_t group);
+    static constexpr std::size_t kMaxInterleave = 16;  // run_interleaved takes 64
     IndexStats stats() const;
 
     // The replaceable kernels (kernel_abi.h): searches and inserts that start
@@ -410,10 +414,16 @@ private:
                      std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
     void search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q, int level,
                           std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
-    // SQ8 traversal of level 0, then float32 re-ranking of the beam into out.
-    std::size_t search_sq8(const DistanceKernels& k, node_id entry, int top_level, const float* q,
-                           std::size_t kk, std::size_t ef, label_t* out_labels,
-                           float* out_distances, std::uint64_t* dist_count) const;
+    // SQ8 traversal of level 0, then float32 re-ranking of the beam into out,
+    // for queries qs[0..nq) (prepared) whose hops are interleaved; out rows are
+    // kk apart and padded.
+    void search_sq8(const DistanceKernels& k, node_id entry, int top_level,
+                    const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,
+                    label_t* out_labels, float* out_distances, std::uint64_t* dist_count) const;
+    // Queries per interleaved group of a batch of nq on `threads` threads (1: none).
+    std::size_t interleave_group(std::size_t nq, std::size_t threads) const;
+    std::size_t rerank(const DistanceKernels& k, const float* q, const BeamPool& beam,
+                       std::size_t kk, label_t* out_labels, float* out_distances) const;
     template <class Dist, class Prefetch>
     node_id descend(Dist&& dist, Prefetch&& prefetch, std::size_t ahead, node_id ep,
                     int from_level, int to_level, std::uint64_t* dist_count) const;
@@ -529,7 +539,7 @@ private:
     static std::uint64_t next_graph_version();
     std::vector<std::shared_ptr<const KernelSet>> kernel_sets_;
     mutable std::mutex kernel_sets_mutex_;
-    std::atomic<std::size_t> tune_ahead_{0}, tune_lines_{0};
+    std::atomic<std::size_t> tune_ahead_{0}, tune_lines_{0}, interleave_{0};
     std::size_t ahead_for(std::size_t bytes) const;
     std::size_t prefetch_bytes(std::size_t bytes) const {
         const std::size_t lines = tune_lines_.load();
