@@ -136,3 +136,57 @@ def test_rows_padded_when_scanned_lists_hold_fewer_than_k() -> None:
     ids, dist = index.search(centers[0], k=10, nprobe=1)
     assert sorted(ids[:5]) == [0, 1, 2, 3, 4]
     assert (ids[5:] == -1).all() and np.isinf(dist[5:]).all()
+
+
+@pytest.mark.parametrize("reorder", [10, 11, 37, 500])
+def test_ties_at_the_reorder_cut_and_duplicates(reorder: int) -> None:
+    """Hundreds of identical vectors give identical estimates: the cut of the
+    `reorder` best (and of the nearest lists) falls inside a run of ties and must
+    still keep exactly the nearest."""
+    rng = np.random.default_rng(4)
+    point = rng.standard_normal(12).astype(np.float32)
+    data = np.concatenate([np.repeat(point[None], 400, axis=0),
+                           rng.standard_normal((1_600, 12)).astype(np.float32) * 3])  # fmt: skip
+    index = evidex.IVFIndex(12, "l2", nlist=16, seed=2)
+    index.add(data)
+    ids, dist = index.search(point, k=10, nprobe=16, reorder=reorder)
+    assert (ids < 400).all() and len(set(ids.tolist())) == 10
+    np.testing.assert_allclose(dist, 0.0, atol=1e-5)
+    # Several lists at the same centroid distance: still the nprobe nearest.
+    queries = rng.standard_normal((30, 12)).astype(np.float32) * 3
+    truth, _ = evidex.exact_knn(data, queries, 5, "l2")
+    ids, _ = index.search(queries, k=5, nprobe=16, reorder=2_000)
+    assert recall_at_k(ids, truth, 5) == 1.0
+    wide, _ = index.search(queries, k=5, nprobe=5, reorder=reorder)
+    assert (wide >= 0).all() and (
+        np.diff(index.search(queries, 5, 5, reorder)[1], axis=1) >= 0
+    ).all()
+
+
+def test_fast_path_arguments_match_the_checked_path() -> None:
+    data = clustered(1_500, 8, seed=9)
+    index = evidex.IVFIndex(8, "cosine", nlist=10, nprobe=10, reorder=100)
+    index.add(data)
+    q = data[:4]
+    want = index.search(q, k=3)
+    for variant in (q.astype(np.float64), np.asfortranarray(q), q.tolist()):
+        got = index.search(variant, k=np.int64(3), nprobe=np.int32(10), num_threads=np.int8(1))
+        np.testing.assert_array_equal(got[0], want[0])
+    one = index.search(q[0].tolist(), k=3)
+    np.testing.assert_array_equal(one[0], want[0][0])
+    cases = [
+        (dict(k=0), ValueError, "k must be at least 1"),
+        (dict(k=True), TypeError, "integer"),
+        (dict(nprobe=0), ValueError, "nprobe must be at least 1"),
+        (dict(reorder=-3), ValueError, "reorder must be at least 1"),
+        (dict(num_threads=-2), ValueError, "num_threads"),
+        (dict(k=1_501), ValueError, "larger than the number of vectors"),
+    ]
+    for bad, err, match in cases:
+        with pytest.raises(err, match=match):
+            index.search(q, **bad)
+    for shape in ((2, 2, 8), (7,)):
+        with pytest.raises(ValueError, match="dimensions|dimensionality"):
+            index.search(np.zeros(shape, np.float32), k=1)
+    with pytest.raises(ValueError, match="NaN|nan|finite"):
+        index.search(np.full(8, np.nan, np.float32), k=1)

@@ -113,6 +113,30 @@ struct QueryArgs {
     bool one = false;
 };
 
+// The queries ([dim] or [nq, dim], float32 C-contiguous) and thread count of a
+// query, checked.
+QueryArgs check_query_rows(const py::array_t<float, py::array::c_style>& queries,
+                           std::size_t index_dim, Space space, py::ssize_t num_threads) {
+    if (num_threads < -1)
+        throw py::value_error("num_threads must be -1, 0 (all cores) or positive, got " +
+                              std::to_string(num_threads));
+    QueryArgs a;
+    a.one = queries.ndim() == 1;
+    if (!a.one && queries.ndim() != 2)
+        throw py::value_error("queries must be a 1-D or 2-D array, got " +
+                              std::to_string(queries.ndim()) + " dimensions");
+    const std::size_t dim = static_cast<std::size_t>(queries.shape(a.one ? 0 : 1));
+    a.nq = a.one ? 1 : static_cast<std::size_t>(queries.shape(0));
+    if (dim != index_dim)
+        throw py::value_error("Wrong dimensionality of the vectors: queries have dimension " +
+                              std::to_string(dim) + ", the index has " +
+                              std::to_string(index_dim));
+    a.q = queries.data();
+    check_rows(a.q, a.nq, dim, space, "queries");
+    a.threads = static_cast<std::size_t>(std::max<py::ssize_t>(0, num_threads));
+    return a;
+}
+
 // The fast path of HNSWIndex.search: the Python layer hands over float32
 // C-contiguous queries ([dim] or [nq, dim]) and plain ints; everything else is
 // checked here, where it costs nanoseconds instead of microseconds.
@@ -129,25 +153,9 @@ QueryArgs check_query(const HNSW& index, const py::array_t<float, py::array::c_s
     }
     if (ef == -1) ef = static_cast<py::ssize_t>(index.ef());
     if (ef < 1) throw py::value_error("ef must be at least 1, got " + std::to_string(ef));
-    if (num_threads < -1)
-        throw py::value_error("num_threads must be -1, 0 (all cores) or positive, got " +
-                              std::to_string(num_threads));
-    QueryArgs a;
-    a.one = queries.ndim() == 1;
-    if (!a.one && queries.ndim() != 2)
-        throw py::value_error("queries must be a 1-D or 2-D array, got " +
-                              std::to_string(queries.ndim()) + " dimensions");
-    const std::size_t dim = static_cast<std::size_t>(queries.shape(a.one ? 0 : 1));
-    a.nq = a.one ? 1 : static_cast<std::size_t>(queries.shape(0));
-    if (dim != index.dim())
-        throw py::value_error("Wrong dimensionality of the vectors: queries have dimension " +
-                              std::to_string(dim) + ", the index has " +
-                              std::to_string(index.dim()));
-    a.q = queries.data();
-    check_rows(a.q, a.nq, dim, index.space(), "queries");
+    QueryArgs a = check_query_rows(queries, index.dim(), index.space(), num_threads);
     a.k = static_cast<std::size_t>(std::max<py::ssize_t>(k, 0));
     a.ef = static_cast<std::size_t>(ef);
-    a.threads = static_cast<std::size_t>(std::max<py::ssize_t>(0, num_threads));
     return a;
 }
 
@@ -560,22 +568,34 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("data"), py::arg("labels"), py::arg("num_threads") = 0)
         .def(
-            "search",
-            [](const IVFFastScan& self, const FloatArray& queries, std::size_t k,
-               std::size_t nprobe, std::size_t reorder, std::size_t num_threads) {
-                const std::size_t nq = check_matrix(queries, self.dim(), "queries", self.space());
-                py::array_t<std::int64_t> labels({nq, k});
-                py::array_t<float> dist({nq, k});
-                auto* l = reinterpret_cast<label_t*>(labels.mutable_data());
-                auto* d = dist.mutable_data();
+            // The fast path of IVFIndex.search: [dim] or [nq, dim] float32
+            // C-contiguous queries and plain ints, checked here.
+            "query",
+            [](const IVFFastScan& self, const py::array_t<float, py::array::c_style>& queries,
+               py::ssize_t k, py::ssize_t nprobe, py::ssize_t reorder, py::ssize_t num_threads) {
+                if (k < 1) throw py::value_error("k must be at least 1, got " + std::to_string(k));
+                if (static_cast<std::size_t>(k) > self.size())
+                    throw py::value_error("k (" + std::to_string(k) +
+                                          ") is larger than the number of vectors (" +
+                                          std::to_string(self.size()) + ")");
+                for (auto [v, name] : {std::pair{nprobe, "nprobe"}, std::pair{reorder, "reorder"}})
+                    if (v < 1)
+                        throw py::value_error(std::string(name) + " must be at least 1, got " +
+                                              std::to_string(v));
+                QueryArgs a = check_query_rows(queries, self.dim(), self.space(), num_threads);
+                a.k = static_cast<std::size_t>(k);
+                KnnOut out(a);
+                label_t* l = out.labels();
+                float* d = out.distances.mutable_data();
                 {
                     py::gil_scoped_release release;
-                    self.search(queries.data(), nq, k, nprobe, reorder, num_threads, l, d);
+                    self.search(a.q, a.nq, a.k, static_cast<std::size_t>(nprobe),
+                                static_cast<std::size_t>(reorder), a.threads, l, d);
                 }
-                return py::make_tuple(labels, dist);
+                return py::make_tuple(out.ids, out.distances);
             },
             py::arg("queries"), py::arg("k"), py::arg("nprobe"), py::arg("reorder"),
-            py::arg("num_threads") = 0)
+            py::arg("num_threads"))
         .def_property_readonly("size", &IVFFastScan::size)
         .def_property_readonly("dim", &IVFFastScan::dim)
         .def_property_readonly("space", [](const IVFFastScan& self) { return space_name(self.space()); })

@@ -16,6 +16,7 @@
 #include "evidex/distance.h"
 #include "evidex/kmeans.h"
 #include "evidex/parallel.h"
+#include "evidex/select.h"
 
 namespace evidex {
 
@@ -246,8 +247,6 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
     // Per-query buffers are plain locals: thread_local ones are looked up again
     // after every call in a shared library, and that sat in the scan loop.
     std::vector<float> qbuf;
-    std::vector<std::pair<float, std::uint32_t>> near, best;
-    best.reserve(reorder + 1);
     PQ4::Tables tables;
     const float* q = query;
     if (space_ == Space::Cosine) {
@@ -255,47 +254,44 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
         normalize_into(query, dim_, qbuf.data());
         q = qbuf.data();
     }
-    // The nprobe nearest centroids, in the index's distance: a bounded max-heap
-    // on the distance alone (most centroids fail one predictable comparison;
-    // nth_element over pairs mispredicted its way to a third of a query).
+    // The nprobe nearest centroids in the index's distance, nearest first (the
+    // bound of the scan then tightens early).
     nprobe = std::min(nprobe, nlist_);
-    near.reserve(nprobe + 1);
-    const auto farther = [](const std::pair<float, std::uint32_t>& a,
-                            const std::pair<float, std::uint32_t>& b) { return a.first < b.first; };
+    std::vector<float> cdist(nlist_ + 3);
+    std::vector<std::uint32_t> lists(nlist_);
     const float qq = l2 ? k.dot(q, q, dim_) : 0.f;
     for (std::size_t j0 = 0; j0 < nlist_; j0 += 4) {
-        float dots[4];  // the query against four centroids, loads shared
-        k.dot4(padded_.data() + j0 * stride_, stride_, q, dim_, dots);
-        for (std::size_t j = j0; j < std::min(j0 + 4, nlist_); ++j) {
-            const float d = l2 ? qq - 2.f * dots[j - j0] + centroid_norms_[j] : 1.f - dots[j - j0];
-            if (near.size() == nprobe && !(d < near.front().first)) continue;
-            near.emplace_back(d, static_cast<std::uint32_t>(j));
-            std::push_heap(near.begin(), near.end(), farther);
-            if (near.size() > nprobe) {
-                std::pop_heap(near.begin(), near.end(), farther);
-                near.pop_back();
-            }
-        }
+        // The query against four centroids, loads shared (rows past nlist are padding).
+        k.dot4(padded_.data() + j0 * stride_, stride_, q, dim_, cdist.data() + j0);
     }
-    std::sort_heap(near.begin(), near.end(), farther);  // nearest first
+    for (std::size_t j = 0; j < nlist_; ++j) {
+        cdist[j] = l2 ? qq - 2.f * cdist[j] + centroid_norms_[j] : 1.f - cdist[j];
+        lists[j] = static_cast<std::uint32_t>(j);
+    }
+    // A loose cut (cheaper), then the exact nprobe by sorting the few kept.
+    const std::size_t kept = keep_smallest(cdist.data(), lists.data(), nlist_, nprobe, nprobe / 4);
+    std::vector<std::pair<float, std::uint32_t>> near(kept);
+    for (std::size_t p = 0; p < kept; ++p) near[p] = {cdist[p], lists[p]};
+    std::sort(near.begin(), near.end());
+    near.resize(nprobe);
 
     pq_.tables(q, l2, tables);
     const std::uint8_t* lut = tables.lut.data();
     const float scale = tables.scale;
     const std::size_t nsub = pq_.subspaces(), group = pq_.group_bytes();
-    // The `reorder` best estimates, as a max-heap on the estimate.
-    best.clear();
+    // Candidates under the bound are appended; when the buffer is full the
+    // `reorder` best are kept and the bound drops to the worst of them.
+    const std::size_t cap = 4 * reorder + PQ4::kGroup;
+    std::vector<float> cand(cap);
+    std::vector<std::uint32_t> cand_rows(cap);
+    std::size_t held = 0;
     float bound = kInf;
-    alignas(64) std::uint16_t est[PQ4::kGroup];
-    auto keep = [&](float e, std::uint32_t row) {
-        best.emplace_back(e, row);
-        std::push_heap(best.begin(), best.end());
-        if (best.size() > reorder) {
-            std::pop_heap(best.begin(), best.end());
-            best.pop_back();
-        }
-        if (best.size() == reorder) bound = best.front().first;
+    // Mid-scan a few more than `reorder` may stay (a cheaper cut); the last is exact.
+    auto shrink = [&](std::size_t slack) {
+        held = keep_smallest(cand.data(), cand_rows.data(), held, reorder, slack);
+        if (held >= reorder) bound = *std::max_element(cand.begin(), cand.begin() + held);
     };
+    alignas(64) std::uint16_t est[PQ4::kGroup];
     // The next list's start, fetched while this one is scanned.
     const std::size_t stride = group_stride();
     auto prefetch_list = [&](std::size_t j) {
@@ -325,13 +321,17 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
             std::uint32_t mask = estimates_below(est, extra, base, scale, bound, e);
             const std::size_t m = std::min(PQ4::kGroup, count - g * PQ4::kGroup);
             if (m < PQ4::kGroup) mask &= (std::uint32_t{1} << m) - 1;
-            while (mask != 0) {
+            for (; mask != 0; mask &= mask - 1) {
                 const unsigned j = static_cast<unsigned>(__builtin_ctz(mask));
-                mask &= mask - 1;
-                if (e[j] < bound) keep(e[j], rows[j]);
+                cand[held] = e[j];
+                cand_rows[held++] = rows[j];
             }
+            if (held + PQ4::kGroup > cap) shrink(reorder / 4);  // room for the next group
         }
     }
+    shrink(0);
+    std::vector<std::pair<float, std::uint32_t>> best(held);
+    for (std::size_t i = 0; i < held; ++i) best[i] = {cand[i], cand_rows[i]};
     // Exact distances of the survivors, their vectors fetched far enough ahead
     // to cover a memory latency (a distance here costs a few ns, a miss 200).
     const std::size_t bytes = dim_ * sizeof(float);

@@ -40,6 +40,14 @@ def as_float_array(x: Any, name: str = "vectors") -> np.ndarray:
         return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def as_queries(x: Any) -> np.ndarray:
+    """Queries as a float32 C-contiguous array of the same shape: ``x`` itself when it
+    is one already (a search's fast path; the compiled layer checks the shape)."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    return as_float_array(x, "queries")
+
+
 def as_float_matrix(x: Any, dim: int, name: str = "vectors") -> tuple[np.ndarray, bool]:
     """Return (float32 C-contiguous [n, dim] array, was_1d)."""
     a = to_numpy(x)

@@ -14,6 +14,7 @@ from ._arrays import (
     as_float_array,
     as_float_matrix,
     as_labels,
+    as_queries,
     check_positive_int,
     check_threads,
     to_numpy,
@@ -363,12 +364,7 @@ class HNSWIndex:
             ef = _MAX_EF
         if type(num_threads) is not int:
             num_threads = check_threads(num_threads)
-        if not (
-            type(queries) is np.ndarray
-            and queries.dtype == np.float32
-            and queries.flags.c_contiguous
-        ):
-            queries = as_float_array(queries, "queries")
+        queries = as_queries(queries)
         if filter is None:
             if filter_strategy not in STRATEGIES:
                 raise ValueError(f"unknown filter_strategy {filter_strategy!r}; "

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._arrays import as_float_matrix, as_labels, check_positive_int, check_threads
+from ._arrays import as_float_matrix, as_labels, as_queries, check_positive_int, check_threads
 
 SPACES = ("l2", "ip", "cosine")
 
@@ -134,14 +134,19 @@ class IVFIndex:
             query), nearest first; ``-1`` / ``inf`` where the scanned lists hold fewer
             than ``k`` vectors.
         """
-        k = check_positive_int(k, "k")
-        if k > len(self):
-            raise ValueError(f"k ({k}) is larger than the number of vectors ({len(self)})")
-        nprobe = self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe")
-        reorder = self.reorder if reorder is None else check_positive_int(reorder, "reorder")
-        data, was_1d = as_float_matrix(queries, self.dim, "queries")
-        ids, dist = self._core.search(data, k, nprobe, reorder, check_threads(num_threads))
-        return (ids[0], dist[0]) if was_1d else (ids, dist)
+        # Plain ints and float32 arrays go straight to the compiled checks (a
+        # single-query call is dominated by what runs here).
+        if type(k) is not int:
+            k = check_positive_int(k, "k")
+        nprobe = self.nprobe if nprobe is None else nprobe
+        reorder = self.reorder if reorder is None else reorder
+        if type(nprobe) is not int:
+            nprobe = check_positive_int(nprobe, "nprobe")
+        if type(reorder) is not int:
+            reorder = check_positive_int(reorder, "reorder")
+        if type(num_threads) is not int:
+            num_threads = check_threads(num_threads)
+        return self._core.query(as_queries(queries), k, nprobe, reorder, num_threads)
 
     def stats(self) -> dict[str, int]:
         """Vectors, lists and memory held (bytes)."""
