@@ -1253,7 +1253,7 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
     const KernelSet& ks = this->kernels();
     std::atomic<std::uint64_t> total{0}, hops{0};
     const Entry e = entry();
-    const std::size_t threads = resolve_threads(num_threads, nq);
+    const std::size_t threads = query_threads(num_threads, nq);
     const std::size_t group = quant_ == Quantization::SQ8 && filter == nullptr &&
                                       num_deleted_.load() == 0 && e.node >= 0
                                   ? interleave_group(nq, threads)
@@ -1284,7 +1284,7 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
         last_queries_.store(nq);
         return;
     }
-    parallel_for(nq, num_threads, [&](std::size_t i) {
+    parallel_for(nq, threads, [&](std::size_t i) {
         thread_local std::vector<float> scratch;
         const float* q = prepare_query(queries + i * dim_, scratch);
         std::uint64_t computed = 0;

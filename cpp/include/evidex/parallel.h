@@ -23,6 +23,13 @@ inline std::size_t resolve_threads(std::size_t requested, std::size_t work_items
     return std::max<std::size_t>(1, std::min(n, work_items));
 }
 
+// Threads for a batch of nq cheap queries (a k-NN search: tens to hundreds of
+// microseconds each): at least four per thread, as starting a thread costs
+// about as much as a query (hnswlib keeps such batches on one thread).
+inline std::size_t query_threads(std::size_t requested, std::size_t nq) {
+    return resolve_threads(requested, (nq + 3) / 4);
+}
+
 template <class Fn>
 void parallel_for(std::size_t n, std::size_t num_threads, Fn&& fn) {
     const std::size_t threads = resolve_threads(num_threads, n);
