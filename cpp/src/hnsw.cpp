@@ -1258,39 +1258,22 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
                                       num_deleted_.load() == 0 && e.node >= 0
                                   ? interleave_group(nq, threads)
                                   : 1;
-    if (group > 1) {
-        // Groups of queries, each searched with its hops interleaved.
-        parallel_for((nq + group - 1) / group, threads, [&](std::size_t c) {
-            const std::size_t i0 = c * group, m = std::min(group, nq - i0);
-            thread_local std::vector<float> scratch;
-            const float* qs[kMaxInterleave];
-            if (space_ == Space::Cosine) {
-                scratch.resize(m * dim_);
-                for (std::size_t g = 0; g < m; ++g)
-                    normalize_into(queries + (i0 + g) * dim_, dim_, scratch.data() + g * dim_);
-            }
-            for (std::size_t g = 0; g < m; ++g)
-                qs[g] = space_ == Space::Cosine ? scratch.data() + g * dim_
-                                                : queries + (i0 + g) * dim_;
-            std::uint64_t computed = 0;
-            const std::uint64_t expanded = search_expansions();
-            search_sq8(kernels, static_cast<node_id>(e.node), e.level, qs, m, k, ef,
-                       out_labels + i0 * k, out_distances + i0 * k, &computed);
-            total.fetch_add(computed, std::memory_order_relaxed);
-            hops.fetch_add(search_expansions() - expanded, std::memory_order_relaxed);
-        });
-        last_distance_computations_.store(total.load());
-        last_hops_.store(hops.load());
-        last_queries_.store(nq);
-        return;
-    }
-    parallel_for(nq, threads, [&](std::size_t i) {
-        thread_local std::vector<float> scratch;
-        const float* q = prepare_query(queries + i * dim_, scratch);
+    // Work units: groups of queries searched with their hops interleaved, or
+    // single queries.
+    parallel_for((nq + group - 1) / group, threads, [&](std::size_t c) {
+        const std::size_t i0 = c * group, m = std::min(group, nq - i0);
+        thread_local std::vector<float> scratch[kMaxInterleave];
+        const float* qs[kMaxInterleave];
+        for (std::size_t g = 0; g < m; ++g)
+            qs[g] = prepare_query(queries + (i0 + g) * dim_, scratch[g]);
         std::uint64_t computed = 0;
         const std::uint64_t expanded = search_expansions();
-        search_one(kernels, ks, q, k, ef, filter, out_labels + i * k, out_distances + i * k,
-                   &computed);
+        if (group > 1)
+            search_sq8(kernels, static_cast<node_id>(e.node), e.level, qs, m, k, ef,
+                       out_labels + i0 * k, out_distances + i0 * k, &computed);
+        else
+            search_one(kernels, ks, qs[0], k, ef, filter, out_labels + i0 * k,
+                       out_distances + i0 * k, &computed);
         total.fetch_add(computed, std::memory_order_relaxed);
         hops.fetch_add(search_expansions() - expanded, std::memory_order_relaxed);
     });
