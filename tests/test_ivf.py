@@ -190,3 +190,16 @@ def test_fast_path_arguments_match_the_checked_path() -> None:
             index.search(np.zeros(shape, np.float32), k=1)
     with pytest.raises(ValueError, match="NaN|nan|finite"):
         index.search(np.full(8, np.nan, np.float32), k=1)
+
+
+def test_huge_reorder_and_nprobe_are_clamped_not_allocated() -> None:
+    data = clustered(600, 6, seed=12)
+    index = evidex.IVFIndex(6, "l2", nlist=8)
+    index.add(data)
+    truth, _ = evidex.exact_knn(data, data[:5], 4, "l2")
+    ids, _ = index.search(data[:5], k=4, nprobe=10**12, reorder=10**15)
+    np.testing.assert_array_equal(ids, truth)
+    empty = index.search(np.zeros((0, 6), np.float32), k=4)
+    assert empty[0].shape == (0, 4) and empty[1].shape == (0, 4)
+    with pytest.raises(ValueError, match="dimensions"):
+        index.search(np.float32(1.0), k=1)

@@ -229,8 +229,10 @@ void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, st
     if (k == 0) throw std::invalid_argument("k must be at least 1");
     if (nprobe == 0) throw std::invalid_argument("nprobe must be at least 1");
     std::shared_lock<std::shared_mutex> lock(mutex_);
+    // At least k re-ranked; more than the index holds would only size buffers.
+    reorder = std::max(k, std::min(reorder, labels_.size()));
     parallel_for(nq, query_threads(num_threads, nq), [&](std::size_t i) {
-        search_one(queries + i * dim_, k, nprobe, std::max(reorder, k), out_labels + i * k,
+        search_one(queries + i * dim_, k, nprobe, reorder, out_labels + i * k,
                    out_distances + i * k);
     });
 }
