@@ -201,5 +201,6 @@ def test_huge_reorder_and_nprobe_are_clamped_not_allocated() -> None:
     np.testing.assert_array_equal(ids, truth)
     empty = index.search(np.zeros((0, 6), np.float32), k=4)
     assert empty[0].shape == (0, 4) and empty[1].shape == (0, 4)
-    with pytest.raises(ValueError, match="dimensions"):
-        index.search(np.float32(1.0), k=1)
+    for scalar in (np.float32(1.0), np.array(1.0, np.float32)):
+        with pytest.raises(ValueError, match="dimension"):
+            index.search(scalar, k=1)
