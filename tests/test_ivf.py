@@ -204,3 +204,19 @@ def test_huge_reorder_and_nprobe_are_clamped_not_allocated() -> None:
     for scalar in (np.float32(1.0), np.array(1.0, np.float32)):
         with pytest.raises(ValueError, match="dimension"):
             index.search(scalar, k=1)
+
+
+def test_distances_over_many_orders_of_magnitude() -> None:
+    """The cuts bisect over the floats' integer images, so a spread from 1e-30 to
+    1e30 costs no more steps and loses nothing."""
+    rng = np.random.default_rng(13)
+    scales = 10.0 ** rng.integers(-15, 15, 3_000)
+    data = (rng.standard_normal((3_000, 4)) * scales[:, None]).astype(np.float32)
+    index = evidex.IVFIndex(4, "l2", nlist=12, seed=1)
+    index.add(data)
+    queries = data[:20] * np.float32(1.0001)
+    truth, _ = evidex.exact_knn(data, queries, 5, "l2")
+    ids, dist = index.search(queries, k=5, nprobe=12, reorder=3_000)
+    np.testing.assert_array_equal(ids, truth)
+    ids, dist = index.search(queries, k=5, nprobe=12, reorder=7)
+    assert (ids >= 0).all() and np.isfinite(dist).all() and (np.diff(dist, axis=1) >= 0).all()
