@@ -220,3 +220,9 @@ def test_distances_over_many_orders_of_magnitude() -> None:
     np.testing.assert_array_equal(ids, truth)
     ids, dist = index.search(queries, k=5, nprobe=12, reorder=7)
     assert (ids >= 0).all() and np.isfinite(dist).all() and (np.diff(dist, axis=1) >= 0).all()
+
+
+def test_default_subspaces_follow_the_dimension() -> None:
+    for dim, sub in ((3, 1), (50, 1), (64, 1), (65, 2), (128, 2), (256, 2), (384, 4)):
+        assert evidex.IVFIndex(dim, "l2").pq_dims == sub
+    assert evidex.IVFIndex(50, "l2", pq_dims=5).pq_dims == 5

@@ -59,9 +59,21 @@ std::uint32_t estimates_below(const std::uint16_t* est, const float* extra, floa
 
 }  // namespace
 
+namespace {
+
+// Without ScaNN's anisotropic codebooks, the re-rank list is only as good as finer
+// subspaces make it: 1 dimension each up to 64, 2 up to 256, 4 above
+// (bench/RESULTS.md, "IVFIndex subspaces").
+std::size_t ivf_sub_dim(std::size_t dim, std::size_t pq_dims) {
+    if (pq_dims != 0) return pq_dims;
+    return dim <= 64 ? 1 : dim <= 256 ? 2 : 4;
+}
+
+}  // namespace
+
 IVFFastScan::IVFFastScan(std::size_t dim, Space space, std::size_t nlist, std::size_t pq_dims,
                          std::uint64_t seed)
-    : dim_(dim), space_(space), nlist_(nlist), seed_(seed), pq_(dim, pq_dims) {
+    : dim_(dim), space_(space), nlist_(nlist), seed_(seed), pq_(dim, ivf_sub_dim(dim, pq_dims)) {
     if (nlist > (std::size_t{1} << 20)) throw std::invalid_argument("nlist must be at most 2**20");
 }
 

@@ -29,7 +29,8 @@ class IVFIndex:
         space: ``"l2"``, ``"ip"`` (``1 - dot``) or ``"cosine"`` (as HNSWIndex).
         nlist: number of lists; 0 picks about ``2 * sqrt(n)`` for the ``n`` vectors
             it trains on (the first ``add``, or ``train``).
-        pq_dims: dimensions per 4-bit subspace (0: 2 up to 64 dimensions, 4 above).
+        pq_dims: dimensions per 4-bit subspace (0: 1 up to 64 dimensions, 2 up to 256,
+            4 above; finer subspaces rank better and scan more bytes).
         seed: seed of k-means.
         nprobe: default lists scanned per query.
         reorder: default candidates re-ranked exactly per query (at least ``k``).
