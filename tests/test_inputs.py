@@ -174,6 +174,27 @@ def test_beam_widths_are_bounded_and_clamped() -> None:
         index.ef = 2**40
 
 
+def test_integers_past_64_bits_get_a_message_not_a_signature_dump(idx) -> None:
+    """Python ints are unbounded, the compiled layer's are not: a count past 2**62
+    is refused by name, or means "all" where it can."""
+    q = np.zeros(8, np.float32)
+    for big in (10**30, -(10**30), np.uint64(2**63)):
+        with pytest.raises(ValueError, match="k must be"):
+            idx.search(q, k=big)
+    want = idx.search(q, k=3)
+    for threads in (10**30, np.int64(2**62)):
+        np.testing.assert_array_equal(idx.search(q, k=3, num_threads=threads)[0], want[0])
+    lims, ids, _ = idx.search_range(q, 1e9, max_results=10**30)
+    assert lims[-1] == len(idx)
+    ivf = evidex.IVFIndex(8, "l2", nlist=4)
+    ivf.add(np.random.default_rng(1).normal(size=(200, 8)))
+    truth = ivf.search(q, k=3, nprobe=4, reorder=200)[0]
+    got = ivf.search(q, k=3, nprobe=10**30, reorder=10**40, num_threads=10**30)[0]
+    np.testing.assert_array_equal(got, truth)
+    with pytest.raises(ValueError, match="k must be"):
+        ivf.search(q, k=10**30)
+
+
 def test_more_threads_than_the_system_gives_work_with_those_it_gets() -> None:
     index = evidex.HNSWIndex(8)
     index.add(np.random.default_rng(0).standard_normal((300, 8)), num_threads=10**6)

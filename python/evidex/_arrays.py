@@ -109,13 +109,41 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+# Integers the compiled layer takes (it reads them as 64-bit): a Python int beyond
+# would fail its argument conversion with a signature dump instead of a message.
+C_INT_LIMIT = 1 << 62
+
+
 def check_threads(num_threads: Any) -> int:
-    """0 or -1 mean all cores; returns the value the core takes (0 = all)."""
+    """0 or -1 mean all cores; returns the value the core takes (0 = all). More
+    threads than the compiled layer can count ask for the most it starts anyway."""
     if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"num_threads must be an integer, got {type(num_threads).__name__}")
     if num_threads < -1:
         raise ValueError(f"num_threads must be -1, 0 (all cores) or positive, got {num_threads}")
-    return max(0, int(num_threads))
+    return min(max(0, int(num_threads)), C_INT_LIMIT - 1)
+
+
+def fast_int(value: Any, name: str, clamp: bool = False) -> int:
+    """A count for a search's fast path: a plain int the compiled layer can take
+    passes untouched (it checks the range there); anything else is checked here.
+    Beyond what the compiled layer takes: clamped where that many means "all"
+    (``clamp``), else a ValueError."""
+    if type(value) is int and -C_INT_LIMIT < value < C_INT_LIMIT:
+        return value
+    value = check_positive_int(value, name)
+    if value >= C_INT_LIMIT:
+        if clamp:
+            return C_INT_LIMIT - 1
+        raise ValueError(f"{name} must be less than 2**62, got {value}")
+    return value
+
+
+def fast_threads(num_threads: Any) -> int:
+    """num_threads for a search's fast path (see fast_int and check_threads)."""
+    if type(num_threads) is int and -C_INT_LIMIT < num_threads < C_INT_LIMIT:
+        return num_threads
+    return check_threads(num_threads)
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:

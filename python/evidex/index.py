@@ -11,12 +11,15 @@ import numpy as np
 
 from . import _core
 from ._arrays import (
+    C_INT_LIMIT,
     as_float_array,
     as_float_matrix,
     as_labels,
     as_queries,
     check_positive_int,
     check_threads,
+    fast_int,
+    fast_threads,
     to_numpy,
 )
 from .filters import Expr, F
@@ -352,8 +355,7 @@ class HNSWIndex:
             with fewer than ``k`` results.
         """
         # Plain ints and float32 arrays go straight to the compiled checks.
-        if type(k) is not int:
-            k = check_positive_int(k, "k")
+        k = fast_int(k, "k")
         if ef is None:
             ef = -1
         elif type(ef) is not int:
@@ -362,8 +364,7 @@ class HNSWIndex:
             raise ValueError(f"ef must be at least 1, got {ef}")
         if ef > _MAX_EF:  # the core clamps to the element count anyway
             ef = _MAX_EF
-        if type(num_threads) is not int:
-            num_threads = check_threads(num_threads)
+        num_threads = fast_threads(num_threads)
         queries = as_queries(queries)
         if filter is None:
             if filter_strategy not in STRATEGIES:
@@ -416,7 +417,7 @@ class HNSWIndex:
         radius = float(radius)
         if not (math.isfinite(radius) and radius >= 0):
             raise ValueError(f"radius must be a finite non-negative number, got {radius}")
-        max_results = check_positive_int(max_results, "max_results")
+        max_results = min(check_positive_int(max_results, "max_results"), C_INT_LIMIT - 1)
         ef = -1 if ef is None else min(check_positive_int(ef, "ef"), _MAX_EF)
         num_threads = check_threads(num_threads)
         queries = as_float_array(queries, "queries")

@@ -7,7 +7,15 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._arrays import as_float_matrix, as_labels, as_queries, check_positive_int, check_threads
+from ._arrays import (
+    as_float_matrix,
+    as_labels,
+    as_queries,
+    check_positive_int,
+    check_threads,
+    fast_int,
+    fast_threads,
+)
 
 SPACES = ("l2", "ip", "cosine")
 
@@ -137,16 +145,11 @@ class IVFIndex:
         """
         # Plain ints and float32 arrays go straight to the compiled checks (a
         # single-query call is dominated by what runs here).
-        if type(k) is not int:
-            k = check_positive_int(k, "k")
-        nprobe = self.nprobe if nprobe is None else nprobe
-        reorder = self.reorder if reorder is None else reorder
-        if type(nprobe) is not int:
-            nprobe = check_positive_int(nprobe, "nprobe")
-        if type(reorder) is not int:
-            reorder = check_positive_int(reorder, "reorder")
-        if type(num_threads) is not int:
-            num_threads = check_threads(num_threads)
+        k = fast_int(k, "k")
+        # More lists or re-ranked estimates than the index holds mean all of them.
+        nprobe = fast_int(self.nprobe if nprobe is None else nprobe, "nprobe", clamp=True)
+        reorder = fast_int(self.reorder if reorder is None else reorder, "reorder", clamp=True)
+        num_threads = fast_threads(num_threads)
         return self._core.query(as_queries(queries), k, nprobe, reorder, num_threads)
 
     def stats(self) -> dict[str, int]:
