@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,6 +15,26 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Mean fraction of the true k nearest that `found` contains."""
     hits = sum(len(np.intersect1d(f[:k], t[:k])) for f, t in zip(found, truth))
     return hits / (truth.shape[0] * k)
+
+
+def run_on_threads(work: Callable[[int], None], n: int) -> None:
+    """Runs work(0) .. work(n - 1) on n threads at once and re-raises the first
+    error any of them raised."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 20) -> np.ndarray:

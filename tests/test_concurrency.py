@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 import evidex
-from conftest import clustered, recall_at_k
+from conftest import clustered, recall_at_k, run_on_threads
 
 
 def test_concurrent_searches_agree_with_serial() -> None:
@@ -17,21 +17,12 @@ def test_concurrent_searches_agree_with_serial() -> None:
     index.add(data)
     expected = index.search(queries, k=10, ef=80, num_threads=1)[0]
     results: dict[int, np.ndarray] = {}
-    errors: list[BaseException] = []
 
     def work(t: int) -> None:
-        try:
-            out = np.stack([index.search(q, k=10, ef=80)[0] for q in queries])
-            results[t] = out
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        results[t] = np.stack([index.search(q, k=10, ef=80)[0] for q in queries])
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_on_threads(work, 6)
+    assert len(results) == 6
     for out in results.values():
         np.testing.assert_array_equal(out, expected)
 

@@ -11,6 +11,7 @@ import pytest
 
 import evidex
 import evidex.compat.hnswlib as hnswlib
+from conftest import run_on_threads
 from evidex import F
 
 N, DIM = 3000, 16
@@ -554,23 +555,14 @@ def test_scans_from_many_threads_at_once_equal_the_exact_answer(index, data) -> 
         q = rng.standard_normal((nq, DIM)).astype(np.float32)
         d = ((x[allowed][None, :, :].astype(np.float64) - q[:, None, :]) ** 2).sum(-1)
         cases.append((q, allowed, np.sort(d, axis=1)[:, :5]))
-    errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
         order = np.random.default_rng(seed).permutation(len(cases) * 4) % len(cases)
-        try:
-            for c in order:
-                q, allowed, want = cases[c]
-                ids, dist = index.search(q, k=5, filter=allowed, filter_strategy="scan",
-                                         num_threads=int(seed % 3))  # fmt: skip
-                assert np.isin(ids, allowed).all()
-                np.testing.assert_allclose(dist, want, rtol=1e-4, atol=1e-4)
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        for c in order:
+            q, allowed, want = cases[c]
+            ids, dist = index.search(q, k=5, filter=allowed, filter_strategy="scan",
+                                     num_threads=int(seed % 3))  # fmt: skip
+            assert np.isin(ids, allowed).all()
+            np.testing.assert_allclose(dist, want, rtol=1e-4, atol=1e-4)
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_on_threads(worker, 8)
