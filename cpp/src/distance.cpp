@@ -96,7 +96,6 @@ void panel_scalar(const float* q, std::size_t stride, std::size_t nq, const floa
     }
 }
 
-
 void fastscan32_scalar(const std::uint8_t* block, const std::uint8_t* lut, std::size_t nsub,
                        std::uint16_t* out) {
     std::uint32_t acc[32] = {};
@@ -287,7 +286,6 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const float* q, std::size_t 
     }
 }
 
-
 // Add the two lanes (even and odd subspaces).
 __attribute__((target("avx2,fma"))) inline __m128i fold_lanes(__m256i v) {
     return _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -471,7 +469,6 @@ __attribute__((target("avx512f"))) void panel_avx512(const float* q, std::size_t
     for (; r < nq; ++r)
         panel_rows_avx512<1, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
 }
-
 
 __attribute__((target("avx512f,avx512bw"))) inline __m256i fold_halves(__m512i v) {
     return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
