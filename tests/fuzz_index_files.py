@@ -203,14 +203,13 @@ def mutate(seed: bytes, rng: random.Random) -> bytes:
 
 # ------------------------------------------------------------------ the child
 CHILD = r"""
-import io, os, pickle, resource, struct, sys, tempfile
+import io, os, pickle, resource, struct, sys
 import numpy as np
 import evidex
 import evidex.compat.hnswlib as hnswlib
 
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-tmp = tempfile.mkdtemp()
-path = os.path.join(tmp, "case.evx")
+path = os.path.join(sys.argv[1], "case.evx")  # the parent's folder: it removes it
 
 def rss_kib(key):
     for line in open("/proc/self/status"):
@@ -311,10 +310,12 @@ def run(cases: int, seed: int = 0, case_timeout: float = 20.0) -> FuzzReport:
     start = time.monotonic()
     pending = [mutate(rng.choice(originals), rng) for _ in range(cases)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # The children are killed, not ended, so their files live in a folder of ours.
+    work = tempfile.TemporaryDirectory(prefix="evidex-fuzz-")
     i = 0
     while i < len(pending):
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-c", CHILD, work.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         try:
@@ -351,6 +352,7 @@ def run(cases: int, seed: int = 0, case_timeout: float = 20.0) -> FuzzReport:
         finally:
             child.kill()
             child.wait()
+    work.cleanup()
     report.seconds = time.monotonic() - start
     return report
 
