@@ -566,3 +566,93 @@ def test_scans_from_many_threads_at_once_equal_the_exact_answer(index, data) -> 
             np.testing.assert_allclose(dist, want, rtol=1e-4, atol=1e-4)
 
     run_on_threads(worker, 8)
+
+
+def _answers_by_bits(index, q, k, allowed, threads=1) -> dict:
+    out = {}
+    for bits in (32, 8, 0):
+        index.set_search_tuning(scan_bits=bits)
+        out[bits] = index.search(q, k=k, filter=allowed, filter_strategy="scan",
+                                 num_threads=threads)  # fmt: skip
+    index.set_search_tuning()
+    return out
+
+
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+def test_the_8_bit_scan_keeps_exact_answers_on_hostile_values(space) -> None:
+    """The 8-bit pass's error bound must hold where quantisation is worst: one
+    huge component among small ones, ties (copies), zero vectors, vectors past the
+    bound's arithmetic (norm 1e18: scored in float32 regardless) and queries past
+    it (the float32 scan instead); scan_bits 0 picks the 8-bit pass here."""
+    dim, n = 96, 2600
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, dim)).astype(np.float32) * 0.01
+    x[:300, 0] = 50.0  # one component dominates: the rest quantise to 0
+    x[300:600] = x[300]  # 300 copies: ties at every distance
+    x[600:620] = 0.0
+    if space != "cosine":
+        x[620:630] = rng.standard_normal((10, dim)) * 1e17  # |x| ~1e18, past 1e15
+    index = evidex.HNSWIndex(dim, space, M=4, ef_construction=20)
+    index.add(x)
+    allowed = np.arange(n)
+    queries = [x[rng.integers(0, n, 20)] + rng.standard_normal((20, dim)).astype(np.float32) * 1e-3,
+               rng.standard_normal((20, dim)).astype(np.float32)]  # fmt: skip
+    if space != "cosine":
+        queries.append(np.vstack([queries[1][:19], np.full((1, dim), 1e17, np.float32)]))
+    stored = x.astype(np.float64)
+    if space == "cosine":
+        stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-300)
+    for q in queries:
+        q64 = q.astype(np.float64)
+        if space == "cosine":
+            q64 /= np.linalg.norm(q64, axis=1, keepdims=True)
+        if space == "l2":
+            exact = (q64**2).sum(1)[:, None] + (stored**2).sum(1)[None] - 2 * q64 @ stored.T
+        else:
+            exact = 1 - q64 @ stored.T
+        for k in (1, 10, 400):
+            got = _answers_by_bits(index, q, k, allowed)
+            for bits in (8, 0):
+                ids, dist = got[bits]
+                np.testing.assert_array_equal(np.isinf(dist), np.isinf(got[32][1]))
+                for i in range(len(q)):
+                    # A valid k nearest: each id within rounding of the true k-th
+                    # distance, its distance the true one (ties broken either way).
+                    kth = np.sort(exact[i])[k - 1]
+                    fin = np.isfinite(dist[i])
+                    tol = 1e-5 * max(1.0, abs(kth), float(np.abs(exact[i][ids[i][fin]]).max()))
+                    assert (exact[i][ids[i][fin]] <= kth + tol).all(), (bits, k, i)
+                    np.testing.assert_allclose(dist[i][fin], exact[i][ids[i][fin]], rtol=1e-5,
+                                               atol=tol)  # fmt: skip
+                    assert len(set(ids[i][fin].tolist())) == fin.sum()
+
+
+def test_8_bit_scans_from_many_threads_equal_the_float32_scan() -> None:
+    """The 8-bit pass keeps its codes and panels per thread."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 128)).astype(np.float32)
+    index = evidex.HNSWIndex(128, "l2", M=4, ef_construction=20)
+    index.add(x)
+    cases = []
+    for nq in (1, 16, 40, 100):
+        allowed = np.sort(rng.choice(3000, int(rng.integers(20, 3000)), replace=False))
+        q = rng.standard_normal((nq, 128)).astype(np.float32)
+        cases.append((q, allowed, index.search(q, 5, filter=allowed, filter_strategy="scan")))
+    index.set_search_tuning(scan_bits=8)
+
+    def worker(seed: int) -> None:
+        for c in np.random.default_rng(seed).permutation(len(cases) * 3) % len(cases):
+            q, allowed, (want_ids, want) = cases[c]
+            ids, dist = index.search(q, k=5, filter=allowed, filter_strategy="scan",
+                                     num_threads=int(seed % 3))  # fmt: skip
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_allclose(dist, want, rtol=1e-5)
+
+    run_on_threads(worker, 8)
+
+
+def test_scan_bits_is_checked() -> None:
+    index = evidex.HNSWIndex(4)
+    for bad in (7, 16, -1, 64):
+        with pytest.raises(ValueError, match="scan_bits"):
+            index.set_search_tuning(scan_bits=bad)

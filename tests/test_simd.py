@@ -159,3 +159,44 @@ def test_pq4_search_same_at_every_level(level: str) -> None:
     # their last bits, which may change a tie while building.
     assert (results[level][0] == results["scalar"][0]).mean() > 0.97
     np.testing.assert_allclose(results[level][1], results["scalar"][1], rtol=1e-4, atol=1e-3)
+
+
+def _same_answers(got: tuple, want: tuple) -> None:
+    """Equal ids, except where two distances are within float32 rounding of each
+    other (the two passes sum in different orders: relative 1e-5)."""
+    (ids, dist), (ref_ids, ref_dist) = got, want
+    scale = max(1.0, float(np.abs(ref_dist[np.isfinite(ref_dist)]).max(initial=0.0)))
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-5, atol=1e-5 * scale)
+    for row, ref, d in zip(ids, ref_ids, ref_dist):
+        if not np.array_equal(row, ref):
+            finite = d[np.isfinite(d)]
+            assert np.min(np.diff(finite), initial=scale) < 1e-5 * scale, (row, ref, d)
+
+
+@pytest.mark.parametrize("level", SUPPORTED)
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+def test_the_8_bit_scan_answers_as_the_float32_scan_at_every_level(level: str, space: str) -> None:
+    """The quantised first pass (scan_bits=8) against the float32 scan: odd and
+    small dimensions (masked tails, padding to 8), fewer allowed vectors than a
+    panel or than k, one query or many, chunks split over threads."""
+    rng = np.random.default_rng(11)
+    evidex.set_simd_level(level)
+    try:
+        for dim in (1, 3, 8, 9, 17, 50, 96, 100, 384):
+            x = rng.standard_normal((700, dim)).astype(np.float32)
+            index = evidex.HNSWIndex(dim, space, M=4, ef_construction=20)
+            index.add(x)
+            for allowed in (np.arange(5), np.arange(16), np.arange(17), np.arange(0, 700, 2)):
+                shapes = ((1, 1, 5), (3, 1, 5), (17, 1, 10), (40, 2, 10), (17, 1, 400))
+                for nq, threads, k in shapes:
+                    q = rng.standard_normal((nq, dim)).astype(np.float32)
+                    answers = {}
+                    for bits in (32, 8):
+                        index.set_search_tuning(scan_bits=bits)
+                        answers[bits] = index.search(
+                            q, k=k, filter=allowed, filter_strategy="scan", num_threads=threads
+                        )
+                    _same_answers(answers[8], answers[32])
+                    assert (answers[8][0][:, len(allowed) :] == -1).all()  # k past the allowed
+    finally:
+        evidex.set_simd_level(evidex.cpu_simd_level())

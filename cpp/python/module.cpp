@@ -797,6 +797,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property("ef", &HNSW::ef, &HNSW::set_ef)
         .def("set_prefetch", &HNSW::set_prefetch, py::arg("ahead"), py::arg("lines"))
         .def("set_interleave", &HNSW::set_interleave, py::arg("group"))
+        .def("set_scan_bits", &HNSW::set_scan_bits, py::arg("bits"))
         .def_property_readonly("is_mapped", &HNSW::is_mapped)
         .def("save", &HNSW::save, py::call_guard<py::gil_scoped_release>())
         .def("save_hnswlib", &HNSW::save_hnswlib, py::call_guard<py::gil_scoped_release>())

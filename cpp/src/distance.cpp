@@ -96,6 +96,20 @@ void panel_scalar(const float* q, std::size_t stride, std::size_t nq, const floa
     }
 }
 
+void int8_panel_scalar(const std::int8_t* q, std::size_t stride, std::size_t nq,
+                       const std::uint8_t* panel, std::size_t dim, std::int32_t* out) {
+    for (std::size_t r = 0; r < nq; ++r) {
+        std::int32_t acc[kPanelWidth] = {};
+        const std::int8_t* qr = q + r * stride;
+        for (std::size_t d = 0; d < dim; d += 4) {
+            const std::uint8_t* group = panel + d * kPanelWidth;
+            for (std::size_t l = 0; l < kPanelWidth; ++l)
+                for (std::size_t j = 0; j < 4; ++j) acc[l] += qr[d + j] * group[l * 4 + j];
+        }
+        std::memcpy(out + r * kPanelWidth, acc, sizeof(acc));
+    }
+}
+
 void fastscan32_scalar(const std::uint8_t* block, const std::uint8_t* lut, std::size_t nsub,
                        std::uint16_t* out) {
     std::uint32_t acc[32] = {};
@@ -282,6 +296,63 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const float* q, std::size_t 
         case 3: panel_rows_avx2<3, L2>(q, stride, panel, dim, out); break;
         case 2: panel_rows_avx2<2, L2>(q, stride, panel, dim, out); break;
         case 1: panel_rows_avx2<1, L2>(q, stride, panel, dim, out); break;
+        default: break;
+    }
+}
+
+// R queries against an 8-bit panel, eight dimensions per step: vpmaddubsw
+// multiplies (unsigned codes by signed query bytes) and adds pairs into int16,
+// the two four-dimension halves are added in int16 (each at most 2 * 127 * 63,
+// so their sum fits), and vpmaddwd widens into int32 accumulators.
+template <int R>
+__attribute__((target("avx2,fma"))) inline void int8_panel_rows_avx2(const std::int8_t* q,
+                                                                    std::size_t stride,
+                                                                    const std::uint8_t* panel,
+                                                                    std::size_t dim,
+                                                                    std::int32_t* out) {
+    __m256i lo[R], hi[R];
+    for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (std::size_t d = 0; d < dim; d += 8) {
+        const std::uint8_t* p = panel + d * kPanelWidth;
+        const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64));
+        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 96));
+        for (int r = 0; r < R; ++r) {
+            std::int32_t first, second;
+            std::memcpy(&first, q + r * stride + d, 4);
+            std::memcpy(&second, q + r * stride + d + 4, 4);
+            const __m256i x = _mm256_set1_epi32(first), y = _mm256_set1_epi32(second);
+            lo[r] = _mm256_add_epi32(
+                lo[r], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a0, x),
+                                                          _mm256_maddubs_epi16(b0, y)),
+                                         ones));
+            hi[r] = _mm256_add_epi32(
+                hi[r], _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a1, x),
+                                                          _mm256_maddubs_epi16(b1, y)),
+                                         ones));
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * kPanelWidth), lo[r]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * kPanelWidth + 8), hi[r]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) void int8_panel_avx2(const std::int8_t* q,
+                                                         std::size_t stride, std::size_t nq,
+                                                         const std::uint8_t* panel,
+                                                         std::size_t dim, std::int32_t* out) {
+    std::size_t r = 0;
+    for (; r + 4 <= nq; r += 4)
+        int8_panel_rows_avx2<4>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
+    q += r * stride;
+    out += r * kPanelWidth;
+    switch (nq - r) {
+        case 3: int8_panel_rows_avx2<3>(q, stride, panel, dim, out); break;
+        case 2: int8_panel_rows_avx2<2>(q, stride, panel, dim, out); break;
+        case 1: int8_panel_rows_avx2<1>(q, stride, panel, dim, out); break;
         default: break;
     }
 }
@@ -500,16 +571,18 @@ __attribute__((target("avx512f,avx512bw"))) void fastscan32_avx512(const std::ui
 
 const DistanceKernels kScalar{l2sq_scalar,       dot_scalar,       sq8_l2_scalar,
                              sq8_dot_scalar,    l2sq4_scalar,     dot4_scalar,
-                             panel_scalar<true>, panel_scalar<false>, fastscan32_scalar,
+                             panel_scalar<true>, panel_scalar<false>, int8_panel_scalar, fastscan32_scalar,
                              SimdLevel::Scalar};
 #ifdef EVIDEX_X86
 const DistanceKernels kAVX2{l2sq_avx2,       dot_avx2,       sq8_l2_avx2,
                            sq8_dot_avx2,    l2sq4_avx2,     dot4_avx2,
-                           panel_avx2<true>, panel_avx2<false>, fastscan32_avx2,
+                           panel_avx2<true>, panel_avx2<false>, int8_panel_avx2, fastscan32_avx2,
                            SimdLevel::AVX2};
 const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512,
                              sq8_dot_avx512,    l2sq4_avx512,     dot4_avx512,
-                             panel_avx512<true>, panel_avx512<false>, fastscan32_avx512,
+                             panel_avx512<true>, panel_avx512<false>,
+                             int8_panel_avx2,  // every AVX-512 CPU runs AVX2; no 512-bit variant yet
+                             fastscan32_avx512,
                              SimdLevel::AVX512};
 #endif
 

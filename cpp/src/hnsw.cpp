@@ -20,7 +20,7 @@
 
 #include "evidex/beam.h"
 #include "evidex/errors.h"
-
+#include "evidex/quantized_scan.h"
 
 namespace evidex {
 
@@ -750,6 +750,12 @@ void HNSW::search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q
                     prefetch_vector(node(id) + vec_offset_, pb);
                 },
                 ahead_for(bytes), ep, level, ef, beam, dist_count);
+}
+
+void HNSW::set_scan_bits(std::size_t bits) {
+    if (bits != 0 && bits != 8 && bits != 32)
+        throw std::invalid_argument("scan_bits must be 0, 8 or 32, got " + std::to_string(bits));
+    scan_bits_.store(bits);
 }
 
 void HNSW::set_interleave(std::size_t group) {
@@ -1654,6 +1660,9 @@ inline std::uint32_t lanes_below(const float* d, std::size_t m, float bound) {
 void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                       const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                       float* out_distances) const {
+    const std::size_t bits = scan_bits_.load(std::memory_order_relaxed);
+    const bool eight = bits == 8 || (bits == 0 && quantized_scan_pays(nq, dim_, members.size()));
+    if (eight && scan_quantized(k, queries, nq, members, kk, out_labels, out_distances)) return;
     std::vector<MaxHeap> tops(nq);
     // The k-th distance so far per query: most members fail this one comparison.
     std::vector<float> worst(nq, kInf);
@@ -1689,6 +1698,31 @@ void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_
             distances[r] = kInf;
         }
     }
+}
+
+// The same answers through an 8-bit first pass (quantized_scan.h); false where
+// a query is too large for its bound, with nothing written.
+bool HNSW::scan_quantized(const DistanceKernels& k, const float* queries, std::size_t nq,
+                          const std::vector<node_id>& members, std::size_t kk,
+                          label_t* out_labels, float* out_distances) const {
+    thread_local std::vector<float> normalized;
+    if (space_ == Space::Cosine) {
+        normalized.resize(nq * dim_);
+        for (std::size_t i = 0; i < nq; ++i)
+            normalize_into(queries + i * dim_, dim_, normalized.data() + i * dim_);
+        queries = normalized.data();
+    }
+    thread_local std::vector<const float*> rows;
+    thread_local std::vector<std::uint32_t> found;
+    rows.resize(members.size());
+    for (std::size_t j = 0; j < members.size(); ++j) rows[j] = vec(members[j]);
+    found.resize(nq * kk);
+    if (!quantized_knn(k, space_ == Space::L2, queries, dim_, nq, dim_, rows.data(), rows.size(),
+                       kk, found.data(), out_distances))
+        return false;
+    for (std::size_t i = 0; i < nq * kk; ++i)
+        out_labels[i] = found[i] == kNoRow ? kNoLabel : label_at(members[found[i]]);
+    return true;
 }
 
 // ACORN-1's search (Patel et al., SIGMOD 2024) on the unchanged HNSW graph: the

@@ -139,7 +139,11 @@ class HNSWIndex:
         return self._core.pq_dims
 
     def set_search_tuning(
-        self, prefetch_ahead: int = 0, prefetch_lines: int = 0, interleave: int = 0
+        self,
+        prefetch_ahead: int = 0,
+        prefetch_lines: int = 0,
+        interleave: int = 0,
+        scan_bits: int = 0,
     ) -> None:
         """Tune the search's memory access for this machine (0: chosen by data size).
 
@@ -153,14 +157,23 @@ class HNSWIndex:
                 while another computes (``"sq8"`` indexes without a filter or
                 deletions; 1 turns it off, at most 16). Results are the same as
                 searching the queries one by one.
+            scan_bits: the exact scan's first pass for batches of k-NN queries (the
+                ``"scan"`` strategy of filtered search): 8 scores 7-bit codes of
+                queries and vectors with integer SIMD, then rescores in float32
+                every vector its error bound cannot rule out; 32 scores float32 only;
+                0 picks 8 for 16 or more queries against 2,048 or more vectors of 96
+                or more dimensions. The answers are those of the float32 scan.
         """
         for name, v in (("prefetch_ahead", prefetch_ahead), ("prefetch_lines", prefetch_lines),
-                        ("interleave", interleave)):  # fmt: skip
+                        ("interleave", interleave), ("scan_bits", scan_bits)):  # fmt: skip
             check_positive_int(v, name, minimum=0)
         if interleave > 16:
             raise ValueError(f"interleave must be at most 16, got {interleave}")
+        if scan_bits not in (0, 8, 32):
+            raise ValueError(f"scan_bits must be 0, 8 or 32, got {scan_bits}")
         self._core.set_prefetch(int(prefetch_ahead), int(prefetch_lines))
         self._core.set_interleave(int(interleave))
+        self._core.set_scan_bits(int(scan_bits))
 
     # ------------------------------------------------------------ kernels
     def use_kernels(

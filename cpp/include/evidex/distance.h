@@ -38,6 +38,16 @@ constexpr std::size_t kPanelWidth = 16;
 using PanelKernel = void (*)(const float* q, std::size_t stride, std::size_t nq,
                              const float* panel, std::size_t dim, float* out);
 
+// The 8-bit panel kernel (the first pass of an exact scan, quantized_scan.h):
+// small integers, so products and sums are exact. The panel holds kPanelWidth
+// vectors' codes, biased by +64 into [1, 127], four dimensions of one vector
+// side by side: panel[(d / 4) * 64 + lane * 4 + d % 4]. q holds nq queries `stride`
+// bytes apart, values in [-63, 63]. dim is a multiple of 8 (padding: code 0,
+// query 0). out[r * kPanelWidth + lane] = sum_d q_r[d] * (code_lane[d] + 64); the
+// bounds keep every pair sum and every sum of two pairs inside int16.
+using Int8PanelKernel = void (*)(const std::int8_t* q, std::size_t stride, std::size_t nq,
+                                 const std::uint8_t* panel, std::size_t dim, std::int32_t* out);
+
 // Fast scan (4-bit product quantisation scored by SIMD table look-ups, as in
 // FAISS's and ScaNN's "fast scan"): estimates for the 32 codes of one block.
 // The block holds, per subspace s, 16 bytes at s * 16: byte j carries code j in
@@ -56,6 +66,7 @@ struct DistanceKernels {
     Distance4Kernel dot4;
     PanelKernel l2sq_panel;
     PanelKernel dot_panel;
+    Int8PanelKernel int8_panel;
     FastScanKernel fastscan32;
     SimdLevel level;
 };

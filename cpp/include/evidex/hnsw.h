@@ -265,6 +265,9 @@ public:
     // (SQ8 graphs, no filter): 0 picks, 1 turns it off, at most kMaxInterleave.
     void set_interleave(std::size_t group);
     static constexpr std::size_t kMaxInterleave = 16;  // run_interleaved takes 64
+    // The exact k-NN scan's first pass: 8 (quantised, quantized_scan.h), 32
+    // (float32 only) or 0 (8 where it pays). Answers are the same either way.
+    void set_scan_bits(std::size_t bits);
     IndexStats stats() const;
 
     // The replaceable kernels (kernel_abi.h): searches and inserts that start
@@ -388,6 +391,9 @@ private:
     void scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                     const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                     float* out_distances) const;
+    bool scan_quantized(const DistanceKernels& k, const float* queries, std::size_t nq,
+                        const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
+                        float* out_distances) const;
     std::size_t scan_chunk(std::size_t nq, std::size_t num_threads) const;
     template <class Accept>
     MaxHeap search_two_hop(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
@@ -539,7 +545,7 @@ private:
     static std::uint64_t next_graph_version();
     std::vector<std::shared_ptr<const KernelSet>> kernel_sets_;
     mutable std::mutex kernel_sets_mutex_;
-    std::atomic<std::size_t> tune_ahead_{0}, tune_lines_{0}, interleave_{0};
+    std::atomic<std::size_t> tune_ahead_{0}, tune_lines_{0}, interleave_{0}, scan_bits_{0};
     std::size_t ahead_for(std::size_t bytes) const;
     std::size_t prefetch_bytes(std::size_t bytes) const {
         const std::size_t lines = tune_lines_.load();

@@ -1,0 +1,36 @@
+// Exact k-nearest-neighbour scan of a batch of queries over a list of vectors,
+// with an 8-bit first pass: queries and vectors are quantised (7-bit symmetric,
+// one scale per vector), scored by integer panel kernels at about twice the
+// float32 rate, and every vector whose distance could still be among the k
+// nearest (a worst-case bound on the quantisation error, Cauchy-Schwarz) is
+// scored again in float32. The answers are those of a float32 scan: the bound
+// never drops a true neighbour, and every returned distance is exact.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "evidex/distance.h"
+
+namespace evidex {
+
+// Whether the 8-bit pass pays for itself: enough queries per pass to share each
+// quantised block of vectors, vectors wide enough for the products to dominate,
+// and enough of them for the bound to settle (measured: bench/RESULTS.md,
+// "Exact scan with an 8-bit first pass").
+bool quantized_scan_pays(std::size_t nq, std::size_t dim, std::size_t n);
+
+constexpr std::uint32_t kNoRow = 0xffffffffu;
+
+// For each of nq queries (`stride` floats apart; cosine queries already
+// normalised), the kk nearest of rows[0..n): out_rows[i * kk + r] indexes rows
+// (kNoRow where fewer than kk exist) with out_dist ascending, ties in row order.
+// Distances are squared L2 when l2, else 1 - dot. Vectors too large for the
+// bound's arithmetic (norm above 1e15) are always scored in float32.
+// Returns false, writing nothing, when a query is too large for it: the caller
+// scans in float32 instead.
+bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std::size_t stride,
+                   std::size_t nq, std::size_t dim, const float* const* rows, std::size_t n,
+                   std::size_t kk, std::uint32_t* out_rows, float* out_dist);
+
+}  // namespace evidex

@@ -1,0 +1,346 @@
+#include "evidex/quantized_scan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define EVIDEX_X86 1
+#include <immintrin.h>
+#endif
+
+namespace evidex {
+namespace {
+
+constexpr int kLevels = 63;  // codes and query values lie in [-63, 63]
+constexpr int kBias = 64;    // codes are stored biased into [1, 127]: the unsigned operand
+constexpr double kHuge = 1e15;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr std::size_t W = kPanelWidth;
+
+// What the error bound needs to know about one quantised vector v ~ scale * c.
+struct Quantized {
+    float scale = 0.f;
+    float code_norm = 0.f;  // |scale * c|
+    float err_norm = 0.f;   // |v - scale * c|, rounded up
+    float norm_sq = 0.f;    // |v|^2
+};
+
+// Where codes go: a query's own row (plain int8), or one lane of a panel
+// (biased). one() stores code c of dimension d; eight() (AVX2) the codes of
+// d..d+8 held as int32.
+struct RowStore {
+    std::int8_t* out;
+    void one(std::size_t d, int c) const { out[d] = static_cast<std::int8_t>(c); }
+#ifdef EVIDEX_X86
+    __attribute__((target("avx2,fma"))) void eight(std::size_t d, __m256i c,
+                                                   std::int32_t* scratch) const {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(scratch), c);
+        for (int j = 0; j < 8; ++j) out[d + j] = static_cast<std::int8_t>(scratch[j]);
+    }
+#endif
+};
+struct PanelStore {
+    std::uint8_t* panel;
+    std::size_t lane;
+    void one(std::size_t d, int c) const {
+        panel[(d / 4) * (4 * W) + lane * 4 + d % 4] = static_cast<std::uint8_t>(c + kBias);
+    }
+#ifdef EVIDEX_X86
+    // The low byte of each biased code, four per 128-bit half: dimensions d..d+4
+    // and d+4..d+8 go to two consecutive groups of the panel.
+    __attribute__((target("avx2,fma"))) void eight(std::size_t d, __m256i c,
+                                                   std::int32_t*) const {
+        const __m256i low = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                             -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                             -1, -1, -1, -1);
+        const __m256i b = _mm256_shuffle_epi8(_mm256_add_epi32(c, _mm256_set1_epi32(kBias)), low);
+        const std::int32_t first = _mm256_extract_epi32(b, 0), second = _mm256_extract_epi32(b, 4);
+        std::uint8_t* at = panel + (d / 4) * (4 * W) + lane * 4;
+        std::memcpy(at, &first, 4);
+        std::memcpy(at + 4 * W, &second, 4);
+    }
+#endif
+};
+
+// 63 / peak, or 0 (every code 0) where that is not finite: zero and
+// subnormal peaks. The bound holds for any codes; these only make it loose.
+inline float safe_inverse(float peak) {
+    const float inv = peak > 0.f ? kLevels / peak : 0.f;
+    return std::isfinite(inv) ? inv : 0.f;
+}
+
+// The float sums are rounded up by this factor: they round in float32.
+inline Quantized finish(float peak, float code2, float err2, float norm2, std::size_t dim) {
+    const float scale = peak / kLevels;
+    const float up = 1.0f + 4e-7f * static_cast<float>(dim + 16);
+    return {scale, scale * std::sqrt(code2) * up, std::sqrt(err2) * up, norm2};
+}
+
+template <class Store>
+Quantized quantize_scalar(const float* v, std::size_t dim, std::size_t padded, const Store& store) {
+    float peak = 0.f;
+    for (std::size_t d = 0; d < dim; ++d) peak = std::max(peak, std::fabs(v[d]));
+    const float scale = peak / kLevels;
+    const float inv = safe_inverse(peak);
+    float code2 = 0.f, err2 = 0.f, norm2 = 0.f;
+    for (std::size_t d = 0; d < dim; ++d) {
+        const int c = std::clamp(static_cast<int>(std::nearbyint(v[d] * inv)), -kLevels, kLevels);
+        store.one(d, c);
+        const float e = v[d] - scale * static_cast<float>(c);
+        code2 += static_cast<float>(c * c);
+        err2 += e * e;
+        norm2 += v[d] * v[d];
+    }
+    for (std::size_t d = dim; d < padded; ++d) store.one(d, 0);
+    return finish(peak, code2, err2, norm2, dim);
+}
+
+#ifdef EVIDEX_X86
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+__attribute__((target("avx2,fma"))) inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+// v[d..d+8), the lanes past dim loaded as zeros (code 0).
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* v, std::size_t d,
+                                                        std::size_t dim) {
+    if (d + 8 <= dim) return _mm256_loadu_ps(v + d);
+    const __m256i ramp = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(dim - d)), ramp);
+    return _mm256_maskload_ps(v + d, live);
+}
+
+// Eight dimensions at a time.
+template <class Store>
+__attribute__((target("avx2,fma"))) Quantized quantize_avx2(const float* v, std::size_t dim,
+                                                            std::size_t padded,
+                                                            const Store& store) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 peak8 = _mm256_setzero_ps();
+    for (std::size_t d = 0; d < dim; d += 8) peak8 = _mm256_max_ps(peak8, _mm256_andnot_ps(sign, load8(v, d, dim)));
+    const float peak = hmax(peak8);
+    const __m256 scale = _mm256_set1_ps(peak / kLevels);
+    const __m256 inv = _mm256_set1_ps(safe_inverse(peak));
+    const __m256i hi = _mm256_set1_epi32(kLevels), lo = _mm256_set1_epi32(-kLevels);
+    __m256 code2 = _mm256_setzero_ps(), err2 = code2, norm2 = code2;
+    alignas(32) std::int32_t c8[8];  // scratch for stores without a vector form
+    for (std::size_t d = 0; d < padded; d += 8) {
+        const __m256 x = d < dim ? load8(v, d, dim) : _mm256_setzero_ps();
+        const __m256i c = _mm256_max_epi32(
+            lo, _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(x, inv))));
+        const __m256 cf = _mm256_cvtepi32_ps(c);
+        const __m256 e = _mm256_fnmadd_ps(scale, cf, x);
+        code2 = _mm256_fmadd_ps(cf, cf, code2);
+        err2 = _mm256_fmadd_ps(e, e, err2);
+        norm2 = _mm256_fmadd_ps(x, x, norm2);
+        store.eight(d, c, c8);
+    }
+    return finish(peak, hsum(code2), hsum(err2), hsum(norm2), dim);
+}
+#endif
+
+template <class Store>
+Quantized quantize(const DistanceKernels& k, const float* v, std::size_t dim, std::size_t padded,
+                   const Store& store) {
+#ifdef EVIDEX_X86
+    if (k.level != SimdLevel::Scalar) return quantize_avx2(v, dim, padded, store);
+#endif
+    return quantize_scalar(v, dim, padded, store);
+}
+
+// Per query: its codes' scale and sum, and the coefficients of its lower
+// bounds (lane_lower).
+struct QueryTerms {
+    std::int32_t bias;  // kBias * sum of its codes: the kernel's sums carry it
+    float base;         // the lower bound's constant: 1 (dot products) or |q|^2 (L2), less rounding
+    float norm_sq_coef; // times a vector's |x|^2 (L2 only)
+    float approx_coef;  // times s * (integer dot): the approximate dot product's part
+    float code_coef;    // times |s c|: the query's quantisation error
+    float err_coef;     // times |x - s c|: the vector's, seen by |q|
+    float norm_coef;    // times |x|: the float32 rounding allowance
+};
+
+// What the bound needs about the panel's vectors, lane by lane.
+struct Lanes {
+    alignas(32) float scale[W], code_norm[W], err_norm[W], norm[W], norm_sq[W], always[W];
+};
+
+// For one query, the bit of each lane l < m whose lower bound is below
+// `threshold`. The distance is 1 - q.x (or |q|^2 + |x|^2 - 2 q.x) and
+// q.x = t s (q'.c) + (q - t q').(s c) + q.(x - s c), so by Cauchy-Schwarz it is
+// at least the approximate distance less |q - t q'| |s c| + |q| |x - s c|
+// (twice that for L2), less a float32 rounding allowance; `always` (infinity)
+// marks vectors scored in float32 regardless.
+inline std::uint32_t lanes_below_scalar(const QueryTerms& t, const std::int32_t* dot,
+                                        const Lanes& v, std::size_t m, float threshold) {
+    std::uint32_t mask = 0;
+    for (std::size_t l = 0; l < m; ++l) {
+        const float lower = t.base + t.norm_sq_coef * v.norm_sq[l] -
+                            t.approx_coef * (v.scale[l] * static_cast<float>(dot[l] - t.bias)) -
+                            t.code_coef * v.code_norm[l] - t.err_coef * v.err_norm[l] -
+                            t.norm_coef * v.norm[l] - v.always[l];
+        mask |= static_cast<std::uint32_t>(lower < threshold) << l;
+    }
+    return mask;
+}
+
+#ifdef EVIDEX_X86
+__attribute__((target("avx2,fma"))) std::uint32_t lanes_below_avx2(const QueryTerms& t,
+                                                                  const std::int32_t* dot,
+                                                                  const Lanes& v, std::size_t m,
+                                                                  float threshold) {
+    std::uint32_t mask = 0;
+    for (std::size_t h = 0; h < W; h += 8) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dot + h));
+        const __m256 j = _mm256_cvtepi32_ps(_mm256_sub_epi32(raw, _mm256_set1_epi32(t.bias)));
+        __m256 lower = _mm256_fmadd_ps(_mm256_set1_ps(t.norm_sq_coef), _mm256_load_ps(v.norm_sq + h),
+                                       _mm256_set1_ps(t.base));
+        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.approx_coef),
+                                 _mm256_mul_ps(_mm256_load_ps(v.scale + h), j), lower);
+        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.code_coef), _mm256_load_ps(v.code_norm + h), lower);
+        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.err_coef), _mm256_load_ps(v.err_norm + h), lower);
+        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.norm_coef), _mm256_load_ps(v.norm + h), lower);
+        lower = _mm256_sub_ps(lower, _mm256_load_ps(v.always + h));
+        const __m256 below = _mm256_cmp_ps(lower, _mm256_set1_ps(threshold), _CMP_LT_OQ);
+        mask |= static_cast<std::uint32_t>(_mm256_movemask_ps(below)) << h;
+    }
+    return mask & ((1u << m) - 1u);
+}
+#endif
+
+// The kk nearest scored so far (a max-heap on distance, then row: ties keep the
+// earlier row, as the float32 scan does); the k-th distance bounds the rest.
+class Nearest {
+public:
+    explicit Nearest(std::size_t kk) : kk_(kk) { heap_.reserve(kk + 1); }
+    float threshold() const { return heap_.size() < kk_ ? kInf : heap_.front().first; }
+    // Only below the threshold (infinity while not full), as the float32 scan
+    // admits: an infinite distance (overflow) is never an answer.
+    void offer(float d, std::uint32_t row) {
+        if (!(d < threshold())) return;
+        if (heap_.size() < kk_) {
+            heap_.emplace_back(d, row);
+            std::push_heap(heap_.begin(), heap_.end());
+        } else {
+            std::pop_heap(heap_.begin(), heap_.end());
+            heap_.back() = {d, row};
+            std::push_heap(heap_.begin(), heap_.end());
+        }
+    }
+    void write(std::uint32_t* rows, float* dist) {
+        std::sort(heap_.begin(), heap_.end());
+        for (std::size_t r = 0; r < kk_; ++r) {
+            rows[r] = r < heap_.size() ? heap_[r].second : kNoRow;
+            dist[r] = r < heap_.size() ? heap_[r].first : kInf;
+        }
+    }
+
+private:
+    std::size_t kk_;
+    std::vector<std::pair<float, std::uint32_t>> heap_;
+};
+
+}  // namespace
+
+bool quantized_scan_pays(std::size_t nq, std::size_t dim, std::size_t n) {
+    return nq >= 16 && dim >= 96 && n >= 2048;
+}
+
+bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std::size_t stride,
+                   std::size_t nq, std::size_t dim, const float* const* rows, std::size_t n,
+                   std::size_t kk, std::uint32_t* out_rows, float* out_dist) {
+    const std::size_t padded = (dim + 7) / 8 * 8;
+    // The allowance for float32 rounding (relative, of |q| |x| terms), in the
+    // approximate distance and in the float32 scan it stands in for.
+    const float rel = 3e-7f * static_cast<float>(dim + 64);
+
+    thread_local std::vector<std::int8_t> qcodes;
+    thread_local std::vector<QueryTerms> terms;
+    qcodes.assign(nq * padded, 0);
+    terms.resize(nq);
+    for (std::size_t i = 0; i < nq; ++i) {
+        const float* q = queries + i * stride;
+        const Quantized z = quantize(k, q, dim, padded, RowStore{qcodes.data() + i * padded});
+        const double qn = std::sqrt(static_cast<double>(z.norm_sq));
+        if (!(qn < kHuge)) return false;
+        std::int32_t sum = 0;
+        for (std::size_t d = 0; d < dim; ++d) sum += qcodes[i * padded + d];
+        const float twice = l2 ? 2.0f : 1.0f;  // L2 carries -2 q.x
+        const float q_norm = static_cast<float>(qn);
+        terms[i] = {kBias * sum,
+                    l2 ? z.norm_sq * (1.0f - rel) : 1.0f,
+                    l2 ? 1.0f - rel : 0.0f,
+                    twice * z.scale,
+                    twice * (z.err_norm + rel * z.code_norm),
+                    twice * q_norm * (1.0f + rel),
+                    twice * rel * q_norm};
+    }
+
+    thread_local std::vector<std::uint8_t> panel;
+    thread_local std::vector<std::int32_t> dots;
+    panel.assign(padded * W, 0);
+    dots.resize(nq * W);
+    std::vector<Nearest> nearest(nq, Nearest(kk));
+#ifdef EVIDEX_X86
+    const auto lanes_below = k.level == SimdLevel::Scalar ? lanes_below_scalar : lanes_below_avx2;
+#else
+    const auto lanes_below = lanes_below_scalar;
+#endif
+    Lanes lanes;
+    const std::size_t row_bytes = dim * sizeof(float);
+    for (std::size_t j = 0; j < std::min(n, W); ++j)
+        for (std::size_t off = 0; off < row_bytes; off += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(rows[j]) + off);
+
+    for (std::size_t b = 0; b < n; b += W) {
+        const std::size_t m = std::min(W, n - b);
+        for (std::size_t l = 0; l < W; ++l) {
+            if (b + W + l < n)
+                for (std::size_t off = 0; off < row_bytes; off += 64)
+                    __builtin_prefetch(reinterpret_cast<const char*>(rows[b + W + l]) + off);
+            Quantized z;
+            if (l < m) z = quantize(k, rows[b + l], dim, padded, PanelStore{panel.data(), l});
+            const double xn = std::sqrt(static_cast<double>(z.norm_sq));
+            const bool huge = !(xn < kHuge);
+            lanes.scale[l] = huge ? 0.f : z.scale;
+            lanes.code_norm[l] = huge ? 0.f : z.code_norm;
+            lanes.err_norm[l] = huge ? 0.f : z.err_norm;
+            lanes.norm[l] = huge ? 0.f : static_cast<float>(xn);
+            lanes.norm_sq[l] = huge ? 0.f : z.norm_sq;
+            lanes.always[l] = huge ? kInf : 0.f;
+        }
+        // Lanes past m keep the previous block's codes: finite, never read.
+        k.int8_panel(qcodes.data(), padded, nq, panel.data(), padded, dots.data());
+        // What the bound cannot rule out is scored in float32 now, while the
+        // block's vectors are still in cache.
+        for (std::size_t i = 0; i < nq; ++i) {
+            Nearest& best = nearest[i];
+            const float* q = queries + i * stride;
+            for (std::uint32_t below = lanes_below(terms[i], dots.data() + i * W, lanes, m,
+                                                   best.threshold());
+                 below != 0; below &= below - 1) {
+                const std::size_t l = static_cast<std::size_t>(__builtin_ctz(below));
+                const float* x = rows[b + l];
+                const float d = l2 ? k.l2sq(q, x, dim) : 1.0f - k.dot(q, x, dim);
+                best.offer(d, static_cast<std::uint32_t>(b + l));
+            }
+        }
+    }
+    for (std::size_t i = 0; i < nq; ++i) nearest[i].write(out_rows + i * kk, out_dist + i * kk);
+    return true;
+}
+
+}  // namespace evidex
