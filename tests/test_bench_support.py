@@ -106,3 +106,22 @@ def test_interleave_bench_measures_every_group_with_the_same_answers(tmp_path) -
     ]
     assert all(v > 0 for r in out["rows"] for v in r["qps"].values())
     assert (tmp_path / "i.evx").exists() and (tmp_path / "r.json").exists()
+
+
+def test_exact_scan_bench_compares_both_passes_with_the_same_answers(tmp_path) -> None:
+    """bench.exact_scan times both first passes for every size and filter kind and
+    counts the ids on which they differ (none here: no ties in random data)."""
+    from bench.exact_scan import main
+
+    rng = np.random.default_rng(0)
+    _write_vecs(tmp_path / "b.fvecs", rng.standard_normal((2500, 100)).astype(np.float32))
+    _write_vecs(tmp_path / "q.fvecs", rng.standard_normal((10, 100)).astype(np.float32))
+    out = main(["--dataset", f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}",
+                "--size", "2500", "--queries", "20", "--allowed", "100,2100", "--rounds", "1",
+                "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert [(r["allowed"], r["filter"]) for r in out["rows"]] == [
+        (100, "cluster"), (100, "random"), (2100, "cluster"), (2100, "random"),
+    ]  # fmt: skip
+    assert all(r["float32_us"] > 0 and r["int8_us"] > 0 for r in out["rows"])
+    assert all(r["ids_differing"] == 0 for r in out["rows"])
+    assert (tmp_path / "r.json").exists()
