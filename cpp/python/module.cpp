@@ -546,8 +546,9 @@ PYBIND11_MODULE(_core, m) {
     m.attr("KERNEL_ABI_VERSION") = EVIDEX_KERNEL_ABI_VERSION;
 
     py::class_<IVFFastScan>(m, "IVF")
-        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::uint64_t>(),
-             py::arg("dim"), py::arg("space"), py::arg("nlist"), py::arg("pq_dims"), py::arg("seed"))
+        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::uint64_t, float>(),
+             py::arg("dim"), py::arg("space"), py::arg("nlist"), py::arg("pq_dims"), py::arg("seed"),
+             py::arg("anisotropic_threshold"))
         .def(
             "train",
             [](IVFFastScan& self, const FloatArray& data, std::size_t num_threads) {
@@ -601,6 +602,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("space", [](const IVFFastScan& self) { return space_name(self.space()); })
         .def_property_readonly("nlist", &IVFFastScan::nlist)
         .def_property_readonly("pq_dims", &IVFFastScan::pq_dims)
+        .def_property_readonly("anisotropic_threshold", &IVFFastScan::anisotropic_threshold)
         .def_property_readonly("trained", &IVFFastScan::trained)
         .def_property_readonly("memory_bytes", &IVFFastScan::memory_bytes);
 

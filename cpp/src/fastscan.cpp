@@ -95,6 +95,169 @@ void PQ4::fit(const float* residuals_in, std::size_t m, std::uint64_t seed,
     adopt(std::move(centroids));
 }
 
+float PQ4::anisotropic_eta(std::size_t dim, float threshold) {
+    const double t2 = static_cast<double>(threshold) * threshold;
+    return static_cast<float>(static_cast<double>(dim > 0 ? dim - 1 : 0) * t2 / (1.0 - t2));
+}
+
+namespace {
+
+// The code of subspace s in a code_bytes() code.
+inline std::size_t code_at(const std::uint8_t* code, std::size_t s) {
+    return (code[s / 2] >> (4 * (s & 1))) & 15u;
+}
+inline void set_code(std::uint8_t* code, std::size_t s, std::size_t k) {
+    code[s / 2] = static_cast<std::uint8_t>((code[s / 2] & ~(15u << (4 * (s & 1)))) |
+                                            (k << (4 * (s & 1))));
+}
+
+// Solves a x = b in place (n <= 8, symmetric positive definite: Gaussian
+// elimination without pivoting is stable); false when singular.
+bool solve_small(double* a, double* b, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!(std::fabs(a[i * n + i]) > 1e-12)) return false;
+        for (std::size_t r = i + 1; r < n; ++r) {
+            const double f = a[r * n + i] / a[i * n + i];
+            for (std::size_t c = i; c < n; ++c) a[r * n + c] -= f * a[i * n + c];
+            b[r] -= f * b[i];
+        }
+    }
+    for (std::size_t i = n; i-- > 0;) {
+        double v = b[i];
+        for (std::size_t c = i + 1; c < n; ++c) v -= a[i * n + c] * b[c];
+        b[i] = v / a[i * n + i];
+    }
+    return true;
+}
+
+}  // namespace
+
+void PQ4::encode_anisotropic(const float* v, const float* u, float eta, std::uint8_t* code) const {
+    encode(v, code);
+    const double w = static_cast<double>(eta) - 1.0;
+    if (w == 0.0) return;
+    // parallel[s]: <e_s, u_s> of the current code; total: their sum.
+    thread_local std::vector<double> parallel;
+    parallel.assign(used_, 0.0);
+    double total = 0.0, unorm = 0.0;
+    for (std::size_t d = 0; d < dim_; ++d) unorm += static_cast<double>(u[d]) * u[d];
+    if (!(unorm > 0.0)) return;
+    for (std::size_t s = 0; s < used_; ++s) {
+        const std::size_t d0 = s * sub_dim_, d1 = std::min(d0 + sub_dim_, dim_);
+        const float* c = centroids_.data() + (s * kCentroids + code_at(code, s)) * sub_dim_;
+        for (std::size_t d = d0; d < d1; ++d) parallel[s] += (v[d] - c[d - d0]) * u[d];
+        total += parallel[s];
+    }
+    for (int round = 0; round < 3; ++round) {
+        bool changed = false;
+        for (std::size_t s = 0; s < used_; ++s) {
+            const std::size_t d0 = s * sub_dim_, d1 = std::min(d0 + sub_dim_, dim_);
+            const double rest = total - parallel[s];
+            std::size_t arg = code_at(code, s);
+            double best = std::numeric_limits<double>::infinity(), best_par = parallel[s];
+            for (std::size_t k = 0; k < kCentroids; ++k) {
+                const float* c = centroids_.data() + (s * kCentroids + k) * sub_dim_;
+                double sq = 0.0, par = 0.0;
+                for (std::size_t d = d0; d < d1; ++d) {
+                    const double e = static_cast<double>(v[d]) - c[d - d0];
+                    sq += e * e;
+                    par += e * u[d];
+                }
+                const double along = rest + par;
+                const double loss = sq + w * along * along;
+                if (loss < best) {  // a NaN never wins
+                    best = loss;
+                    arg = k;
+                    best_par = par;
+                }
+            }
+            if (arg != code_at(code, s)) changed = true;
+            set_code(code, s, arg);
+            total = rest + best_par;
+            parallel[s] = best_par;
+        }
+        if (!changed) break;
+    }
+}
+
+void PQ4::fit_anisotropic(const float* residuals_in, const float* directions_in, std::size_t m,
+                          float eta, std::uint64_t seed, std::size_t num_threads,
+                          std::size_t rounds) {
+    if (m == 0) throw std::invalid_argument("training needs at least one vector");
+    constexpr std::size_t kMaxSample = 65536;
+    const std::size_t n = m;
+    m = std::min(m, kMaxSample);
+    std::vector<float> residuals(m * dim_), directions(m * dim_);
+    for (std::size_t i = 0; i < m; ++i) {  // evenly spaced rows, as fit() takes them
+        std::copy_n(residuals_in + (i * n / m) * dim_, dim_, residuals.data() + i * dim_);
+        std::copy_n(directions_in + (i * n / m) * dim_, dim_, directions.data() + i * dim_);
+    }
+    fit(residuals.data(), m, seed, num_threads);
+    const double w = static_cast<double>(eta) - 1.0;
+    if (w == 0.0) return;
+    const std::size_t cb = code_bytes(), sd = sub_dim_;
+    std::vector<std::uint8_t> codes(m * cb);
+    for (std::size_t round = 0; round < rounds; ++round) {
+        parallel_for(m, num_threads, [&](std::size_t i) {
+            encode_anisotropic(residuals.data() + i * dim_, directions.data() + i * dim_, eta,
+                               codes.data() + i * cb);
+        });
+        // Each vector's total parallel error, then per subspace the centroids'
+        // normal equations: [n I + w sum u u^T] c = sum r + w sum (q_x + <r, u>) u,
+        // q_x the parallel error of the other subspaces.
+        std::vector<double> total(m, 0.0);
+        parallel_for(m, num_threads, [&](std::size_t i) {
+            const float* r = residuals.data() + i * dim_;
+            const float* u = directions.data() + i * dim_;
+            double t = 0.0;
+            for (std::size_t s = 0; s < used_; ++s) {
+                const float* c = centroids_.data() + (s * kCentroids + code_at(codes.data() + i * cb, s)) * sd;
+                for (std::size_t d = s * sd; d < std::min((s + 1) * sd, dim_); ++d)
+                    t += (static_cast<double>(r[d]) - c[d - s * sd]) * u[d];
+            }
+            total[i] = t;
+        });
+        std::vector<float> next = centroids_;
+        parallel_for(used_, num_threads, [&](std::size_t s) {
+            const std::size_t d0 = s * sd, d = std::min(sd, dim_ - d0);
+            std::vector<double> a(kCentroids * d * d, 0.0), b(kCentroids * d, 0.0);
+            std::vector<std::size_t> count(kCentroids, 0);
+            for (std::size_t i = 0; i < m; ++i) {
+                const std::size_t k = code_at(codes.data() + i * cb, s);
+                const float* r = residuals.data() + i * dim_ + d0;
+                const float* u = directions.data() + i * dim_ + d0;
+                const float* c = centroids_.data() + (s * kCentroids + k) * sd;
+                double own = 0.0, ru = 0.0;  // <e_s, u_s> and <r_s, u_s>
+                for (std::size_t j = 0; j < d; ++j) {
+                    own += (static_cast<double>(r[j]) - c[j]) * u[j];
+                    ru += static_cast<double>(r[j]) * u[j];
+                }
+                const double coef = w * (total[i] - own + ru);
+                double* ak = a.data() + k * d * d;
+                double* bk = b.data() + k * d;
+                for (std::size_t j = 0; j < d; ++j) {
+                    bk[j] += r[j] + coef * u[j];
+                    for (std::size_t l = 0; l < d; ++l) ak[j * d + l] += w * u[j] * u[l];
+                }
+                ++count[k];
+            }
+            for (std::size_t k = 0; k < kCentroids; ++k) {
+                if (count[k] == 0) continue;  // an unused centroid stays
+                double* ak = a.data() + k * d * d;
+                double* bk = b.data() + k * d;
+                for (std::size_t j = 0; j < d; ++j) ak[j * d + j] += static_cast<double>(count[k]);
+                if (!solve_small(ak, bk, d)) continue;
+                bool finite = true;
+                for (std::size_t j = 0; j < d; ++j) finite = finite && std::isfinite(bk[j]);
+                if (!finite) continue;
+                for (std::size_t j = 0; j < d; ++j)
+                    next[(s * kCentroids + k) * sd + j] = static_cast<float>(bk[j]);
+            }
+        });
+        adopt(std::move(next));
+    }
+}
+
 void PQ4::set_centroids(std::vector<float> centroids) {
     if (centroids.size() != nsub_ * kCentroids * sub_dim_)
         throw std::invalid_argument("product quantiser: expected " +

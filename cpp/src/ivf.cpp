@@ -61,19 +61,35 @@ std::uint32_t estimates_below(const std::uint16_t* est, const float* extra, floa
 
 namespace {
 
-// Without ScaNN's anisotropic codebooks, the re-rank list is only as good as finer
-// subspaces make it: 1 dimension each up to 64, 2 up to 256, 4 above
-// (bench/RESULTS.md, "IVFIndex subspaces").
-std::size_t ivf_sub_dim(std::size_t dim, std::size_t pq_dims) {
+// Whether residuals get anisotropic codes: inner-product spaces whose weight
+// for the threshold exceeds 1.
+float ivf_eta(std::size_t dim, Space space, float threshold) {
+    if (!(threshold >= 0.f && threshold < 1.f))
+        throw std::invalid_argument("anisotropic_threshold must be in [0, 1), got " +
+                                    std::to_string(threshold));
+    return space == Space::L2 ? 1.f : std::max(1.0f, PQ4::anisotropic_eta(dim, threshold));
+}
+
+// Subspaces: 2 dimensions up to 256, 4 above; plain (nearest-centroid) codes of
+// at most 64 dimensions rank the re-rank list well enough only at 1 dimension
+// (bench/RESULTS.md, "IVFIndex subspaces" and "Anisotropic codes").
+std::size_t ivf_sub_dim(std::size_t dim, std::size_t pq_dims, float eta) {
     if (pq_dims != 0) return pq_dims;
-    return dim <= 64 ? 1 : dim <= 256 ? 2 : 4;
+    if (dim <= 64 && eta <= 1.f) return 1;
+    return dim <= 256 ? 2 : 4;
 }
 
 }  // namespace
 
 IVFFastScan::IVFFastScan(std::size_t dim, Space space, std::size_t nlist, std::size_t pq_dims,
-                         std::uint64_t seed)
-    : dim_(dim), space_(space), nlist_(nlist), seed_(seed), pq_(dim, ivf_sub_dim(dim, pq_dims)) {
+                         std::uint64_t seed, float anisotropic_threshold)
+    : dim_(dim),
+      space_(space),
+      nlist_(nlist),
+      seed_(seed),
+      pq_(dim, ivf_sub_dim(dim, pq_dims, ivf_eta(dim, space, anisotropic_threshold))),
+      threshold_(anisotropic_threshold),
+      eta_(ivf_eta(dim, space, anisotropic_threshold)) {
     if (nlist > (std::size_t{1} << 20)) throw std::invalid_argument("nlist must be at most 2**20");
 }
 
@@ -131,13 +147,19 @@ void IVFFastScan::train_locked(const float* data, std::size_t n, std::size_t num
     padded_.assign((nlist + 3) / 4 * 4 * stride_, 0.f);
     for (std::size_t j = 0; j < nlist; ++j)
         std::copy_n(centroids_.data() + j * dim_, dim_, padded_.data() + j * stride_);
-    // Residuals of the sample to their (final) nearest centroids.
+    // Residuals of the sample to their (final) nearest centroids, and (for the
+    // anisotropic loss) the unit directions of the vectors they belong to.
+    std::vector<float> directions(eta_ > 1.f ? m * dim_ : 0);
     for (std::size_t i = 0; i < m; ++i) {
-        const std::size_t j = nearest_centroid(x.data() + i * dim_);
         float* r = x.data() + i * dim_;
+        if (!directions.empty()) normalize_into(r, dim_, directions.data() + i * dim_);
+        const std::size_t j = nearest_centroid(r);
         for (std::size_t t = 0; t < dim_; ++t) r[t] -= centroids_[j * dim_ + t];
     }
-    pq_.fit(x.data(), m, seed_, num_threads);
+    if (eta_ > 1.f)
+        pq_.fit_anisotropic(x.data(), directions.data(), m, eta_, seed_, num_threads);
+    else
+        pq_.fit(x.data(), m, seed_, num_threads);
     start_.assign(nlist + 1, 0);
     count_.assign(nlist, 0);
     trained_ = true;
@@ -194,12 +216,18 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
     std::vector<std::uint8_t> codes(n * cb);
     std::vector<float> extra(space_ == Space::L2 ? n : 0);
     parallel_for(n, num_threads, [&](std::size_t i) {
-        thread_local std::vector<float> residual;
+        thread_local std::vector<float> residual, direction;
         residual.resize(dim_);
         const float* v = vectors_.data() + (first + i) * dim_;
         const float* c = centroids_.data() + std::size_t{list_of[i]} * dim_;
         for (std::size_t t = 0; t < dim_; ++t) residual[t] = v[t] - c[t];
-        pq_.encode(residual.data(), codes.data() + i * cb);
+        if (eta_ > 1.f) {
+            direction.resize(dim_);
+            normalize_into(v, dim_, direction.data());
+            pq_.encode_anisotropic(residual.data(), direction.data(), eta_, codes.data() + i * cb);
+        } else {
+            pq_.encode(residual.data(), codes.data() + i * cb);
+        }
         if (!extra.empty()) extra[i] = k.dot(v, v, dim_) - centroid_norms_[list_of[i]];
     });
     std::vector<std::vector<std::uint32_t>> added(nlist_);

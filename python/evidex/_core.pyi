@@ -64,7 +64,15 @@ def brute_force_knn(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 
 class IVF:
-    def __init__(self, dim: int, space: Space, nlist: int, pq_dims: int, seed: int) -> None: ...
+    def __init__(
+        self,
+        dim: int,
+        space: Space,
+        nlist: int,
+        pq_dims: int,
+        seed: int,
+        anisotropic_threshold: float,
+    ) -> None: ...
     def train(self, data: npt.ArrayLike, num_threads: int = 0) -> None: ...
     def add(self, data: npt.ArrayLike, labels: npt.ArrayLike, num_threads: int = 0) -> None: ...
     def query(
@@ -75,6 +83,7 @@ class IVF:
     space: str
     nlist: int
     pq_dims: int
+    anisotropic_threshold: float
     trained: bool
     memory_bytes: int
 

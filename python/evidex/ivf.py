@@ -20,6 +20,15 @@ from ._arrays import (
 SPACES = ("l2", "ip", "cosine")
 
 
+def _check_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"anisotropic_threshold must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise ValueError(f"anisotropic_threshold must be in [0, 1), got {value}")
+    return value
+
+
 class IVFIndex:
     """Vectors partitioned by k-means, scanned by SIMD table look-ups, re-ranked exactly.
 
@@ -37,9 +46,16 @@ class IVFIndex:
         space: ``"l2"``, ``"ip"`` (``1 - dot``) or ``"cosine"`` (as HNSWIndex).
         nlist: number of lists; 0 picks about ``2 * sqrt(n)`` for the ``n`` vectors
             it trains on (the first ``add``, or ``train``).
-        pq_dims: dimensions per 4-bit subspace (0: 1 up to 64 dimensions, 2 up to 256,
-            4 above; finer subspaces rank better and scan more bytes).
+        pq_dims: dimensions per 4-bit subspace (0: 2 up to 256 dimensions, 4 above, but
+            1 up to 64 where codes are not anisotropic; finer subspaces rank better
+            and scan more bytes).
         seed: seed of k-means.
+        anisotropic_threshold: ScaNN's ``anisotropic_quantization_threshold`` T for
+            ``"ip"`` and ``"cosine"``: residuals are coded to minimise their error
+            along the vector's own direction more than across it (weight
+            ``(dim - 1) T**2 / (1 - T**2)``, when above 1), which ranks the re-rank
+            list better (GloVe-50, 2-dimension subspaces: 0.945 of the neighbours
+            against 0.927). 0 codes by nearest centroid; ``"l2"`` always does.
         nprobe: default lists scanned per query.
         reorder: default candidates re-ranked exactly per query (at least ``k``).
 
@@ -57,6 +73,7 @@ class IVFIndex:
         seed: int = 100,
         nprobe: int = 32,
         reorder: int = 100,
+        anisotropic_threshold: float = 0.2,
     ) -> None:
         dim = check_positive_int(dim, "dim")
         if space not in SPACES:
@@ -66,9 +83,14 @@ class IVFIndex:
         if pq_dims > dim:
             raise ValueError(f"pq_dims must be at most dim ({dim}), got {pq_dims}")
         seed = check_positive_int(seed, "seed", minimum=0)
-        self._core = _core.IVF(dim, _core.parse_space(space), nlist, pq_dims, seed)
+        self._threshold = _check_threshold(anisotropic_threshold)
+        self._core = _core.IVF(dim, _core.parse_space(space), nlist, pq_dims, seed, self._threshold)
         self.nprobe = check_positive_int(nprobe, "nprobe")
         self.reorder = check_positive_int(reorder, "reorder")
+
+    @property
+    def anisotropic_threshold(self) -> float:
+        return self._threshold
 
     @property
     def dim(self) -> int:

@@ -49,6 +49,23 @@ public:
     // k-means per subspace on m given residuals (at most 65,536 of them used,
     // evenly spaced), for an index that picks its own centroids.
     void fit(const float* residuals, std::size_t m, std::uint64_t seed, std::size_t num_threads);
+    // Anisotropic quantisation (ScaNN's AH: Guo et al., ICML 2020): codes and
+    // centroids that minimise |e|^2 + (eta - 1) <e, u>^2 for each residual, e its
+    // quantisation error and u the unit direction of the vector it belongs to
+    // (directions: m rows of dim floats). An error along u moves the inner
+    // products with queries near that vector the most, so eta > 1 trades a little
+    // of the total error for less of it there. Starts from fit(), then `rounds`
+    // alternations of encode_anisotropic() and per-centroid least squares.
+    void fit_anisotropic(const float* residuals, const float* directions, std::size_t m,
+                         float eta, std::uint64_t seed, std::size_t num_threads,
+                         std::size_t rounds = 4);
+    // The code minimising that loss (coordinate descent over the subspaces from
+    // the nearest centroids). A zero direction gives encode()'s code.
+    void encode_anisotropic(const float* v, const float* direction, float eta,
+                            std::uint8_t* code) const;
+    // ScaNN's weight for a threshold T on <q, x> / |q| |x| (Theorem 3.4 of the
+    // paper): eta = (dim - 1) T^2 / (1 - T^2).
+    static float anisotropic_eta(std::size_t dim, float threshold);
     // Centroids as saved: subspaces() * 16 * sub_dim floats (padding zero).
     const std::vector<float>& centroids() const { return centroids_; }
     // Adopt saved centroids; throws std::invalid_argument on a wrong size or a

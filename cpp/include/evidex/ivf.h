@@ -27,8 +27,11 @@ namespace evidex {
 class IVFFastScan {
 public:
     // nlist 0: chosen at training, about 2 sqrt(n) (ScaNN's advice) for n vectors.
+    // anisotropic_threshold: ScaNN's T for the codes' anisotropic loss
+    // (PQ4::fit_anisotropic) in inner-product spaces, in [0, 1); 0 (and L2 space,
+    // or a weight that would not exceed 1) codes residuals by nearest centroid.
     IVFFastScan(std::size_t dim, Space space, std::size_t nlist, std::size_t pq_dims,
-                std::uint64_t seed);
+                std::uint64_t seed, float anisotropic_threshold = 0.2f);
 
     // Learn the centroids (k-means on a sample) and the residuals' quantiser.
     // Throws std::runtime_error once vectors were added.
@@ -51,6 +54,7 @@ public:
     Space space() const { return space_; }
     std::size_t nlist() const;
     std::size_t pq_dims() const { return pq_.sub_dim(); }
+    float anisotropic_threshold() const { return threshold_; }
     std::size_t memory_bytes() const;
 
 private:
@@ -64,6 +68,8 @@ private:
     std::size_t nlist_;
     std::uint64_t seed_;
     PQ4 pq_;
+    float threshold_ = 0.f;
+    float eta_ = 1.f;  // the anisotropic weight from threshold_; 1: plain codes
     bool trained_ = false;
     std::vector<float> centroids_;       // nlist x dim
     std::vector<float> centroid_norms_;  // |c|^2
