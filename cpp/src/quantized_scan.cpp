@@ -12,6 +12,8 @@
 #include <immintrin.h>
 #endif
 
+#include "evidex/beam.h"  // prefetch_vector
+
 namespace evidex {
 namespace {
 
@@ -159,8 +161,8 @@ Quantized quantize(const DistanceKernels& k, const float* v, std::size_t dim, st
     return quantize_scalar(v, dim, padded, store);
 }
 
-// Per query: its codes' scale and sum, and the coefficients of its lower
-// bounds (lane_lower).
+// Per query: its codes' sum and the coefficients of its lower bounds
+// (lanes_below_scalar / lanes_below_avx2).
 struct QueryTerms {
     std::int32_t bias;  // kBias * sum of its codes: the kernel's sums carry it
     float base;         // the lower bound's constant: 1 (dot products) or |q|^2 (L2), less rounding
@@ -300,15 +302,13 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
     Lanes lanes;
     const std::size_t row_bytes = dim * sizeof(float);
     for (std::size_t j = 0; j < std::min(n, W); ++j)
-        for (std::size_t off = 0; off < row_bytes; off += 64)
-            __builtin_prefetch(reinterpret_cast<const char*>(rows[j]) + off);
+        prefetch_vector(reinterpret_cast<const char*>(rows[j]), row_bytes);
 
     for (std::size_t b = 0; b < n; b += W) {
         const std::size_t m = std::min(W, n - b);
         for (std::size_t l = 0; l < W; ++l) {
             if (b + W + l < n)
-                for (std::size_t off = 0; off < row_bytes; off += 64)
-                    __builtin_prefetch(reinterpret_cast<const char*>(rows[b + W + l]) + off);
+                prefetch_vector(reinterpret_cast<const char*>(rows[b + W + l]), row_bytes);
             Quantized z;
             if (l < m) z = quantize(k, rows[b + l], dim, padded, PanelStore{panel.data(), l});
             const double xn = std::sqrt(static_cast<double>(z.norm_sq));
