@@ -602,7 +602,6 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("space", [](const IVFFastScan& self) { return space_name(self.space()); })
         .def_property_readonly("nlist", &IVFFastScan::nlist)
         .def_property_readonly("pq_dims", &IVFFastScan::pq_dims)
-        .def_property_readonly("anisotropic_threshold", &IVFFastScan::anisotropic_threshold)
         .def_property_readonly("trained", &IVFFastScan::trained)
         .def_property_readonly("memory_bytes", &IVFFastScan::memory_bytes);
 

@@ -87,9 +87,8 @@ IVFFastScan::IVFFastScan(std::size_t dim, Space space, std::size_t nlist, std::s
       space_(space),
       nlist_(nlist),
       seed_(seed),
-      pq_(dim, ivf_sub_dim(dim, pq_dims, ivf_eta(dim, space, anisotropic_threshold))),
-      threshold_(anisotropic_threshold),
-      eta_(ivf_eta(dim, space, anisotropic_threshold)) {
+      eta_(ivf_eta(dim, space, anisotropic_threshold)),
+      pq_(dim, ivf_sub_dim(dim, pq_dims, eta_)) {
     if (nlist > (std::size_t{1} << 20)) throw std::invalid_argument("nlist must be at most 2**20");
 }
 

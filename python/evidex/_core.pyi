@@ -83,7 +83,6 @@ class IVF:
     space: str
     nlist: int
     pq_dims: int
-    anisotropic_threshold: float
     trained: bool
     memory_bytes: int
 

@@ -54,7 +54,6 @@ public:
     Space space() const { return space_; }
     std::size_t nlist() const;
     std::size_t pq_dims() const { return pq_.sub_dim(); }
-    float anisotropic_threshold() const { return threshold_; }
     std::size_t memory_bytes() const;
 
 private:
@@ -67,9 +66,8 @@ private:
     Space space_;
     std::size_t nlist_;
     std::uint64_t seed_;
-    PQ4 pq_;
-    float threshold_ = 0.f;
-    float eta_ = 1.f;  // the anisotropic weight from threshold_; 1: plain codes
+    float eta_;  // the anisotropic weight (PQ4::fit_anisotropic); 1: plain codes
+    PQ4 pq_;     // after eta_: its default subspaces depend on it
     bool trained_ = false;
     std::vector<float> centroids_;       // nlist x dim
     std::vector<float> centroid_norms_;  // |c|^2
