@@ -109,6 +109,13 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_number(value: Any, name: str) -> float:
+    """A real number (not a bool) as a float; the caller checks its range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 # Integers the compiled layer takes (it reads them as 64-bit): a Python int beyond
 # would fail its argument conversion with a signature dump instead of a message.
 C_INT_LIMIT = 1 << 62

@@ -16,6 +16,7 @@ from ._arrays import (
     as_float_matrix,
     as_labels,
     as_queries,
+    check_number,
     check_positive_int,
     check_threads,
     fast_int,
@@ -424,10 +425,7 @@ class HNSWIndex:
             ``(lims, ids, distances)``: query ``i``'s results are
             ``ids[lims[i]:lims[i + 1]]``, nearest first.
         """
-        if isinstance(radius, bool) or not isinstance(radius, (int, float, np.floating,
-                                                                np.integer)):  # fmt: skip
-            raise TypeError(f"radius must be a number, got {type(radius).__name__}")
-        radius = float(radius)
+        radius = check_number(radius, "radius")
         if not (math.isfinite(radius) and radius >= 0):
             raise ValueError(f"radius must be a finite non-negative number, got {radius}")
         max_results = min(check_positive_int(max_results, "max_results"), C_INT_LIMIT - 1)

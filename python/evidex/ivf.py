@@ -11,6 +11,7 @@ from ._arrays import (
     as_float_matrix,
     as_labels,
     as_queries,
+    check_number,
     check_positive_int,
     check_threads,
     fast_int,
@@ -21,9 +22,7 @@ SPACES = ("l2", "ip", "cosine")
 
 
 def _check_threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"anisotropic_threshold must be a number, got {type(value).__name__}")
-    value = float(value)
+    value = check_number(value, "anisotropic_threshold")
     if not 0.0 <= value < 1.0:  # NaN fails too
         raise ValueError(f"anisotropic_threshold must be in [0, 1), got {value}")
     return value
