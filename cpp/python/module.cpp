@@ -546,7 +546,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("KERNEL_ABI_VERSION") = EVIDEX_KERNEL_ABI_VERSION;
 
     py::class_<IVFFastScan>(m, "IVF")
-        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::uint64_t, float>(),
+        .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::uint64_t, double>(),
              py::arg("dim"), py::arg("space"), py::arg("nlist"), py::arg("pq_dims"), py::arg("seed"),
              py::arg("anisotropic_threshold"))
         .def(
@@ -603,7 +603,32 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("nlist", &IVFFastScan::nlist)
         .def_property_readonly("pq_dims", &IVFFastScan::pq_dims)
         .def_property_readonly("trained", &IVFFastScan::trained)
-        .def_property_readonly("memory_bytes", &IVFFastScan::memory_bytes);
+        .def_property_readonly("anisotropic_threshold", &IVFFastScan::anisotropic_threshold)
+        .def_property("default_nprobe", &IVFFastScan::default_nprobe,
+                      &IVFFastScan::set_default_nprobe)
+        .def_property("default_reorder", &IVFFastScan::default_reorder,
+                      &IVFFastScan::set_default_reorder)
+        .def_property_readonly("memory_bytes", &IVFFastScan::memory_bytes)
+        .def("save", &IVFFastScan::save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+        .def("serialize",
+             [](const IVFFastScan& self) {
+                 std::string s;
+                 {
+                     py::gil_scoped_release release;
+                     s = self.serialize();
+                 }
+                 return py::bytes(s);
+             })
+        .def_static("load", &IVFFastScan::load, py::arg("path"),
+                    py::call_guard<py::gil_scoped_release>())
+        .def_static(
+            "deserialize",
+            [](const py::bytes& data) {
+                const std::string_view view = data;
+                py::gil_scoped_release release;
+                return IVFFastScan::deserialize(view.data(), view.size());
+            },
+            py::arg("data"));
 
     py::class_<HNSW>(m, "HNSW")
         .def(py::init<std::size_t, Space, std::size_t, std::size_t, std::size_t, std::uint64_t,

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -63,11 +64,19 @@ namespace {
 
 // Whether residuals get anisotropic codes: inner-product spaces whose weight
 // for the threshold exceeds 1.
-float ivf_eta(std::size_t dim, Space space, float threshold) {
-    if (!(threshold >= 0.f && threshold < 1.f))
-        throw std::invalid_argument("anisotropic_threshold must be in [0, 1), got " +
-                                    std::to_string(threshold));
-    return space == Space::L2 ? 1.f : std::max(1.0f, PQ4::anisotropic_eta(dim, threshold));
+float ivf_eta(std::size_t dim, Space space, double threshold) {
+    // (in float32 too: the weight is computed in float)
+    if (!(threshold >= 0.0 && threshold < 1.0 && static_cast<float>(threshold) < 1.f))
+    {
+        char shown[32];
+        std::snprintf(shown, sizeof(shown), "%.17g", threshold);
+        throw std::invalid_argument(
+            std::string("anisotropic_threshold must be in [0, 1) (below 1 in float32), got ") +
+            shown);
+    }
+    return space == Space::L2
+               ? 1.f
+               : std::max(1.0f, PQ4::anisotropic_eta(dim, static_cast<float>(threshold)));
 }
 
 // Subspaces: 2 dimensions up to 256, 4 above; plain (nearest-centroid) codes of
@@ -82,14 +91,32 @@ std::size_t ivf_sub_dim(std::size_t dim, std::size_t pq_dims, float eta) {
 }  // namespace
 
 IVFFastScan::IVFFastScan(std::size_t dim, Space space, std::size_t nlist, std::size_t pq_dims,
-                         std::uint64_t seed, float anisotropic_threshold)
+                         std::uint64_t seed, double anisotropic_threshold)
     : dim_(dim),
       space_(space),
       nlist_(nlist),
       seed_(seed),
+      threshold_(anisotropic_threshold),
       eta_(ivf_eta(dim, space, anisotropic_threshold)),
       pq_(dim, ivf_sub_dim(dim, pq_dims, eta_)) {
     if (nlist > (std::size_t{1} << 20)) throw std::invalid_argument("nlist must be at most 2**20");
+}
+
+namespace {
+std::size_t check_search_default(std::size_t v, const char* name) {
+    if (v < 1 || v > IVFFastScan::kMaxSearchDefault)
+        throw std::invalid_argument(std::string(name) + " must be in [1, 2**31), got " +
+                                    std::to_string(v));
+    return v;
+}
+}  // namespace
+
+void IVFFastScan::set_default_nprobe(std::size_t nprobe) {
+    nprobe_.store(check_search_default(nprobe, "nprobe"));
+}
+
+void IVFFastScan::set_default_reorder(std::size_t reorder) {
+    reorder_.store(check_search_default(reorder, "reorder"));
 }
 
 std::size_t IVFFastScan::size() const {
@@ -134,18 +161,10 @@ void IVFFastScan::train_locked(const float* data, std::size_t n, std::size_t num
         else
             std::copy_n(row, dim_, x.data() + i * dim_);
     }
-    const DistanceKernels& k = active_kernels();
     std::vector<float> c = kmeans(x.data(), m, dim_, nlist, 10, seed_, num_threads);
     centroids_ = std::move(c);
     nlist_ = nlist;
-    centroid_norms_.resize(nlist);
-    for (std::size_t j = 0; j < nlist; ++j)
-        centroid_norms_[j] = k.dot(centroids_.data() + j * dim_, centroids_.data() + j * dim_, dim_);
-    // Rows padded to 16 floats, four centroids per block, for the four-way kernel.
-    stride_ = (dim_ + 15) / 16 * 16;
-    padded_.assign((nlist + 3) / 4 * 4 * stride_, 0.f);
-    for (std::size_t j = 0; j < nlist; ++j)
-        std::copy_n(centroids_.data() + j * dim_, dim_, padded_.data() + j * stride_);
+    index_centroids();
     // Residuals of the sample to their (final) nearest centroids, and (for the
     // anisotropic loss) the unit directions of the vectors they belong to.
     std::vector<float> directions(eta_ > 1.f ? m * dim_ : 0);
@@ -162,6 +181,18 @@ void IVFFastScan::train_locked(const float* data, std::size_t n, std::size_t num
     start_.assign(nlist + 1, 0);
     count_.assign(nlist, 0);
     trained_ = true;
+}
+
+void IVFFastScan::index_centroids() {
+    const DistanceKernels& k = active_kernels();
+    centroid_norms_.resize(nlist_);
+    for (std::size_t j = 0; j < nlist_; ++j)
+        centroid_norms_[j] = k.dot(centroids_.data() + j * dim_, centroids_.data() + j * dim_, dim_);
+    // Rows padded to 16 floats, four centroids per block, for the four-way kernel.
+    stride_ = (dim_ + 15) / 16 * 16;
+    padded_.assign((nlist_ + 3) / 4 * 4 * stride_, 0.f);
+    for (std::size_t j = 0; j < nlist_; ++j)
+        std::copy_n(centroids_.data() + j * dim_, dim_, padded_.data() + j * stride_);
 }
 
 std::size_t IVFFastScan::nearest_centroid(const float* v) const {
@@ -209,11 +240,9 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
             std::copy_n(data + i * dim_, dim_, v);
         list_of[i] = static_cast<std::uint32_t>(nearest_centroid(v));
     });
-    // Codes of the new rows, by list in row order (deterministic).
-    const DistanceKernels& k = active_kernels();
-    const std::size_t cb = pq_.code_bytes(), group = pq_.group_bytes();
+    // Codes of the new rows.
+    const std::size_t cb = pq_.code_bytes();
     std::vector<std::uint8_t> codes(n * cb);
-    std::vector<float> extra(space_ == Space::L2 ? n : 0);
     parallel_for(n, num_threads, [&](std::size_t i) {
         thread_local std::vector<float> residual, direction;
         residual.resize(dim_);
@@ -227,8 +256,18 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
         } else {
             pq_.encode(residual.data(), codes.data() + i * cb);
         }
-        if (!extra.empty()) extra[i] = k.dot(v, v, dim_) - centroid_norms_[list_of[i]];
     });
+    append_rows(first, n, list_of.data(), codes.data());
+    labels_.insert(labels_.end(), labels, labels + n);
+    for (std::size_t i = 0; i < n; ++i)
+        rows_of_.emplace(labels[i], static_cast<std::uint32_t>(first + i));
+}
+
+// By list in row order (deterministic: a loaded index rebuilds the same arena).
+void IVFFastScan::append_rows(std::size_t first, std::size_t n, const std::uint32_t* list_of,
+                              const std::uint8_t* codes) {
+    const DistanceKernels& k = active_kernels();
+    const std::size_t cb = pq_.code_bytes(), group = pq_.group_bytes();
     std::vector<std::vector<std::uint32_t>> added(nlist_);
     for (std::size_t i = 0; i < n; ++i) added[list_of[i]].push_back(static_cast<std::uint32_t>(i));
     // The new arena: each list's old groups copied whole, its new slots filled after.
@@ -248,18 +287,19 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
             const std::size_t i = added[j][t], slot = old + t;
             std::uint8_t* g = arena.data() + (start[j] + slot / PQ4::kGroup) * stride;
             const std::size_t at = slot % PQ4::kGroup;
-            pq_.place(g, at, codes.data() + i * cb);
+            pq_.place(g, at, codes + i * cb);
             const auto row = static_cast<std::uint32_t>(first + i);
             std::memcpy(g + group + at * 4, &row, 4);
-            if (!extra.empty()) std::memcpy(g + group + PQ4::kGroup * 4 + at * 4, &extra[i], 4);
+            if (space_ == Space::L2) {
+                const float* v = vectors_.data() + (first + i) * dim_;
+                const float extra = k.dot(v, v, dim_) - centroid_norms_[j];
+                std::memcpy(g + group + PQ4::kGroup * 4 + at * 4, &extra, 4);
+            }
         }
     }
     arena_ = std::move(arena);
     start_ = std::move(start);
     count_ = std::move(count);
-    labels_.insert(labels_.end(), labels, labels + n);
-    for (std::size_t i = 0; i < n; ++i)
-        rows_of_.emplace(labels[i], static_cast<std::uint32_t>(first + i));
 }
 
 void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, std::size_t nprobe,

@@ -1,4 +1,7 @@
-// The index file format (version 3; an index writes the oldest version that
+// The index file formats: HNSW (below), hnswlib 0.8's (import and export) and
+// IVFIndex's (at the end of this file).
+//
+// The HNSW file format (version 3; an index writes the oldest version that
 // holds it: 1 without attributes, 2 with them, 3 with PQ4 quantisation),
 // little-endian:
 //   Header (fixed 256 bytes: magic, version, parameters, section offsets, the
@@ -38,6 +41,7 @@
 #include "evidex/beam.h"
 #include "evidex/errors.h"
 #include "evidex/hnsw.h"
+#include "evidex/ivf.h"
 
 namespace evidex {
 namespace {
@@ -158,19 +162,29 @@ struct Layout {
     std::int64_t entry = -1;
 };
 
-Layout check_header(const Header& h, std::uint64_t size) {
-    if (std::memcmp(h.magic, kMagic, 8) != 0) corrupt("bad magic, not an evidex index");
-    if (h.version > kFormatVersion)
-        corrupt("format version " + std::to_string(h.version) +
-                " is newer than this evidex supports (" + std::to_string(kFormatVersion) +
+// What every evidex file header is checked for first: magic, version, byte
+// order, its own checksum, the file's size and its own. `format` names the
+// format in messages ("" for the HNSW format, "IVF ").
+template <class H>
+void check_preamble(const H& h, const char (&magic)[8], std::uint32_t latest,
+                    const std::string& format, std::uint64_t checksum, std::uint64_t size,
+                    std::uint64_t header_bytes) {
+    if (std::memcmp(h.magic, magic, 8) != 0) corrupt("bad magic, not an evidex " + format + "index");
+    if (h.version > latest)
+        corrupt(format + "format version " + std::to_string(h.version) +
+                " is newer than this evidex supports (" + std::to_string(latest) +
                 "); upgrade evidex");
     if (h.version == 0) corrupt("format version 0 is not valid");
     if (h.endian_tag != kEndianTag) corrupt("written on a machine of other byte order");
-    if (h.header_checksum != header_checksum(h)) corrupt("header checksum mismatch");
+    if (h.header_checksum != checksum) corrupt("header checksum mismatch");
     if (h.file_bytes != size)
         corrupt((size < h.file_bytes ? "truncated: expected " : "trailing data: expected ") +
                 std::to_string(h.file_bytes) + " bytes, found " + std::to_string(size));
-    if (h.header_bytes != kHeaderBytes) corrupt("unknown header size");
+    if (h.header_bytes != header_bytes) corrupt("unknown header size");
+}
+
+Layout check_header(const Header& h, std::uint64_t size) {
+    check_preamble(h, kMagic, kFormatVersion, "", header_checksum(h), size, kHeaderBytes);
     if (h.space > 2 || h.dim == 0 || h.dim > (std::uint64_t{1} << 24) || h.M < 2 || h.M > 2048 ||
         h.M0 != 2 * h.M || h.ef_construction < 1 || h.ef_construction > kMaxEf || h.ef < 1 ||
         h.ef > kMaxEf || h.count > h.capacity || h.capacity >= BeamPool::kMaxId ||
@@ -1191,6 +1205,251 @@ std::unique_ptr<HNSW> HNSW::load_hnswlib(const std::string& path, Space space, s
     } catch (const CorruptIndexError& e) {
         rethrow_as_hnswlib(e);
     }
+}
+
+// ---------------------------------------------------------------------------
+// IVF file format (version 1), little-endian:
+//   IvfHeader  (128 bytes: magic, version, parameters, the payload checksum and a
+//              checksum of the header itself)
+//   payload    centroids (nlist * dim f32), the quantiser's centroids
+//              (subspaces * 16 * sub_dim f32), then per row: ids (u64), lists
+//              (u32), codes (code_bytes), vectors (dim f32, as stored: unit
+//              length for cosine); each array padded to 8 bytes
+// The lists' arena is not saved: loading files the rows into their lists as add()
+// does, so every row sits in exactly one list by construction. The rules of the
+// HNSW format hold: every field bounded, every size overflow-checked and equal
+// to the real file size before anything is allocated, every value checked.
+namespace {
+
+constexpr char kIvfMagic[8] = {'E', 'V', 'D', 'X', 'I', 'V', 'F', 'S'};
+constexpr std::uint32_t kIvfVersion = 1;
+constexpr std::size_t kIvfHeaderBytes = 128;
+
+struct IvfHeader {
+    char magic[8];
+    std::uint32_t version;
+    std::uint32_t endian_tag;
+    std::uint64_t header_bytes;
+    std::uint64_t dim, space, nlist, sub_dim, seed;
+    std::uint64_t threshold_bits;  // a double
+    std::uint64_t trained, count, file_bytes, payload_checksum;
+    std::uint64_t nprobe, reorder;  // IVFIndex's search defaults
+    std::uint64_t header_checksum;  // over every byte before this field
+};
+static_assert(sizeof(IvfHeader) == kIvfHeaderBytes, "header layout");
+static_assert(std::is_trivially_copyable<IvfHeader>::value, "header layout");
+
+std::uint64_t ivf_header_checksum(const IvfHeader& h) {
+    Checksum c;
+    c.update(&h, offsetof(IvfHeader, header_checksum));
+    return c.digest();
+}
+
+// The payload's arrays, at offsets from the start of the file.
+struct IvfLayout {
+    std::uint64_t centroids = 0, pq = 0, labels = 0, lists = 0, codes = 0, vectors = 0, end = 0;
+    std::size_t code_bytes = 0, pq_floats = 0;
+};
+
+// Bounded parameters first (so the products below stay far from overflowing),
+// then every size, which must add up to the file's.
+IvfLayout check_ivf_header(const IvfHeader& h, std::uint64_t size) {
+    if (size < kIvfHeaderBytes)
+        corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header");
+    check_preamble(h, kIvfMagic, kIvfVersion, "IVF ", ivf_header_checksum(h), size,
+                   kIvfHeaderBytes);
+    double threshold;
+    std::memcpy(&threshold, &h.threshold_bits, 8);
+    if (h.space > 2 || h.dim == 0 || h.dim > (std::uint64_t{1} << 24) ||
+        h.nlist > (std::uint64_t{1} << 20) || h.sub_dim == 0 || h.sub_dim > h.dim ||
+        (h.dim + h.sub_dim - 1) / h.sub_dim > 4096 || h.trained > 1 ||
+        !(threshold >= 0.0 && threshold < 1.0) || h.count >= (std::uint64_t{1} << 32) - 1 ||
+        (h.trained && h.nlist == 0) || (!h.trained && h.count != 0) || h.nprobe < 1 ||
+        h.nprobe > IVFFastScan::kMaxSearchDefault || h.reorder < 1 ||
+        h.reorder > IVFFastScan::kMaxSearchDefault)
+        corrupt("inconsistent parameters in the header");
+    const PQ4 pq(h.dim, h.sub_dim);  // bounded above
+    IvfLayout L;
+    L.code_bytes = pq.code_bytes();
+    L.pq_floats = h.trained ? pq.subspaces() * PQ4::kCentroids * pq.sub_dim() : 0;
+    const std::uint64_t nlist = h.trained ? h.nlist : 0;
+    L.centroids = kIvfHeaderBytes;
+    L.pq = add(L.centroids, round_up(mul(mul(nlist, h.dim), 4), 8));
+    L.labels = add(L.pq, round_up(mul(L.pq_floats, 4), 8));
+    L.lists = add(L.labels, mul(h.count, 8));
+    L.codes = add(L.lists, round_up(mul(h.count, 4), 8));
+    L.vectors = add(L.codes, round_up(mul(h.count, L.code_bytes), 8));
+    L.end = add(L.vectors, mul(mul(h.count, h.dim), 4));
+    if (L.end != size) corrupt("section sizes do not add up to the file size");
+    return L;
+}
+
+std::uint64_t ivf_payload_checksum(const char* data, std::uint64_t size) {
+    Checksum c;
+    c.update(data + kIvfHeaderBytes, size - kIvfHeaderBytes);
+    return c.digest();
+}
+
+// Header and payload checksum of an image (what save() reads back).
+void verify_ivf_image(const Source& src, std::uint64_t size) {
+    if (size < kIvfHeaderBytes)
+        corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header");
+    IvfHeader h;
+    src.read(0, sizeof(h), reinterpret_cast<char*>(&h));
+    check_ivf_header(h, size);
+    Checksum c;
+    std::vector<char> buffer;
+    stream(src, kIvfHeaderBytes, size - kIvfHeaderBytes, 1, buffer,
+           [&](const char* p, std::size_t len) { c.update(p, len); });
+    if (c.digest() != h.payload_checksum) corrupt("payload checksum mismatch");
+}
+
+bool all_finite(const float* v, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (!std::isfinite(v[i])) return false;
+    return true;
+}
+
+}  // namespace
+
+std::string IVFFastScan::serialize() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    const std::uint64_t n = labels_.size();
+    IvfHeader h{};
+    std::memcpy(h.magic, kIvfMagic, 8);
+    h.version = kIvfVersion;
+    h.endian_tag = kEndianTag;
+    h.header_bytes = kIvfHeaderBytes;
+    h.dim = dim_;
+    h.space = static_cast<std::uint64_t>(space_);
+    h.nlist = nlist_;
+    h.sub_dim = pq_.sub_dim();
+    h.seed = seed_;
+    std::memcpy(&h.threshold_bits, &threshold_, 8);
+    h.trained = trained_ ? 1 : 0;
+    h.count = n;
+    h.nprobe = nprobe_.load();
+    h.reorder = reorder_.load();
+    // Each row's list and code, read back from the arena.
+    const std::size_t cb = pq_.code_bytes(), group = pq_.group_bytes(), stride = group_stride();
+    std::vector<std::uint32_t> lists(n);
+    std::vector<std::uint8_t> codes(n * cb);
+    for (std::size_t j = 0; j < count_.size(); ++j)
+        for (std::size_t slot = 0; slot < count_[j]; ++slot) {
+            const std::uint8_t* g = arena_.data() + (start_[j] + slot / PQ4::kGroup) * stride;
+            std::uint32_t row;
+            std::memcpy(&row, g + group + (slot % PQ4::kGroup) * 4, 4);
+            lists[row] = static_cast<std::uint32_t>(j);
+            pq_.take(g, slot % PQ4::kGroup, codes.data() + std::size_t{row} * cb);
+        }
+    std::string out(sizeof(h), '\0');
+    const auto put = [&](const void* p, std::size_t bytes) {
+        out.append(static_cast<const char*>(p), bytes);
+        out.append((8 - bytes % 8) % 8, '\0');
+    };
+    if (trained_) {
+        put(centroids_.data(), centroids_.size() * sizeof(float));
+        put(pq_.centroids().data(), pq_.centroids().size() * sizeof(float));
+    }
+    static_assert(sizeof(label_t) == 8, "labels are 64-bit");
+    put(labels_.data(), n * sizeof(label_t));
+    put(lists.data(), n * 4);
+    put(codes.data(), codes.size());
+    put(vectors_.data(), n * dim_ * sizeof(float));
+    h.file_bytes = out.size();
+    h.payload_checksum = ivf_payload_checksum(out.data(), out.size());
+    h.header_checksum = ivf_header_checksum(h);
+    std::memcpy(out.data(), &h, sizeof(h));
+    return out;
+}
+
+void IVFFastScan::save(const std::string& path) const {
+    // The image is a snapshot taken under the read lock (adds wait, searches go on).
+    const std::string image = serialize();
+    write_atomically(
+        path, [&](auto&& sink) { sink(image.data(), image.size()); },
+        [](const Source& written, std::uint64_t size) { verify_ivf_image(written, size); });
+}
+
+std::unique_ptr<IVFFastScan> IVFFastScan::deserialize(const char* data, std::size_t size) {
+    if (size < kIvfHeaderBytes)
+        corrupt("truncated: " + std::to_string(size) + " bytes, smaller than the header");
+    IvfHeader h;
+    std::memcpy(&h, data, sizeof(h));
+    const IvfLayout L = check_ivf_header(h, size);
+    if (ivf_payload_checksum(data, size) != h.payload_checksum) corrupt("payload checksum mismatch");
+    double threshold;
+    std::memcpy(&threshold, &h.threshold_bits, 8);
+    std::unique_ptr<IVFFastScan> index;
+    try {
+        index = std::make_unique<IVFFastScan>(h.dim, static_cast<Space>(h.space), h.nlist,
+                                              h.sub_dim, h.seed, threshold);
+    } catch (const std::invalid_argument& e) {
+        corrupt(std::string("inconsistent parameters in the header (") + e.what() + ")");
+    }
+    IVFFastScan& x = *index;
+    x.set_default_nprobe(h.nprobe);  // bounded by the header check
+    x.set_default_reorder(h.reorder);
+    if (!h.trained) return index;
+    const std::size_t n = h.count, dim = h.dim, nlist = h.nlist;
+    x.centroids_.resize(nlist * dim);
+    std::memcpy(x.centroids_.data(), data + L.centroids, x.centroids_.size() * sizeof(float));
+    if (!all_finite(x.centroids_.data(), x.centroids_.size())) corrupt("a centroid is not finite");
+    std::vector<float> pq(L.pq_floats);
+    std::memcpy(pq.data(), data + L.pq, pq.size() * sizeof(float));
+    try {
+        x.pq_.set_centroids(std::move(pq));
+    } catch (const std::invalid_argument& e) {
+        corrupt(std::string("the quantiser's centroids: ") + e.what());
+    }
+    x.index_centroids();
+    x.start_.assign(nlist + 1, 0);
+    x.count_.assign(nlist, 0);
+    x.trained_ = true;
+    x.labels_.resize(n);
+    std::memcpy(x.labels_.data(), data + L.labels, n * sizeof(label_t));
+    x.rows_of_.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (x.labels_[i] >= kLabelLimit) corrupt("an id is out of range");
+        if (!x.rows_of_.emplace(x.labels_[i], static_cast<std::uint32_t>(i)).second)
+            corrupt("duplicate ids");
+    }
+    std::vector<std::uint32_t> lists(n);
+    std::memcpy(lists.data(), data + L.lists, n * 4);
+    for (std::uint32_t j : lists)
+        if (j >= nlist) corrupt("a row's list is out of range");
+    x.vectors_.resize(n * dim);
+    std::memcpy(x.vectors_.data(), data + L.vectors, n * dim * sizeof(float));
+    const DistanceKernels& k = active_kernels();
+    for (std::size_t i = 0; i < n; ++i) {
+        const float* v = x.vectors_.data() + i * dim;
+        if (!all_finite(v, dim)) corrupt("a vector is not finite");
+        // Stored unit length (or zero) in cosine space: anything else would give
+        // distances outside [0, 2] without a word.
+        if (x.space_ == Space::Cosine) {
+            const float norm2 = k.dot(v, v, dim);
+            if (norm2 != 0.f && std::fabs(norm2 - 1.f) > 1e-3f)
+                corrupt("a cosine vector is not of unit length");
+        }
+    }
+    // Any 4-bit code is a valid one: filed as add() files them.
+    x.append_rows(0, n, lists.data(), reinterpret_cast<const std::uint8_t*>(data + L.codes));
+    return index;
+}
+
+std::unique_ptr<IVFFastScan> IVFFastScan::load(const std::string& path) {
+    const InputFile file(path);
+    if (file.size < kIvfHeaderBytes)
+        corrupt("truncated: " + std::to_string(file.size) + " bytes, smaller than the header (" +
+                path + ")");
+    // Sized by the file itself; the header is checked before the rest is read.
+    IvfHeader h;
+    FileSource src(file.fd, path);
+    src.read(0, sizeof(h), reinterpret_cast<char*>(&h));
+    check_ivf_header(h, file.size);
+    std::vector<char> image(static_cast<std::size_t>(file.size));
+    src.read(0, image.size(), image.data());
+    return deserialize(image.data(), image.size());
 }
 
 }  // namespace evidex

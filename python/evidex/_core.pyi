@@ -84,7 +84,16 @@ class IVF:
     nlist: int
     pq_dims: int
     trained: bool
+    anisotropic_threshold: float
+    default_nprobe: int
+    default_reorder: int
     memory_bytes: int
+    def save(self, path: str) -> None: ...
+    def serialize(self) -> bytes: ...
+    @staticmethod
+    def load(path: str) -> IVF: ...
+    @staticmethod
+    def deserialize(data: bytes) -> IVF: ...
 
 class HNSW:
     def __init__(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Union
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from ._arrays import (
 )
 
 SPACES = ("l2", "ip", "cosine")
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _check_threshold(value: Any) -> float:
@@ -26,6 +28,14 @@ def _check_threshold(value: Any) -> float:
     if not 0.0 <= value < 1.0:  # NaN fails too
         raise ValueError(f"anisotropic_threshold must be in [0, 1), got {value}")
     return value
+
+
+def _search_default(value: Any, name: str) -> int:
+    # More than the index holds means all of it, as in search().
+    return min(check_positive_int(value, name), MAX_SEARCH_DEFAULT)
+
+
+MAX_SEARCH_DEFAULT = 2**31 - 1
 
 
 class IVFIndex:
@@ -58,9 +68,10 @@ class IVFIndex:
         nprobe: default lists scanned per query.
         reorder: default candidates re-ranked exactly per query (at least ``k``).
 
-    This first version appends: ids are new and distinct (no update, delete, filter
-    or file format yet; see docs/the-index.md). Every call is thread-safe; ``add``
-    waits for running searches. Long calls release the GIL.
+    It appends: ids are new and distinct (no update, delete or filter yet; see
+    docs/the-index.md). ``save`` / ``load`` and pickling keep everything, search
+    defaults included. Every call is thread-safe; ``add`` waits for running searches.
+    Long calls release the GIL.
     """
 
     def __init__(
@@ -82,14 +93,38 @@ class IVFIndex:
         if pq_dims > dim:
             raise ValueError(f"pq_dims must be at most dim ({dim}), got {pq_dims}")
         seed = check_positive_int(seed, "seed", minimum=0)
-        self._threshold = _check_threshold(anisotropic_threshold)
-        self._core = _core.IVF(dim, _core.parse_space(space), nlist, pq_dims, seed, self._threshold)
-        self.nprobe = check_positive_int(nprobe, "nprobe")
-        self.reorder = check_positive_int(reorder, "reorder")
+        threshold = _check_threshold(anisotropic_threshold)
+        self._core = _core.IVF(dim, _core.parse_space(space), nlist, pq_dims, seed, threshold)
+        self.nprobe = nprobe
+        self.reorder = reorder
+
+    @classmethod
+    def _wrap(cls, core: _core.IVF) -> IVFIndex:
+        index = cls.__new__(cls)
+        index._core = core
+        return index
 
     @property
     def anisotropic_threshold(self) -> float:
-        return self._threshold
+        return self._core.anisotropic_threshold
+
+    @property
+    def nprobe(self) -> int:
+        """Lists scanned per query by default (saved with the index)."""
+        return self._core.default_nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._core.default_nprobe = _search_default(value, "nprobe")
+
+    @property
+    def reorder(self) -> int:
+        """Estimates re-ranked exactly per query by default (saved with the index)."""
+        return self._core.default_reorder
+
+    @reorder.setter
+    def reorder(self, value: int) -> None:
+        self._core.default_reorder = _search_default(value, "reorder")
 
     @property
     def dim(self) -> int:
@@ -176,3 +211,37 @@ class IVFIndex:
     def stats(self) -> dict[str, int]:
         """Vectors, lists and memory held (bytes)."""
         return {"count": len(self), "nlist": self.nlist, "memory_bytes": self._core.memory_bytes}
+
+    def save(self, path: PathLike) -> None:
+        """Write the index to ``path`` via a temporary file, read back and checked
+        before it is renamed into place (a failed save leaves the old file).
+        The format is versioned and checksummed; adds wait while it is written."""
+        self._core.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: PathLike) -> IVFIndex:
+        """Load a file written by ``save``.
+
+        Raises:
+            evidex.CorruptIndexError: wrong magic, newer format, truncation, checksum
+                mismatch or inconsistent contents.
+            OSError: the file cannot be opened.
+        """
+        return cls._wrap(_core.IVF.load(os.fspath(path)))
+
+    def to_bytes(self) -> bytes:
+        """The file image that ``save`` writes."""
+        return self._core.serialize()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IVFIndex:
+        """An index from ``to_bytes``'s image (checked as ``load`` checks a file)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"from_bytes needs bytes, got {type(data).__name__}")
+        return cls._wrap(_core.IVF.deserialize(bytes(data)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"index": self.to_bytes()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._core = _core.IVF.deserialize(state["index"])

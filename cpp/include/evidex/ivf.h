@@ -12,9 +12,12 @@
 // small-dimensional data.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <shared_mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -26,12 +29,14 @@ namespace evidex {
 
 class IVFFastScan {
 public:
+    static constexpr std::size_t kMaxSearchDefault = (std::size_t{1} << 31) - 1;
+
     // nlist 0: chosen at training, about 2 sqrt(n) (ScaNN's advice) for n vectors.
     // anisotropic_threshold: ScaNN's T for the codes' anisotropic loss
     // (PQ4::fit_anisotropic) in inner-product spaces, in [0, 1); 0 (and L2 space,
     // or a weight that would not exceed 1) codes residuals by nearest centroid.
     IVFFastScan(std::size_t dim, Space space, std::size_t nlist, std::size_t pq_dims,
-                std::uint64_t seed, float anisotropic_threshold = 0.2f);
+                std::uint64_t seed, double anisotropic_threshold = 0.2);
 
     // Learn the centroids (k-means on a sample) and the residuals' quantiser.
     // Throws std::runtime_error once vectors were added.
@@ -55,9 +60,30 @@ public:
     std::size_t nlist() const;
     std::size_t pq_dims() const { return pq_.sub_dim(); }
     std::size_t memory_bytes() const;
+    double anisotropic_threshold() const { return threshold_; }
+    // The search defaults of IVFIndex (saved with the index; checked there).
+    std::size_t default_nprobe() const { return nprobe_.load(); }
+    std::size_t default_reorder() const { return reorder_.load(); }
+    void set_default_nprobe(std::size_t nprobe);
+    void set_default_reorder(std::size_t reorder);
+
+    // The file image (serialize.cpp, "IVF file format"): versioned, checksummed.
+    // save() writes it through a temporary file that is read back and checked
+    // before it replaces `path`; deserialize() and load() bound and check every
+    // field before use (CorruptIndexError), as for HNSW files.
+    std::string serialize() const;
+    void save(const std::string& path) const;
+    static std::unique_ptr<IVFFastScan> deserialize(const char* data, std::size_t size);
+    static std::unique_ptr<IVFFastScan> load(const std::string& path);
 
 private:
     void train_locked(const float* data, std::size_t n, std::size_t num_threads);
+    // The centroids' norms and padded rows, from centroids_ (training, loading).
+    void index_centroids();
+    // Files rows [first, first + n) (vectors_ already holding them) into their
+    // lists: list_of[i] and the code at codes + i * code_bytes for row first + i.
+    void append_rows(std::size_t first, std::size_t n, const std::uint32_t* list_of,
+                     const std::uint8_t* codes);
     std::size_t nearest_centroid(const float* v) const;
     void search_one(const float* q, std::size_t k, std::size_t nprobe, std::size_t reorder,
                     label_t* out_labels, float* out_distances) const;
@@ -66,6 +92,7 @@ private:
     Space space_;
     std::size_t nlist_;
     std::uint64_t seed_;
+    double threshold_;  // anisotropic_threshold, as given (saved with the index)
     float eta_;  // the anisotropic weight (PQ4::fit_anisotropic); 1: plain codes
     PQ4 pq_;     // after eta_: its default subspaces depend on it
     bool trained_ = false;
@@ -87,6 +114,7 @@ private:
     std::vector<float, RandomAccessAllocator<float>> vectors_;  // as stored, by row
     std::vector<label_t> labels_;
     std::unordered_map<label_t, std::uint32_t> rows_of_;
+    std::atomic<std::size_t> nprobe_{32}, reorder_{100};
     mutable std::shared_mutex mutex_;  // adds exclusive, searches shared
 };
 
