@@ -12,8 +12,9 @@ neighbours. Filter kinds:
   hard case: the query's neighbourhood is all filtered out).
 
 Libraries: evidex (its planner), evidex's exact scan of the allowed set (the floor
-its planner must never fall below), hnswlib (a ``filter=`` callable), FAISS HNSW
-with an ``IDSelectorBitmap``. usearch's Python package (2.26) has no filtered search.
+its planner must never fall below), evidex's IVFIndex with an allow-list
+(``--libraries evidex-ivf``), hnswlib (a ``filter=`` callable), FAISS HNSW with an
+``IDSelectorBitmap``. usearch's Python package (2.26) has no filtered search.
 Range search: recall against the exact range answer and QPS, at radii that return
 about 10, 100 and 1,000 results per query, for evidex over the graph, evidex exactly,
 and FAISS (HNSW range search where the installed FAISS has it, and a flat scan).
@@ -101,6 +102,22 @@ class EvidexScan(EvidexLib):
 
     def build(self, base, space, M, efc, cluster):
         self.index = self.shared.index
+
+
+class EvidexIVFLib(Lib):
+    """IVFIndex with an id allow-list (it stores no attributes): the beam maps to
+    lists scanned and re-rank depth as in bench.ann."""
+
+    name = "evidex-ivf"
+
+    def build(self, base, space, M, efc, cluster):
+        self.index = evidex.IVFIndex(base.shape[1], space)
+        self.index.add(base, num_threads=os.cpu_count() or 1)
+
+    def search(self, q, k, ef, allowed, expr):
+        return self.index.search(
+            q, k, nprobe=ef, reorder=max(100, ef), filter=allowed, num_threads=1
+        )[0]
 
 
 class HnswlibLib(Lib):
@@ -216,6 +233,8 @@ def run_filtered(args) -> dict:
     cluster, centroids = kmeans(unit, args.clusters)
     ev = EvidexLib()
     libs: list[Lib] = [ev, EvidexScan(ev)]
+    if "evidex-ivf" in args.libraries:
+        libs.append(EvidexIVFLib())
     for name, cls in (("hnswlib", HnswlibLib), ("faiss", FaissLib)):
         if name in args.libraries:
             try:

@@ -287,3 +287,115 @@ def test_anisotropic_codes_survive_degenerate_vectors() -> None:
         want = np.sort(1 - x[100:110] @ x.T, axis=1)[:, :5]
         np.testing.assert_allclose(dist, want, rtol=1e-4, atol=1e-4)
         assert np.isfinite(dist).all()
+
+
+def _exact_among(data, queries, allowed_rows, k, space):
+    """Exact k nearest among the given rows (row indices into data)."""
+    ids, _ = evidex.exact_knn(data[allowed_rows], queries, k, space)
+    return np.where(ids >= 0, np.asarray(allowed_rows)[np.maximum(ids, 0)], -1)
+
+
+def test_delete_and_update_by_adding_again() -> None:
+    data = clustered(2_000, 16, seed=11)
+    index = evidex.IVFIndex(16, "l2", nprobe=1_000, reorder=2_000)
+    index.add(data, ids=np.arange(2_000) + 100)
+    index.delete([100, 105])
+    assert len(index) == 1_998 and index.stats()["deleted"] == 2
+    assert 100 not in index.ids() and index.ids()[0] == 101
+    ids, _ = index.search(data[[0, 5]], 3)
+    assert 100 not in ids and 105 not in ids
+    # All or nothing: an unknown, an already deleted or a repeated id deletes none.
+    for bad, err in (([101, 99], KeyError), ([101, 100], KeyError), ([101, 101], ValueError)):
+        with pytest.raises(err):
+            index.delete(bad)
+        assert 101 in index.ids()
+    with pytest.raises(KeyError):
+        index.get_vectors([100])
+    # A deleted id comes back with a new vector (an update); a live one is refused.
+    index.add(data[7:8] + 1.0, ids=[100])
+    np.testing.assert_allclose(index.get_vectors([100])[0], data[7] + 1.0, rtol=1e-6)
+    ids, dist = index.search(data[7] + 1.0, 1)
+    assert ids[0] == 100 and dist[0] == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="delete the id, then add it"):
+        index.add(data[:1], ids=[101])
+    # k counts live vectors.
+    with pytest.raises(ValueError, match="larger than the number"):
+        index.search(data[0], 2_000)
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine"])
+def test_filters_answer_among_the_allowed(space: str) -> None:
+    data = clustered(5_000, 24, seed=12)
+    queries = clustered(30, 24, seed=13)
+    index = evidex.IVFIndex(24, space, seed=2)
+    index.add(data, ids=np.arange(5_000) * 2)  # ids are twice the rows
+    rng = np.random.default_rng(0)
+    index.delete(np.arange(0, 10_000, 20))  # every tenth row
+    live_rows = np.setdiff1d(np.arange(5_000), np.arange(0, 5_000, 10))
+    for fraction in (0.004, 0.05, 0.5):
+        rows = np.sort(rng.choice(5_000, int(5_000 * fraction), replace=False))
+        kept = np.intersect1d(rows, live_rows)
+        truth = _exact_among(data, queries, kept, 10, space) * 2
+        mask = np.zeros(10_001, bool)
+        mask[rows * 2] = True
+        member = set((rows * 2).tolist()).__contains__
+        for f in (rows * 2, list(rows * 2) + [99_999], mask, member):  # an unknown id is ignored
+            ids, dist = index.search(queries, 10, nprobe=index.nlist, reorder=5_000, filter=f)
+            # Every list, every estimate re-ranked: the exact answer among the allowed.
+            np.testing.assert_array_equal(np.sort(ids, 1), np.sort(truth, 1))
+            assert np.isin(ids[ids >= 0], kept * 2).all()
+        # With default settings a restrictive filter is scored exactly; a loose one
+        # scans lists and finds most of it.
+        ids, _ = index.search(queries, 10, filter=rows * 2)
+        want = 1.0 if fraction < 0.01 else 0.8
+        assert recall_at_k(ids, truth, 10) >= want
+        assert np.isin(ids[ids >= 0], kept * 2).all()
+
+
+def test_filter_arguments_are_checked() -> None:
+    index = evidex.IVFIndex(4, "l2", nlist=2)
+    index.add(np.eye(4, dtype=np.float32))
+    ids, dist = index.search(np.ones(4, np.float32), 3, filter=[])
+    assert (ids == -1).all() and np.isinf(dist).all()
+    ids, _ = index.search(np.eye(4, dtype=np.float32)[1], 3, filter=[1, 3])
+    assert list(ids) == [1, 3, -1]
+    with pytest.raises(TypeError, match="stores no attributes"):
+        index.search(np.ones(4, np.float32), 1, filter=evidex.F("a") == 1)
+    for bad in ("1", {1: 2}, np.array([0.5])):
+        with pytest.raises(TypeError):
+            index.search(np.ones(4, np.float32), 1, filter=bad)
+    with pytest.raises(ValueError):
+        index.search(np.ones(4, np.float32), 1, filter=[-1])
+
+
+def test_deletes_during_searches() -> None:
+    data = clustered(3_000, 16, seed=14)
+    index = evidex.IVFIndex(16, "cosine", nprobe=8)
+    index.add(data)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    gone: set[int] = set()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                before = set(gone)  # deleted before this search began
+                ids, dist = index.search(data[:20], 5, filter=np.arange(0, 3_000, 3))
+                assert not (set(ids[ids >= 0].tolist()) & before)
+                assert np.isfinite(dist[ids >= 0]).all()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(0, 600, 20):
+        batch = list(range(i, i + 20))
+        index.delete(batch)
+        gone.update(batch[5:])  # for good; the first five come back (updates)
+        index.add(data[i : i + 5], ids=batch[:5])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(index) == 3_000 - 30 * 15

@@ -573,7 +573,8 @@ PYBIND11_MODULE(_core, m) {
             // C-contiguous queries and plain ints, checked here.
             "query",
             [](const IVFFastScan& self, const py::array_t<float, py::array::c_style>& queries,
-               py::ssize_t k, py::ssize_t nprobe, py::ssize_t reorder, py::ssize_t num_threads) {
+               py::ssize_t k, py::ssize_t nprobe, py::ssize_t reorder, py::ssize_t num_threads,
+               const std::optional<LabelArray>& allowed) {
                 if (k < 1) throw py::value_error("k must be at least 1, got " + std::to_string(k));
                 if (static_cast<std::size_t>(k) > self.size())
                     throw py::value_error("k (" + std::to_string(k) +
@@ -591,12 +592,44 @@ PYBIND11_MODULE(_core, m) {
                 {
                     py::gil_scoped_release release;
                     self.search(a.q, a.nq, a.k, static_cast<std::size_t>(nprobe),
-                                static_cast<std::size_t>(reorder), a.threads, l, d);
+                                static_cast<std::size_t>(reorder), a.threads, l, d,
+                                allowed ? allowed->data() : nullptr,
+                                allowed ? static_cast<std::size_t>(allowed->size()) : 0);
                 }
                 return py::make_tuple(out.ids, out.distances);
             },
             py::arg("queries"), py::arg("k"), py::arg("nprobe"), py::arg("reorder"),
-            py::arg("num_threads"))
+            py::arg("num_threads"), py::arg("allowed") = py::none())
+        .def(
+            "remove",
+            [](IVFFastScan& self, const LabelArray& labels) {
+                py::gil_scoped_release release;
+                self.remove(labels.data(), static_cast<std::size_t>(labels.size()));
+            },
+            py::arg("labels"))
+        .def("labels",
+             [](const IVFFastScan& self) {
+                 std::vector<label_t> l;
+                 {
+                     py::gil_scoped_release release;
+                     l = self.live_labels();
+                 }
+                 return py::array_t<label_t>(static_cast<py::ssize_t>(l.size()), l.data());
+             })
+        .def(
+            "get_vectors",
+            [](const IVFFastScan& self, const LabelArray& labels) {
+                const auto n = static_cast<py::ssize_t>(labels.size());
+                py::array_t<float> out({n, static_cast<py::ssize_t>(self.dim())});
+                float* o = out.mutable_data();
+                {
+                    py::gil_scoped_release release;
+                    self.get_vectors(labels.data(), static_cast<std::size_t>(n), o);
+                }
+                return out;
+            },
+            py::arg("labels"))
+        .def_property_readonly("deleted_count", &IVFFastScan::deleted_count)
         .def_property_readonly("size", &IVFFastScan::size)
         .def_property_readonly("dim", &IVFFastScan::dim)
         .def_property_readonly("space", [](const IVFFastScan& self) { return space_name(self.space()); })

@@ -15,6 +15,7 @@
 
 #include "evidex/beam.h"
 #include "evidex/distance.h"
+#include "evidex/errors.h"
 #include "evidex/kmeans.h"
 #include "evidex/parallel.h"
 #include "evidex/select.h"
@@ -121,7 +122,50 @@ void IVFFastScan::set_default_reorder(std::size_t reorder) {
 
 std::size_t IVFFastScan::size() const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    return labels_.size();
+    return labels_.size() - deleted_;
+}
+
+std::size_t IVFFastScan::deleted_count() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return deleted_;
+}
+
+void IVFFastScan::remove(const label_t* labels, std::size_t n) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    std::unordered_map<label_t, std::size_t> seen;
+    seen.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!rows_of_.count(labels[i]))
+            throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
+        if (!seen.emplace(labels[i], i).second)
+            throw std::invalid_argument("id " + std::to_string(labels[i]) +
+                                        " is listed twice; nothing was deleted");
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto it = rows_of_.find(labels[i]);
+        live_[it->second] = 0;
+        rows_of_.erase(it);
+    }
+    deleted_ += n;
+}
+
+std::vector<label_t> IVFFastScan::live_labels() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::vector<label_t> out;
+    out.reserve(labels_.size() - deleted_);
+    for (std::size_t r = 0; r < labels_.size(); ++r)
+        if (live_[r]) out.push_back(labels_[r]);
+    return out;
+}
+
+void IVFFastScan::get_vectors(const label_t* labels, std::size_t n, float* out) const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    for (std::size_t i = 0; i < n; ++i)
+        if (!rows_of_.count(labels[i]))
+            throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
+    for (std::size_t i = 0; i < n; ++i)
+        std::copy_n(vectors_.data() + std::size_t{rows_of_.at(labels[i])} * dim_, dim_,
+                    out + i * dim_);
 }
 
 std::size_t IVFFastScan::nlist() const {
@@ -133,7 +177,7 @@ std::size_t IVFFastScan::memory_bytes() const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     std::size_t bytes = (centroids_.capacity() + centroid_norms_.capacity() + vectors_.capacity()) *
                             sizeof(float) +
-                        labels_.capacity() * sizeof(label_t) +
+                        labels_.capacity() * sizeof(label_t) + live_.capacity() +
                         rows_of_.size() * (sizeof(label_t) + sizeof(std::uint32_t) + 16);
     bytes += arena_.capacity() + (start_.capacity() + count_.capacity()) * sizeof(std::size_t);
     return bytes;
@@ -222,7 +266,8 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
                 throw std::invalid_argument("id " + std::to_string(labels[i]) +
                                             (rows_of_.count(labels[i]) ? " is already in the index"
                                                                        : " appears twice in the batch") +
-                                            " (an IVF index appends; it does not update)");
+                                            " (an IVF index does not update in place: "
+                                            "delete the id, then add it)");
         }
     }
     if (labels_.size() + n >= (std::size_t{1} << 32) - 1)
@@ -259,6 +304,7 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
     });
     append_rows(first, n, list_of.data(), codes.data());
     labels_.insert(labels_.end(), labels, labels + n);
+    live_.insert(live_.end(), n, 1);
     for (std::size_t i = 0; i < n; ++i)
         rows_of_.emplace(labels[i], static_cast<std::uint32_t>(first + i));
 }
@@ -304,37 +350,109 @@ void IVFFastScan::append_rows(std::size_t first, std::size_t n, const std::uint3
 
 void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, std::size_t nprobe,
                          std::size_t reorder, std::size_t num_threads, label_t* out_labels,
-                         float* out_distances) const {
+                         float* out_distances, const label_t* allowed,
+                         std::size_t n_allowed) const {
     if (k == 0) throw std::invalid_argument("k must be at least 1");
     if (nprobe == 0) throw std::invalid_argument("nprobe must be at least 1");
     std::shared_lock<std::shared_mutex> lock(mutex_);
     // At least k re-ranked; more than the index holds would only size buffers.
     reorder = std::max(k, std::min(reorder, labels_.size()));
+    // Which rows may answer: the live ones, narrowed to an allow-list.
+    std::vector<std::uint8_t> allowed_rows;
+    std::vector<std::uint32_t> members;
+    const std::uint8_t* keep = deleted_ != 0 ? live_.data() : nullptr;
+    if (allowed != nullptr) {
+        allowed_rows.assign(labels_.size(), 0);
+        for (std::size_t i = 0; i < n_allowed; ++i) {
+            const auto it = rows_of_.find(allowed[i]);  // live ids only
+            if (it != rows_of_.end() && !allowed_rows[it->second]) {
+                allowed_rows[it->second] = 1;
+                members.push_back(it->second);
+            }
+        }
+        keep = allowed_rows.data();
+        const double scanned = static_cast<double>(std::min(nprobe, nlist_)) *
+                               static_cast<double>(labels_.size()) /
+                               static_cast<double>(std::max<std::size_t>(nlist_, 1));
+        // Reading the allowed vectors whole against reading the lists' codes (and
+        // row ids): the scan streams, so it may read about twice the bytes.
+        const double exact_bytes = static_cast<double>(members.size() * dim_ * sizeof(float));
+        if (exact_bytes <= 2.0 * scanned * static_cast<double>(pq_.code_bytes() + 4)) {
+            std::sort(members.begin(), members.end());  // memory order, ties by row
+            parallel_for(nq, query_threads(num_threads, nq), [&](std::size_t i) {
+                scan_rows(queries + i * dim_, k, members, out_labels + i * k,
+                          out_distances + i * k);
+            });
+            return;
+        }
+    }
     parallel_for(nq, query_threads(num_threads, nq), [&](std::size_t i) {
-        search_one(queries + i * dim_, k, nprobe, reorder, out_labels + i * k,
+        search_one(queries + i * dim_, k, nprobe, reorder, keep, out_labels + i * k,
                    out_distances + i * k);
     });
 }
 
-void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t nprobe,
-                             std::size_t reorder, label_t* out_labels,
-                             float* out_distances) const {
+void IVFFastScan::scan_rows(const float* query, std::size_t kk,
+                            const std::vector<std::uint32_t>& rows, label_t* out_labels,
+                            float* out_distances) const {
+    std::vector<float> qbuf;
+    std::vector<std::pair<float, std::uint32_t>> best(rows.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) best[i] = {0.f, rows[i]};
+    rerank(prepare_query(query, qbuf), best, kk, out_labels, out_distances);
+}
+
+const float* IVFFastScan::prepare_query(const float* query, std::vector<float>& buffer) const {
+    if (space_ != Space::Cosine) return query;
+    buffer.resize(dim_);
+    normalize_into(query, dim_, buffer.data());
+    return buffer.data();
+}
+
+// Exact distances of the rows in `best` (their first members are overwritten),
+// their vectors fetched far enough ahead to cover a memory latency (a distance
+// here costs a few ns, a miss 200); the kk nearest written out, padded.
+void IVFFastScan::rerank(const float* q, std::vector<std::pair<float, std::uint32_t>>& best,
+                         std::size_t kk, label_t* out_labels, float* out_distances) const {
     std::fill(out_labels, out_labels + kk, kNoLabel);
     std::fill(out_distances, out_distances + kk, kInf);
-    if (labels_.empty()) return;
     const DistanceKernels& k = active_kernels();
     const bool l2 = space_ == Space::L2;
-    // thread_local buffers, each looked up once (not per use in the hot loop).
+    const std::size_t bytes = dim_ * sizeof(float);
+    const std::size_t ahead = std::max<std::size_t>(4, 64 / ((bytes + 63) / 64));
+    auto row_vector = [&](std::size_t i) {
+        return vectors_.data() + std::size_t{best[i].second} * dim_;
+    };
+    for (std::size_t i = 0; i < std::min(ahead, best.size()); ++i)
+        prefetch_vector(reinterpret_cast<const char*>(row_vector(i)), bytes);
+    for (std::size_t i = 0; i < best.size(); ++i) {
+        if (i + ahead < best.size())
+            prefetch_vector(reinterpret_cast<const char*>(row_vector(i + ahead)), bytes);
+        const float* v = row_vector(i);
+        best[i].first = l2 ? k.l2sq(q, v, dim_) : 1.f - k.dot(q, v, dim_);
+    }
+    const std::size_t found = std::min(kk, best.size());
+    std::partial_sort(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(found), best.end());
+    for (std::size_t i = 0; i < found; ++i) {
+        out_labels[i] = labels_[best[i].second];
+        out_distances[i] = best[i].first;
+    }
+}
+
+void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t nprobe,
+                             std::size_t reorder, const std::uint8_t* keep,
+                             label_t* out_labels, float* out_distances) const {
+    if (labels_.empty()) {
+        std::fill(out_labels, out_labels + kk, kNoLabel);
+        std::fill(out_distances, out_distances + kk, kInf);
+        return;
+    }
+    const DistanceKernels& k = active_kernels();
+    const bool l2 = space_ == Space::L2;
     // Per-query buffers are plain locals: thread_local ones are looked up again
     // after every call in a shared library, and that sat in the scan loop.
     std::vector<float> qbuf;
     PQ4::Tables tables;
-    const float* q = query;
-    if (space_ == Space::Cosine) {
-        qbuf.resize(dim_);
-        normalize_into(query, dim_, qbuf.data());
-        q = qbuf.data();
-    }
+    const float* q = prepare_query(query, qbuf);
     // The nprobe nearest centroids in the index's distance, nearest first (the
     // bound of the scan then tightens early).
     nprobe = std::min(nprobe, nlist_);
@@ -404,6 +522,7 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
             if (m < PQ4::kGroup) mask &= (std::uint32_t{1} << m) - 1;
             for (; mask != 0; mask &= mask - 1) {
                 const unsigned j = static_cast<unsigned>(__builtin_ctz(mask));
+                if (keep != nullptr && !keep[rows[j]]) continue;  // deleted or filtered out
                 cand[held] = e[j];
                 cand_rows[held++] = rows[j];
             }
@@ -413,27 +532,7 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
     shrink(0);
     std::vector<std::pair<float, std::uint32_t>> best(held);
     for (std::size_t i = 0; i < held; ++i) best[i] = {cand[i], cand_rows[i]};
-    // Exact distances of the survivors, their vectors fetched far enough ahead
-    // to cover a memory latency (a distance here costs a few ns, a miss 200).
-    const std::size_t bytes = dim_ * sizeof(float);
-    const std::size_t ahead = std::max<std::size_t>(4, 64 / ((bytes + 63) / 64));
-    auto row_vector = [&](std::size_t i) {
-        return vectors_.data() + std::size_t{best[i].second} * dim_;
-    };
-    for (std::size_t i = 0; i < std::min(ahead, best.size()); ++i)
-        prefetch_vector(reinterpret_cast<const char*>(row_vector(i)), bytes);
-    for (std::size_t i = 0; i < best.size(); ++i) {
-        if (i + ahead < best.size())
-            prefetch_vector(reinterpret_cast<const char*>(row_vector(i + ahead)), bytes);
-        const float* v = row_vector(i);
-        best[i].first = l2 ? k.l2sq(q, v, dim_) : 1.f - k.dot(q, v, dim_);
-    }
-    const std::size_t found = std::min(kk, best.size());
-    std::partial_sort(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(found), best.end());
-    for (std::size_t i = 0; i < found; ++i) {
-        out_labels[i] = labels_[best[i].second];
-        out_distances[i] = best[i].first;
-    }
+    rerank(q, best, kk, out_labels, out_distances);
 }
 
 }  // namespace evidex

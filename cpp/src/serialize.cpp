@@ -1213,8 +1213,9 @@ std::unique_ptr<HNSW> HNSW::load_hnswlib(const std::string& path, Space space, s
 //              checksum of the header itself)
 //   payload    centroids (nlist * dim f32), the quantiser's centroids
 //              (subspaces * 16 * sub_dim f32), then per row: ids (u64), lists
-//              (u32), codes (code_bytes), vectors (dim f32, as stored: unit
-//              length for cosine); each array padded to 8 bytes
+//              (u32), live flags (u8: 1, or 0 when deleted), codes (code_bytes),
+//              vectors (dim f32, as stored: unit length for cosine); each array
+//              padded to 8 bytes. A deleted row's id may be a live row's too.
 // The lists' arena is not saved: loading files the rows into their lists as add()
 // does, so every row sits in exactly one list by construction. The rules of the
 // HNSW format hold: every field bounded, every size overflow-checked and equal
@@ -1247,7 +1248,8 @@ std::uint64_t ivf_header_checksum(const IvfHeader& h) {
 
 // The payload's arrays, at offsets from the start of the file.
 struct IvfLayout {
-    std::uint64_t centroids = 0, pq = 0, labels = 0, lists = 0, codes = 0, vectors = 0, end = 0;
+    std::uint64_t centroids = 0, pq = 0, labels = 0, lists = 0, live = 0, codes = 0, vectors = 0;
+    std::uint64_t end = 0;
     std::size_t code_bytes = 0, pq_floats = 0;
 };
 
@@ -1277,7 +1279,8 @@ IvfLayout check_ivf_header(const IvfHeader& h, std::uint64_t size) {
     L.pq = add(L.centroids, round_up(mul(mul(nlist, h.dim), 4), 8));
     L.labels = add(L.pq, round_up(mul(L.pq_floats, 4), 8));
     L.lists = add(L.labels, mul(h.count, 8));
-    L.codes = add(L.lists, round_up(mul(h.count, 4), 8));
+    L.live = add(L.lists, round_up(mul(h.count, 4), 8));
+    L.codes = add(L.live, round_up(h.count, 8));
     L.vectors = add(L.codes, round_up(mul(h.count, L.code_bytes), 8));
     L.end = add(L.vectors, mul(mul(h.count, h.dim), 4));
     if (L.end != size) corrupt("section sizes do not add up to the file size");
@@ -1354,6 +1357,7 @@ std::string IVFFastScan::serialize() const {
     static_assert(sizeof(label_t) == 8, "labels are 64-bit");
     put(labels_.data(), n * sizeof(label_t));
     put(lists.data(), n * 4);
+    put(live_.data(), n);
     put(codes.data(), codes.size());
     put(vectors_.data(), n * dim_ * sizeof(float));
     h.file_bytes = out.size();
@@ -1408,11 +1412,16 @@ std::unique_ptr<IVFFastScan> IVFFastScan::deserialize(const char* data, std::siz
     x.trained_ = true;
     x.labels_.resize(n);
     std::memcpy(x.labels_.data(), data + L.labels, n * sizeof(label_t));
+    x.live_.assign(data + L.live, data + L.live + n);
     x.rows_of_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
         if (x.labels_[i] >= kLabelLimit) corrupt("an id is out of range");
-        if (!x.rows_of_.emplace(x.labels_[i], static_cast<std::uint32_t>(i)).second)
+        if (x.live_[i] > 1) corrupt("a live flag is neither 0 nor 1");
+        if (x.live_[i] == 0) {
+            ++x.deleted_;
+        } else if (!x.rows_of_.emplace(x.labels_[i], static_cast<std::uint32_t>(i)).second) {
             corrupt("duplicate ids");
+        }
     }
     std::vector<std::uint32_t> lists(n);
     std::memcpy(lists.data(), data + L.lists, n * 4);

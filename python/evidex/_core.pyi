@@ -76,8 +76,18 @@ class IVF:
     def train(self, data: npt.ArrayLike, num_threads: int = 0) -> None: ...
     def add(self, data: npt.ArrayLike, labels: npt.ArrayLike, num_threads: int = 0) -> None: ...
     def query(
-        self, queries: npt.ArrayLike, k: int, nprobe: int, reorder: int, num_threads: int
+        self,
+        queries: npt.ArrayLike,
+        k: int,
+        nprobe: int,
+        reorder: int,
+        num_threads: int,
+        allowed: npt.ArrayLike | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def remove(self, labels: npt.ArrayLike) -> None: ...
+    def labels(self) -> npt.NDArray[np.uint64]: ...
+    def get_vectors(self, labels: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
+    deleted_count: int
     size: int
     dim: int
     space: str

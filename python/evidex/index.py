@@ -582,10 +582,13 @@ def resolve_filter(
         if not force and nq * min(n, 16 * ef) < n:
             return None, None
         return core.labels_where(filter), None
-    return _convert_filter(filter), None
+    return convert_filter(filter), None
 
 
-def _convert_filter(filter: Filter) -> Any:
+def convert_filter(filter: Filter) -> Any:
+    """An id filter as the core takes it: the callable itself, or the allowed ids
+    (uint64) of an id array or a boolean mask indexed by id; TypeError or ValueError
+    naming what is wrong otherwise."""
     if filter is None:
         return None
     if callable(filter):

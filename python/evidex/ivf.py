@@ -18,6 +18,8 @@ from ._arrays import (
     fast_int,
     fast_threads,
 )
+from .filters import Expr, F
+from .index import Filter, convert_filter
 
 SPACES = ("l2", "ip", "cosine")
 PathLike = Union[str, "os.PathLike[str]"]
@@ -68,10 +70,12 @@ class IVFIndex:
         nprobe: default lists scanned per query.
         reorder: default candidates re-ranked exactly per query (at least ``k``).
 
-    It appends: ids are new and distinct (no update, delete or filter yet; see
-    docs/the-index.md). ``save`` / ``load`` and pickling keep everything, search
-    defaults included. Every call is thread-safe; ``add`` waits for running searches.
-    Long calls release the GIL.
+    Ids are distinct; ``delete`` removes vectors from the results (they stay in their
+    lists, skipped) and a deleted id may be added again, which is how a vector is
+    updated. ``search(filter=...)`` takes HNSWIndex's allow-lists, masks and callables.
+    ``save`` / ``load`` and pickling keep everything, deletions and search defaults
+    included. Every call is thread-safe; ``add`` and ``delete`` wait for running
+    searches. Long calls release the GIL.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class IVFIndex:
         return self._core.trained
 
     def __len__(self) -> int:
+        """Live vectors (deleted ones excluded)."""
         return self._core.size
 
     def train(self, vectors: Any, num_threads: int = 0) -> None:
@@ -164,7 +169,8 @@ class IVFIndex:
 
         Args:
             vectors: ``[n, dim]`` array (or one ``[dim]`` vector).
-            ids: ``n`` new, distinct non-negative ids; by default ``len(self)`` on.
+            ids: ``n`` distinct non-negative ids, none of them live in the index (a
+                deleted id may come back); by default ``len(self)`` on.
             num_threads: threads (0: all cores).
 
         Returns:
@@ -184,6 +190,7 @@ class IVFIndex:
         nprobe: int | None = None,
         reorder: int | None = None,
         num_threads: int = 0,
+        filter: Filter = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of each query.
 
@@ -193,11 +200,18 @@ class IVFIndex:
             nprobe: lists scanned (default ``self.nprobe``); more finds more.
             reorder: estimates re-ranked exactly (default ``self.reorder``, at least k).
             num_threads: threads over queries (0: all cores).
+            filter: ``None``; an allow-list of ids (integer array or list; ids not
+                in the index are ignored); a boolean mask indexed by id; or a
+                callable ``f(id) -> bool``, called once per live id with the GIL
+                held. When the allowed vectors are few next to what ``nprobe``
+                lists hold (their vectors no more than about twice the bytes of
+                those lists' codes), they are scored exactly instead of scanning
+                lists, so a restrictive filter gets its exact answer.
 
         Returns:
             ``(ids, distances)``: int64 and float32 ``[nq, k]`` (``[k]`` for a 1-D
-            query), nearest first; ``-1`` / ``inf`` where the scanned lists hold fewer
-            than ``k`` vectors.
+            query), nearest first; ``-1`` / ``inf`` where the scanned lists (or the
+            filter) hold fewer than ``k`` vectors.
         """
         # Plain ints and float32 arrays go straight to the compiled checks (a
         # single-query call is dominated by what runs here).
@@ -206,11 +220,40 @@ class IVFIndex:
         nprobe = fast_int(self.nprobe if nprobe is None else nprobe, "nprobe", clamp=True)
         reorder = fast_int(self.reorder if reorder is None else reorder, "reorder", clamp=True)
         num_threads = fast_threads(num_threads)
-        return self._core.query(as_queries(queries), k, nprobe, reorder, num_threads)
+        if filter is None:
+            return self._core.query(as_queries(queries), k, nprobe, reorder, num_threads)
+        queries = as_queries(queries)
+        if isinstance(filter, (Expr, F)):
+            raise TypeError("IVFIndex stores no attributes: filter with ids, a mask or a callable")
+        allowed = convert_filter(filter)
+        if callable(allowed):
+            live = self.ids()
+            allowed = live[np.fromiter((bool(allowed(int(i))) for i in live), bool, len(live))]
+            allowed = allowed.astype(np.uint64)
+        return self._core.query(queries, k, nprobe, reorder, num_threads, allowed)
+
+    def delete(self, ids: Any) -> None:
+        """Remove ids from the results; they may be added again.
+
+        All or nothing: raises KeyError for an id that is not in the index (or is
+        already deleted), ValueError for one listed twice, and then deletes none.
+        The deleted vectors stay in their lists, skipped by searches.
+        """
+        self._core.remove(as_labels(ids, None))
+
+    def ids(self) -> np.ndarray:
+        """Live ids in insertion order (int64)."""
+        return self._core.labels().astype(np.int64)
+
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """Stored vectors ``[n, dim]`` (normalised for ``cosine``); KeyError for an id
+        that is not in the index."""
+        return self._core.get_vectors(as_labels(ids, None))
 
     def stats(self) -> dict[str, int]:
-        """Vectors, lists and memory held (bytes)."""
-        return {"count": len(self), "nlist": self.nlist, "memory_bytes": self._core.memory_bytes}
+        """Live and deleted vectors, lists and memory held (bytes)."""
+        return {"count": len(self), "deleted": self._core.deleted_count, "nlist": self.nlist,
+                "memory_bytes": self._core.memory_bytes}  # fmt: skip
 
     def save(self, path: PathLike) -> None:
         """Write the index to ``path`` via a temporary file, read back and checked

@@ -19,6 +19,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "evidex/fastscan.h"
@@ -49,12 +50,28 @@ public:
     void add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads);
 
     // k nearest of each query among the lists of its nprobe nearest centroids;
-    // rows padded with kNoLabel / +inf when fewer than k are found.
+    // rows padded with kNoLabel / +inf when fewer than k are found. With an
+    // allow-list (allowed != nullptr; labels not in the index are ignored) only
+    // those vectors are answers, and when they are few next to what the lists
+    // hold (their vectors no more than about twice the bytes of the codes nprobe
+    // lists hold on average) they are scored exactly instead, so a restrictive
+    // filter gets its exact answer, not a starved scan (FAISS's IVF with an
+    // IDSelector starves there).
     void search(const float* queries, std::size_t nq, std::size_t k, std::size_t nprobe,
                 std::size_t reorder, std::size_t num_threads, label_t* out_labels,
-                float* out_distances) const;
+                float* out_distances, const label_t* allowed = nullptr,
+                std::size_t n_allowed = 0) const;
 
-    std::size_t size() const;
+    // Delete: all or nothing (LabelNotFound for an id not in the index,
+    // std::invalid_argument for one listed twice). A deleted vector stays in its
+    // list, skipped, and its id may be added again (an update).
+    void remove(const label_t* labels, std::size_t n);
+    // Live ids in insertion order; stored vectors (unit length for cosine).
+    std::vector<label_t> live_labels() const;
+    void get_vectors(const label_t* labels, std::size_t n, float* out) const;
+
+    std::size_t size() const;  // live vectors
+    std::size_t deleted_count() const;
     std::size_t dim() const { return dim_; }
     Space space() const { return space_; }
     std::size_t nlist() const;
@@ -85,8 +102,18 @@ private:
     void append_rows(std::size_t first, std::size_t n, const std::uint32_t* list_of,
                      const std::uint8_t* codes);
     std::size_t nearest_centroid(const float* v) const;
+    // keep: per row, nonzero where it may be an answer (nullptr: every row).
     void search_one(const float* q, std::size_t k, std::size_t nprobe, std::size_t reorder,
-                    label_t* out_labels, float* out_distances) const;
+                    const std::uint8_t* keep, label_t* out_labels, float* out_distances) const;
+    // The query as scored: normalised into `buffer` for cosine.
+    const float* prepare_query(const float* query, std::vector<float>& buffer) const;
+    // The exact k nearest of best's rows (the estimates in best's first members
+    // are overwritten) into out, padded.
+    void rerank(const float* q, std::vector<std::pair<float, std::uint32_t>>& best,
+                std::size_t k, label_t* out_labels, float* out_distances) const;
+    // The exact k nearest among `rows`.
+    void scan_rows(const float* q, std::size_t k, const std::vector<std::uint32_t>& rows,
+                   label_t* out_labels, float* out_distances) const;
 
     std::size_t dim_;
     Space space_;
@@ -112,8 +139,10 @@ private:
     std::vector<std::uint8_t, RandomAccessAllocator<std::uint8_t>> arena_;
     std::vector<std::size_t> start_, count_;
     std::vector<float, RandomAccessAllocator<float>> vectors_;  // as stored, by row
-    std::vector<label_t> labels_;
-    std::unordered_map<label_t, std::uint32_t> rows_of_;
+    std::vector<label_t> labels_;  // by row, deleted rows included
+    std::vector<std::uint8_t> live_;  // by row: 1 live, 0 deleted
+    std::size_t deleted_ = 0;
+    std::unordered_map<label_t, std::uint32_t> rows_of_;  // live ids only
     std::atomic<std::size_t> nprobe_{32}, reorder_{100};
     mutable std::shared_mutex mutex_;  // adds exclusive, searches shared
 };
