@@ -270,10 +270,14 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
                                             "delete the id, then add it)");
         }
     }
-    if (labels_.size() + n >= (std::size_t{1} << 32) - 1)
+    // The arena is rebuilt anyway: drop deleted rows once they are as many as the
+    // live ones, so updates do not grow the index (or every add's copy) for ever.
+    const bool compact = deleted_ != 0 && deleted_ >= labels_.size() - deleted_;
+    if ((compact ? labels_.size() - deleted_ : labels_.size()) + n >= (std::size_t{1} << 32) - 1)
         throw std::invalid_argument("an IVF index holds fewer than 2**32 - 1 vectors");
     if (n == 0) return;
     if (!trained_) train_locked(data, n, num_threads);
+    if (compact) compact_locked();
     const std::size_t first = labels_.size();
     vectors_.resize((first + n) * dim_);
     std::vector<std::uint32_t> list_of(n);
@@ -307,6 +311,52 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
     live_.insert(live_.end(), n, 1);
     for (std::size_t i = 0; i < n; ++i)
         rows_of_.emplace(labels[i], static_cast<std::uint32_t>(first + i));
+}
+
+void IVFFastScan::rows_in_lists(std::vector<std::uint32_t>& lists,
+                                std::vector<std::uint8_t>& codes) const {
+    const std::size_t n = labels_.size();
+    const std::size_t cb = pq_.code_bytes(), group = pq_.group_bytes(), stride = group_stride();
+    lists.assign(n, 0);
+    codes.assign(n * cb, 0);
+    for (std::size_t j = 0; j < count_.size(); ++j)
+        for (std::size_t slot = 0; slot < count_[j]; ++slot) {
+            const std::uint8_t* g = arena_.data() + (start_[j] + slot / PQ4::kGroup) * stride;
+            std::uint32_t row;
+            std::memcpy(&row, g + group + (slot % PQ4::kGroup) * 4, 4);
+            lists[row] = static_cast<std::uint32_t>(j);
+            pq_.take(g, slot % PQ4::kGroup, codes.data() + std::size_t{row} * cb);
+        }
+}
+
+// Drops the deleted rows: the live ones renumbered in order, their codes kept,
+// the lists refiled (append_rows), so the arena and the memory shrink.
+void IVFFastScan::compact_locked() {
+    std::vector<std::uint32_t> lists;
+    std::vector<std::uint8_t> codes;
+    rows_in_lists(lists, codes);
+    const std::size_t cb = pq_.code_bytes();
+    std::size_t w = 0;
+    for (std::size_t r = 0; r < labels_.size(); ++r) {
+        if (!live_[r]) continue;
+        if (w != r) {
+            std::copy_n(vectors_.data() + r * dim_, dim_, vectors_.data() + w * dim_);
+            std::copy_n(codes.data() + r * cb, cb, codes.data() + w * cb);
+            labels_[w] = labels_[r];
+            lists[w] = lists[r];
+        }
+        rows_of_[labels_[w]] = static_cast<std::uint32_t>(w);
+        ++w;
+    }
+    vectors_.resize(w * dim_);
+    vectors_.shrink_to_fit();
+    labels_.resize(w);
+    live_.assign(w, 1);
+    deleted_ = 0;
+    arena_.clear();
+    start_.assign(nlist_ + 1, 0);
+    count_.assign(nlist_, 0);
+    append_rows(0, w, lists.data(), codes.data());
 }
 
 // By list in row order (deterministic: a loaded index rebuilds the same arena).

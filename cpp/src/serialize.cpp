@@ -1333,18 +1333,9 @@ std::string IVFFastScan::serialize() const {
     h.count = n;
     h.nprobe = nprobe_.load();
     h.reorder = reorder_.load();
-    // Each row's list and code, read back from the arena.
-    const std::size_t cb = pq_.code_bytes(), group = pq_.group_bytes(), stride = group_stride();
-    std::vector<std::uint32_t> lists(n);
-    std::vector<std::uint8_t> codes(n * cb);
-    for (std::size_t j = 0; j < count_.size(); ++j)
-        for (std::size_t slot = 0; slot < count_[j]; ++slot) {
-            const std::uint8_t* g = arena_.data() + (start_[j] + slot / PQ4::kGroup) * stride;
-            std::uint32_t row;
-            std::memcpy(&row, g + group + (slot % PQ4::kGroup) * 4, 4);
-            lists[row] = static_cast<std::uint32_t>(j);
-            pq_.take(g, slot % PQ4::kGroup, codes.data() + std::size_t{row} * cb);
-        }
+    std::vector<std::uint32_t> lists;
+    std::vector<std::uint8_t> codes;
+    rows_in_lists(lists, codes);
     std::string out(sizeof(h), '\0');
     const auto put = [&](const void* p, std::size_t bytes) {
         out.append(static_cast<const char*>(p), bytes);

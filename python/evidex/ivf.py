@@ -237,7 +237,8 @@ class IVFIndex:
 
         All or nothing: raises KeyError for an id that is not in the index (or is
         already deleted), ValueError for one listed twice, and then deletes none.
-        The deleted vectors stay in their lists, skipped by searches.
+        The deleted vectors stay in their lists, skipped by searches, until they are
+        as many as the live ones: the next ``add`` then drops them.
         """
         self._core.remove(as_labels(ids, None))
 

@@ -64,7 +64,9 @@ public:
 
     // Delete: all or nothing (LabelNotFound for an id not in the index,
     // std::invalid_argument for one listed twice). A deleted vector stays in its
-    // list, skipped, and its id may be added again (an update).
+    // list, skipped, and its id may be added again (an update); the first add
+    // after deleted vectors come to equal the live ones drops them all (it
+    // rebuilds the lists anyway).
     void remove(const label_t* labels, std::size_t n);
     // Live ids in insertion order; stored vectors (unit length for cosine).
     std::vector<label_t> live_labels() const;
@@ -105,6 +107,10 @@ private:
     // keep: per row, nonzero where it may be an answer (nullptr: every row).
     void search_one(const float* q, std::size_t k, std::size_t nprobe, std::size_t reorder,
                     const std::uint8_t* keep, label_t* out_labels, float* out_distances) const;
+    // Each row's list and code, read back from the arena (by row).
+    void rows_in_lists(std::vector<std::uint32_t>& lists, std::vector<std::uint8_t>& codes) const;
+    // Drop deleted rows (the next add does, once they are as many as the live).
+    void compact_locked();
     // The query as scored: normalised into `buffer` for cosine.
     const float* prepare_query(const float* query, std::vector<float>& buffer) const;
     // The exact k nearest of best's rows (the estimates in best's first members
