@@ -323,6 +323,27 @@ def test_delete_and_update_by_adding_again() -> None:
         index.search(data[0], 2_000)
 
 
+def test_automatic_ids_follow_the_largest_ever_added() -> None:
+    data = clustered(1_000, 8, seed=17)
+    index = evidex.IVFIndex(8, "l2", nlist=8)
+    assert list(index.add(data[:100])) == list(range(100))
+    index.delete([5, 99])
+    assert index.next_id == 100
+    assert list(index.add(data[100:110])) == list(range(100, 110))  # not len(self) = 98
+    index.add(data[110:111], ids=[500])
+    assert index.add(data[111:112])[0] == 501
+    # Concurrent adds without ids never collide: the core picks them under its lock.
+    threads = [threading.Thread(target=index.add, args=(data[200 + 50 * i : 250 + 50 * i],))
+               for i in range(8)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(index) == 98 + 10 + 2 + 400 and index.next_id == 902
+    assert len(set(index.ids().tolist())) == len(index)
+    assert evidex.IVFIndex.from_bytes(index.to_bytes()).next_id == 902
+
+
 @pytest.mark.parametrize("space", ["l2", "cosine"])
 def test_deleted_rows_are_dropped_once_they_equal_the_live(space: str) -> None:
     data = clustered(4_000, 16, seed=15)

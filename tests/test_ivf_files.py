@@ -17,19 +17,20 @@ from fuzz_index_files import fnv
 import evidex
 from conftest import clustered
 
-HEADER = 128
+HEADER = 136
 FIELDS = {  # name: (offset, struct format), as serialize.cpp's IvfHeader
     "version": (8, "<I"), "endian": (12, "<I"), "header_bytes": (16, "<Q"), "dim": (24, "<Q"),
     "space": (32, "<Q"), "nlist": (40, "<Q"), "sub_dim": (48, "<Q"), "seed": (56, "<Q"),
     "threshold": (64, "<d"), "trained": (72, "<Q"), "count": (80, "<Q"),
     "file_bytes": (88, "<Q"), "nprobe": (104, "<Q"), "reorder": (112, "<Q"),
+    "next_label": (120, "<Q"),
 }  # fmt: skip
 
 
 def reseal(data: bytearray) -> bytes:
     """Recompute both checksums, as an attacker would."""
     struct.pack_into("<Q", data, 96, fnv(bytes(data[HEADER:])))
-    struct.pack_into("<Q", data, 120, fnv(bytes(data[:120])))
+    struct.pack_into("<Q", data, 128, fnv(bytes(data[:128])))
     return bytes(data)
 
 
@@ -270,6 +271,7 @@ def test_resealed_payloads_are_checked() -> None:
     first_label = struct.unpack_from("<Q", image, at["labels"])[0]
     _corrupt(_patched(image, at["labels"] + 8, struct.pack("<Q", first_label)))  # duplicate
     _corrupt(_patched(image, at["labels"], struct.pack("<Q", 2**63)))
+    _corrupt(with_field(image, "next_label", 0))  # ids at or past it are inconsistent
     _corrupt(_patched(image, at["lists"] + 4, struct.pack("<I", index.nlist)))
     _corrupt(_patched(image, at["lists"], struct.pack("<I", 2**32 - 1)))
     _corrupt(_patched(image, at["vectors"], f32(3.0)))  # not unit length in cosine

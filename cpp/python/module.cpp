@@ -569,6 +569,15 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("data"), py::arg("labels"), py::arg("num_threads") = 0)
         .def(
+            "add_auto",
+            [](IVFFastScan& self, const FloatArray& data, std::size_t num_threads) {
+                const std::size_t n = check_matrix(data, self.dim(), "vectors", self.space());
+                py::gil_scoped_release release;
+                return self.add_auto(data.data(), n, num_threads);
+            },
+            py::arg("data"), py::arg("num_threads") = 0)
+        .def_property_readonly("next_id", &IVFFastScan::next_id)
+        .def(
             // The fast path of IVFIndex.search: [dim] or [nq, dim] float32
             // C-contiguous queries and plain ints, checked here.
             "query",

@@ -253,9 +253,24 @@ std::size_t IVFFastScan::nearest_centroid(const float* v) const {
     return arg;
 }
 
+label_t IVFFastScan::add_auto(const float* data, std::size_t n, std::size_t num_threads) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    const label_t first = next_label_;
+    if (n > kLabelLimit - first) throw std::invalid_argument("ids would pass 2**63");
+    std::vector<label_t> labels(n);
+    for (std::size_t i = 0; i < n; ++i) labels[i] = first + i;
+    add_locked(data, n, labels.data(), num_threads);
+    return first;
+}
+
 void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
                       std::size_t num_threads) {
     std::unique_lock<std::shared_mutex> lock(mutex_);
+    add_locked(data, n, labels, num_threads);
+}
+
+void IVFFastScan::add_locked(const float* data, std::size_t n, const label_t* labels,
+                             std::size_t num_threads) {
     {
         std::unordered_map<label_t, std::size_t> batch;
         batch.reserve(n);
@@ -309,8 +324,10 @@ void IVFFastScan::add(const float* data, std::size_t n, const label_t* labels,
     append_rows(first, n, list_of.data(), codes.data());
     labels_.insert(labels_.end(), labels, labels + n);
     live_.insert(live_.end(), n, 1);
-    for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t i = 0; i < n; ++i) {
         rows_of_.emplace(labels[i], static_cast<std::uint32_t>(first + i));
+        next_label_ = std::max(next_label_, labels[i] + 1);
+    }
 }
 
 void IVFFastScan::rows_in_lists(std::vector<std::uint32_t>& lists,

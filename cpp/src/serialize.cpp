@@ -1209,7 +1209,7 @@ std::unique_ptr<HNSW> HNSW::load_hnswlib(const std::string& path, Space space, s
 
 // ---------------------------------------------------------------------------
 // IVF file format (version 1), little-endian:
-//   IvfHeader  (128 bytes: magic, version, parameters, the payload checksum and a
+//   IvfHeader  (136 bytes: magic, version, parameters, the payload checksum and a
 //              checksum of the header itself)
 //   payload    centroids (nlist * dim f32), the quantiser's centroids
 //              (subspaces * 16 * sub_dim f32), then per row: ids (u64), lists
@@ -1224,7 +1224,7 @@ namespace {
 
 constexpr char kIvfMagic[8] = {'E', 'V', 'D', 'X', 'I', 'V', 'F', 'S'};
 constexpr std::uint32_t kIvfVersion = 1;
-constexpr std::size_t kIvfHeaderBytes = 128;
+constexpr std::size_t kIvfHeaderBytes = 136;
 
 struct IvfHeader {
     char magic[8];
@@ -1235,6 +1235,7 @@ struct IvfHeader {
     std::uint64_t threshold_bits;  // a double
     std::uint64_t trained, count, file_bytes, payload_checksum;
     std::uint64_t nprobe, reorder;  // IVFIndex's search defaults
+    std::uint64_t next_label;       // one past the largest id ever added
     std::uint64_t header_checksum;  // over every byte before this field
 };
 static_assert(sizeof(IvfHeader) == kIvfHeaderBytes, "header layout");
@@ -1268,7 +1269,7 @@ IvfLayout check_ivf_header(const IvfHeader& h, std::uint64_t size) {
         !(threshold >= 0.0 && threshold < 1.0) || h.count >= (std::uint64_t{1} << 32) - 1 ||
         (h.trained && h.nlist == 0) || (!h.trained && h.count != 0) || h.nprobe < 1 ||
         h.nprobe > IVFFastScan::kMaxSearchDefault || h.reorder < 1 ||
-        h.reorder > IVFFastScan::kMaxSearchDefault)
+        h.reorder > IVFFastScan::kMaxSearchDefault || h.next_label > kLabelLimit)
         corrupt("inconsistent parameters in the header");
     const PQ4 pq(h.dim, h.sub_dim);  // bounded above
     IvfLayout L;
@@ -1333,6 +1334,7 @@ std::string IVFFastScan::serialize() const {
     h.count = n;
     h.nprobe = nprobe_.load();
     h.reorder = reorder_.load();
+    h.next_label = next_label_;
     std::vector<std::uint32_t> lists;
     std::vector<std::uint8_t> codes;
     rows_in_lists(lists, codes);
@@ -1385,6 +1387,7 @@ std::unique_ptr<IVFFastScan> IVFFastScan::deserialize(const char* data, std::siz
     IVFFastScan& x = *index;
     x.set_default_nprobe(h.nprobe);  // bounded by the header check
     x.set_default_reorder(h.reorder);
+    x.next_label_ = h.next_label;
     if (!h.trained) return index;
     const std::size_t n = h.count, dim = h.dim, nlist = h.nlist;
     x.centroids_.resize(nlist * dim);
@@ -1406,7 +1409,7 @@ std::unique_ptr<IVFFastScan> IVFFastScan::deserialize(const char* data, std::siz
     x.live_.assign(data + L.live, data + L.live + n);
     x.rows_of_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
-        if (x.labels_[i] >= kLabelLimit) corrupt("an id is out of range");
+        if (x.labels_[i] >= h.next_label) corrupt("an id is out of range");
         if (x.live_[i] > 1) corrupt("a live flag is neither 0 nor 1");
         if (x.live_[i] == 0) {
             ++x.deleted_;

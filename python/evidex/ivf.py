@@ -148,6 +148,11 @@ class IVFIndex:
         return self._core.pq_dims
 
     @property
+    def next_id(self) -> int:
+        """One past the largest id ever added: where ``add`` without ids starts."""
+        return self._core.next_id
+
+    @property
     def trained(self) -> bool:
         return self._core.trained
 
@@ -170,15 +175,17 @@ class IVFIndex:
         Args:
             vectors: ``[n, dim]`` array (or one ``[dim]`` vector).
             ids: ``n`` distinct non-negative ids, none of them live in the index (a
-                deleted id may come back); by default ``len(self)`` on.
+                deleted id may come back); by default ``next_id, next_id + 1, ...``
+                where ``next_id`` is one past the largest id ever added.
             num_threads: threads (0: all cores).
 
         Returns:
             The ids of the added vectors (int64).
         """
         data, _ = as_float_matrix(vectors, self.dim, "vectors")
-        if ids is None:
-            ids = np.arange(len(self), len(self) + data.shape[0], dtype=np.int64)
+        if ids is None:  # chosen inside the core, under its lock
+            start = self._core.add_auto(data, check_threads(num_threads))
+            return np.arange(start, start + data.shape[0], dtype=np.int64)
         labels = as_labels(ids, data.shape[0])
         self._core.add(data, labels, check_threads(num_threads))
         return labels.astype(np.int64)

@@ -48,6 +48,14 @@ public:
     // changes: std::invalid_argument naming a repeated or existing label). An
     // untrained index trains on this batch first.
     void add(const float* data, std::size_t n, const label_t* labels, std::size_t num_threads);
+    // The same under ids next_id(), next_id() + 1, ... (chosen under the lock, so
+    // concurrent adds never collide); returns the first.
+    label_t add_auto(const float* data, std::size_t n, std::size_t num_threads);
+    // One past the largest id ever added (saved with the index).
+    label_t next_id() const {
+        std::shared_lock<std::shared_mutex> lock(mutex_);
+        return next_label_;
+    }
 
     // k nearest of each query among the lists of its nprobe nearest centroids;
     // rows padded with kNoLabel / +inf when fewer than k are found. With an
@@ -97,6 +105,8 @@ public:
 
 private:
     void train_locked(const float* data, std::size_t n, std::size_t num_threads);
+    void add_locked(const float* data, std::size_t n, const label_t* labels,
+                    std::size_t num_threads);
     // The centroids' norms and padded rows, from centroids_ (training, loading).
     void index_centroids();
     // Files rows [first, first + n) (vectors_ already holding them) into their
@@ -148,6 +158,7 @@ private:
     std::vector<label_t> labels_;  // by row, deleted rows included
     std::vector<std::uint8_t> live_;  // by row: 1 live, 0 deleted
     std::size_t deleted_ = 0;
+    label_t next_label_ = 0;
     std::unordered_map<label_t, std::uint32_t> rows_of_;  // live ids only
     std::atomic<std::size_t> nprobe_{32}, reorder_{100};
     mutable std::shared_mutex mutex_;  // adds exclusive, searches shared
