@@ -275,14 +275,20 @@ def test_resealed_payloads_are_checked() -> None:
     _corrupt(_patched(image, at["lists"] + 4, struct.pack("<I", index.nlist)))
     _corrupt(_patched(image, at["lists"], struct.pack("<I", 2**32 - 1)))
     _corrupt(_patched(image, at["vectors"], f32(3.0)))  # not unit length in cosine
+    l2 = built("ip")
+    l2_image, l2_at = l2.to_bytes(), sections(l2)
+    huge = np.array([3e38, -3e38] * 12, np.float32).tobytes()  # add() refuses it
+    _corrupt(_patched(l2_image, l2_at["vectors"], huge))
+    _corrupt(_patched(l2_image, l2_at["centroids"], huge))
+    _corrupt(_patched(l2_image, l2_at["pq"], f32(3e38)))
     # Valid but unusual payloads load and answer with finite distances: any codes
-    # (estimates only pick the re-rank list), a zero vector, huge centroids.
+    # (estimates only pick the re-rank list), a zero vector, far centroids.
     codes = bytes(np.random.default_rng(1).integers(0, 256, at["vectors"] - at["codes"], np.uint8))
     _use(evidex.IVFIndex.from_bytes(_patched(image, at["codes"], codes)))
     _use(evidex.IVFIndex.from_bytes(_patched(image, at["vectors"], b"\0" * 4 * 24)))
-    huge = struct.pack("<f", 3e38) * 24
-    _use(evidex.IVFIndex.from_bytes(_patched(image, at["centroids"], huge)))
-    _use(evidex.IVFIndex.from_bytes(_patched(image, at["pq"], huge)))
+    large = struct.pack("<f", 1e3) * 24  # far from every vector, but a usable centroid
+    _use(evidex.IVFIndex.from_bytes(_patched(image, at["centroids"], large)))
+    _use(evidex.IVFIndex.from_bytes(_patched(image, at["pq"], large)))
 
 
 def test_random_resealed_mutations_never_crash() -> None:

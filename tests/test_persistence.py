@@ -164,3 +164,32 @@ except OSError as e:
     with pytest.raises(OSError):
         index.save(tmp_path)  # a directory: the rename fails, nothing is left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.evx"]
+
+
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+def test_resealed_vectors_add_would_refuse_are_refused(space: str, tmp_path) -> None:
+    """A file whose checksums an attacker recomputed must not bring in a vector that
+    add() refuses (too large for float32 distances) or, in cosine space, one of other
+    than unit length: either would give inf or NaN distances without a word."""
+    from fuzz_index_files import reseal
+
+    data = clustered(200, 8, seed=3)
+    index = evidex.HNSWIndex(8, space)
+    index.add(data)
+    image = index.to_bytes()
+    stored = index.get_vectors([7])[0].astype(np.float32).tobytes()
+    at = image.find(stored)
+    assert at > 0
+    hostile = [np.array([3e38, -3e38] * 4, np.float32), np.full(8, 4e18, np.float32)]
+    if space == "cosine":
+        hostile.append(np.full(8, 0.5, np.float32))  # length sqrt(2)
+    for v in hostile:
+        patched = bytearray(image)
+        patched[at : at + 32] = v.tobytes()
+        with pytest.raises(evidex.CorruptIndexError, match="too large|unit length"):
+            evidex.HNSWIndex.from_bytes(reseal(patched))
+        path = tmp_path / "hostile.evdx"
+        path.write_bytes(reseal(patched))
+        for mmap in (False, True):
+            with pytest.raises(evidex.CorruptIndexError):
+                evidex.HNSWIndex.load(path, mmap=mmap)

@@ -35,10 +35,6 @@ namespace {
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using LabelArray = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
 
-// Squared norms above this could overflow float32 distances: |a - b|^2 <=
-// 2|a|^2 + 2|b|^2 and |<a, b>| <= |a||b| stay finite below FLT_MAX / 4.
-constexpr float kMaxSquaredNorm = 8.5e37f;
-
 // Checks that `n` rows of `dim` floats are usable by an index of `space`: finite,
 // and (l2, ip) of a norm whose distances fit in float32. Cosine rows are
 // normalised (in double) before use, so any finite row will do.

@@ -1,5 +1,7 @@
 #include "evidex/distance.h"
 
+#include <cmath>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -620,6 +622,19 @@ std::atomic<const DistanceKernels*>& active_slot() {
 SimdLevel cpu_simd_level() {
     static const SimdLevel best = detect();
     return best;
+}
+
+const char* stored_vector_problem(const float* v, std::size_t dim, bool unit) {
+    double sq = 0.0;
+    for (std::size_t d = 0; d < dim; ++d) {
+        if (!std::isfinite(v[d])) return "a stored vector holds NaN or infinity";
+        sq += static_cast<double>(v[d]) * v[d];
+    }
+    if (sq > static_cast<double>(kMaxSquaredNorm))
+        return "a stored vector is too large for float32 distances";
+    if (unit && sq != 0.0 && std::fabs(sq - 1.0) > 1e-3)
+        return "a stored cosine vector is not of unit length";
+    return nullptr;
 }
 
 const DistanceKernels& kernels_for(SimdLevel level) {

@@ -270,10 +270,12 @@ public:
                 if (load_as<std::uint32_t>(p + 4 * j) >= L_.n) fail("a link points outside the graph");
             if (flags & ~1u) fail("unknown node flags");
             deleted_ += flags & 1u;
-            const char* v = p + L_.vec_offset;
-            for (std::size_t d = 0; d < L_.dim; ++d)
-                if (!std::isfinite(load_as<float>(v + 4 * d)))
-                    fail("a stored vector holds NaN or infinity");
+            // (A copy: the node's vector need not be aligned in a mapped file.)
+            vector_.resize(L_.dim);
+            std::memcpy(vector_.data(), p + L_.vec_offset, L_.dim * sizeof(float));
+            if (const char* problem = stored_vector_problem(
+                    vector_.data(), L_.dim, h_.space == static_cast<std::uint64_t>(Space::Cosine)))
+                fail(problem);
             const label_t label = load_as<label_t>(p + L_.label_offset);
             if (label >= kLabelLimit) fail("a stored id is 2**63 or more");
             labels_.push_back(label);
@@ -372,6 +374,7 @@ private:
     std::string error_;
     std::size_t seen_ = 0, deleted_ = 0;
     std::vector<label_t> labels_;
+    std::vector<float> vector_;  // the node being checked
 };
 
 // Where an image is read from: memory (bytes, a mapping) or a file descriptor.
@@ -1308,12 +1311,6 @@ void verify_ivf_image(const Source& src, std::uint64_t size) {
     if (c.digest() != h.payload_checksum) corrupt("payload checksum mismatch");
 }
 
-bool all_finite(const float* v, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i)
-        if (!std::isfinite(v[i])) return false;
-    return true;
-}
-
 }  // namespace
 
 std::string IVFFastScan::serialize() const {
@@ -1392,9 +1389,16 @@ std::unique_ptr<IVFFastScan> IVFFastScan::deserialize(const char* data, std::siz
     const std::size_t n = h.count, dim = h.dim, nlist = h.nlist;
     x.centroids_.resize(nlist * dim);
     std::memcpy(x.centroids_.data(), data + L.centroids, x.centroids_.size() * sizeof(float));
-    if (!all_finite(x.centroids_.data(), x.centroids_.size())) corrupt("a centroid is not finite");
+    // Means of such vectors: bounded as they are.
+    for (std::size_t j = 0; j < nlist; ++j)
+        if (stored_vector_problem(x.centroids_.data() + j * dim, dim, false))
+            corrupt("a centroid is not finite or too large");
     std::vector<float> pq(L.pq_floats);
     std::memcpy(pq.data(), data + L.pq, pq.size() * sizeof(float));
+    // Centroids of residuals x - c, each component at most |x| + |c|.
+    const float residual_bound = 2.f * std::sqrt(kMaxSquaredNorm);
+    for (float v : pq)
+        if (!(std::fabs(v) <= residual_bound)) corrupt("the quantiser's centroids are too large");
     try {
         x.pq_.set_centroids(std::move(pq));
     } catch (const std::invalid_argument& e) {
@@ -1423,18 +1427,12 @@ std::unique_ptr<IVFFastScan> IVFFastScan::deserialize(const char* data, std::siz
         if (j >= nlist) corrupt("a row's list is out of range");
     x.vectors_.resize(n * dim);
     std::memcpy(x.vectors_.data(), data + L.vectors, n * dim * sizeof(float));
-    const DistanceKernels& k = active_kernels();
-    for (std::size_t i = 0; i < n; ++i) {
-        const float* v = x.vectors_.data() + i * dim;
-        if (!all_finite(v, dim)) corrupt("a vector is not finite");
-        // Stored unit length (or zero) in cosine space: anything else would give
-        // distances outside [0, 2] without a word.
-        if (x.space_ == Space::Cosine) {
-            const float norm2 = k.dot(v, v, dim);
-            if (norm2 != 0.f && std::fabs(norm2 - 1.f) > 1e-3f)
-                corrupt("a cosine vector is not of unit length");
-        }
-    }
+    // As add() takes them (unit length, or zero, in cosine space): anything else
+    // would give distances outside float32 or [0, 2] without a word.
+    for (std::size_t i = 0; i < n; ++i)
+        if (const char* problem = stored_vector_problem(x.vectors_.data() + i * dim, dim,
+                                                        x.space_ == Space::Cosine))
+            corrupt(problem);
     // Any 4-bit code is a valid one: filed as add() files them.
     x.append_rows(0, n, lists.data(), reinterpret_cast<const std::uint8_t*>(data + L.codes));
     return index;

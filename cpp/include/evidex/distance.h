@@ -57,6 +57,16 @@ using Int8PanelKernel = void (*)(const std::int8_t* q, std::size_t stride, std::
 using FastScanKernel = void (*)(const std::uint8_t* block, const std::uint8_t* lut,
                                 std::size_t nsub, std::uint16_t* out);
 
+// Squared norms above this could overflow float32 distances: |a - b|^2 <=
+// 2|a|^2 + 2|b|^2 and |<a, b>| <= |a||b| stay finite below FLT_MAX / 4. Vectors
+// past it are refused where they enter (add, and the loaders of saved files).
+constexpr float kMaxSquaredNorm = 8.5e37f;
+
+// What is wrong with a vector read from a file, or nullptr: not finite, a
+// squared norm past kMaxSquaredNorm, or (unit: cosine indexes store them so) a
+// nonzero length other than 1.
+const char* stored_vector_problem(const float* v, std::size_t dim, bool unit);
+
 struct DistanceKernels {
     DistanceKernel l2sq;
     DistanceKernel dot;
