@@ -1,8 +1,7 @@
 #include "evidex/distance.h"
 
-#include <cmath>
-
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>

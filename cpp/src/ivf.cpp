@@ -12,6 +12,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 
 #include "evidex/beam.h"
 #include "evidex/distance.h"
@@ -67,8 +68,7 @@ namespace {
 // for the threshold exceeds 1.
 float ivf_eta(std::size_t dim, Space space, double threshold) {
     // (in float32 too: the weight is computed in float)
-    if (!(threshold >= 0.0 && threshold < 1.0 && static_cast<float>(threshold) < 1.f))
-    {
+    if (!(threshold >= 0.0 && threshold < 1.0 && static_cast<float>(threshold) < 1.f)) {
         char shown[32];
         std::snprintf(shown, sizeof(shown), "%.17g", threshold);
         throw std::invalid_argument(
@@ -132,12 +132,12 @@ std::size_t IVFFastScan::deleted_count() const {
 
 void IVFFastScan::remove(const label_t* labels, std::size_t n) {
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    std::unordered_map<label_t, std::size_t> seen;
+    std::unordered_set<label_t> seen;
     seen.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
         if (!rows_of_.count(labels[i]))
             throw LabelNotFound("id " + std::to_string(labels[i]) + " is not in the index");
-        if (!seen.emplace(labels[i], i).second)
+        if (!seen.insert(labels[i]).second)
             throw std::invalid_argument("id " + std::to_string(labels[i]) +
                                         " is listed twice; nothing was deleted");
     }
