@@ -125,3 +125,23 @@ def test_exact_scan_bench_compares_both_passes_with_the_same_answers(tmp_path) -
     assert all(r["float32_us"] > 0 and r["int8_us"] > 0 for r in out["rows"])
     assert all(r["ids_differing"] == 0 for r in out["rows"])
     assert (tmp_path / "r.json").exists()
+
+
+def test_sketch_bound_bench_counts_reads_under_a_true_lower_bound(tmp_path) -> None:
+    """bench.sketch_bound checks its bound never exceeds a distance, and more
+    sketch dimensions never make a scan read more (all of them: only the k)."""
+    from bench.sketch_bound import main
+
+    rng = np.random.default_rng(0)
+    low_rank = rng.standard_normal((2000, 4)) @ rng.standard_normal((4, 24))
+    base = (low_rank + 0.05 * rng.standard_normal((2000, 24))).astype(np.float32)
+    _write_vecs(tmp_path / "b.fvecs", base)
+    _write_vecs(tmp_path / "q.fvecs", base[:30] + 0.01)
+    out = main(["--dataset", f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}",
+                "--size", "2000", "--dims", "2,8,24", "--selectivity", "0.1"])  # fmt: skip
+    assert out["variance_kept"][24] == pytest.approx(1.0)
+    assert [r["filter"] for r in out["rows"]] == ["random", "cluster", "other-clusters"]
+    for r in out["rows"]:
+        reads = [r["read"][d] for d in (2, 8, 24)]
+        assert reads[0] >= reads[1] >= reads[2] and reads[0] <= r["allowed"]
+        assert reads[2] <= 10  # the whole vector: exactly the k nearest (ties aside)

@@ -402,6 +402,34 @@ def test_filters_answer_among_the_allowed(space: str) -> None:
         assert np.isin(ids[ids >= 0], kept * 2).all()
 
 
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+def test_restrictive_filters_are_scanned_exactly_in_batches(space: str) -> None:
+    """The exact path (the allowed vectors packed and scored against a batch of
+    queries, exact_scan.h): one query or many, k past the allowed count, one
+    thread or two; ids and distances those of an exact scan."""
+    dim = 40
+    data = clustered(3_000, dim, seed=21)
+    index = evidex.IVFIndex(dim, space, seed=3)
+    index.add(data)
+    rng = np.random.default_rng(4)
+    rows = np.sort(rng.choice(3_000, 24, replace=False))
+    for nq, k, threads in ((1, 5, 1), (3, 10, 1), (17, 10, 2), (40, 30, 2)):
+        queries = clustered(nq, dim, seed=nq)
+        kk = min(k, len(rows))
+        want_ids, want = evidex.exact_knn(data[rows], queries, kk, space)
+        ids, dist = index.search(queries, k, filter=rows, num_threads=threads)
+        assert (ids[:, kk:] == -1).all() and np.isinf(dist[:, kk:]).all()
+        ids, dist = ids[:, :kk], dist[:, :kk]
+        found = want_ids >= 0
+        np.testing.assert_array_equal(ids >= 0, found)
+        np.testing.assert_allclose(dist[found], want[found], rtol=1e-5, atol=1e-5)
+        assert np.isin(ids[found], rows).all()
+        # The same set (ties may order differently) wherever distances differ.
+        for i in range(nq):
+            if len(np.unique(want[i][found[i]])) == found[i].sum():
+                np.testing.assert_array_equal(ids[i][found[i]], rows[want_ids[i][found[i]]])
+
+
 def test_filter_arguments_are_checked() -> None:
     index = evidex.IVFIndex(4, "l2", nlist=2)
     index.add(np.eye(4, dtype=np.float32))

@@ -20,6 +20,7 @@
 
 #include "evidex/beam.h"
 #include "evidex/errors.h"
+#include "evidex/exact_scan.h"
 #include "evidex/quantized_scan.h"
 
 namespace evidex {
@@ -37,20 +38,6 @@ std::string space_name(Space space) {
         case Space::IP: return "ip";
         default: return "cosine";
     }
-}
-
-void normalize_into(const float* v, std::size_t dim, float* out) {
-    // Four partial sums: one chain of dependent double additions cost 4 cycles a
-    // dimension (0.5 us for a 384-d query); rounding stays far below float's.
-    double part[4] = {0.0, 0.0, 0.0, 0.0};
-    std::size_t i = 0;
-    for (; i + 4 <= dim; i += 4)
-        for (std::size_t j = 0; j < 4; ++j) part[j] += static_cast<double>(v[i + j]) * v[i + j];
-    for (; i < dim; ++i) part[0] += static_cast<double>(v[i]) * v[i];
-    const double norm = (part[0] + part[1]) + (part[2] + part[3]);
-    // Zero vectors stay zero (distance 1 to everything), as in hnswlib.
-    const float inv = static_cast<float>(1.0 / (std::sqrt(norm) + 1e-30));
-    for (i = 0; i < dim; ++i) out[i] = v[i] * inv;
 }
 
 namespace {
@@ -1566,96 +1553,23 @@ PlanInfo HNSW::last_plan() const {
 
 // Scores every member against each of nq queries (raw, normalised here for
 // cosine), sixteen members at a time: visit(query, distances, members, m) takes
-// the distances of query `query` to members[0..m). With four queries or more the
-// members' vectors are packed dimension-major into a panel (a matrix product's
-// packed operand), read once per chunk of queries and scored with broadcasts and
-// no horizontal sums; with fewer, packing would cost more than it saves and each
-// vector is scored against the (padded) queries four at a time.
+// the distances of query `query` to members[0..m) (exact_scan.h).
 template <class Visit>
 void HNSW::scan_rows(const DistanceKernels& k, const float* queries, std::size_t nq,
                      const std::vector<node_id>& members, Visit&& visit) const {
-    constexpr std::size_t W = kPanelWidth;
-    constexpr std::size_t kPanelMin = 4;
-    const std::size_t bytes = dim_ * sizeof(float);
-    // Queries four by four, zero-padded to a multiple of 16 floats (and of 4
-    // queries), as the four-query kernels read them; the panel kernels read the
-    // same rows up to dim.
-    const std::size_t stride = (dim_ + 15) / 16 * 16;
-    const std::size_t groups = (nq + 3) / 4;
-    thread_local std::vector<float> padded, panel, out;
-    padded.assign(groups * 4 * stride, 0.f);
-    for (std::size_t i = 0; i < nq; ++i) {
-        float* row = padded.data() + i * stride;
-        if (space_ == Space::Cosine)
-            normalize_into(queries + i * dim_, dim_, row);
-        else
-            std::memcpy(row, queries + i * dim_, bytes);
-    }
-    const bool l2 = space_ == Space::L2;
-    const bool packed = nq >= kPanelMin;
-    const Distance4Kernel four = l2 ? k.l2sq4 : k.dot4;
-    const PanelKernel panel_kernel = l2 ? k.l2sq_panel : k.dot_panel;
-    if (packed) panel.assign(dim_ * W, 0.f);
-    out.resize(std::max<std::size_t>(groups * 4, 1) * W);
-    float* const pan = panel.data();
-    float* const dist = out.data();
-    const float* const qs = padded.data();
-    const std::size_t n = members.size();
-    for (std::size_t j = 0; j < std::min(n, W); ++j)
-        prefetch_vector(node(members[j]) + vec_offset_, bytes);
-    float d[4];
-    for (std::size_t b = 0; b < n; b += W) {
-        const std::size_t m = std::min(W, n - b);
-        for (std::size_t l = 0; l < m; ++l) {
-            if (b + W + l < n) prefetch_vector(node(members[b + W + l]) + vec_offset_, bytes);
-            const float* v = vec(members[b + l]);
-            if (packed) {
-                for (std::size_t t = 0; t < dim_; ++t) pan[t * W + l] = v[t];
-                continue;
-            }
-            for (std::size_t g = 0; g < groups; ++g) {
-                four(qs + g * 4 * stride, stride, v, dim_, d);
-                for (std::size_t t = 0; t < 4; ++t) dist[(g * 4 + t) * W + l] = d[t];
-            }
-        }
-        // Lanes past m keep the previous block's values: finite, and never visited.
-        if (packed) panel_kernel(qs, stride, nq, pan, dim_, dist);
-        for (std::size_t i = 0; i < nq; ++i) {
-            float* row = dist + i * W;
-            if (!l2)
-                for (std::size_t l = 0; l < m; ++l) row[l] = 1.0f - row[l];
-            visit(i, static_cast<const float*>(row), members.data() + b, m);
-        }
-    }
+    scan_panels(k, space_ == Space::L2, space_ == Space::Cosine, dim_, queries, nq,
+                members.size(), [&](std::size_t j) { return vec(members[j]); },
+                [&](std::size_t i, const float* dist, std::size_t first, std::size_t m) {
+                    visit(i, dist, members.data() + first, m);
+                });
 }
 
 // Queries per chunk of an exact scan: a chunk is one pass over the allowed
 // vectors (each packed once per chunk), so chunks are as large as the threads
 // allow while their queries stay in L2.
 std::size_t HNSW::scan_chunk(std::size_t nq, std::size_t num_threads) const {
-    const std::size_t threads = resolve_threads(num_threads, (nq + 31) / 32);
-    const std::size_t cap = std::max<std::size_t>(32, (std::size_t{512} << 10) / (dim_ * 4));
-    return std::max<std::size_t>(1, std::min(cap, (nq + threads - 1) / threads));
+    return scan_chunk_size(nq, dim_, resolve_threads(num_threads, (nq + 31) / 32));
 }
-
-namespace {
-
-// Bit l set where d[l] < bound, for l < m; d holds kPanelWidth readable floats.
-inline std::uint32_t lanes_below(const float* d, std::size_t m, float bound) {
-    static_assert(kPanelWidth == 16, "four SSE compares cover a panel");
-    std::uint32_t mask = 0;
-#if defined(__SSE2__)
-    const __m128 b = _mm_set1_ps(bound);
-    for (int j = 0; j < 4; ++j)
-        mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmplt_ps(_mm_loadu_ps(d + 4 * j), b)))
-                << (4 * j);
-#else
-    for (std::size_t l = 0; l < kPanelWidth; ++l) mask |= static_cast<std::uint32_t>(d[l] < bound) << l;
-#endif
-    return mask & ((1u << m) - 1u);
-}
-
-}  // namespace
 
 void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                       const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
@@ -1663,41 +1577,12 @@ void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_
     const std::size_t bits = scan_bits_.load(std::memory_order_relaxed);
     const bool eight = bits == 8 || (bits == 0 && quantized_scan_pays(nq, dim_, members.size()));
     if (eight && scan_quantized(k, queries, nq, members, kk, out_labels, out_distances)) return;
-    std::vector<MaxHeap> tops(nq);
-    // The k-th distance so far per query: most members fail this one comparison.
-    std::vector<float> worst(nq, kInf);
-    for (auto& t : tops) t.reserve(kk + 1);
-    scan_rows(k, queries, nq, members,
-              [&](std::size_t i, const float* dist, const node_id* ids, std::size_t m) {
-                  float bound = worst[i];
-                  std::uint32_t mask = lanes_below(dist, m, bound);
-                  if (mask == 0) return;
-                  MaxHeap& top = tops[i];
-                  for (; mask != 0; mask &= mask - 1) {
-                      const int l = __builtin_ctz(mask);
-                      const float d = dist[l];
-                      if (!(d < bound)) continue;  // the bound tightened meanwhile
-                      if (top.size() < kk) {
-                          top.push_back({d, ids[l]});
-                          std::push_heap(top.begin(), top.end());
-                          if (top.size() == kk) bound = top.front().dist;
-                      } else {
-                          std::pop_heap(top.begin(), top.end());
-                          top.back() = {d, ids[l]};
-                          std::push_heap(top.begin(), top.end());
-                          bound = top.front().dist;
-                      }
-                  }
-                  worst[i] = bound;
-              });
-    for (std::size_t i = 0; i < nq; ++i) {
-        label_t* labels = out_labels + i * kk;
-        float* distances = out_distances + i * kk;
-        for (std::size_t r = write_nearest(tops[i], kk, labels, distances); r < kk; ++r) {
-            labels[r] = kNoLabel;
-            distances[r] = kInf;
-        }
-    }
+    thread_local std::vector<std::uint32_t> found;
+    found.resize(nq * kk);
+    scan_knn(k, space_ == Space::L2, space_ == Space::Cosine, dim_, queries, nq, members.size(),
+             [&](std::size_t j) { return vec(members[j]); }, kk, found.data(), out_distances);
+    for (std::size_t i = 0; i < nq * kk; ++i)
+        out_labels[i] = found[i] == kNoRow ? kNoLabel : label_at(members[found[i]]);
 }
 
 // The same answers through an 8-bit first pass (quantized_scan.h); false where

@@ -17,6 +17,7 @@
 #include "evidex/beam.h"
 #include "evidex/distance.h"
 #include "evidex/errors.h"
+#include "evidex/exact_scan.h"
 #include "evidex/kmeans.h"
 #include "evidex/parallel.h"
 #include "evidex/select.h"
@@ -446,10 +447,7 @@ void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, st
         const double exact_bytes = static_cast<double>(members.size() * dim_ * sizeof(float));
         if (exact_bytes <= 2.0 * scanned * static_cast<double>(pq_.code_bytes() + 4)) {
             std::sort(members.begin(), members.end());  // memory order, ties by row
-            parallel_for(nq, query_threads(num_threads, nq), [&](std::size_t i) {
-                scan_rows(queries + i * dim_, k, members, out_labels + i * k,
-                          out_distances + i * k);
-            });
+            scan_rows(queries, nq, k, members, num_threads, out_labels, out_distances);
             return;
         }
     }
@@ -459,13 +457,21 @@ void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, st
     });
 }
 
-void IVFFastScan::scan_rows(const float* query, std::size_t kk,
-                            const std::vector<std::uint32_t>& rows, label_t* out_labels,
-                            float* out_distances) const {
-    std::vector<float> qbuf;
-    std::vector<std::pair<float, std::uint32_t>> best(rows.size());
-    for (std::size_t i = 0; i < rows.size(); ++i) best[i] = {0.f, rows[i]};
-    rerank(prepare_query(query, qbuf), best, kk, out_labels, out_distances);
+void IVFFastScan::scan_rows(const float* queries, std::size_t nq, std::size_t kk,
+                            const std::vector<std::uint32_t>& rows, std::size_t num_threads,
+                            label_t* out_labels, float* out_distances) const {
+    const std::size_t threads = query_threads(num_threads, nq);
+    const std::size_t chunk = scan_chunk_size(nq, dim_, threads);
+    std::vector<std::uint32_t> found(nq * kk);
+    parallel_for((nq + chunk - 1) / chunk, threads, [&](std::size_t c) {
+        const std::size_t i0 = c * chunk, m = std::min(chunk, nq - i0);
+        scan_knn(active_kernels(), space_ == Space::L2, space_ == Space::Cosine, dim_,
+                 queries + i0 * dim_, m, rows.size(),
+                 [&](std::size_t j) { return vectors_.data() + std::size_t{rows[j]} * dim_; }, kk,
+                 found.data() + i0 * kk, out_distances + i0 * kk);
+    });
+    for (std::size_t i = 0; i < nq * kk; ++i)
+        out_labels[i] = found[i] == kNoRow ? kNoLabel : labels_[rows[found[i]]];
 }
 
 const float* IVFFastScan::prepare_query(const float* query, std::vector<float>& buffer) const {

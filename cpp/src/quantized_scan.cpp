@@ -221,38 +221,6 @@ __attribute__((target("avx2,fma"))) std::uint32_t lanes_below_avx2(const QueryTe
 }
 #endif
 
-// The kk nearest scored so far (a max-heap on distance, then row: ties keep the
-// earlier row, as the float32 scan does); the k-th distance bounds the rest.
-class Nearest {
-public:
-    explicit Nearest(std::size_t kk) : kk_(kk) { heap_.reserve(kk + 1); }
-    float threshold() const { return heap_.size() < kk_ ? kInf : heap_.front().first; }
-    // Only below the threshold (infinity while not full), as the float32 scan
-    // admits: an infinite distance (overflow) is never an answer.
-    void offer(float d, std::uint32_t row) {
-        if (!(d < threshold())) return;
-        if (heap_.size() < kk_) {
-            heap_.emplace_back(d, row);
-            std::push_heap(heap_.begin(), heap_.end());
-        } else {
-            std::pop_heap(heap_.begin(), heap_.end());
-            heap_.back() = {d, row};
-            std::push_heap(heap_.begin(), heap_.end());
-        }
-    }
-    void write(std::uint32_t* rows, float* dist) {
-        std::sort(heap_.begin(), heap_.end());
-        for (std::size_t r = 0; r < kk_; ++r) {
-            rows[r] = r < heap_.size() ? heap_[r].second : kNoRow;
-            dist[r] = r < heap_.size() ? heap_[r].first : kInf;
-        }
-    }
-
-private:
-    std::size_t kk_;
-    std::vector<std::pair<float, std::uint32_t>> heap_;
-};
-
 }  // namespace
 
 bool quantized_scan_pays(std::size_t nq, std::size_t dim, std::size_t n) {

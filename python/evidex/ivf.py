@@ -213,7 +213,8 @@ class IVFIndex:
                 held. When the allowed vectors are few next to what ``nprobe``
                 lists hold (their vectors no more than about twice the bytes of
                 those lists' codes), they are scored exactly instead of scanning
-                lists, so a restrictive filter gets its exact answer.
+                lists (packed and scored against the batch of queries as a matrix
+                product), so a restrictive filter gets its exact answer.
 
         Returns:
             ``(ids, distances)``: int64 and float32 ``[nq, k]`` (``[k]`` for a 1-D

@@ -98,4 +98,7 @@ void set_simd_level(SimdLevel level);
 std::string simd_level_name(SimdLevel level);
 SimdLevel parse_simd_level(const std::string& name);  // throws std::invalid_argument
 
+// out = v / |v| (a zero vector stays zero): how cosine spaces store vectors.
+void normalize_into(const float* v, std::size_t dim, float* out);
+
 }  // namespace evidex

@@ -38,8 +38,6 @@ enum class Space : std::uint32_t { L2 = 0, IP = 1, Cosine = 2 };
 // Returned distances are always exact.
 enum class Quantization : std::uint32_t { None = 0, SQ8 = 1, PQ4 = 2 };
 Space parse_space(const std::string& name);  // throws std::invalid_argument
-// out = v / |v| (a zero vector stays zero): how cosine spaces store vectors.
-void normalize_into(const float* v, std::size_t dim, float* out);
 std::string space_name(Space space);
 
 using label_t = std::uint64_t;

@@ -127,8 +127,10 @@ private:
     // are overwritten) into out, padded.
     void rerank(const float* q, std::vector<std::pair<float, std::uint32_t>>& best,
                 std::size_t k, label_t* out_labels, float* out_distances) const;
-    // The exact k nearest among `rows`.
-    void scan_rows(const float* q, std::size_t k, const std::vector<std::uint32_t>& rows,
+    // The exact k nearest among `rows` for each of nq queries (raw), into
+    // out[nq, k], padded; batches share each pass over the rows (exact_scan.h).
+    void scan_rows(const float* queries, std::size_t nq, std::size_t k,
+                   const std::vector<std::uint32_t>& rows, std::size_t num_threads,
                    label_t* out_labels, float* out_distances) const;
 
     std::size_t dim_;

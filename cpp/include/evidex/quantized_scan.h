@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "evidex/distance.h"
+#include "evidex/exact_scan.h"  // kNoRow
 
 namespace evidex {
 
@@ -19,8 +20,6 @@ namespace evidex {
 // and enough of them for the bound to settle (measured: bench/RESULTS.md,
 // "Exact scan with an 8-bit first pass").
 bool quantized_scan_pays(std::size_t nq, std::size_t dim, std::size_t n);
-
-constexpr std::uint32_t kNoRow = 0xffffffffu;
 
 // For each of nq queries (`stride` floats apart; cosine queries already
 // normalised), the kk nearest of rows[0..n): out_rows[i * kk + r] indexes rows

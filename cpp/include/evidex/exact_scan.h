@@ -1,0 +1,170 @@
+// Exact scans of a batch of queries over a list of rows (HNSWIndex's filtered
+// scans, IVFIndex's scans of small allowed sets): with four queries or more the
+// rows' vectors are packed sixteen at a time dimension-major into a panel (a
+// matrix product's packed operand), read once per batch and scored against every
+// query with broadcasts and no horizontal sums; with fewer, packing would cost
+// more than it saves and each vector is scored against the (padded) queries four
+// at a time.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#include "evidex/beam.h"  // prefetch_vector
+#include "evidex/distance.h"
+
+namespace evidex {
+
+constexpr std::uint32_t kNoRow = 0xffffffffu;
+
+// Bit l set where d[l] < bound, for l < m; d holds kPanelWidth readable floats.
+inline std::uint32_t lanes_below(const float* d, std::size_t m, float bound) {
+    static_assert(kPanelWidth == 16, "four SSE compares cover a panel");
+    std::uint32_t mask = 0;
+#if defined(__SSE2__)
+    const __m128 b = _mm_set1_ps(bound);
+    for (int j = 0; j < 4; ++j)
+        mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmplt_ps(_mm_loadu_ps(d + 4 * j), b)))
+                << (4 * j);
+#else
+    for (std::size_t l = 0; l < kPanelWidth; ++l) mask |= static_cast<std::uint32_t>(d[l] < bound) << l;
+#endif
+    return mask & ((1u << m) - 1u);
+}
+
+// The kk nearest scored so far (a max-heap on distance, then row: ties keep the
+// earlier row, as a scan in row order does); the k-th distance bounds the rest.
+class Nearest {
+public:
+    explicit Nearest(std::size_t kk) : kk_(kk) { heap_.reserve(kk + 1); }
+    float threshold() const {
+        return heap_.size() < kk_ ? std::numeric_limits<float>::infinity() : heap_.front().first;
+    }
+    // Only below the threshold (infinity while not full): an infinite distance
+    // (overflow) is never an answer.
+    void offer(float d, std::uint32_t row) {
+        if (!(d < threshold())) return;
+        if (heap_.size() < kk_) {
+            heap_.emplace_back(d, row);
+            std::push_heap(heap_.begin(), heap_.end());
+        } else {
+            std::pop_heap(heap_.begin(), heap_.end());
+            heap_.back() = {d, row};
+            std::push_heap(heap_.begin(), heap_.end());
+        }
+    }
+    // The kk nearest, ascending, padded with kNoRow at infinity.
+    void write(std::uint32_t* rows, float* dist) {
+        std::sort(heap_.begin(), heap_.end());
+        for (std::size_t r = 0; r < kk_; ++r) {
+            rows[r] = r < heap_.size() ? heap_[r].second : kNoRow;
+            dist[r] = r < heap_.size() ? heap_[r].first : std::numeric_limits<float>::infinity();
+        }
+    }
+
+private:
+    std::size_t kk_;
+    std::vector<std::pair<float, std::uint32_t>> heap_;
+};
+
+// Queries per pass of a scan: one pass reads every row once (packing each), so
+// passes are as large as the threads allow while their queries stay in L2.
+inline std::size_t scan_chunk_size(std::size_t nq, std::size_t dim, std::size_t threads) {
+    const std::size_t cap = std::max<std::size_t>(32, (std::size_t{512} << 10) / (dim * 4));
+    threads = std::max<std::size_t>(1, threads);
+    return std::max<std::size_t>(1, std::min(cap, (nq + threads - 1) / threads));
+}
+
+// Distances (squared L2 when l2, else 1 - dot) of nq queries (dim floats each;
+// cosine queries, `normalize`, are normalised here) to the n vectors row(0..n),
+// handed to visit(query, distances, first, m): those of query `query` to rows
+// first..first+m, sixteen at a time.
+template <class Row, class Visit>
+void scan_panels(const DistanceKernels& k, bool l2, bool normalize, std::size_t dim,
+                 const float* queries, std::size_t nq, std::size_t n, Row&& row, Visit&& visit) {
+    constexpr std::size_t W = kPanelWidth;
+    constexpr std::size_t kPanelMin = 4;
+    const std::size_t bytes = dim * sizeof(float);
+    // Queries four by four, zero-padded to a multiple of 16 floats (and of 4
+    // queries), as the four-query kernels read them; the panel kernels read the
+    // same rows up to dim.
+    const std::size_t stride = (dim + 15) / 16 * 16;
+    const std::size_t groups = (nq + 3) / 4;
+    thread_local std::vector<float> padded, panel, out;
+    padded.assign(groups * 4 * stride, 0.f);
+    for (std::size_t i = 0; i < nq; ++i) {
+        float* q = padded.data() + i * stride;
+        if (normalize)
+            normalize_into(queries + i * dim, dim, q);
+        else
+            std::memcpy(q, queries + i * dim, bytes);
+    }
+    const bool packed = nq >= kPanelMin;
+    const Distance4Kernel four = l2 ? k.l2sq4 : k.dot4;
+    const PanelKernel panel_kernel = l2 ? k.l2sq_panel : k.dot_panel;
+    if (packed) panel.assign(dim * W, 0.f);
+    out.resize(std::max<std::size_t>(groups * 4, 1) * W);
+    float* const pan = panel.data();
+    float* const dist = out.data();
+    const float* const qs = padded.data();
+    for (std::size_t j = 0; j < std::min(n, W); ++j)
+        prefetch_vector(reinterpret_cast<const char*>(row(j)), bytes);
+    float d[4];
+    for (std::size_t b = 0; b < n; b += W) {
+        const std::size_t m = std::min(W, n - b);
+        for (std::size_t l = 0; l < m; ++l) {
+            if (b + W + l < n) prefetch_vector(reinterpret_cast<const char*>(row(b + W + l)), bytes);
+            const float* v = row(b + l);
+            if (packed) {
+                for (std::size_t t = 0; t < dim; ++t) pan[t * W + l] = v[t];
+                continue;
+            }
+            for (std::size_t g = 0; g < groups; ++g) {
+                four(qs + g * 4 * stride, stride, v, dim, d);
+                for (std::size_t t = 0; t < 4; ++t) dist[(g * 4 + t) * W + l] = d[t];
+            }
+        }
+        // Lanes past m keep the previous block's values: finite, and never visited.
+        if (packed) panel_kernel(qs, stride, nq, pan, dim, dist);
+        for (std::size_t i = 0; i < nq; ++i) {
+            float* r = dist + i * W;
+            if (!l2)
+                for (std::size_t l = 0; l < m; ++l) r[l] = 1.0f - r[l];
+            visit(i, static_cast<const float*>(r), b, m);
+        }
+    }
+}
+
+// The kk nearest of the n rows for each query: out_rows[i * kk + r] indexes the
+// rows (kNoRow where fewer than kk exist), out_dist ascending, ties in row order.
+template <class Row>
+void scan_knn(const DistanceKernels& k, bool l2, bool normalize, std::size_t dim,
+              const float* queries, std::size_t nq, std::size_t n, Row&& row, std::size_t kk,
+              std::uint32_t* out_rows, float* out_dist) {
+    std::vector<Nearest> nearest(nq, Nearest(kk));
+    // The k-th distance so far per query: most rows fail this one comparison.
+    std::vector<float> worst(nq, std::numeric_limits<float>::infinity());
+    scan_panels(k, l2, normalize, dim, queries, nq, n, row,
+                [&](std::size_t i, const float* dist, std::size_t first, std::size_t m) {
+                    std::uint32_t mask = lanes_below(dist, m, worst[i]);
+                    if (mask == 0) return;
+                    Nearest& best = nearest[i];
+                    for (; mask != 0; mask &= mask - 1) {
+                        const int l = __builtin_ctz(mask);
+                        best.offer(dist[l], static_cast<std::uint32_t>(first + l));
+                    }
+                    worst[i] = best.threshold();
+                });
+    for (std::size_t i = 0; i < nq; ++i) nearest[i].write(out_rows + i * kk, out_dist + i * kk);
+}
+
+}  // namespace evidex
