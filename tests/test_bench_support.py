@@ -127,21 +127,26 @@ def test_exact_scan_bench_compares_both_passes_with_the_same_answers(tmp_path) -
     assert (tmp_path / "r.json").exists()
 
 
-def test_sketch_bound_bench_counts_reads_under_a_true_lower_bound(tmp_path) -> None:
-    """bench.sketch_bound checks its bound never exceeds a distance, and more
-    sketch dimensions never make a scan read more (all of them: only the k)."""
-    from bench.sketch_bound import main
+def test_first_pass_bench_counts_reads_under_a_true_lower_bound(tmp_path) -> None:
+    """bench.first_pass (sketch) checks its bound never exceeds a distance, and
+    more sketch dimensions never make a scan read more (all of them: only the k);
+    (pq4) re-ranking every allowed vector finds every true neighbour."""
+    from bench.first_pass import main
 
     rng = np.random.default_rng(0)
     low_rank = rng.standard_normal((2000, 4)) @ rng.standard_normal((4, 24))
     base = (low_rank + 0.05 * rng.standard_normal((2000, 24))).astype(np.float32)
     _write_vecs(tmp_path / "b.fvecs", base)
     _write_vecs(tmp_path / "q.fvecs", base[:30] + 0.01)
-    out = main(["--dataset", f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}",
-                "--size", "2000", "--dims", "2,8,24", "--selectivity", "0.1"])  # fmt: skip
+    data = ["--dataset", f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}", "--size", "2000"]
+    out = main([*data, "--dims", "2,8,24", "--selectivity", "0.1"])
     assert out["variance_kept"][24] == pytest.approx(1.0)
     assert [r["filter"] for r in out["rows"]] == ["random", "cluster", "other-clusters"]
     for r in out["rows"]:
         reads = [r["read"][d] for d in (2, 8, 24)]
         assert reads[0] >= reads[1] >= reads[2] and reads[0] <= r["allowed"]
         assert reads[2] <= 10  # the whole vector: exactly the k nearest (ties aside)
+    pq = main([*data, "--method", "pq4", "--sub-dim", "6", "--depths", "10,2000",
+               "--selectivity", "0.1"])  # fmt: skip
+    for r in pq["rows"]:
+        assert 0 < r["recall"][10] <= r["recall"][2000] == 1.0
