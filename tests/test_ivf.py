@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import evidex
-from conftest import clustered, exact_distances, recall_at_k
+from conftest import clustered, exact_distances, recall_at_k, run_on_threads
 
 
 @pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
@@ -451,29 +451,24 @@ def test_deletes_during_searches() -> None:
     index = evidex.IVFIndex(16, "cosine", nprobe=8)
     index.add(data)
     stop = threading.Event()
-    errors: list[BaseException] = []
     gone: set[int] = set()
 
     def searcher() -> None:
-        try:
-            while not stop.is_set():
-                before = set(gone)  # deleted before this search began
-                ids, dist = index.search(data[:20], 5, filter=np.arange(0, 3_000, 3))
-                assert not (set(ids[ids >= 0].tolist()) & before)
-                assert np.isfinite(dist[ids >= 0]).all()
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        while not stop.is_set():
+            before = set(gone)  # deleted before this search began
+            ids, dist = index.search(data[:20], 5, filter=np.arange(0, 3_000, 3))
+            assert not (set(ids[ids >= 0].tolist()) & before)
+            assert np.isfinite(dist[ids >= 0]).all()
 
-    threads = [threading.Thread(target=searcher) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for i in range(0, 600, 20):
-        batch = list(range(i, i + 20))
-        index.delete(batch)
-        gone.update(batch[5:])  # for good; the first five come back (updates)
-        index.add(data[i : i + 5], ids=batch[:5])
-    stop.set()
-    for t in threads:
-        t.join()
-    assert not errors
+    def writer() -> None:
+        try:
+            for i in range(0, 600, 20):
+                batch = list(range(i, i + 20))
+                index.delete(batch)
+                gone.update(batch[5:])  # for good; the first five come back (updates)
+                index.add(data[i : i + 5], ids=batch[:5])
+        finally:
+            stop.set()
+
+    run_on_threads(lambda i: writer() if i == 0 else searcher(), 3)
     assert len(index) == 3_000 - 30 * 15
