@@ -101,28 +101,21 @@ def test_searches_during_appends() -> None:
     data = clustered(4_000, 12, seed=5)
     index = evidex.IVFIndex(12, "l2", nlist=16)
     index.add(data[:500])
-    errors: list[BaseException] = []
     stop = threading.Event()
 
     def reader() -> None:
-        try:
-            while not stop.is_set():
-                ids, dist = index.search(data[:8], k=5, nprobe=16, reorder=500)
-                assert (ids[:, 0] == np.arange(8)).all() and np.allclose(dist[:, 0], 0, atol=1e-4)
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        while not stop.is_set():
+            ids, dist = index.search(data[:8], k=5, nprobe=16, reorder=500)
+            assert (ids[:, 0] == np.arange(8)).all() and np.allclose(dist[:, 0], 0, atol=1e-4)
 
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        for lo in range(500, 4_000, 500):
-            index.add(data[lo : lo + 500], num_threads=2)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert not errors, errors[0]
+    def writer() -> None:
+        try:
+            for lo in range(500, 4_000, 500):
+                index.add(data[lo : lo + 500], num_threads=2)
+        finally:
+            stop.set()
+
+    run_on_threads(lambda i: writer() if i == 0 else reader(), 3)
     assert len(index) == 4_000
 
 
