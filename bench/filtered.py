@@ -11,8 +11,9 @@ neighbours. Filter kinds:
 * ``other-clusters``: the same filter, queried from clusters it excludes (the
   hard case: the query's neighbourhood is all filtered out).
 
-Libraries: evidex (its planner), evidex's exact scan of the allowed set (the floor
-its planner must never fall below), evidex's IVFIndex with an allow-list
+Libraries: evidex (its planner, with scan codes built so that ``"coded_scan"`` is
+among its methods; they count in its build time), evidex's exact scan of the allowed
+set (the floor its planner must never fall below), evidex's IVFIndex with an allow-list
 (``--libraries evidex-ivf``), hnswlib (a ``filter=`` callable), FAISS HNSW with an
 ``IDSelectorBitmap``. usearch's Python package (2.26) has no filtered search.
 Range search: recall against the exact range answer and QPS, at radii that return
@@ -83,6 +84,7 @@ class EvidexLib(Lib):
     def build(self, base, space, M, efc, cluster):
         self.index = evidex.HNSWIndex(base.shape[1], space, M=M, ef_construction=efc)
         self.index.add(base, np.arange(base.shape[0]), attributes={"cluster": cluster})
+        self.index.build_scan_codes()
 
     def search(self, q, k, ef, allowed, expr):
         f = expr if expr is not None else allowed

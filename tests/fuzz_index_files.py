@@ -44,7 +44,7 @@ FIELDS = {  # name: (offset, struct format)
     "upper_offset": (144, "<Q"), "upper_bytes": (152, "<Q"), "file_bytes": (160, "<Q"),
     "ef": (176, "<Q"), "quantization": (184, "<Q"), "trained": (192, "<Q"),
     "quant_offset": (200, "<Q"), "quant_bytes": (208, "<Q"), "attr_offset": (216, "<Q"),
-    "attr_bytes": (224, "<Q"), "pq_dims": (232, "<Q"),
+    "attr_bytes": (224, "<Q"), "pq_dims": (232, "<Q"), "scan_code_dims": (240, "<Q"),
 }  # fmt: skip
 
 
@@ -103,6 +103,12 @@ def seeds() -> list[bytes]:
               attributes={"tenant": np.arange(70) % 5, "score": rng.random(70)})  # fmt: skip
     index.add(rng.standard_normal((10, 4)), np.arange(70, 80))  # no values
     index.delete([3, 71])
+    out.append(index.to_bytes())
+    # Scan codes (format version 4), with attributes after them and a deletion.
+    index = evidex.HNSWIndex(12, "cosine", M=4, ef_construction=16, seed=1)
+    index.add(rng.standard_normal((90, 12)), attributes={"tenant": np.arange(90) % 3})
+    index.build_scan_codes(4)
+    index.delete([4])
     out.append(index.to_bytes())
     return out
 
@@ -226,6 +232,8 @@ def use(index):
             index.get_attributes(index.ids()[:5])
             index.search(q, k=1, filter=evidex.F(name) >= 1)
             index.search_range(q, 1.0, filter=~(evidex.F(name) == 2))
+        if index.scan_code_dims:
+            index.search(q, k=2, ef=2, filter=index.ids()[:40], filter_strategy="coded_scan")
         index.delete(index.ids()[:1])
     index.add(np.ones((3, index.dim), np.float32))
     index.stats()

@@ -229,7 +229,9 @@ def test_the_planner_scans_a_tiny_set_and_searches_the_graph_for_a_large_one(ind
     index.search(q, k=5, filter=np.arange(N)[: N * 9 // 10])
     plan = index.last_plan()
     assert plan["strategy"] != "scan", plan
-    assert set(plan["predicted_ns_per_query"]) == {"scan", "filtered", "two_hop"}
+    predicted = plan["predicted_ns_per_query"]
+    assert set(predicted) == {"scan", "filtered", "two_hop", "coded_scan"}
+    assert predicted["coded_scan"] is None  # no scan codes built
 
 
 def test_no_allowed_element_pads_and_k_past_the_allowed_count_pads(index) -> None:

@@ -99,6 +99,7 @@ py::dict stats_dict(const IndexStats& s) {
     d["node_bytes"] = s.node_bytes;
     d["code_bytes"] = s.code_bytes;
     d["pq4_block_bytes"] = s.pq4_block_bytes;
+    d["scan_code_bytes"] = s.scan_code_bytes;
     return d;
 }
 
@@ -263,8 +264,9 @@ FilterStrategy parse_strategy(const std::string& name) {
     if (name == "scan") return FilterStrategy::Scan;
     if (name == "filtered") return FilterStrategy::Filtered;
     if (name == "two_hop") return FilterStrategy::TwoHop;
+    if (name == "coded_scan") return FilterStrategy::CodedScan;
     throw py::value_error("unknown filter strategy '" + name +
-                          "' (expected 'auto', 'scan', 'filtered' or 'two_hop')");
+                          "' (expected 'auto', 'scan', 'filtered', 'two_hop' or 'coded_scan')");
 }
 
 py::tuple query_set(const HNSW& index, const py::array_t<float, py::array::c_style>& queries,
@@ -692,6 +694,10 @@ PYBIND11_MODULE(_core, m) {
             }
         })
         .def_property_readonly("pq_dims", &HNSW::pq_dims)
+        .def("build_scan_codes", &HNSW::build_scan_codes, py::arg("sub_dim"),
+             py::arg("num_threads"), py::call_guard<py::gil_scoped_release>())
+        .def("drop_scan_codes", &HNSW::drop_scan_codes, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("scan_code_dims", &HNSW::scan_code_dims)
         .def(
             "add",
             [](HNSW& self, const FloatArray& data, const LabelArray& labels,
@@ -784,9 +790,10 @@ PYBIND11_MODULE(_core, m) {
                  d["allowed"] = p.allowed;
                  py::dict cost;
                  for (FilterStrategy s : {FilterStrategy::Scan, FilterStrategy::Filtered,
-                                          FilterStrategy::TwoHop})
+                                          FilterStrategy::TwoHop, FilterStrategy::CodedScan})
                  {
-                     // None: not a candidate for this batch (two hops outside their range).
+                     // None: not a candidate for this batch (two hops outside their
+                     // range, no scan codes, or ef not below the allowed count).
                      const double v = p.predicted_ns[static_cast<std::size_t>(s)];
                      cost[strategy_name(s)] = std::isfinite(v) ? py::cast(v) : py::none();
                  }

@@ -19,6 +19,7 @@
 #endif
 
 #include "evidex/beam.h"
+#include "evidex/coded_scan.h"
 #include "evidex/errors.h"
 #include "evidex/exact_scan.h"
 #include "evidex/quantized_scan.h"
@@ -162,6 +163,10 @@ void HNSW::allocate_slots(std::size_t capacity) {
     };
     if (quant_ == Quantization::SQ8) regrow(codes_, code_stride_);
     if (quant_ == Quantization::PQ4) regrow(fs_blocks_, fs_block_bytes_);
+    if (has_scan_codes()) {
+        scan_codes_.resize(capacity * scan_pq_.code_bytes());
+        if (space_ == Space::L2) scan_norms_.resize(capacity);
+    }
     upper_.resize(capacity);
     levels_.resize(capacity, 0);
     link_locks_.reset(new std::mutex[std::max<std::size_t>(1, capacity)]);
@@ -256,6 +261,66 @@ void HNSW::encode(const float* v, std::uint8_t* out) const {
         const float c = std::nearbyint((v[d] - qmin_[d]) / qscale_[d]);
         out[d] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, c)));
     }
+}
+
+// ------------------------------------------------------------------ scan codes
+
+void HNSW::encode_scan(node_id id, const float* v) {
+    scan_pq_.encode(v, scan_codes_.data() + static_cast<std::size_t>(id) * scan_pq_.code_bytes());
+    if (space_ == Space::L2) scan_norms_[id] = active_kernels().dot(v, v, dim_);
+}
+
+void HNSW::build_scan_codes(std::size_t sub_dim, std::size_t num_threads) {
+    Busy busy(this);
+    // No change runs meanwhile (as for a snapshot): every slot is coded once.
+    std::unique_lock<RwLock> wlock(write_mutex_);
+    PQ4 pq(dim_, sub_dim);  // checks sub_dim
+    std::vector<std::uint8_t> codes;
+    std::vector<float> norms;
+    {
+        std::shared_lock<RwLock> lock(storage_mutex_);
+        const std::size_t n = count_.load();
+        std::vector<node_id> live;
+        live.reserve(n);
+        for (node_id id = 0; id < n; ++id)
+            if (!deleted_at(id)) live.push_back(id);
+        if (live.empty()) throw std::invalid_argument("scan codes need an index with live elements");
+        // Vectors as stored (normalised for cosine), evenly spaced.
+        const std::size_t m = std::min<std::size_t>(live.size(), 65536);
+        std::vector<float> sample(m * dim_);
+        for (std::size_t i = 0; i < m; ++i)
+            std::memcpy(sample.data() + i * dim_, vec(live[i * live.size() / m]),
+                        dim_ * sizeof(float));
+        pq.fit(sample.data(), m, seed_, num_threads);
+        // Every slot, deleted ones too: they may be undeleted.
+        codes.assign(capacity_ * pq.code_bytes(), 0);
+        norms.assign(space_ == Space::L2 ? capacity_ : 0, 0.f);
+        const DistanceKernels& k = active_kernels();
+        parallel_for(n, num_threads, [&](std::size_t id) {
+            const float* v = vec(static_cast<node_id>(id));
+            pq.encode(v, codes.data() + id * pq.code_bytes());
+            if (!norms.empty()) norms[id] = k.dot(v, v, dim_);
+        });
+    }
+    std::unique_lock<RwLock> lock(storage_mutex_);  // capacity_ cannot have moved: no change ran
+    scan_pq_ = std::move(pq);
+    scan_codes_ = std::move(codes);
+    scan_norms_ = std::move(norms);
+}
+
+void HNSW::drop_scan_codes() {
+    Busy busy(this);
+    std::shared_lock<RwLock> wlock(write_mutex_);
+    std::unique_lock<RwLock> lock(storage_mutex_);
+    scan_pq_ = PQ4();
+    std::vector<std::uint8_t>().swap(scan_codes_);
+    std::vector<float>().swap(scan_norms_);
+}
+
+std::size_t HNSW::scan_code_dims() const {
+    Busy busy(this);
+    std::shared_lock<RwLock> lock(storage_mutex_);
+    return has_scan_codes() ? scan_pq_.sub_dim() : 0;
 }
 
 int HNSW::random_level() {
@@ -455,6 +520,7 @@ void HNSW::add_one(const float* vector, label_t label, bool replace_deleted,
     bump_next_label(label + 1);
 
     if (quant_ == Quantization::SQ8) encode(v, codes_ + static_cast<std::size_t>(id) * code_stride_);
+    if (has_scan_codes()) encode_scan(id, v);
     if (kind == kExisting) {
         std::memcpy(vec(id), v, dim_ * sizeof(float));
         relink_existing(id, v);
@@ -1289,6 +1355,7 @@ const char* strategy_name(FilterStrategy s) {
         case FilterStrategy::Scan: return "scan";
         case FilterStrategy::Filtered: return "filtered";
         case FilterStrategy::TwoHop: return "two_hop";
+        case FilterStrategy::CodedScan: return "coded_scan";
         default: return "auto";
     }
 }
@@ -1389,13 +1456,13 @@ void learn(Figure& f, double x) {
 // within 1.5x of the least gets the batch instead, so the model learns this
 // machine, not its defaults.
 template <class Measured>
-FilterStrategy cheapest(const double (&cost)[4], const double (&log_error)[4],
+FilterStrategy cheapest(const double (&cost)[kStrategies], const double (&log_error)[kStrategies],
                         Measured&& measured, FilterStrategy forced) {
     if (forced != FilterStrategy::Auto) return forced;
     const auto idx = [](FilterStrategy s) { return static_cast<std::size_t>(s); };
     constexpr FilterStrategy kMethods[] = {FilterStrategy::Scan, FilterStrategy::Filtered,
-                                           FilterStrategy::TwoHop};
-    double charged[4] = {0, 0, 0, 0};
+                                           FilterStrategy::TwoHop, FilterStrategy::CodedScan};
+    double charged[kStrategies] = {};
     for (FilterStrategy s : kMethods) charged[idx(s)] = cost[idx(s)] * std::exp(log_error[idx(s)]);
     FilterStrategy best = FilterStrategy::Scan;
     for (FilterStrategy s : kMethods)
@@ -1411,7 +1478,8 @@ FilterStrategy cheapest(const double (&cost)[4], const double (&log_error)[4],
 // allowed row; a graph method costs a figure per distance computation times
 // its computations, modelled as units x ef / sel for the filtered search (it
 // walks ~1/sel nodes per allowed one) and units x ef / min(1, sel x M0) for two
-// hops. Defaults until a method has run here.
+// hops; the coded scan a figure per allowed row's code and one per re-ranked
+// vector (ef of them). Defaults until a method has run here.
 FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef, std::size_t nq,
                           FilterStrategy forced, PlanInfo* info) const {
     std::lock_guard<std::mutex> lk(planner_mutex_);
@@ -1431,9 +1499,18 @@ FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef,
         return nearest(m.distances_per_unit[idx(s)], K, sc,
                        s == FilterStrategy::Filtered ? 10.0 : 4.0);
     };
-    double cost[4] = {0, 0, 0, 0};
+    if (forced == FilterStrategy::CodedScan && !has_scan_codes())
+        throw std::invalid_argument(
+            "filter_strategy 'coded_scan' needs scan codes: build them first (build_scan_codes)");
+    double cost[kStrategies] = {};
     const std::size_t ac = count_class(allowed);
     cost[1] = nearest2(m.scan_row_ns, qc, ac, 2.0 + 0.1 * dim) * a;
+    // Re-ranking ef of fewer allowed elements is the exact scan's work and more.
+    cost[4] = has_scan_codes() && ef < allowed
+                  ? nearest2(m.coded_row_ns, qc, ac,
+                             0.5 + 0.03 * static_cast<double>(scan_pq_.subspaces())) * a +
+                        nearest(m.rerank_ns, K, ac, 20.0 + 0.25 * dim) * e
+                  : std::numeric_limits<double>::infinity();
     cost[2] = step_ns(FilterStrategy::Filtered) *
               std::min(n, per_unit(FilterStrategy::Filtered) * e / sel);
     // Two hops are for filters that leave a node fewer than M allowed neighbours
@@ -1448,13 +1525,16 @@ FilterStrategy HNSW::plan(std::size_t allowed, std::size_t live, std::size_t ef,
                         std::min(n, per_unit(FilterStrategy::TwoHop) * e / std::min(1.0, reach))
                   : std::numeric_limits<double>::infinity();
     const FilterStrategy best = cheapest(cost, m.log_error, [&](FilterStrategy s) {
-        return s == FilterStrategy::Scan ? m.scan_row_ns[qc][ac].batches != 0
-                                         : m.step_ns[idx(s)][sc].batches != 0;
+        switch (s) {
+            case FilterStrategy::Scan: return m.scan_row_ns[qc][ac].batches != 0;
+            case FilterStrategy::CodedScan: return m.coded_row_ns[qc][ac].batches != 0;
+            default: return m.step_ns[idx(s)][sc].batches != 0;
+        }
     }, forced);
     if (info != nullptr) {
         info->strategy = best;
         info->allowed = allowed;
-        for (std::size_t i = 1; i < 4; ++i) info->predicted_ns[i] = cost[i];
+        for (std::size_t i = 1; i < kStrategies; ++i) info->predicted_ns[i] = cost[i];
     }
     return best;
 }
@@ -1496,6 +1576,8 @@ void HNSW::calibrate(FilterStrategy s, std::size_t allowed, std::size_t live, st
 FilterStrategy HNSW::plan_range(std::size_t allowed, std::size_t live, std::size_t beam,
                                 std::size_t nq, FilterStrategy forced,
                                 PlanInfo* info_out) const {
+    if (forced == FilterStrategy::CodedScan)
+        throw std::invalid_argument("filter_strategy 'coded_scan' applies to k-NN search only");
     PlanInfo info;
     plan(allowed, live, beam, nq, forced, &info);  // the k-NN model's costs, the scan's
     std::lock_guard<std::mutex> lk(planner_mutex_);
@@ -1504,7 +1586,9 @@ FilterStrategy HNSW::plan_range(std::size_t allowed, std::size_t live, std::size
     const double sel = std::min(
         1.0, static_cast<double>(allowed) / static_cast<double>(std::max<std::size_t>(live, 1)));
     const std::size_t sc = selectivity_class(sel);
-    double cost[4] = {0, info.predicted_ns[1], info.predicted_ns[2], info.predicted_ns[3]};
+    // (The coded scan is for k-NN: a range has no depth to re-rank.)
+    double cost[kStrategies] = {0, info.predicted_ns[1], info.predicted_ns[2],
+                                info.predicted_ns[3], std::numeric_limits<double>::infinity()};
     for (FilterStrategy s : {FilterStrategy::Filtered, FilterStrategy::TwoHop}) {
         const CostFigure& f = m.range_beam_ns[idx(s)][sc];
         if (std::isfinite(cost[idx(s)]) && f.batches != 0)
@@ -1512,7 +1596,8 @@ FilterStrategy HNSW::plan_range(std::size_t allowed, std::size_t live, std::size
     }
     // The scan is the k-NN scan (its figure and error); the graph methods have
     // their own, as a range beam is wide and run twice.
-    const double log_error[4] = {0, m.log_error[1], m.range_log_error[2], m.range_log_error[3]};
+    const double log_error[kStrategies] = {0, m.log_error[1], m.range_log_error[2],
+                                           m.range_log_error[3], 0};
     const FilterStrategy best = cheapest(cost, log_error, [&](FilterStrategy s) {
         return s == FilterStrategy::Scan
                    ? m.scan_row_ns[scan_class(nq)][count_class(allowed)].batches != 0
@@ -1521,7 +1606,7 @@ FilterStrategy HNSW::plan_range(std::size_t allowed, std::size_t live, std::size
     if (info_out != nullptr) {
         *info_out = info;
         info_out->strategy = best;
-        for (std::size_t i = 1; i < 4; ++i) info_out->predicted_ns[i] = cost[i];
+        for (std::size_t i = 1; i < kStrategies; ++i) info_out->predicted_ns[i] = cost[i];
     }
     return best;
 }
@@ -1608,6 +1693,63 @@ bool HNSW::scan_quantized(const DistanceKernels& k, const float* queries, std::s
     for (std::size_t i = 0; i < nq * kk; ++i)
         out_labels[i] = found[i] == kNoRow ? kNoLabel : label_at(members[found[i]]);
     return true;
+}
+
+// The allowed set's codes are packed once for the batch; each query scores all
+// of them by fast scan and re-ranks its `depth` best estimates exactly.
+void HNSW::coded_scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
+                            const std::vector<node_id>& members, std::size_t kk,
+                            std::size_t depth, std::size_t num_threads, label_t* out_labels,
+                            float* out_distances, std::atomic<std::uint64_t>& code_ns,
+                            std::atomic<std::uint64_t>& rerank_ns) const {
+    using Clock = std::chrono::steady_clock;
+    const auto ns = [](Clock::time_point a, Clock::time_point b) {
+        return static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
+    };
+    const bool l2 = space_ == Space::L2;
+    const std::size_t code_bytes = scan_pq_.code_bytes();
+    const auto t0 = Clock::now();
+    PackedCodes set;
+    set.pack(scan_pq_, l2, members.size(),
+             [&](std::size_t j) { return scan_codes_.data() + members[j] * code_bytes; },
+             [&](std::size_t j) { return scan_norms_[members[j]]; });
+    code_ns.fetch_add(ns(t0, Clock::now()), std::memory_order_relaxed);
+    parallel_for(nq, num_threads, [&](std::size_t i) {
+        const auto start = Clock::now();
+        thread_local std::vector<float> scratch;
+        thread_local std::vector<std::uint32_t> found;
+        const float* q = prepare_query(queries + i * dim_, scratch);
+        Shortlist list(depth);
+        shortlist_codes(k, scan_pq_, l2, q, dim_, set, list);
+        const auto coded = Clock::now();
+        found.resize(kk);
+        rerank_rows(k, l2, q, dim_, list.rows(), list.size(), kk,
+                    [&](std::uint32_t row) { return vec(members[row]); }, found.data(),
+                    out_distances + i * kk);
+        for (std::size_t r = 0; r < kk; ++r)
+            out_labels[i * kk + r] = found[r] == kNoRow ? kNoLabel : label_at(members[found[r]]);
+        code_ns.fetch_add(ns(start, coded), std::memory_order_relaxed);
+        rerank_ns.fetch_add(ns(coded, Clock::now()), std::memory_order_relaxed);
+    });
+}
+
+// Thread time per query, split between the codes (learnt per allowed row) and
+// the re-ranking (per re-ranked vector).
+void HNSW::calibrate_coded(std::size_t allowed, std::size_t depth, std::size_t nq,
+                           double code_ns, double rerank_ns, double predicted_ns) const {
+    if (nq == 0 || allowed == 0) return;
+    const double queries = static_cast<double>(nq);
+    const double per_query = (code_ns + rerank_ns) / queries;
+    const double reranked = static_cast<double>(std::max<std::size_t>(1, std::min(depth, allowed)));
+    std::lock_guard<std::mutex> lk(planner_mutex_);
+    CostModel& m = cost_;
+    const std::size_t ac = count_class(allowed);
+    CostFigure& rows = m.coded_row_ns[scan_class(nq)][ac];
+    if (rows.batches != 0 && predicted_ns > 0 && per_query > 0)
+        m.log_error[4] += 0.3 * (std::fabs(std::log(per_query / predicted_ns)) - m.log_error[4]);
+    learn(rows, code_ns / queries / static_cast<double>(allowed));
+    learn(m.rerank_ns[ac], rerank_ns / queries / reranked);
 }
 
 // ACORN-1's search (Patel et al., SIGMOD 2024) on the unchanged HNSW graph: the
@@ -1731,12 +1873,13 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
     PlanInfo info;
     const FilterStrategy s = plan(allowed, live_count(), ef, nq, strategy, &info);
     std::vector<node_id> members;
-    if (s == FilterStrategy::Scan) {
+    const bool scans = s == FilterStrategy::Scan || s == FilterStrategy::CodedScan;
+    if (scans) {
         members.reserve(allowed);
         set.for_each([&](node_id id) { members.push_back(id); });
     }
     const DistanceKernels& kernels = active_kernels();
-    std::atomic<std::uint64_t> total{0};
+    std::atomic<std::uint64_t> total{0}, code_ns{0}, rerank_ns{0};
     const auto t0 = std::chrono::steady_clock::now();
     // Work units: chunks of queries sharing each pass over the allowed vectors
     // (a scan), or single queries.
@@ -1749,6 +1892,10 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
                        out_distances + i0 * k);
         });
         total.store(static_cast<std::uint64_t>(nq) * members.size());
+    } else if (s == FilterStrategy::CodedScan) {
+        coded_scan_batch(kernels, queries, nq, members, k, ef, num_threads, out_labels,
+                         out_distances, code_ns, rerank_ns);
+        total.store(static_cast<std::uint64_t>(nq) * std::min(ef, members.size()));
     } else {
         parallel_for(nq, num_threads, [&](std::size_t i) {
             thread_local std::vector<float> scratch;
@@ -1767,13 +1914,14 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     recheck(allow, reuses, [&](const SlotSet& now, std::size_t i) {
-        // Search query i again over the allow-set of now.
-        const std::vector<node_id> current = s == FilterStrategy::Scan ? [&] {
+        // Search query i again over the allow-set of now (exactly, for a scan
+        // of either kind).
+        const std::vector<node_id> current = scans ? [&] {
             std::vector<node_id> m;
             now.for_each([&](node_id id) { m.push_back(id); });
             return m;
         }() : std::vector<node_id>{};
-        if (s == FilterStrategy::Scan) {
+        if (scans) {
             scan_batch(kernels, queries + i * dim_, 1, current, k, out_labels + i * k,
                        out_distances + i * k);
         } else {
@@ -1796,8 +1944,12 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
             out_distances[i * k + w] = kInf;
         }
     });
-    calibrate(s, allowed, live_count(), ef, nq, resolve_threads(num_threads, units), seconds,
-              total.load(), info.predicted_ns[static_cast<std::size_t>(s)]);
+    if (s == FilterStrategy::CodedScan)
+        calibrate_coded(allowed, ef, nq, static_cast<double>(code_ns.load()),
+                        static_cast<double>(rerank_ns.load()), info.predicted_ns[4]);
+    else
+        calibrate(s, allowed, live_count(), ef, nq, resolve_threads(num_threads, units), seconds,
+                  total.load(), info.predicted_ns[static_cast<std::size_t>(s)]);
     {
         std::lock_guard<std::mutex> lk(planner_mutex_);
         cost_.last = info;
@@ -2107,13 +2259,15 @@ IndexStats HNSW::stats() const {
                      capacity_ * (sizeof(std::unique_ptr<std::uint32_t[]>) + 1 +
                                   sizeof(std::mutex)) +
                      map_bytes + visited_pool_.memory_bytes() + capacity_ * code_stride_ +
-                     capacity_ * fs_block_bytes_ + attrs_.memory_bytes();
+                     capacity_ * fs_block_bytes_ + attrs_.memory_bytes() +
+                     scan_codes_.capacity() + scan_norms_.capacity() * sizeof(float);
     s.last_search_distance_computations = last_distance_computations_.load();
     s.last_search_hops = last_hops_.load();
     s.last_search_queries = last_queries_.load();
     s.node_bytes = node_bytes_;
     s.code_bytes = code_stride_;
     s.pq4_block_bytes = fs_block_bytes_;
+    s.scan_code_bytes = has_scan_codes() ? scan_pq_.code_bytes() : 0;
     return s;
 }
 

@@ -1,9 +1,5 @@
 #include "evidex/ivf.h"
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +11,7 @@
 #include <unordered_set>
 
 #include "evidex/beam.h"
+#include "evidex/coded_scan.h"
 #include "evidex/distance.h"
 #include "evidex/errors.h"
 #include "evidex/exact_scan.h"
@@ -27,43 +24,6 @@ namespace evidex {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// e[j] = base + scale * est[j] (+ extra[j]) for a group of 32 codes, and the
-// bit mask of those below `bound` (SSE2, the x86-64 baseline: this runs for
-// every code a query scans, so it must not be a scalar loop).
-std::uint32_t estimates_below(const std::uint16_t* est, const float* extra, float base,
-                              float scale, float bound, float* e) {
-#if defined(__SSE2__)
-    const __m128 b = _mm_set1_ps(base), sc = _mm_set1_ps(scale), lim = _mm_set1_ps(bound);
-    const __m128i zero = _mm_setzero_si128();
-    std::uint32_t mask = 0;
-    for (std::size_t j = 0; j < 32; j += 8) {
-        const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(est + j));
-        __m128 lo = _mm_add_ps(b, _mm_mul_ps(sc, _mm_cvtepi32_ps(_mm_unpacklo_epi16(w, zero))));
-        __m128 hi = _mm_add_ps(b, _mm_mul_ps(sc, _mm_cvtepi32_ps(_mm_unpackhi_epi16(w, zero))));
-        if (extra != nullptr) {
-            lo = _mm_add_ps(lo, _mm_loadu_ps(extra + j));
-            hi = _mm_add_ps(hi, _mm_loadu_ps(extra + j + 4));
-        }
-        _mm_store_ps(e + j, lo);
-        _mm_store_ps(e + j + 4, hi);
-        mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmplt_ps(lo, lim))) << j;
-        mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmplt_ps(hi, lim))) << (j + 4);
-    }
-    return mask;
-#else
-    std::uint32_t mask = 0;
-    for (std::size_t j = 0; j < 32; ++j) {
-        e[j] = base + scale * static_cast<float>(est[j]) + (extra ? extra[j] : 0.f);
-        mask |= static_cast<std::uint32_t>(e[j] < bound) << j;
-    }
-    return mask;
-#endif
-}
-
-}  // namespace
-
-namespace {
 
 // Whether residuals get anisotropic codes: inner-product spaces whose weight
 // for the threshold exceeds 1.
@@ -481,36 +441,6 @@ const float* IVFFastScan::prepare_query(const float* query, std::vector<float>& 
     return buffer.data();
 }
 
-// Exact distances of the rows in `best` (their first members are overwritten),
-// their vectors fetched far enough ahead to cover a memory latency (a distance
-// here costs a few ns, a miss 200); the kk nearest written out, padded.
-void IVFFastScan::rerank(const float* q, std::vector<std::pair<float, std::uint32_t>>& best,
-                         std::size_t kk, label_t* out_labels, float* out_distances) const {
-    std::fill(out_labels, out_labels + kk, kNoLabel);
-    std::fill(out_distances, out_distances + kk, kInf);
-    const DistanceKernels& k = active_kernels();
-    const bool l2 = space_ == Space::L2;
-    const std::size_t bytes = dim_ * sizeof(float);
-    const std::size_t ahead = std::max<std::size_t>(4, 64 / ((bytes + 63) / 64));
-    auto row_vector = [&](std::size_t i) {
-        return vectors_.data() + std::size_t{best[i].second} * dim_;
-    };
-    for (std::size_t i = 0; i < std::min(ahead, best.size()); ++i)
-        prefetch_vector(reinterpret_cast<const char*>(row_vector(i)), bytes);
-    for (std::size_t i = 0; i < best.size(); ++i) {
-        if (i + ahead < best.size())
-            prefetch_vector(reinterpret_cast<const char*>(row_vector(i + ahead)), bytes);
-        const float* v = row_vector(i);
-        best[i].first = l2 ? k.l2sq(q, v, dim_) : 1.f - k.dot(q, v, dim_);
-    }
-    const std::size_t found = std::min(kk, best.size());
-    std::partial_sort(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(found), best.end());
-    for (std::size_t i = 0; i < found; ++i) {
-        out_labels[i] = labels_[best[i].second];
-        out_distances[i] = best[i].first;
-    }
-}
-
 void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t nprobe,
                              std::size_t reorder, const std::uint8_t* keep,
                              label_t* out_labels, float* out_distances) const {
@@ -551,18 +481,7 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
     const std::uint8_t* lut = tables.lut.data();
     const float scale = tables.scale;
     const std::size_t nsub = pq_.subspaces(), group = pq_.group_bytes();
-    // Candidates under the bound are appended; when the buffer is full the
-    // `reorder` best are kept and the bound drops to the worst of them.
-    const std::size_t cap = 4 * reorder + PQ4::kGroup;
-    std::vector<float> cand(cap);
-    std::vector<std::uint32_t> cand_rows(cap);
-    std::size_t held = 0;
-    float bound = kInf;
-    // Mid-scan a few more than `reorder` may stay (a cheaper cut); the last is exact.
-    auto shrink = [&](std::size_t slack) {
-        held = keep_smallest(cand.data(), cand_rows.data(), held, reorder, slack);
-        if (held >= reorder) bound = *std::max_element(cand.begin(), cand.begin() + held);
-    };
+    Shortlist best(reorder);
     alignas(64) std::uint16_t est[PQ4::kGroup];
     // The next list's start, fetched while this one is scanned.
     const std::size_t stride = group_stride();
@@ -587,25 +506,19 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
             const auto* rows = reinterpret_cast<const std::uint32_t*>(at_group + group);
             const float* extra =
                 l2 ? reinterpret_cast<const float*>(at_group + group + PQ4::kGroup * 4) : nullptr;
-            // Which codes beat the bound, as a bit mask; only those are kept
-            // (most codes are not).
-            alignas(64) float e[PQ4::kGroup];
-            std::uint32_t mask = estimates_below(est, extra, base, scale, bound, e);
-            const std::size_t m = std::min(PQ4::kGroup, count - g * PQ4::kGroup);
-            if (m < PQ4::kGroup) mask &= (std::uint32_t{1} << m) - 1;
-            for (; mask != 0; mask &= mask - 1) {
-                const unsigned j = static_cast<unsigned>(__builtin_ctz(mask));
-                if (keep != nullptr && !keep[rows[j]]) continue;  // deleted or filtered out
-                cand[held] = e[j];
-                cand_rows[held++] = rows[j];
-            }
-            if (held + PQ4::kGroup > cap) shrink(reorder / 4);  // room for the next group
+            best.offer(est, extra, base, scale, std::min(PQ4::kGroup, count - g * PQ4::kGroup),
+                       [&](unsigned j) { return rows[j]; },
+                       // deleted or filtered out
+                       [&](std::uint32_t row) { return keep == nullptr || keep[row] != 0; });
         }
     }
-    shrink(0);
-    std::vector<std::pair<float, std::uint32_t>> best(held);
-    for (std::size_t i = 0; i < held; ++i) best[i] = {cand[i], cand_rows[i]};
-    rerank(q, best, kk, out_labels, out_distances);
+    best.finish();
+    std::vector<std::uint32_t> found(kk);
+    rerank_rows(k, l2, q, dim_, best.rows(), best.size(), kk,
+                [&](std::uint32_t row) { return vectors_.data() + std::size_t{row} * dim_; },
+                found.data(), out_distances);
+    for (std::size_t i = 0; i < kk; ++i)
+        out_labels[i] = found[i] == kNoRow ? kNoLabel : labels_[found[i]];
 }
 
 }  // namespace evidex

@@ -1,9 +1,9 @@
 // The index file formats: HNSW (below), hnswlib 0.8's (import and export) and
 // IVFIndex's (at the end of this file).
 //
-// The HNSW file format (version 3; an index writes the oldest version that
-// holds it: 1 without attributes, 2 with them, 3 with PQ4 quantisation),
-// little-endian:
+// The HNSW file format (version 4; an index writes the oldest version that
+// holds it: 1 without attributes, 2 with them, 3 with PQ4 quantisation, 4 with
+// scan codes), little-endian:
 //   Header (fixed 256 bytes: magic, version, parameters, section offsets, the
 //           payload checksum and a checksum of the header itself)
 //   level-0 block   count * node_bytes, at a 64-byte aligned offset so that a
@@ -13,6 +13,9 @@
 //   quant section   SQ8: per-dimension minimum and scale, then the codes;
 //                   PQ4 (version 3): the centroids (subspaces * 16 * pq_dims
 //                   floats), then each node's block of edge codes (hnsw.h)
+//   scan section    (version 4, when the header's scan_code_dims is set) the scan
+//                   codes' centroids (subspaces * 16 * scan_code_dims floats),
+//                   then each node's code (code_bytes), padded to 8
 //   attr section    (version 2, optional in 3) the stored attributes
 //                   (AttributeStore::serialize)
 //
@@ -47,7 +50,7 @@ namespace evidex {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'V', 'D', 'X', 'H', 'N', 'S', 'W'};
-constexpr std::uint32_t kFormatVersion = 3;
+constexpr std::uint32_t kFormatVersion = 4;
 constexpr std::uint32_t kEndianTag = 0x01020304;
 constexpr std::size_t kHeaderBytes = 256;
 constexpr std::size_t kChunkBytes = std::size_t{4} << 20;  // streaming reads
@@ -66,7 +69,7 @@ struct Header {
     std::uint64_t quantization, trained, quant_offset, quant_bytes;
     std::uint64_t attr_offset, attr_bytes;  // zero in version 1
     std::uint64_t pq_dims;  // PQ4 only (version 3)
-    std::uint64_t reserved;
+    std::uint64_t scan_code_dims;  // version 4; zero before (and without scan codes)
     std::uint64_t header_checksum;  // over every byte before this field
 };
 static_assert(sizeof(Header) == kHeaderBytes, "header layout");
@@ -158,6 +161,8 @@ struct Layout {
     bool sq8 = false, pq4 = false;
     std::size_t pq_dims = 0, pq_subspaces = 0, pq_block_bytes = 0, pq_centroid_bytes = 0;
     std::size_t pq_extra_offset = 0;  // the block's per-edge floats (squared L2)
+    std::size_t scan_dims = 0, scan_code_bytes = 0, scan_centroid_bytes = 0;
+    std::uint64_t scan_offset = 0, scan_bytes = 0;
     int max_level = -1;
     std::int64_t entry = -1;
 };
@@ -193,6 +198,9 @@ Layout check_header(const Header& h, std::uint64_t size) {
         h.entry_point >= static_cast<std::int64_t>(h.count) ||
         (h.count == 0) != (h.entry_point == -1) || (h.count == 0) != (h.max_level == -1))
         corrupt("inconsistent parameters in the header");
+    if ((h.version < 4 && h.scan_code_dims != 0) || h.scan_code_dims > h.dim ||
+        (h.scan_code_dims != 0 && (h.dim + h.scan_code_dims - 1) / h.scan_code_dims > 4096))
+        corrupt("inconsistent scan code fields in the header");
     if (h.quantization > (h.version >= 3 ? 2u : 1u) || h.trained > 1 ||
         (h.quantization == 0 && h.trained) || (h.quantization != 0 && h.count > 0 && !h.trained) ||
         (h.quantization == 2) != (h.pq_dims != 0) || h.pq_dims > h.dim ||
@@ -238,14 +246,21 @@ Layout check_header(const Header& h, std::uint64_t size) {
         L.upper_bytes % 8 != 0 || h.quant_offset != L.quant_offset ||
         h.quant_bytes != L.quant_bytes)
         corrupt("inconsistent section sizes in the header");
-    L.attr_offset = add(L.quant_offset, L.quant_bytes);
+    L.scan_offset = add(L.quant_offset, L.quant_bytes);
+    if (h.scan_code_dims != 0) {
+        const PQ4 pq(h.dim, h.scan_code_dims);  // bounded above
+        L.scan_dims = pq.sub_dim();
+        L.scan_code_bytes = pq.code_bytes();
+        L.scan_centroid_bytes = mul(mul(pq.subspaces() * PQ4::kCentroids, L.scan_dims), sizeof(float));
+        L.scan_bytes = round_up(add(L.scan_centroid_bytes, mul(L.n, L.scan_code_bytes)), 8);
+    }
+    L.attr_offset = add(L.scan_offset, L.scan_bytes);
     L.attr_bytes = h.attr_bytes;
     // Attributes: never in version 1, always in 2, optional in 3.
     const bool attrs_absent = h.attr_offset == 0 && h.attr_bytes == 0;
     const bool attrs_valid =
         h.attr_offset == L.attr_offset && h.attr_bytes >= 16 && h.attr_bytes % 8 == 0;
-    if (h.reserved != 0 ||
-        !(h.version == 1 ? attrs_absent : h.version == 2 ? attrs_valid
+    if (!(h.version == 1 ? attrs_absent : h.version == 2 ? attrs_valid
                                                          : attrs_absent || attrs_valid) ||
         add(L.attr_offset, L.attr_bytes) != size)
         corrupt("inconsistent section sizes in the header");
@@ -331,10 +346,12 @@ public:
     // The product quantiser's centroids (L.pq_centroid_bytes at p).
     void centroids(const char* p) {
         sum_.update(p, L_.pq_centroid_bytes);
-        if (!h_.trained) return;
-        for (std::size_t i = 0; i < L_.pq_centroid_bytes / sizeof(float); ++i)
-            if (!std::isfinite(load_as<float>(p + 4 * i)))
-                return fail("a product quantiser centroid is NaN or infinite");
+        if (h_.trained) finite(p, L_.pq_centroid_bytes, "a product quantiser centroid is NaN or infinite");
+    }
+    // The scan codes' centroids (L.scan_centroid_bytes at p).
+    void scan_centroids(const char* p) {
+        sum_.update(p, L_.scan_centroid_bytes);
+        finite(p, L_.scan_centroid_bytes, "a scan code centroid is NaN or infinite");
     }
 
     void bytes(const char* p, std::size_t n) { sum_.update(p, n); }
@@ -367,6 +384,10 @@ public:
 private:
     void fail(const char* what) {
         if (error_.empty()) error_ = what;
+    }
+    void finite(const char* p, std::size_t bytes, const char* what) {
+        for (std::size_t i = 0; i < bytes / sizeof(float); ++i)
+            if (!std::isfinite(load_as<float>(p + 4 * i))) return fail(what);
     }
     const Header& h_;
     const Layout& L_;
@@ -481,6 +502,13 @@ void verify_image(const Source& src, std::uint64_t size) {
         std::vector<char> pad(L.quant_bytes - centroids.size() - blocks);
         src.read(L.quant_offset + centroids.size() + blocks, pad.size(), pad.data());
         check.bytes(pad.data(), pad.size());
+    }
+    if (L.scan_bytes > 0) {
+        std::vector<char> centroids(L.scan_centroid_bytes);
+        src.read(L.scan_offset, centroids.size(), centroids.data());
+        check.scan_centroids(centroids.data());
+        stream(src, L.scan_offset + centroids.size(), L.scan_bytes - centroids.size(), 1, buffer,
+               [&](const char* p, std::size_t len) { check.bytes(p, len); });
     }
     std::vector<char> attrs(L.attr_bytes);
     src.read(L.attr_offset, attrs.size(), attrs.data());
@@ -830,7 +858,10 @@ public:
         Header h{};
         std::memcpy(h.magic, kMagic, 8);
         // The oldest version that holds the index: readable by the most evidex.
-        h.version = index.quant_ == Quantization::PQ4 ? 3 : attrs.empty() ? 1 : 2;
+        h.version = index.has_scan_codes()              ? 4
+                    : index.quant_ == Quantization::PQ4 ? 3
+                    : attrs.empty()                     ? 1
+                                                        : 2;
         h.endian_tag = kEndianTag;
         h.header_bytes = kHeaderBytes;
         h.dim = index.dim_;
@@ -858,9 +889,11 @@ public:
         h.pq_dims = index.pq_dims();
         h.quant_offset = h.upper_offset + h.upper_bytes;
         h.quant_bytes = quant_section_bytes(index, n);
-        h.attr_offset = attrs.empty() ? 0 : h.quant_offset + h.quant_bytes;
+        h.scan_code_dims = index.has_scan_codes() ? index.scan_pq_.sub_dim() : 0;
+        const std::size_t scan_bytes = scan_section_bytes(index, n);
+        h.attr_offset = attrs.empty() ? 0 : h.quant_offset + h.quant_bytes + scan_bytes;
         h.attr_bytes = attrs.size();
-        h.file_bytes = h.quant_offset + h.quant_bytes + h.attr_bytes;
+        h.file_bytes = h.quant_offset + h.quant_bytes + scan_bytes + h.attr_bytes;
 
         Checksum payload;
         auto sum = [&](const void* p, std::size_t len) { payload.update(p, len); };
@@ -919,6 +952,8 @@ public:
             index->allocate(capacity);
             if (n > 0) src.read(L.level0_offset, L.level0_bytes, index->level0_);
         }
+        std::vector<float> scan_centroids;
+        std::vector<std::uint8_t> scan_codes;  // then the section's padding
         try {
             check.nodes(index->level0_, n);
             std::vector<char> upper(L.upper_bytes);
@@ -958,6 +993,17 @@ public:
                 src.read(L.quant_offset + L.pq_centroid_bytes + cbytes, pad.size(), pad.data());
                 check.bytes(pad.data(), pad.size());
             }
+            if (L.scan_bytes > 0) {
+                scan_centroids.resize(L.scan_centroid_bytes / sizeof(float));
+                src.read(L.scan_offset, L.scan_centroid_bytes,
+                         reinterpret_cast<char*>(scan_centroids.data()));
+                check.scan_centroids(reinterpret_cast<const char*>(scan_centroids.data()));
+                // Every code is valid: any nibble names a centroid.
+                scan_codes.resize(L.scan_bytes - L.scan_centroid_bytes);
+                src.read(L.scan_offset + L.scan_centroid_bytes, scan_codes.size(),
+                         reinterpret_cast<char*>(scan_codes.data()));
+                check.bytes(reinterpret_cast<const char*>(scan_codes.data()), scan_codes.size());
+            }
             std::vector<char> attrs(L.attr_bytes);
             src.read(L.attr_offset, attrs.size(), attrs.data());
             check.bytes(attrs.data(), attrs.size());
@@ -979,6 +1025,19 @@ public:
         }
         if (respace && *space == Space::Cosine)
             for (node_id id = 0; id < n; ++id) normalize_into(index->vec(id), L.dim, index->vec(id));
+        // Scan codes (fitted to the vectors as saved: not kept when the space changes).
+        if (L.scan_bytes > 0 && !respace) {
+            index->scan_pq_ = PQ4(L.dim, L.scan_dims);
+            index->scan_pq_.set_centroids(std::move(scan_centroids));
+            scan_codes.resize(index->capacity_ * L.scan_code_bytes);  // drops the padding
+            index->scan_codes_ = std::move(scan_codes);
+            if (index->space_ == Space::L2) {
+                index->scan_norms_.assign(index->capacity_, 0.f);
+                const DistanceKernels& k = active_kernels();
+                for (node_id id = 0; id < n; ++id)
+                    index->scan_norms_[id] = k.dot(index->vec(id), index->vec(id), L.dim);
+            }
+        }
         index->ef_.store(h.ef);
         // The limit comes back; storage beyond the nodes is allocated when used.
         index->max_elements_.store(std::max<std::size_t>(h.capacity, capacity));
@@ -1052,6 +1111,12 @@ private:
         return 0;
     }
 
+    static std::size_t scan_section_bytes(const HNSW& index, std::size_t n) {
+        if (!index.has_scan_codes()) return 0;
+        const PQ4& pq = index.scan_pq_;
+        return round_up(pq.centroids().size() * sizeof(float) + n * pq.code_bytes(), 8);
+    }
+
     static std::size_t upper_block_bytes(const HNSW& index, node_id id) {
         return static_cast<std::size_t>(index.levels_[id]) * (index.M_ + 1) * sizeof(std::uint32_t);
     }
@@ -1092,6 +1157,13 @@ private:
                 if (n) sink(index.fs_blocks_, n * index.fs_block_bytes_);
                 sink(zeros, h.quant_bytes - cbytes - n * index.fs_block_bytes_);
             }
+        }
+        if (index.has_scan_codes()) {
+            const PQ4& pq = index.scan_pq_;
+            const std::size_t cbytes = pq.centroids().size() * sizeof(float);
+            sink(pq.centroids().data(), cbytes);
+            if (n) sink(index.scan_codes_.data(), n * pq.code_bytes());
+            sink(zeros, scan_section_bytes(index, n) - cbytes - n * pq.code_bytes());
         }
     }
 };

@@ -134,6 +134,9 @@ class HNSW:
     trained: bool
     quantization: str
     pq_dims: int
+    scan_code_dims: int
+    def build_scan_codes(self, sub_dim: int, num_threads: int) -> None: ...
+    def drop_scan_codes(self) -> None: ...
     def train(self, data: npt.ArrayLike) -> None: ...
     def add(
         self,

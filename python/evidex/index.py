@@ -30,7 +30,7 @@ _MAX_EF = 2**31 - 1
 _NO_LABEL = np.uint64(np.iinfo(np.uint64).max)
 
 Filter = Union[None, Expr, Callable[[int], bool], np.ndarray, "list[int]"]
-STRATEGIES = ("auto", "scan", "filtered", "two_hop")
+STRATEGIES = ("auto", "scan", "filtered", "two_hop", "coded_scan")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -138,6 +138,49 @@ class HNSWIndex:
     def pq_dims(self) -> int:
         """Dimensions per 4-bit subspace of a ``"pq4"`` index (0 otherwise)."""
         return self._core.pq_dims
+
+    @property
+    def scan_code_dims(self) -> int:
+        """Dimensions per subspace of the scan codes (0 without them; see
+        :meth:`build_scan_codes`)."""
+        return self._core.scan_code_dims
+
+    def build_scan_codes(self, pq_dims: int = 0, num_threads: int = 0) -> None:
+        """Give every stored vector a 4-bit product code for filtered search.
+
+        With codes, filtered k-NN search gains the ``"coded_scan"`` method: the
+        allowed elements are ranked by their codes (16 centroids per subspace of
+        ``pq_dims`` dimensions, scored 32 at a time by SIMD table look-ups) and
+        the best ``max(ef, k)`` re-ranked with exact distances, so returned
+        distances are exact and recall depends on ``ef`` (as for the graph's
+        methods; measured in bench/RESULTS.md). The planner (``"auto"``) weighs it
+        against the exact scan and the graph by its cost model; a restrictive
+        filter over wide vectors is where it wins.
+
+        The centroids are fitted on up to 65,536 live vectors; from then on adds
+        and updates code their vectors, and ``save`` keeps the codes (file
+        format 4). Memory: half a byte per subspace, their count rounded up to a
+        multiple of 4 (48 bytes per 384-d vector by default), plus 4 bytes per
+        vector for ``"l2"``. Building again refits; :meth:`drop_scan_codes`
+        removes them.
+
+        Args:
+            pq_dims: dimensions per subspace (0: 2 up to 64 dimensions, 4 above).
+            num_threads: threads for fitting and coding (0: all cores).
+
+        Raises:
+            ValueError: the index has no live elements, or pq_dims exceeds dim.
+        """
+        pq_dims = check_positive_int(pq_dims, "pq_dims", minimum=0)
+        if pq_dims > self.dim:
+            raise ValueError(f"pq_dims must be at most dim ({self.dim}), got {pq_dims}")
+        if len(self) == 0:
+            raise ValueError("build_scan_codes needs an index with live elements")
+        self._core.build_scan_codes(pq_dims, check_threads(num_threads))
+
+    def drop_scan_codes(self) -> None:
+        """Remove the scan codes (``"coded_scan"`` is then no longer available)."""
+        self._core.drop_scan_codes()
 
     def set_search_tuning(
         self,
@@ -361,7 +404,10 @@ class HNSWIndex:
                 ``"scan"`` (exact over the allowed elements), ``"filtered"``
                 (beam search through every node, returning allowed ones) or
                 ``"two_hop"`` (beam over allowed nodes reached through at most one
-                rejected node, ACORN-1; falls back to ``"filtered"``).
+                rejected node, ACORN-1; falls back to ``"filtered"``) or
+                ``"coded_scan"`` (the allowed elements ranked by their 4-bit scan
+                codes, the best ``max(ef, k)`` re-ranked exactly; needs
+                :meth:`build_scan_codes`).
 
         Returns:
             ``(ids, distances)``: int64 and float32 arrays ``[nq, k]`` (``[k]`` for a

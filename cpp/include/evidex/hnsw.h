@@ -87,7 +87,10 @@ enum class FilterStrategy : std::uint32_t {
     Filtered = 2,  // beam search through every node, returning allowed ones (hnswlib)
     TwoHop = 3,    // beam over allowed nodes, reached through up to one filtered-out
                    // node (ACORN-1); falls back to Filtered when it finds too few
+    CodedScan = 4, // the allowed elements ranked by their 4-bit scan codes
+                   // (build_scan_codes), the best max(ef, k) re-ranked exactly
 };
+constexpr std::size_t kStrategies = 5;  // Auto and the methods, by value
 const char* strategy_name(FilterStrategy s);
 
 // One learnt figure of the planner's cost model: a running mean over batches.
@@ -100,7 +103,7 @@ struct CostFigure {
 struct PlanInfo {
     FilterStrategy strategy = FilterStrategy::Auto;
     std::size_t allowed = 0;  // live elements the filter allows
-    double predicted_ns[4] = {0, 0, 0, 0};  // per query, by strategy (index 1..3)
+    double predicted_ns[kStrategies] = {};  // per query, by strategy (index 1..4)
 };
 
 // Range search results in FAISS's layout: query i's results are
@@ -124,8 +127,8 @@ struct IndexStats {
     std::uint64_t last_search_hops = 0;
     std::uint64_t last_search_queries = 0;
     // Layout, for limit analyses: bytes of a level-0 node (links, vector,
-    // label), of an SQ8 code row, of a PQ4 block (0 when absent).
-    std::size_t node_bytes = 0, code_bytes = 0, pq4_block_bytes = 0;
+    // label), of an SQ8 code row, of a PQ4 block, of a scan code (0 when absent).
+    std::size_t node_bytes = 0, code_bytes = 0, pq4_block_bytes = 0, scan_code_bytes = 0;
 };
 
 // Thread safety. Every public method may be called from any thread, concurrently
@@ -266,6 +269,16 @@ public:
     // The exact k-NN scan's first pass: 8 (quantised, quantized_scan.h), 32
     // (float32 only) or 0 (8 where it pays). Answers are the same either way.
     void set_scan_bits(std::size_t bits);
+    // Scan codes for FilterStrategy::CodedScan: a 4-bit product code of every
+    // stored vector (16 centroids per subspace of sub_dim dimensions, 0: 2 up to
+    // 64 dimensions, 4 above; k-means on up to 65,536 live vectors), kept up to
+    // date from then on by adds and updates, and saved. Replaces earlier codes.
+    // Changes wait meanwhile; searches go on until the codes are installed.
+    // Throws std::invalid_argument for an index without live elements or a bad
+    // sub_dim.
+    void build_scan_codes(std::size_t sub_dim, std::size_t num_threads);
+    void drop_scan_codes();
+    std::size_t scan_code_dims() const;  // sub_dim of the scan codes, 0 without
     IndexStats stats() const;
 
     // The replaceable kernels (kernel_abi.h): searches and inserts that start
@@ -393,6 +406,16 @@ private:
                         const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                         float* out_distances) const;
     std::size_t scan_chunk(std::size_t nq, std::size_t num_threads) const;
+    // CodedScan over `members` for nq queries (raw): out[nq, kk], padded. The
+    // thread time spent on codes (packing and fast scan) and on re-ranking is
+    // added to the two counters, in nanoseconds.
+    void coded_scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
+                          const std::vector<node_id>& members, std::size_t kk, std::size_t depth,
+                          std::size_t num_threads, label_t* out_labels, float* out_distances,
+                          std::atomic<std::uint64_t>& code_ns,
+                          std::atomic<std::uint64_t>& rerank_ns) const;
+    void calibrate_coded(std::size_t allowed, std::size_t depth, std::size_t nq, double code_ns,
+                         double rerank_ns, double predicted_ns) const;
     template <class Accept>
     MaxHeap search_two_hop(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
                            Accept&& accept, std::uint64_t* dist_count) const;
@@ -524,6 +547,15 @@ private:
                            std::size_t kk, std::size_t ef, label_t* out_labels,
                            float* out_distances, std::uint64_t* dist_count) const;
 
+    // Scan codes (build_scan_codes): one PQ4 code per slot of every stored
+    // vector (not residuals), and for squared L2 its |x|^2; written with the
+    // vector, under the storage lock shared. Untrained scan_pq_: none.
+    PQ4 scan_pq_;
+    std::vector<std::uint8_t> scan_codes_;
+    std::vector<float> scan_norms_;
+    bool has_scan_codes() const { return scan_pq_.trained(); }
+    void encode_scan(node_id id, const float* v);
+
     // storage
     std::size_t capacity_ = 0;  // slots allocated
     std::atomic<std::size_t> max_elements_{0};
@@ -600,17 +632,21 @@ private:
     struct CostModel {
         static constexpr std::size_t kClasses = 8;  // count_class() has 8 too
         CostFigure scan_row_ns[kClasses][kClasses];  // by batch size, allowed count
-        CostFigure step_ns[4][kClasses];
-        CostFigure distances_per_unit[4][kClasses];
+        // The coded scan: per allowed row (packing and fast scan), by batch size
+        // and allowed count; per re-ranked vector, by allowed count.
+        CostFigure coded_row_ns[kClasses][kClasses];
+        CostFigure rerank_ns[kClasses];
+        CostFigure step_ns[kStrategies][kClasses];
+        CostFigure distances_per_unit[kStrategies][kClasses];
         // Range search over the graph, per query per unit of planned beam: its
         // beam is wide and doubles while all of it lies inside the radius, so it
         // is learnt apart from the k-NN figures (see plan_range()).
-        CostFigure range_beam_ns[4][kClasses];
-        double range_log_error[4] = {0, 0, 0, 0};
+        CostFigure range_beam_ns[kStrategies][kClasses];
+        double range_log_error[kStrategies] = {};
         // How far off each method's calibrated predictions have been (mean
         // |ln(actual / predicted)|): a method is charged its typical miss, so an
         // erratic graph estimate must beat the steady scan by that much.
-        double log_error[4] = {0, 0, 0, 0};
+        double log_error[kStrategies] = {};
         PlanInfo last;
     };
     mutable CostModel cost_;

@@ -123,10 +123,6 @@ private:
     void compact_locked();
     // The query as scored: normalised into `buffer` for cosine.
     const float* prepare_query(const float* query, std::vector<float>& buffer) const;
-    // The exact k nearest of best's rows (the estimates in best's first members
-    // are overwritten) into out, padded.
-    void rerank(const float* q, std::vector<std::pair<float, std::uint32_t>>& best,
-                std::size_t k, label_t* out_labels, float* out_distances) const;
     // The exact k nearest among `rows` for each of nq queries (raw), into
     // out[nq, k], padded; batches share each pass over the rows (exact_scan.h).
     void scan_rows(const float* queries, std::size_t nq, std::size_t k,
