@@ -107,6 +107,28 @@ def test_filters_and_attributes_pass_through():
     assert np.isinf(dist[:, 2:]).all()
 
 
+def test_scan_codes_on_every_shard_serve_the_coded_scan(tmp_path):
+    x = data(900)
+    index = ShardedIndex(16, num_shards=2, replicas=2, **SMALL)
+    index.add(x)
+    allowed = np.arange(0, 900, 2)
+    q = data(6, seed=4)
+    exact, _ = index.search(q, k=5, filter=allowed, filter_strategy="scan")
+    with pytest.raises(ValueError, match="build_scan_codes"):
+        index.search(q, k=5, filter=allowed, filter_strategy="coded_scan")
+    index.build_scan_codes()
+    assert all(s["scan_code_bytes"] > 0 for s in index.shard_stats())
+    ids, _ = index.search(q, k=5, ef=450, filter=allowed, filter_strategy="coded_scan")
+    assert (ids == exact).all()  # every allowed element re-ranked: the exact answer
+    index.save(str(tmp_path / "idx"))
+    loaded = ShardedIndex.load(str(tmp_path / "idx"))
+    assert (
+        loaded.search(q, k=5, ef=450, filter=allowed, filter_strategy="coded_scan")[0] == exact
+    ).all()
+    with pytest.raises(ValueError, match="pq_dims"):
+        index.build_scan_codes(17)
+
+
 def test_save_and_load_through_the_manifest(tmp_path):
     x = data(500)
     index = ShardedIndex(16, "cosine", num_shards=2, **SMALL)

@@ -100,6 +100,11 @@ class _Shard:
     def delete(self, ids: np.ndarray) -> None:
         self.index.delete(ids)
 
+    def build_scan_codes(self, pq_dims: int) -> int:
+        if len(self.index):  # an empty shard has nothing to fit; it answers no query anyway
+            self.index.build_scan_codes(pq_dims)
+        return self.index.scan_code_dims
+
     def search(
         self, queries: np.ndarray, k: int, ef: int | None, filter: Any, strategy: str
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -294,6 +299,20 @@ class ShardedIndex:
             raise KeyError(f"ids not in the index: {missing[:10]}")
         for s, part in parts.items():
             self._write(s, "delete", part)
+
+    def build_scan_codes(self, pq_dims: int = 0) -> None:
+        """`HNSWIndex.build_scan_codes` on every replica of every shard (each shard fits
+        its own codes, the same on its replicas: the fitting is seeded), so that
+        ``filter_strategy="coded_scan"`` and the planner's coded scan run on every shard.
+        Saved and loaded with the shards."""
+        if (
+            isinstance(pq_dims, bool)
+            or not isinstance(pq_dims, int)
+            or not 0 <= pq_dims <= self.dim
+        ):
+            raise ValueError(f"pq_dims must be an integer in [0, {self.dim}], got {pq_dims!r}")
+        for s in range(self.num_shards):
+            self._write(s, "build_scan_codes", pq_dims)
 
     def search(
         self,
