@@ -16,7 +16,7 @@
 //   scan section    (version 4, when the header's scan_code_dims is set) the scan
 //                   codes' centroids (subspaces * 16 * scan_code_dims floats),
 //                   then each node's code (code_bytes), padded to 8
-//   attr section    (version 2, optional in 3) the stored attributes
+//   attr section    (version 2; optional from 3 on) the stored attributes
 //                   (AttributeStore::serialize)
 //
 // A file is input from a stranger. The checksums catch accidents; the bounds
@@ -256,7 +256,7 @@ Layout check_header(const Header& h, std::uint64_t size) {
     }
     L.attr_offset = add(L.scan_offset, L.scan_bytes);
     L.attr_bytes = h.attr_bytes;
-    // Attributes: never in version 1, always in 2, optional in 3.
+    // Attributes: never in version 1, always in 2, optional from 3 on.
     const bool attrs_absent = h.attr_offset == 0 && h.attr_bytes == 0;
     const bool attrs_valid =
         h.attr_offset == L.attr_offset && h.attr_bytes >= 16 && h.attr_bytes % 8 == 0;
