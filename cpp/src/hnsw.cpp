@@ -1709,6 +1709,8 @@ void HNSW::coded_scan_batch(const DistanceKernels& k, const float* queries, std:
     };
     const bool l2 = space_ == Space::L2;
     const std::size_t code_bytes = scan_pq_.code_bytes();
+    // More than the allowed count is all of them (and a buffer sized for nothing).
+    depth = std::max<std::size_t>(1, std::min(depth, members.size()));
     const auto t0 = Clock::now();
     PackedCodes set;
     set.pack(scan_pq_, l2, members.size(),
