@@ -1666,8 +1666,14 @@ void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_
     found.resize(nq * kk);
     scan_knn(k, space_ == Space::L2, space_ == Space::Cosine, dim_, queries, nq, members.size(),
              [&](std::size_t j) { return vec(members[j]); }, kk, found.data(), out_distances);
-    for (std::size_t i = 0; i < nq * kk; ++i)
-        out_labels[i] = found[i] == kNoRow ? kNoLabel : label_at(members[found[i]]);
+    labels_of(members, found.data(), nq * kk, out_labels);
+}
+
+// The labels of n scan results (indexes into members; kNoRow: none).
+void HNSW::labels_of(const std::vector<node_id>& members, const std::uint32_t* rows,
+                     std::size_t n, label_t* out) const {
+    for (std::size_t i = 0; i < n; ++i)
+        out[i] = rows[i] == kNoRow ? kNoLabel : label_at(members[rows[i]]);
 }
 
 // The same answers through an 8-bit first pass (quantized_scan.h); false where
@@ -1690,8 +1696,7 @@ bool HNSW::scan_quantized(const DistanceKernels& k, const float* queries, std::s
     if (!quantized_knn(k, space_ == Space::L2, queries, dim_, nq, dim_, rows.data(), rows.size(),
                        kk, found.data(), out_distances))
         return false;
-    for (std::size_t i = 0; i < nq * kk; ++i)
-        out_labels[i] = found[i] == kNoRow ? kNoLabel : label_at(members[found[i]]);
+    labels_of(members, found.data(), nq * kk, out_labels);
     return true;
 }
 
@@ -1729,8 +1734,7 @@ void HNSW::coded_scan_batch(const DistanceKernels& k, const float* queries, std:
         rerank_rows(k, l2, q, dim_, list.rows(), list.size(), kk,
                     [&](std::uint32_t row) { return vec(members[row]); }, found.data(),
                     out_distances + i * kk);
-        for (std::size_t r = 0; r < kk; ++r)
-            out_labels[i * kk + r] = found[r] == kNoRow ? kNoLabel : label_at(members[found[r]]);
+        labels_of(members, found.data(), kk, out_labels + i * kk);
         code_ns.fetch_add(ns(start, coded), std::memory_order_relaxed);
         rerank_ns.fetch_add(ns(coded, Clock::now()), std::memory_order_relaxed);
     });

@@ -406,6 +406,9 @@ private:
                         const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                         float* out_distances) const;
     std::size_t scan_chunk(std::size_t nq, std::size_t num_threads) const;
+    // The labels of n scan results (indexes into members; kNoRow: none).
+    void labels_of(const std::vector<node_id>& members, const std::uint32_t* rows,
+                   std::size_t n, label_t* out) const;
     // CodedScan over `members` for nq queries (raw): out[nq, kk], padded. The
     // thread time spent on codes (packing and fast scan) and on re-ranking is
     // added to the two counters, in nanoseconds.
