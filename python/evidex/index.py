@@ -174,8 +174,6 @@ class HNSWIndex:
         pq_dims = check_positive_int(pq_dims, "pq_dims", minimum=0)
         if pq_dims > self.dim:
             raise ValueError(f"pq_dims must be at most dim ({self.dim}), got {pq_dims}")
-        if len(self) == 0:
-            raise ValueError("build_scan_codes needs an index with live elements")
         self._core.build_scan_codes(pq_dims, check_threads(num_threads))
 
     def drop_scan_codes(self) -> None:
