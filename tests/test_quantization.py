@@ -166,6 +166,25 @@ def test_pq4_updates_and_growth_keep_blocks_consistent() -> None:
     np.testing.assert_allclose(dist, exact_distances(data, data[:100], ids, "cosine"), atol=1e-4)
 
 
+@pytest.mark.parametrize("space", ["l2", "cosine"])
+def test_pq4_wide_beam_is_exact_and_returns_each_node_once(space: str) -> None:
+    # The PQ4 beam may hold a node several times (met from several parents, each
+    # with its own estimate) and expands it once: a beam wider than every such
+    # entry expands every reachable node, so the answer is exact, each id once.
+    data = clustered(400, 16, seed=11)
+    queries = clustered(30, 16, seed=12)
+    index = evidex.HNSWIndex(16, space, quantization="pq4", M=8, seed=2)
+    index.add(data, num_threads=1)
+    truth, true_dist = evidex.exact_knn(data, queries, 20, space)
+    ids, dist = index.search(queries, k=20, ef=20_000)
+    np.testing.assert_array_equal(ids, truth)
+    np.testing.assert_allclose(dist, true_dist, rtol=1e-4, atol=1e-4)
+    small_ids, _ = index.search(queries, k=20, ef=20)
+    for row in small_ids:
+        live = row[row >= 0]
+        assert len(set(live.tolist())) == len(live)
+
+
 def test_pq4_concurrent_adds_and_searches() -> None:
     import threading
 

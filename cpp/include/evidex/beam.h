@@ -80,28 +80,6 @@ public:
         return id;
     }
 
-    // Replace the distance of expanded entry `id` by `d` (a search ordered by
-    // estimates: once a node is measured, its estimate no longer holds a place
-    // in the beam, nor sets the bound). An entry no longer in the beam is left out.
-    void settle(std::uint32_t id, float d) {
-        std::size_t at = 0;
-        while (at < size_ && id_[at] != (id | kExpanded)) ++at;
-        if (at == size_) return;
-        std::memmove(&dist_[at], &dist_[at + 1], (size_ - at - 1) * sizeof(float));
-        std::memmove(&id_[at], &id_[at + 1], (size_ - at - 1) * sizeof(std::uint32_t));
-        --size_;
-        if (at < cursor_) --cursor_;
-        const std::size_t pos = static_cast<std::size_t>(
-            std::upper_bound(dist_.data(), dist_.data() + size_, d) - dist_.data());
-        if (pos >= capacity_) return;
-        std::memmove(&dist_[pos + 1], &dist_[pos], (size_ - pos) * sizeof(float));
-        std::memmove(&id_[pos + 1], &id_[pos], (size_ - pos) * sizeof(std::uint32_t));
-        dist_[pos] = d;
-        id_[pos] = id | kExpanded;
-        ++size_;
-        if (pos <= cursor_) ++cursor_;
-    }
-
     // Calls fn(id) for up to n unexpanded entries, nearest first (to prefetch them).
     template <class Fn>
     void for_next(std::size_t n, Fn&& fn) const {
