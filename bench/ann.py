@@ -115,6 +115,13 @@ class EvidexPQ4(EvidexSQ8):
     quantization = "pq4"
 
 
+class EvidexRaBitQ(EvidexSQ8):
+    """evidex steering by RaBitQ codes of each node's edges (SymphonyQG's estimator)."""
+
+    name = "evidex-rabitq"
+    quantization = "rabitq"
+
+
 class EvidexIVF(Evidex):
     """evidex's partitioned index (IVFIndex): k-means lists scanned by 4-bit fast scan,
     re-ranked exactly. The beam width maps to lists scanned and the re-rank depth to
@@ -340,6 +347,7 @@ LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex": Evidex,
     "evidex-sq8": EvidexSQ8,
     "evidex-pq4": EvidexPQ4,
+    "evidex-rabitq": EvidexRaBitQ,
     "evidex-ivf": EvidexIVF,
     "scann": Scann,
     "symphonyqg": SymphonyQG,

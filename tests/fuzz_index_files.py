@@ -90,6 +90,7 @@ def seeds() -> list[bytes]:
     for dim, space, quant, n, deleted in [
         (8, "l2", None, 300, 5), (6, "cosine", None, 120, 0), (16, "ip", "sq8", 200, 3),
         (4, "l2", None, 1, 0), (4, "l2", None, 0, 0), (10, "l2", "pq4", 150, 2),
+        (20, "cosine", "rabitq", 120, 2),
     ]:  # fmt: skip
         index = evidex.HNSWIndex(dim, space, M=4, ef_construction=16, quantization=quant, seed=1)
         if n:

@@ -1,4 +1,5 @@
-"""SQ8 and PQ4 (fast-scan) traversal: recall near float32, exact distances, persistence, errors."""
+"""SQ8, PQ4 and RaBitQ (fast-scan) traversal: recall near float32, exact distances,
+persistence, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import evidex
 from conftest import clustered, exact_distances, recall_at_k
 
 
-@pytest.mark.parametrize("quant", ["sq8", "pq4"])
+@pytest.mark.parametrize("quant", ["sq8", "pq4", "rabitq"])
 @pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
 @pytest.mark.parametrize("dim", [3, 50, 129])
 def test_quantised_recall_close_to_float32(quant: str, space: str, dim: int) -> None:
@@ -33,14 +34,14 @@ def test_quantised_recall_close_to_float32(quant: str, space: str, dim: int) -> 
             dist, exact_distances(data, queries, ids, space), rtol=1e-4, atol=1e-4
         )
         assert (np.diff(dist, axis=1) >= 0).all()
-    # PQ4 steers by 4-bit estimates of the edges: at the same beam a little
-    # behind, it pays off in time per hop (bench/RESULTS.md).
+    # PQ4 and RaBitQ steer by estimates of the edges: at the same beam a little
+    # behind, they pay off in time per hop (bench/RESULTS.md).
     slack = 0.03 if quant == "sq8" else 0.08
     assert recalls[quant] >= recalls[None] - slack
     assert recalls[quant] >= 0.85
 
 
-@pytest.mark.parametrize("quant", ["sq8", "pq4"])
+@pytest.mark.parametrize("quant", ["sq8", "pq4", "rabitq"])
 def test_quantised_round_trip_and_properties(quant: str, tmp_path) -> None:
     data = clustered(1_000, 20)
     index = evidex.HNSWIndex(20, "l2", quantization=quant)
@@ -67,7 +68,7 @@ def _saved(index: evidex.HNSWIndex, path) -> evidex.HNSWIndex:
     return evidex.HNSWIndex.load(path)
 
 
-@pytest.mark.parametrize("quant", ["sq8", "pq4"])
+@pytest.mark.parametrize("quant", ["sq8", "pq4", "rabitq"])
 def test_quantised_corruption_detected(quant: str) -> None:
     index = evidex.HNSWIndex(8, "cosine", quantization=quant)
     index.add(clustered(200, 8))
@@ -97,7 +98,7 @@ def test_explicit_training_and_errors() -> None:
         evidex.HNSWIndex(6, quantization="pq")
 
 
-@pytest.mark.parametrize("quant", ["sq8", "pq4"])
+@pytest.mark.parametrize("quant", ["sq8", "pq4", "rabitq"])
 def test_quantised_with_filters_and_deletions(quant: str) -> None:
     data = clustered(2_000, 16)
     index = evidex.HNSWIndex(16, "l2", quantization=quant)
@@ -166,14 +167,15 @@ def test_pq4_updates_and_growth_keep_blocks_consistent() -> None:
     np.testing.assert_allclose(dist, exact_distances(data, data[:100], ids, "cosine"), atol=1e-4)
 
 
+@pytest.mark.parametrize("quant", ["pq4", "rabitq"])
 @pytest.mark.parametrize("space", ["l2", "cosine"])
-def test_pq4_wide_beam_is_exact_and_returns_each_node_once(space: str) -> None:
+def test_fast_scan_wide_beam_is_exact_and_returns_each_node_once(space: str, quant: str) -> None:
     # The PQ4 beam may hold a node several times (met from several parents, each
     # with its own estimate) and expands it once: a beam wider than every such
     # entry expands every reachable node, so the answer is exact, each id once.
     data = clustered(400, 16, seed=11)
     queries = clustered(30, 16, seed=12)
-    index = evidex.HNSWIndex(16, space, quantization="pq4", M=8, seed=2)
+    index = evidex.HNSWIndex(16, space, quantization=quant, M=8, seed=2)
     index.add(data, num_threads=1)
     truth, true_dist = evidex.exact_knn(data, queries, 20, space)
     ids, dist = index.search(queries, k=20, ef=20_000)
@@ -185,11 +187,12 @@ def test_pq4_wide_beam_is_exact_and_returns_each_node_once(space: str) -> None:
         assert len(set(live.tolist())) == len(live)
 
 
-def test_pq4_concurrent_adds_and_searches() -> None:
+@pytest.mark.parametrize("quant", ["pq4", "rabitq"])
+def test_fast_scan_concurrent_adds_and_searches(quant: str) -> None:
     import threading
 
     data = clustered(3_000, 24, seed=9)
-    index = evidex.HNSWIndex(24, "l2", quantization="pq4", max_elements=3_000)
+    index = evidex.HNSWIndex(24, "l2", quantization=quant, max_elements=3_000)
     index.add(data[:500])
     errors: list[BaseException] = []
 
@@ -284,3 +287,69 @@ def test_interleave_setting_errors_and_fallbacks() -> None:
     index.delete(np.arange(0, 2_000, 2))
     ids, _ = index.search(data[:12], k=5, ef=200)
     assert recall_at_k(ids, want, 5) >= 0.95
+
+
+def test_rabitq_graphs_complete_their_level0_lists(tmp_path) -> None:
+    # Each add fills the level-0 lists it touched up to 2 * M (the fast scan
+    # scores 32 codes in the time of 20); later adds and updates keep the graph
+    # searchable and the lists complete again.
+    quant = "rabitq"
+    import struct as st
+
+    def degrees(index: evidex.HNSWIndex) -> np.ndarray:
+        path = tmp_path / "graph.bin"
+        index.save(path, format="hnswlib")
+        raw = path.read_bytes()
+        count, size = st.unpack_from("<QQ", raw, 16)
+        rows = np.frombuffer(raw, np.uint8, count=count * size, offset=96).reshape(count, size)
+        return rows[:, :4].copy().view(np.uint32)[:, 0] & 0xFFFF
+
+    data = clustered(3_000, 16, seed=21)
+    index = evidex.HNSWIndex(16, "l2", quantization=quant, M=8, seed=4)
+    plain = evidex.HNSWIndex(16, "l2", M=8, seed=4)
+    index.add(data[:2_000], num_threads=1)
+    plain.add(data[:2_000], num_threads=1)
+    assert degrees(plain).mean() < 13  # HNSW's selection leaves lists part full
+    assert (degrees(index) == 16).mean() > 0.99
+    index.add(data[2_000:], num_threads=2)
+    index.add(data[:300] + 0.01, np.arange(300))  # updates
+    assert (degrees(index) == 16).mean() > 0.95
+    truth, _ = evidex.exact_knn(np.concatenate([data[:300] + 0.01, data[300:]]), data[:100], 10)
+    ids, _ = index.search(data[:100], k=10, ef=64)
+    assert recall_at_k(ids, truth, 10) >= 0.9
+
+
+def test_rabitq_options_and_hostile_files() -> None:
+    from fuzz_index_files import get, put, reseal
+
+    index = evidex.HNSWIndex(30, "cosine", quantization="rabitq", M=4, ef_construction=16)
+    assert index.quantization == "rabitq" and index.pq_dims == 0
+    with pytest.raises(ValueError, match="applies to quantization='pq4' only"):
+        evidex.HNSWIndex(30, quantization="rabitq", pq_dims=2)
+    with pytest.raises(ValueError, match="rabitq"):
+        evidex.HNSWIndex(20_000, quantization="rabitq")
+    index.train(clustered(10, 30))  # nothing to learn: accepted, changes nothing
+    index.add(clustered(300, 30))
+    good = bytearray(index.to_bytes())
+    assert get(good, "version") == 5
+    # A NaN scale or offset in a block (checksums recomputed) is refused.
+    block_bytes = index.stats()["pq4_block_bytes"]
+    for extra in (0, 1):
+        bad = bytearray(good)
+        # The last block's floats start after its one 32-code group (8 subspaces * 16).
+        at = get(bad, "quant_offset") + 299 * block_bytes + 8 * 16 + 4 * 8 * extra
+        struct.pack_into("<f", bad, at, float("nan"))
+        with pytest.raises(evidex.CorruptIndexError, match="NaN"):
+            evidex.HNSWIndex.from_bytes(reseal(bad))
+    # Too wide for RaBitQ, or RaBitQ in a version-4 file: refused before allocating.
+    for field, value in (("dim", 1 << 20), ("version", 4)):
+        bad = bytearray(good)
+        put(bad, field, value)
+        with pytest.raises(evidex.CorruptIndexError):
+            evidex.HNSWIndex.from_bytes(reseal(bad))
+    # Code bits are all valid: changed bits change estimates, never safety.
+    bad = bytearray(good)
+    at = get(bad, "quant_offset") + 5 * block_bytes
+    bad[at : at + 64] = b"\xff" * 64
+    loaded = evidex.HNSWIndex.from_bytes(reseal(bad))
+    assert loaded.search(clustered(5, 30), k=3)[0].shape == (5, 3)

@@ -145,14 +145,15 @@ def test_fastscan_kernel_matches_reference(level: str, nsub: int) -> None:
         _core.fastscan32(np.zeros(48, np.uint8), np.zeros(48, np.uint8), level)
 
 
+@pytest.mark.parametrize("quant", ["pq4", "rabitq"])
 @pytest.mark.parametrize("level", SUPPORTED)
-def test_pq4_search_same_at_every_level(level: str) -> None:
+def test_fast_scan_search_same_at_every_level(level: str, quant: str) -> None:
     data = clustered(2_000, 20)
     queries = clustered(40, 20, seed=5)
     results = {}
     for lvl in ("scalar", level):
         evidex.set_simd_level(lvl)
-        index = evidex.HNSWIndex(20, "l2", quantization="pq4", seed=1)
+        index = evidex.HNSWIndex(20, "l2", quantization=quant, seed=1)
         index.add(data, num_threads=1)
         results[lvl] = index.search(queries, k=10, ef=100)
     # Table sums are integers, identical at every level; float distances differ in

@@ -519,7 +519,8 @@ PYBIND11_MODULE(_core, m) {
     py::enum_<Quantization>(m, "Quantization")
         .value("none", Quantization::None)
         .value("sq8", Quantization::SQ8)
-        .value("pq4", Quantization::PQ4);
+        .value("pq4", Quantization::PQ4)
+        .value("rabitq", Quantization::RaBitQ);
     py::enum_<Space>(m, "Space")
         .value("l2", Space::L2)
         .value("ip", Space::IP)
@@ -690,6 +691,7 @@ PYBIND11_MODULE(_core, m) {
             switch (self.quantization()) {
                 case Quantization::SQ8: return std::string("sq8");
                 case Quantization::PQ4: return std::string("pq4");
+                case Quantization::RaBitQ: return std::string("rabitq");
                 default: return std::string();
             }
         })

@@ -1,9 +1,9 @@
 // The index file formats: HNSW (below), hnswlib 0.8's (import and export) and
 // IVFIndex's (at the end of this file).
 //
-// The HNSW file format (version 4; an index writes the oldest version that
+// The HNSW file format (version 5; an index writes the oldest version that
 // holds it: 1 without attributes, 2 with them, 3 with PQ4 quantisation, 4 with
-// scan codes), little-endian:
+// scan codes, 5 with RaBitQ edge codes), little-endian:
 //   Header (fixed 256 bytes: magic, version, parameters, section offsets, the
 //           payload checksum and a checksum of the header itself)
 //   level-0 block   count * node_bytes, at a 64-byte aligned offset so that a
@@ -12,7 +12,9 @@
 //                   link lists, level * (M + 1) u32
 //   quant section   SQ8: per-dimension minimum and scale, then the codes;
 //                   PQ4 (version 3): the centroids (subspaces * 16 * pq_dims
-//                   floats), then each node's block of edge codes (hnsw.h)
+//                   floats), then each node's block of edge codes (hnsw.h);
+//                   RaBitQ (version 5): the blocks only (its rotation follows
+//                   from the header's seed and dimension)
 //   scan section    (version 4, when the header's scan_code_dims is set) the scan
 //                   codes' centroids (subspaces * 16 * scan_code_dims floats),
 //                   then each node's code (code_bytes), padded to 8
@@ -50,7 +52,7 @@ namespace evidex {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'V', 'D', 'X', 'H', 'N', 'S', 'W'};
-constexpr std::uint32_t kFormatVersion = 4;
+constexpr std::uint32_t kFormatVersion = 5;
 constexpr std::uint32_t kEndianTag = 0x01020304;
 constexpr std::size_t kHeaderBytes = 256;
 constexpr std::size_t kChunkBytes = std::size_t{4} << 20;  // streaming reads
@@ -160,7 +162,8 @@ struct Layout {
     std::uint64_t file_bytes = 0;
     bool sq8 = false, pq4 = false;
     std::size_t pq_dims = 0, pq_subspaces = 0, pq_block_bytes = 0, pq_centroid_bytes = 0;
-    std::size_t pq_extra_offset = 0;  // the block's per-edge floats (squared L2)
+    std::size_t pq_extra_offset = 0;  // the block's per-edge floats
+    std::size_t pq_extras = 0;        // how many (M0 for PQ4's squared L2, 2 * M0 for RaBitQ)
     std::size_t scan_dims = 0, scan_code_bytes = 0, scan_centroid_bytes = 0;
     std::uint64_t scan_offset = 0, scan_bytes = 0;
     int max_level = -1;
@@ -201,8 +204,9 @@ Layout check_header(const Header& h, std::uint64_t size) {
     if ((h.version < 4 && h.scan_code_dims != 0) || h.scan_code_dims > h.dim ||
         (h.scan_code_dims != 0 && (h.dim + h.scan_code_dims - 1) / h.scan_code_dims > 4096))
         corrupt("inconsistent scan code fields in the header");
-    if (h.quantization > (h.version >= 3 ? 2u : 1u) || h.trained > 1 ||
+    if (h.quantization > (h.version >= 5 ? 3u : h.version >= 3 ? 2u : 1u) || h.trained > 1 ||
         (h.quantization == 0 && h.trained) || (h.quantization != 0 && h.count > 0 && !h.trained) ||
+        (h.quantization == 3 && (!h.trained || h.dim > EdgeCoder::kMaxDim)) ||
         (h.quantization == 2) != (h.pq_dims != 0) || h.pq_dims > h.dim ||
         (h.pq_dims != 0 && (h.dim + h.pq_dims - 1) / h.pq_dims > 4096))
         corrupt("inconsistent quantisation fields in the header");
@@ -213,16 +217,22 @@ Layout check_header(const Header& h, std::uint64_t size) {
     L.M = h.M;
     L.M0 = h.M0;
     L.sq8 = h.quantization == 1;
-    L.pq4 = h.quantization == 2;
-    if (L.pq4) {
+    L.pq4 = h.quantization == 2 || h.quantization == 3;
+    if (h.quantization == 2) {
         const PQ4 pq(h.dim, h.pq_dims);  // bounded above
         L.pq_dims = pq.sub_dim();
         L.pq_subspaces = pq.subspaces();
-        // As the HNSW constructor lays out a block.
-        L.pq_extra_offset = mul((h.M0 + PQ4::kGroup - 1) / PQ4::kGroup, pq.group_bytes());
-        L.pq_block_bytes = round_up(
-            add(L.pq_extra_offset, h.space == 0 ? mul(h.M0, sizeof(float)) : 0), 64);
+        L.pq_extras = h.space == 0 ? h.M0 : 0;
         L.pq_centroid_bytes = mul(mul(L.pq_subspaces * PQ4::kCentroids, L.pq_dims), sizeof(float));
+    } else if (h.quantization == 3) {
+        L.pq_dims = 4;
+        L.pq_subspaces = EdgeCoder::subspaces(h.dim);  // dim bounded above
+        L.pq_extras = mul(2, h.M0);
+    }
+    if (L.pq4) {
+        // As the HNSW constructor lays out a block.
+        L.pq_extra_offset = mul((h.M0 + PQ4::kGroup - 1) / PQ4::kGroup, L.pq_subspaces * 16);
+        L.pq_block_bytes = round_up(add(L.pq_extra_offset, mul(L.pq_extras, sizeof(float))), 64);
     }
     L.max_level = static_cast<int>(h.max_level);
     L.entry = h.entry_point;
@@ -356,13 +366,12 @@ public:
 
     void bytes(const char* p, std::size_t n) { sum_.update(p, n); }
 
-    // PQ4 blocks (count of them at p): every code is valid; the per-edge terms
-    // of squared L2 must be finite.
+    // Fast-scan blocks (count of them at p): every code is valid; the per-edge
+    // terms (PQ4's for squared L2, RaBitQ's scales and offsets) must be finite.
     void blocks(const char* p, std::size_t count) {
         sum_.update(p, count * L_.pq_block_bytes);
-        if (L_.pq_block_bytes == L_.pq_extra_offset) return;
         for (std::size_t i = 0; i < count; ++i, p += L_.pq_block_bytes)
-            for (std::size_t j = 0; j < L_.M0; ++j)
+            for (std::size_t j = 0; j < L_.pq_extras; ++j)
                 if (!std::isfinite(load_as<float>(p + L_.pq_extra_offset + 4 * j)))
                     return fail("a PQ4 block holds NaN or infinity");
     }
@@ -858,10 +867,11 @@ public:
         Header h{};
         std::memcpy(h.magic, kMagic, 8);
         // The oldest version that holds the index: readable by the most evidex.
-        h.version = index.has_scan_codes()              ? 4
-                    : index.quant_ == Quantization::PQ4 ? 3
-                    : attrs.empty()                     ? 1
-                                                        : 2;
+        h.version = index.quant_ == Quantization::RaBitQ ? 5
+                    : index.has_scan_codes()                ? 4
+                    : index.quant_ == Quantization::PQ4     ? 3
+                    : attrs.empty()                         ? 1
+                                                            : 2;
         h.endian_tag = kEndianTag;
         h.header_bytes = kHeaderBytes;
         h.dim = index.dim_;
@@ -885,7 +895,7 @@ public:
         for (node_id id = 0; id < n; ++id) upper += upper_block_bytes(index, id);
         h.upper_bytes = round_up(upper, 8);
         h.quantization = static_cast<std::uint64_t>(index.quant_);
-        h.trained = index.quant_ != Quantization::None && index.trained_;
+        h.trained = index.quant_ != Quantization::None && index.trained();
         h.pq_dims = index.pq_dims();
         h.quant_offset = h.upper_offset + h.upper_bytes;
         h.quant_bytes = quant_section_bytes(index, n);
@@ -1014,7 +1024,7 @@ public:
                 index->attrs_.deserialize(attrs.data(), attrs.size(), n, owners.data());
             }
             adopt_upper(*index, L, upper.data());
-            if (L.pq4 && h.trained) index->pq_.set_centroids(std::move(centroids));
+            if (h.quantization == 2 && h.trained) index->pq_.set_centroids(std::move(centroids));
         } catch (...) {
             // The mapping is the caller's again until read() returns.
             if (index->mapping_ != nullptr) {
@@ -1102,13 +1112,16 @@ private:
     static std::size_t quant_section_bytes(const HNSW& index, std::size_t n) {
         if (index.quant_ == Quantization::SQ8)
             return round_up(2 * index.dim_ * sizeof(float) + n * index.code_stride_, 8);
-        if (index.quant_ == Quantization::PQ4) {
-            const PQ4& pq = index.pq_;
-            return round_up(pq.subspaces() * PQ4::kCentroids * pq.sub_dim() * sizeof(float) +
-                                n * index.fs_block_bytes_,
-                            8);
-        }
+        if (index.fast_scan_graph())
+            return round_up(pq_centroid_bytes(index) + n * index.fs_block_bytes_, 8);
         return 0;
+    }
+
+    // PQ4's saved centroids; RaBitQ saves none (its bit patterns are fixed).
+    static std::size_t pq_centroid_bytes(const HNSW& index) {
+        if (index.quant_ != Quantization::PQ4) return 0;
+        const PQ4& pq = index.pq_;
+        return pq.subspaces() * PQ4::kCentroids * pq.sub_dim() * sizeof(float);
     }
 
     static std::size_t scan_section_bytes(const HNSW& index, std::size_t n) {
@@ -1144,11 +1157,10 @@ private:
                 if (n) sink(index.codes_, n * index.code_stride_);
                 sink(zeros, h.quant_bytes - 2 * dbytes - n * index.code_stride_);
             } else {
-                // Centroids (zeros while untrained), then the codes.
+                // Centroids (zeros while untrained; none for RaBitQ), then the codes.
                 const PQ4& pq = index.pq_;
-                const std::size_t cbytes =
-                    pq.subspaces() * PQ4::kCentroids * pq.sub_dim() * sizeof(float);
-                if (pq.trained()) {
+                const std::size_t cbytes = pq_centroid_bytes(index);
+                if (cbytes > 0 && pq.trained()) {
                     sink(pq.centroids().data(), cbytes);
                 } else {
                     for (std::size_t i = 0; i < cbytes; i += sizeof(zeros))

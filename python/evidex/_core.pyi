@@ -28,6 +28,7 @@ class Quantization:
     none: ClassVar[Quantization]
     sq8: ClassVar[Quantization]
     pq4: ClassVar[Quantization]
+    rabitq: ClassVar[Quantization]
     name: str
     value: int
 

@@ -55,7 +55,10 @@ class HNSWIndex:
             Distances returned are exact either way. sq8 costs ``dim`` bytes per
             vector; pq4 ``2 * M * dim / (2 * pq_dims)`` bytes per vector (its
             neighbours' codes). Both learn their codes from ``train`` or the first
-            ``add``.
+            ``add``. ``"rabitq"``: the same layout with RaBitQ codes (the sign of
+            each edge's randomly rotated residual, 1 bit per dimension, and two
+            floats; SymphonyQG's estimator), which estimate edges more closely than
+            pq4's at about the same size and need no training.
         pq_dims: dimensions per 4-bit subspace of ``"pq4"`` (0: 2 up to 64
             dimensions, 4 above). Fewer means finer estimates and more memory.
         kernels: a compiled kernel library (path) to load at once, as ``use_kernels``.
@@ -86,9 +89,9 @@ class HNSWIndex:
         ef_construction = check_positive_int(ef_construction, "ef_construction")
         max_elements = check_positive_int(max_elements, "max_elements", minimum=0)
         seed = check_positive_int(seed, "seed", minimum=0)
-        if quantization not in (None, "sq8", "pq4"):
+        if quantization not in (None, "sq8", "pq4", "rabitq"):
             raise ValueError(
-                f"unknown quantization {quantization!r}; expected None, 'sq8' or 'pq4'"
+                f"unknown quantization {quantization!r}; expected None, 'sq8', 'pq4' or 'rabitq'"
             )
         quant = getattr(_core.Quantization, quantization or "none")
         pq_dims = check_positive_int(pq_dims, "pq_dims", minimum=0)

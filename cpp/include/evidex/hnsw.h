@@ -19,6 +19,7 @@
 #include "evidex/attributes.h"
 #include "evidex/distance.h"
 #include "evidex/fastscan.h"
+#include "evidex/rabitq.h"
 #include "evidex/kernel_abi.h"
 #include "evidex/kernels.h"
 #include "evidex/parallel.h"
@@ -36,7 +37,7 @@ enum class Space : std::uint32_t { L2 = 0, IP = 1, Cosine = 2 };
 // re-ranked in float32; or PQ4: each node stores its neighbours' 4-bit product
 // codes, scored by fast scan, and every expanded node is measured in float32.
 // Returned distances are always exact.
-enum class Quantization : std::uint32_t { None = 0, SQ8 = 1, PQ4 = 2 };
+enum class Quantization : std::uint32_t { None = 0, SQ8 = 1, PQ4 = 2, RaBitQ = 3 };
 Space parse_space(const std::string& name);  // throws std::invalid_argument
 std::string space_name(Space space);
 
@@ -216,7 +217,9 @@ public:
     // SQ8: learn each dimension's range from `n` sample vectors (normalised first
     // for cosine). Must precede the first add; values outside the range clamp.
     void train(const float* data, std::size_t n);
-    bool trained() const { return quant_ == Quantization::None || trained_; }
+    bool trained() const {
+        return quant_ == Quantization::None || quant_ == Quantization::RaBitQ || trained_;
+    }
     Quantization quantization() const { return quant_; }
     // Dimensions per PQ4 subspace (0 for the other quantisations).
     std::size_t pq_dims() const { return quant_ == Quantization::PQ4 ? pq_.sub_dim() : 0; }
@@ -353,8 +356,9 @@ private:
     // Thrown by add_one when a new slot is needed and growth is allowed: nothing
     // was changed, the caller grows the storage and retries.
     struct NeedCapacity {};
-    void add_one(const float* vector, label_t label, bool replace_deleted,
-                 bool forbid_update_deleted, bool grow, std::vector<float>& scratch);
+    // Returns the slot written.
+    node_id add_one(const float* vector, label_t label, bool replace_deleted,
+                    bool forbid_update_deleted, bool grow, std::vector<float>& scratch);
     void train_locked(const float* data, std::size_t n);
     void add_locked(const float* data, std::size_t n, const label_t* labels,
                     std::size_t num_threads, bool replace_deleted, bool forbid_update_deleted,
@@ -530,7 +534,16 @@ private:
     // changes, an edge kept by a re-selection keeping its code. An edge whose
     // end moved (an update) keeps a stale code until its list changes: that
     // costs accuracy of the estimate, never exactness of a result.
+    // RaBitQ (rabitq.h) uses the same blocks: pq_ is its bit-pattern layout, and
+    // each edge has two floats, its scale (M0 of them) then its offset (M0).
     PQ4 pq_;
+    EdgeCoder coder_;
+    bool fast_scan_graph() const {
+        return quant_ == Quantization::PQ4 || quant_ == Quantization::RaBitQ;
+    }
+    std::size_t extras_per_edge() const {
+        return quant_ == Quantization::RaBitQ ? 2 : space_ == Space::L2 ? 1 : 0;
+    }
     std::size_t fs_block_bytes_ = 0, fs_extra_offset_ = 0;
     std::uint8_t* fs_blocks_ = nullptr;
     std::uint8_t* fs_block(node_id id) const {
@@ -546,6 +559,11 @@ private:
     void place_in_block(node_id id, std::size_t j, node_id neighbor);
     void refresh_block(node_id id, const std::uint32_t* old = nullptr,
                        const std::uint8_t* old_block = nullptr);
+    // Level-0 completion of the RaBitQ layout: fills the link lists of
+    // `changed` and their neighbours up to M0 (see hnsw.cpp). The caller holds
+    // storage_mutex_ shared and write_mutex_ shared.
+    void complete_links(std::vector<node_id> changed, std::size_t num_threads);
+    void complete_node(const DistanceKernels& k, node_id id);
     std::size_t search_pq4(const DistanceKernels& k, node_id entry, int top_level, const float* q,
                            std::size_t kk, std::size_t ef, label_t* out_labels,
                            float* out_distances, std::uint64_t* dist_count) const;

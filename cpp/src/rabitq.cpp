@@ -1,0 +1,146 @@
+#include "evidex/rabitq.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "evidex/distance.h"
+
+namespace evidex {
+
+namespace {
+
+std::uint64_t splitmix64(std::uint64_t& state) {
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// In-place normalised Walsh-Hadamard transform of n (a power of two, >= 16)
+// floats. Each output is the same sums and differences at any SIMD width, so the
+// two bodies agree bit for bit.
+void butterflies(float* v, std::size_t n, std::size_t h) {
+    for (std::size_t i = 0; i < n; i += 2 * h)
+        for (std::size_t j = i; j < i + h; ++j) {
+            const float a = v[j], b = v[j + h];
+            v[j] = a + b;
+            v[j + h] = a - b;
+        }
+}
+
+void hadamard_scalar(float* v, std::size_t n) {
+    for (std::size_t h = 1; h < n; h *= 2) butterflies(v, n, h);
+    const float norm = 1.f / std::sqrt(static_cast<float>(n));
+    for (std::size_t i = 0; i < n; ++i) v[i] *= norm;
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx2"))) void hadamard_avx2(float* v, std::size_t n) {
+    for (std::size_t h = 1; h < 8; h *= 2) butterflies(v, n, h);
+    for (std::size_t h = 8; h < n; h *= 2)
+        for (std::size_t i = 0; i < n; i += 2 * h)
+            for (std::size_t j = i; j < i + h; j += 8) {
+                const __m256 a = _mm256_loadu_ps(v + j), b = _mm256_loadu_ps(v + j + h);
+                _mm256_storeu_ps(v + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(v + j + h, _mm256_sub_ps(a, b));
+            }
+    const __m256 norm = _mm256_set1_ps(1.f / std::sqrt(static_cast<float>(n)));
+    for (std::size_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), norm));
+}
+#endif
+
+void hadamard(float* v, std::size_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (active_kernels().level != SimdLevel::Scalar) return hadamard_avx2(v, n);
+#endif
+    hadamard_scalar(v, n);
+}
+
+}  // namespace
+
+EdgeRotation::EdgeRotation(std::size_t dim, std::uint64_t seed) : dim_(dim) {
+    if (dim == 0) throw std::invalid_argument("dim must be at least 1");
+    padded_ = EdgeCoder::padded(dim);
+    window_ = 1;
+    while (window_ * 2 <= padded_) window_ *= 2;
+    signs_.resize(kRounds * padded_);
+    std::uint64_t state = seed ^ 0x5241426974510000ull;  // "RaBitQ": apart from other streams
+    for (float& s : signs_) s = (splitmix64(state) >> 63) ? -1.f : 1.f;
+}
+
+void EdgeRotation::apply(const float* x, float* out) const {
+    for (std::size_t i = 0; i < dim_; ++i) out[i] = x[i];
+    for (std::size_t i = dim_; i < padded_; ++i) out[i] = 0.f;
+    for (std::size_t r = 0; r < kRounds; ++r) {
+        const float* s = signs_.data() + r * padded_;
+        for (std::size_t i = 0; i < padded_; ++i) out[i] *= s[i];
+        hadamard(out + (r % 2 == 0 ? 0 : padded_ - window_), window_);
+    }
+}
+
+namespace {
+std::size_t checked_dim(std::size_t dim) {
+    if (dim == 0 || dim > EdgeCoder::kMaxDim)
+        throw std::invalid_argument("quantization 'rabitq' takes 1 to " +
+                                    std::to_string(EdgeCoder::kMaxDim) + " dimensions, got " +
+                                    std::to_string(dim));
+    return dim;
+}
+}  // namespace
+
+EdgeCoder::EdgeCoder(std::size_t dim, std::uint64_t seed, bool l2)
+    : rotation_(checked_dim(dim), seed), layout_(rotation_.padded(), 4), l2_(l2) {
+    // Subspace s, centroid c: the bits of c over the subspace's 4 dimensions.
+    std::vector<float> patterns(layout_.subspaces() * PQ4::kCentroids * 4);
+    for (std::size_t s = 0; s < layout_.subspaces(); ++s)
+        for (std::size_t c = 0; c < PQ4::kCentroids; ++c)
+            for (std::size_t t = 0; t < 4; ++t)
+                patterns[(s * PQ4::kCentroids + c) * 4 + t] = static_cast<float>((c >> t) & 1);
+    layout_.set_centroids(std::move(patterns));
+}
+
+EdgeFactors EdgeCoder::encode(const float* x, const float* y, std::uint8_t* code) const {
+    const std::size_t dim = rotation_.dim(), padded = rotation_.padded();
+    thread_local std::vector<float> r, xr;
+    r.resize(dim);
+    for (std::size_t i = 0; i < dim; ++i) r[i] = y[i] - x[i];
+    thread_local std::vector<float> rr;
+    rr.resize(padded);
+    xr.resize(padded);
+    rotation_.apply(r.data(), rr.data());
+    rotation_.apply(x, xr.data());
+    std::fill(code, code + layout_.code_bytes(), std::uint8_t{0});
+    double norm2 = 0.0, abs_sum = 0.0, sx = 0.0, xr_dot = 0.0;
+    for (std::size_t i = 0; i < padded; ++i) {
+        const bool bit = rr[i] > 0.f;
+        const std::size_t s = i / 4;
+        if (bit) code[s / 2] |= static_cast<std::uint8_t>(1u << ((i % 4) + 4 * (s & 1)));
+        norm2 += static_cast<double>(rr[i]) * rr[i];
+        abs_sum += std::fabs(static_cast<double>(rr[i]));
+        sx += bit ? xr[i] : -static_cast<double>(xr[i]);
+        xr_dot += static_cast<double>(xr[i]) * rr[i];
+    }
+    // <q - x, r> ~ alpha (<s, q'> - <s, x'>); a zero residual estimates 0, exactly.
+    const double alpha = abs_sum > 0.0 ? norm2 / abs_sum : 0.0;
+    const double w = l2_ ? 2.0 : 1.0;  // L2: -2<q - x, r> + |r|^2; else -<q - x, r> - <x, r>
+    const double c = l2_ ? norm2 : -xr_dot;
+    return {static_cast<float>(w * alpha), static_cast<float>(c + w * alpha * sx)};
+}
+
+void EdgeCoder::prepare(const float* q, Query& out) const {
+    thread_local std::vector<float> qr;
+    qr.resize(rotation_.padded());
+    rotation_.apply(q, qr.data());
+    double sum = 0.0;
+    for (float v : qr) sum += v;
+    out.sum = static_cast<float>(sum);
+    layout_.tables(qr.data(), /*l2=*/false, out.tables);
+}
+
+}  // namespace evidex
