@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=200000)
     p.add_argument("--order", choices=["bfs", "kmeans"], default="bfs")
     p.add_argument("--clusters", type=int, default=2000)
-    p.add_argument("--quantization", default="sq8", choices=["none", "sq8", "pq4"])
+    p.add_argument("--quantization", default="sq8", choices=["none", "sq8", "pq4", "rabitq"])
     p.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)

@@ -163,6 +163,23 @@ def test_vectors_whose_distances_would_overflow_are_refused(idx) -> None:
     assert sorted(ids.tolist()) == [0, 1] and np.allclose(sorted(dist.tolist()), [0, 2], atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e-42])
+def test_tiny_cosine_vectors_normalise_to_unit_length_and_save(scale: float, tmp_path) -> None:
+    # hnswlib divides by |v| + 1e-30, which leaves a vector of norm 1e-30 at half
+    # length: such an index could be built but not saved (the file check wants
+    # unit vectors). Normalised exactly, it saves, loads and answers alike.
+    rng = np.random.default_rng(3)
+    data = (rng.standard_normal((60, 8)) * scale).astype(np.float32)
+    index = evidex.HNSWIndex(8, "cosine", M=4, seed=1)
+    index.add(data)
+    stored = index.get_vectors(np.arange(60))
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, rtol=1e-5)
+    index.save(tmp_path / "tiny.evx")
+    loaded = evidex.HNSWIndex.load(tmp_path / "tiny.evx")
+    np.testing.assert_array_equal(loaded.search(data[:5], k=3)[0], index.search(data[:5], k=3)[0])
+    assert (index.search(data[:5], k=1)[0][:, 0] == np.arange(5)).all()
+
+
 def test_beam_widths_are_bounded_and_clamped() -> None:
     with pytest.raises(ValueError, match="ef_construction"):
         evidex.HNSWIndex(8, ef_construction=2**64 - 1)

@@ -684,9 +684,12 @@ void normalize_into(const float* v, std::size_t dim, float* out) {
         for (std::size_t j = 0; j < 4; ++j) part[j] += static_cast<double>(v[i + j]) * v[i + j];
     for (; i < dim; ++i) part[0] += static_cast<double>(v[i]) * v[i];
     const double norm = (part[0] + part[1]) + (part[2] + part[3]);
-    // Zero vectors stay zero (distance 1 to everything), as in hnswlib.
-    const float inv = static_cast<float>(1.0 / (std::sqrt(norm) + 1e-30));
-    for (i = 0; i < dim; ++i) out[i] = v[i] * inv;
+    // Zero vectors stay zero (distance 1 to everything), as in hnswlib. Others
+    // come out of unit length however small: hnswlib's 1 / (|v| + 1e-30) left a
+    // vector of norm 1e-30 at length 0.5, which the file check then refused; and
+    // the scale stays in double, since 1 / |v| may exceed float's range.
+    const double inv = norm > 0.0 ? 1.0 / std::sqrt(norm) : 0.0;
+    for (i = 0; i < dim; ++i) out[i] = static_cast<float>(v[i] * inv);
 }
 
 }  // namespace evidex

@@ -103,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam widths to measure")  # fmt: skip
     p.add_argument(
         "--quantization",
-        choices=["sq8", "pq4"],
+        choices=["sq8", "pq4", "rabitq"],
         default=None,
-        help="sq8: traverse on 8-bit codes, re-rank in float32; pq4: steer by 4-bit "
-        "fast-scan codes of each node's edges (experimental)",
+        help="sq8: traverse on 8-bit codes, re-rank in float32; rabitq / pq4: steer by "
+        "fast-scan codes of each node's edges (RaBitQ's or 4-bit product codes)",
     )
     p.set_defaults(func=demo)
     from .crinn.cli import add_parsers
