@@ -62,6 +62,14 @@ void hadamard(float* v, std::size_t n) {
     hadamard_scalar(v, n);
 }
 
+std::size_t checked_dim(std::size_t dim) {
+    if (dim == 0 || dim > EdgeCoder::kMaxDim)
+        throw std::invalid_argument("quantization 'rabitq' takes 1 to " +
+                                    std::to_string(EdgeCoder::kMaxDim) + " dimensions, got " +
+                                    std::to_string(dim));
+    return dim;
+}
+
 }  // namespace
 
 EdgeRotation::EdgeRotation(std::size_t dim, std::uint64_t seed) : dim_(dim) {
@@ -84,16 +92,6 @@ void EdgeRotation::apply(const float* x, float* out) const {
     }
 }
 
-namespace {
-std::size_t checked_dim(std::size_t dim) {
-    if (dim == 0 || dim > EdgeCoder::kMaxDim)
-        throw std::invalid_argument("quantization 'rabitq' takes 1 to " +
-                                    std::to_string(EdgeCoder::kMaxDim) + " dimensions, got " +
-                                    std::to_string(dim));
-    return dim;
-}
-}  // namespace
-
 EdgeCoder::EdgeCoder(std::size_t dim, std::uint64_t seed, bool l2)
     : rotation_(checked_dim(dim), seed), layout_(rotation_.padded(), 4), l2_(l2) {
     // Subspace s, centroid c: the bits of c over the subspace's 4 dimensions.
@@ -107,10 +105,9 @@ EdgeCoder::EdgeCoder(std::size_t dim, std::uint64_t seed, bool l2)
 
 EdgeFactors EdgeCoder::encode(const float* x, const float* y, std::uint8_t* code) const {
     const std::size_t dim = rotation_.dim(), padded = rotation_.padded();
-    thread_local std::vector<float> r, xr;
+    thread_local std::vector<float> r, rr, xr;  // residual; it and x rotated
     r.resize(dim);
     for (std::size_t i = 0; i < dim; ++i) r[i] = y[i] - x[i];
-    thread_local std::vector<float> rr;
     rr.resize(padded);
     xr.resize(padded);
     rotation_.apply(r.data(), rr.data());

@@ -373,7 +373,7 @@ public:
         for (std::size_t i = 0; i < count; ++i, p += L_.pq_block_bytes)
             for (std::size_t j = 0; j < L_.pq_extras; ++j)
                 if (!std::isfinite(load_as<float>(p + L_.pq_extra_offset + 4 * j)))
-                    return fail("a PQ4 block holds NaN or infinity");
+                    return fail("a fast-scan block holds NaN or infinity");
     }
 
     // Throws CorruptIndexError naming the first problem, if any.

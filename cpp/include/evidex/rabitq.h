@@ -59,10 +59,8 @@ public:
     // Throws std::invalid_argument for dim 0 or above kMaxDim.
     EdgeCoder(std::size_t dim, std::uint64_t seed, bool l2);
 
-    const EdgeRotation& rotation() const { return rotation_; }
     // The table layout: padded / 4 subspaces of 4 dimensions, bit-pattern centroids.
     const PQ4& layout() const { return layout_; }
-    bool ready() const { return layout_.trained(); }
 
     // Code (layout().code_bytes()) and factors of the edge x -> y (dim floats each).
     EdgeFactors encode(const float* x, const float* y, std::uint8_t* code) const;
