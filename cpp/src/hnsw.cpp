@@ -755,25 +755,23 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
 void HNSW::place_in_block(node_id id, std::size_t j, node_id neighbor) {
     thread_local std::vector<float> residual;
     thread_local std::vector<std::uint8_t> code;
-    residual.resize(dim_);
     code.resize(pq_.code_bytes());
     const float* x = vec(id);
     const float* y = vec(neighbor);
     if (quant_ == Quantization::RaBitQ) {
         const EdgeFactors f = coder_.encode(x, y, code.data());
-        pq_.place(fs_block(id) + (j / PQ4::kGroup) * pq_.group_bytes(), j % PQ4::kGroup,
-                  code.data());
         fs_extra(id)[j] = f.scale;
         fs_extra(id)[M0_ + j] = f.offset;
-        return;
+    } else {
+        residual.resize(dim_);
+        for (std::size_t t = 0; t < dim_; ++t) residual[t] = y[t] - x[t];
+        pq_.encode(residual.data(), code.data());
+        if (space_ == Space::L2) {
+            const DistanceKernels& k = active_kernels();
+            fs_extra(id)[j] = k.dot(y, y, dim_) - k.dot(x, x, dim_);
+        }
     }
-    for (std::size_t t = 0; t < dim_; ++t) residual[t] = y[t] - x[t];
-    pq_.encode(residual.data(), code.data());
     pq_.place(fs_block(id) + (j / PQ4::kGroup) * pq_.group_bytes(), j % PQ4::kGroup, code.data());
-    if (space_ == Space::L2) {
-        const DistanceKernels& k = active_kernels();
-        fs_extra(id)[j] = k.dot(y, y, dim_) - k.dot(x, x, dim_);
-    }
 }
 
 void HNSW::refresh_block(node_id id, const std::uint32_t* old, const std::uint8_t* old_block) {
@@ -1108,7 +1106,7 @@ std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_le
     const std::uint8_t* lut = tables.lut.data();
     const float scale = tables.scale, bias = tables.bias;
     // RaBitQ: an edge's estimate is dist + offset + its scale * (kq + mq * t).
-    const float kq = edge_query.sum + 2.f * bias, mq = 2.f * scale;
+    const float kq = rabitq ? edge_query.sum + 2.f * bias : 0.f, mq = 2.f * scale;
     const std::size_t nsub = pq_.subspaces(), group_bytes = pq_.group_bytes();
     const std::size_t node_lines = prefetch_bytes(vec_offset_ + dim_ * sizeof(float));
     // Whole blocks: reading the link count to size the fetch would wait on memory.
