@@ -188,6 +188,22 @@ def test_fast_scan_wide_beam_is_exact_and_returns_each_node_once(space: str, qua
 
 
 @pytest.mark.parametrize("quant", ["pq4", "rabitq"])
+def test_fast_scan_answers_k_when_k_equals_ef(quant: str) -> None:
+    # Copies of a node in the beam (one per parent) took slots: k = ef = 300 on
+    # 1,500 vectors came back with ~75 ids and the rest -1 / inf.
+    data = clustered(1_500, 16, seed=11)
+    index = evidex.HNSWIndex(16, "l2", quantization=quant, seed=2)
+    index.add(data)
+    for k in (100, 300):
+        ids, dist = index.search(data[:20], k=k, ef=k)
+        assert (ids >= 0).all() and np.isfinite(dist).all()
+        assert all(len(set(row.tolist())) == k for row in ids)
+        assert np.all(np.diff(dist, axis=1) >= 0)
+        truth, _ = evidex.exact_knn(data, data[:20], k, "l2")
+        assert recall_at_k(ids, truth, k) > 0.7
+
+
+@pytest.mark.parametrize("quant", ["pq4", "rabitq"])
 def test_fast_scan_concurrent_adds_and_searches(quant: str) -> None:
     import threading
 

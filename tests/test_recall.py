@@ -52,6 +52,20 @@ def test_exact_search_when_ef_covers_everything() -> None:
     np.testing.assert_array_equal(ids, true_ids)
 
 
+@pytest.mark.parametrize("quantization", [None, "sq8", "rabitq"])
+def test_long_answers_come_back_exact_and_in_order(quantization: str | None) -> None:
+    """k in the hundreds: the beam holds more than 128 entries, where it places
+    a new entry by binary search rather than by counting."""
+    data = clustered(1_500, 16, seed=11)
+    index = evidex.HNSWIndex(16, "l2", quantization=quantization, seed=2)
+    index.add(data)
+    ids, dist = index.search(data[:20], k=300, ef=1_500)
+    true_ids, true_dist = evidex.exact_knn(data, data[:20], 300, "l2")
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    np.testing.assert_allclose(dist, true_dist, rtol=1e-5, atol=1e-5)
+    assert (ids == true_ids).mean() > 0.99  # ties may swap
+
+
 def test_single_thread_with_seed_is_deterministic() -> None:
     data = clustered(2_000, 16)
     results = []

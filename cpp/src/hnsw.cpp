@@ -1076,6 +1076,21 @@ std::size_t HNSW::rerank(const DistanceKernels& k, const float* q, const BeamPoo
     return found;
 }
 
+// A fast-scan search's per-thread scratch, reached through one call: a
+// thread_local used in place costs a __tls_get_addr call at each use in a
+// shared library (GCC repeats it inside loops), ~8% of a search's time.
+struct HNSW::FastScanScratch {
+    EdgeCoder::Query edge_query;
+    PQ4::Tables pq_tables;
+    BeamPool beam;
+    MaxHeap top;
+};
+
+__attribute__((noinline)) HNSW::FastScanScratch& HNSW::fast_scan_scratch() {
+    thread_local FastScanScratch scratch;
+    return scratch;
+}
+
 // PQ4 fast scan: the beam is ordered by estimated distances, and expanding a
 // node costs one contiguous read (its links and vector, and its block with its
 // neighbours' codes): the node gets its exact distance (a result candidate),
@@ -1086,18 +1101,41 @@ std::size_t HNSW::rerank(const DistanceKernels& k, const float* q, const BeamPoo
 // As in SymphonyQG, an expanded node keeps its estimate in the beam, and a node
 // counts as visited when it is expanded, not when it enters: a node met again
 // from a nearer parent enters again with that parent's (better) estimate, and
-// the duplicate is skipped when popped. Moving expanded nodes to their exact
+// the copy is skipped when popped. Moving expanded nodes to their exact
 // distance instead compared exact distances with estimates and took ~1.6x the
 // hops for the same recall (MiniLM-100k, bench/RESULTS.md).
+//
+// Copies take beam slots, so the search may expand fewer than ef distinct
+// nodes: 98% of searches for k = ef = 100 on MiniLM-100k found fewer than 100.
+// With `distinct`, a node met again moves its one entry to the better estimate
+// instead, so at least min(ef, reachable) nodes are expanded; the caller runs
+// that when the first pass comes back short. (Always distinct: 10% fewer
+// queries per second at recall 0.95 on MiniLM-100k; the copies narrow the beam
+// where it is cheapest to.)
 std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
-                             const float* q, std::size_t kk, std::size_t ef,
+                             const float* q, std::size_t kk, std::size_t ef, bool distinct,
                              label_t* out_labels, float* out_distances,
                              std::uint64_t* dist_count) const {
-    const node_id ep = greedy_descend(k, q, entry, top_level, 1, dist_count);
+    // The descent stops at the lowest level of at most ~kCachedLevelNodes nodes
+    // (expected: count / M^level): those stay in cache from query to query,
+    // while a greedy step below costs a cache miss per neighbour, and the
+    // level-0 beam gets from there in a few hops of one block read each.
+    // Descending to level 1 instead (MiniLM-100k, GloVe-200k, video-SIFT-200k,
+    // RaBitQ) was 14%, 3% and 7% slower at recall 0.95; not descending at all
+    // lost 16% on SIFT's clustered frames.
+    constexpr double kCachedLevelNodes = 256.0;
+    int stop = 1;
+    for (double nodes = static_cast<double>(count_.load(std::memory_order_relaxed)) / M_;
+         nodes > kCachedLevelNodes && stop < top_level; nodes /= static_cast<double>(M_))
+        ++stop;
+    const node_id ep = greedy_descend(k, q, entry, top_level, stop, dist_count);
     const bool l2 = space_ == Space::L2;
     const bool rabitq = quant_ == Quantization::RaBitQ;
-    thread_local EdgeCoder::Query edge_query;
-    thread_local PQ4::Tables pq_tables;
+    FastScanScratch& scratch = fast_scan_scratch();
+    EdgeCoder::Query& edge_query = scratch.edge_query;
+    PQ4::Tables& pq_tables = scratch.pq_tables;
+    BeamPool& beam = scratch.beam;
+    MaxHeap& top = scratch.top;
     if (rabitq)
         coder_.prepare(q, edge_query);
     else
@@ -1115,14 +1153,14 @@ std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_le
         prefetch_vector(node(id), node_lines);
         prefetch_vector(reinterpret_cast<const char*>(fs_block(id)), block_lines);
     };
-    auto visited = visited_pool_.acquire();
-    thread_local BeamPool beam;
+    auto visited_handle = visited_pool_.acquire();
+    VisitedList& visited = *visited_handle;
     beam.reset(ef);
-    thread_local MaxHeap top;
     top.clear();
     beam.insert(distance(k, q, vec(ep)), ep);
-    std::uint64_t computed = 0;
+    std::uint64_t computed = 0, expansions = 0;
     alignas(64) std::uint16_t est[PQ4::kGroup];
+    alignas(64) float guess[PQ4::kGroup];
     // The next few nodes to expand are fetched while this one is scored: the
     // beam's order changes little per hop, so this overlaps several hops' misses.
     const std::size_t ahead = tune_ahead_.load(std::memory_order_relaxed);
@@ -1136,15 +1174,15 @@ std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_le
         std::size_t nb = 0;
         while (nb < 2 && beam.has_next()) {
             const node_id c = beam.pop();
-            if (visited->try_visit(c)) batch[nb++] = c;  // else a duplicate entry
+            if (visited.try_visit(c)) batch[nb++] = c;  // else a duplicate entry
         }
         if (nb == 0) break;
-        search_expansions() += nb;
+        expansions += nb;
         beam.for_next(lookahead, prefetch);
         float dist[2];
         for (std::size_t b = 0; b < nb; ++b) {
             const std::uint32_t* l = links0(batch[b]);
-            for (std::size_t j = 1, n = link_count(l); j <= n; ++j) visited->prefetch(l[j]);
+            for (std::size_t j = 1, n = link_count(l); j <= n; ++j) visited.prefetch(l[j]);
         }
         for (std::size_t b = 0; b < nb; ++b) {
             const node_id c = batch[b];
@@ -1168,21 +1206,39 @@ std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_le
             const float base = dist[b] + bias;  // edges' estimates start at the node's distance
             for (std::size_t g = 0; g * PQ4::kGroup < n; ++g) {
                 k.fastscan32(block + g * group_bytes, lut, nsub, est);
-                const std::size_t m = std::min(PQ4::kGroup, n - g * PQ4::kGroup);
+                const std::size_t first = g * PQ4::kGroup;
+                const std::size_t m = std::min(PQ4::kGroup, n - first);
+                // All estimates first, in one loop the compiler vectorises; then
+                // only those inside the beam's bound touch the beam.
+                if (rabitq) {
+                    const float* scales = extra + first;
+                    const float* offsets = extra + M0_ + first;
+                    for (std::size_t j = 0; j < m; ++j)
+                        guess[j] = dist[b] + offsets[j] +
+                                   scales[j] * (kq + mq * static_cast<float>(est[j]));
+                } else if (l2) {
+                    const float* norms = extra + first;
+                    for (std::size_t j = 0; j < m; ++j)
+                        guess[j] = base + scale * static_cast<float>(est[j]) + norms[j];
+                } else {
+                    for (std::size_t j = 0; j < m; ++j)
+                        guess[j] = base + scale * static_cast<float>(est[j]);
+                }
+                const std::uint32_t* to = links + 1 + first;
                 for (std::size_t j = 0; j < m; ++j) {
-                    const std::size_t e = g * PQ4::kGroup + j;
-                    const float t = static_cast<float>(est[j]);
-                    const float guess =
-                        rabitq ? dist[b] + extra[M0_ + e] + extra[e] * (kq + mq * t)
-                               : base + scale * t + (l2 ? extra[e] : 0.f);
-                    if (!(guess < beam.bound())) continue;
-                    const node_id to = links[1 + e];
-                    if (visited->visited(to)) continue;
-                    if (beam.insert(guess, to) && beam.peek() == to) prefetch(to);
+                    if (!(guess[j] < beam.bound()) || visited.visited(to[j])) continue;
+                    const bool placed =
+                        distinct && visited.queued(to[j]) && beam.improve(guess[j], to[j]);
+                    if (!placed) {
+                        if (!beam.insert(guess[j], to[j])) continue;
+                        if (distinct) visited.mark_queued(to[j]);
+                    }
+                    if (beam.peek() == to[j]) prefetch(to[j]);
                 }
             }
         }
     }
+    search_expansions() += expansions;
     if (dist_count) *dist_count += computed;
     return write_nearest(top, kk, out_labels, out_distances);
 }
@@ -1397,8 +1453,15 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
             return;
         }
         if (plain && fast_scan_graph()) {
-            found = search_pq4(k, static_cast<node_id>(e.node), e.level, q, kk, ef, out_labels,
+            // A beam as wide as the index is distinct from the start: it then
+            // expands every reachable node, so the answer is exact.
+            const auto ep = static_cast<node_id>(e.node);
+            const std::size_t count = count_.load();
+            found = search_pq4(k, ep, e.level, q, kk, ef, /*distinct=*/ef >= count, out_labels,
                                out_distances, dist_count);
+            if (found < std::min(kk, count) && ef < count)
+                found = search_pq4(k, ep, e.level, q, kk, ef, /*distinct=*/true, out_labels,
+                                   out_distances, dist_count);
             for (std::size_t i = found; i < kk; ++i) {
                 out_labels[i] = kNoLabel;
                 out_distances[i] = kInf;

@@ -40,8 +40,20 @@ void hadamard_scalar(float* v, std::size_t n) {
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
+// The first three stages (pairs 1, 2 and 4 apart) stay inside one register:
+// out = a * sign + partner, where a * (+-1) is exact, so each output is the
+// same single rounding of a + b or a - b as the scalar butterfly's.
 __attribute__((target("avx2"))) void hadamard_avx2(float* v, std::size_t n) {
-    for (std::size_t h = 1; h < 8; h *= 2) butterflies(v, n, h);
+    const __m256 s1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
+    const __m256 s2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
+    const __m256 s4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
+    for (std::size_t i = 0; i < n; i += 8) {
+        __m256 a = _mm256_loadu_ps(v + i);
+        a = _mm256_add_ps(_mm256_mul_ps(a, s1), _mm256_permute_ps(a, 0xb1));
+        a = _mm256_add_ps(_mm256_mul_ps(a, s2), _mm256_permute_ps(a, 0x4e));
+        a = _mm256_add_ps(_mm256_mul_ps(a, s4), _mm256_permute2f128_ps(a, a, 1));
+        _mm256_storeu_ps(v + i, a);
+    }
     for (std::size_t h = 8; h < n; h *= 2)
         for (std::size_t i = 0; i < n; i += 2 * h)
             for (std::size_t j = i; j < i + h; j += 8) {

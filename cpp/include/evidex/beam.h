@@ -51,19 +51,36 @@ public:
         return size_ < capacity_ ? std::numeric_limits<float>::infinity() : dist_[size_ - 1];
     }
 
-    // Insert keeping order; returns false if the beam is full of closer entries.
+    // Insert keeping order (after equal distances); returns false if the beam is
+    // full of closer entries.
     bool insert(float d, std::uint32_t id) {
         if (size_ == capacity_ && !(d < dist_[size_ - 1])) return false;
-        const std::size_t pos =
-            static_cast<std::size_t>(std::upper_bound(dist_.data(), dist_.data() + size_, d) -
-                                     dist_.data());
+        const std::size_t pos = rank(d);
         const std::size_t moved = (size_ < capacity_ ? size_ : size_ - 1) - pos;
         std::memmove(&dist_[pos + 1], &dist_[pos], moved * sizeof(float));
         std::memmove(&id_[pos + 1], &id_[pos], moved * sizeof(std::uint32_t));
         dist_[pos] = d;
         id_[pos] = id;
-        if (size_ < capacity_) ++size_;
-        if (pos < cursor_) cursor_ = pos;
+        size_ += static_cast<std::size_t>(size_ < capacity_);
+        cursor_ = pos < cursor_ ? pos : cursor_;
+        return true;
+    }
+
+    // If `id` is in the beam unexpanded, moves it to distance d when d is nearer
+    // and returns true (also when it stays); false if it is not in the beam.
+    // For searches whose estimates of a node differ by the path that reached it:
+    // the beam keeps the best, once, rather than one entry per path.
+    bool improve(float d, std::uint32_t id) {
+        std::size_t at = cursor_;
+        while (at < size_ && id_[at] != id) ++at;  // expanded ids carry a flag: no match
+        if (at == size_) return false;
+        if (!(d < dist_[at])) return true;
+        const std::size_t pos = rank(d);  // <= at: d is below dist_[at]
+        std::memmove(&dist_[pos + 1], &dist_[pos], (at - pos) * sizeof(float));
+        std::memmove(&id_[pos + 1], &id_[pos], (at - pos) * sizeof(std::uint32_t));
+        dist_[pos] = d;
+        id_[pos] = id;
+        cursor_ = pos < cursor_ ? pos : cursor_;
         return true;
     }
 
@@ -98,6 +115,28 @@ public:
 
 private:
     static constexpr std::uint32_t kExpanded = 0x80000000u;
+
+    // How many entries are at most d. Up to kLinear entries: a count the
+    // compiler vectorises, with no branch and no chain of dependent loads (a
+    // binary search is a chain of load-compare steps, ~40% of a fast-scan
+    // search's own time at ef 48); above, a branch-free binary search.
+    static constexpr std::size_t kLinear = 128;
+    std::size_t rank(float d) const {
+        const float* x = dist_.data();
+        if (size_ <= kLinear) {
+            std::uint32_t count = 0;
+            for (std::size_t i = 0; i < size_; ++i) count += static_cast<std::uint32_t>(x[i] <= d);
+            return count;
+        }
+        std::size_t lo = 0;
+        for (std::size_t len = size_; len > 1;) {
+            const std::size_t half = len / 2;
+            lo += static_cast<std::size_t>(x[lo + half - 1] <= d) * half;
+            len -= half;
+        }
+        return lo + static_cast<std::size_t>(x[lo] <= d);
+    }
+
     std::vector<float> dist_;
     std::vector<std::uint32_t> id_;
     std::size_t capacity_ = 0, size_ = 0, cursor_ = 0;

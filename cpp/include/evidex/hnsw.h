@@ -322,6 +322,8 @@ private:
         bool operator<(const Candidate& o) const { return dist < o.dist; }
     };
     using MaxHeap = std::vector<Candidate>;  // used with std::push_heap / pop_heap
+    struct FastScanScratch;
+    static FastScanScratch& fast_scan_scratch();
 
     class Serializer;
     friend class Serializer;
@@ -564,8 +566,9 @@ private:
     // storage_mutex_ shared and write_mutex_ shared.
     void complete_links(std::vector<node_id> changed, std::size_t num_threads);
     void complete_node(const DistanceKernels& k, node_id id);
+    // distinct: one beam entry per node (see hnsw.cpp); else copies are kept.
     std::size_t search_pq4(const DistanceKernels& k, node_id entry, int top_level, const float* q,
-                           std::size_t kk, std::size_t ef, label_t* out_labels,
+                           std::size_t kk, std::size_t ef, bool distinct, label_t* out_labels,
                            float* out_distances, std::uint64_t* dist_count) const;
 
     // Scan codes (build_scan_codes): one PQ4 code per slot of every stored

@@ -16,14 +16,20 @@ class VisitedList {
 public:
     explicit VisitedList(std::size_t capacity) : tags_(capacity, 0) {}
 
-    // Start a new search: bump the epoch, clearing the tags only on wrap-around.
+    // Start a new search: the epoch moves by two (epoch - 1 tags "queued", see
+    // below), clearing the tags only on wrap-around.
     void reset() {
-        if (++epoch_ == 0) {
+        if (epoch_ >= 0xfffe) {
             std::fill(tags_.begin(), tags_.end(), 0);
-            epoch_ = 1;
+            epoch_ = 0;
         }
+        epoch_ += 2;
     }
     bool visited(std::uint32_t id) const { return tags_[id] == epoch_; }
+    // A second state for searches that visit a node when they expand it (the
+    // fast-scan beam): queued = entered the beam, not yet expanded.
+    bool queued(std::uint32_t id) const { return tags_[id] == epoch_ - 1; }
+    void mark_queued(std::uint32_t id) { tags_[id] = static_cast<std::uint16_t>(epoch_ - 1); }
     void mark(std::uint32_t id) { tags_[id] = epoch_; }
     // Returns true if `id` was not visited yet, and marks it.
     bool try_visit(std::uint32_t id) {
