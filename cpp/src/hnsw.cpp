@@ -752,14 +752,19 @@ void HNSW::link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighb
     }
 }
 
-void HNSW::place_in_block(node_id id, std::size_t j, node_id neighbor) {
+void HNSW::place_in_block(node_id id, std::size_t j, node_id neighbor, const float* rotated) {
     thread_local std::vector<float> residual;
     thread_local std::vector<std::uint8_t> code;
     code.resize(pq_.code_bytes());
     const float* x = vec(id);
     const float* y = vec(neighbor);
     if (quant_ == Quantization::RaBitQ) {
-        const EdgeFactors f = coder_.encode(x, y, code.data());
+        if (rotated == nullptr) {
+            residual.resize(coder_.padded());
+            coder_.rotate(x, residual.data());
+            rotated = residual.data();
+        }
+        const EdgeFactors f = coder_.encode(rotated, y, code.data());
         fs_extra(id)[j] = f.scale;
         fs_extra(id)[M0_ + j] = f.offset;
     } else {
@@ -778,14 +783,21 @@ void HNSW::refresh_block(node_id id, const std::uint32_t* old, const std::uint8_
     const std::uint32_t* links = links0(id);
     const std::size_t n = link_count(links), old_n = old ? link_count(old) : 0;
     thread_local std::vector<std::uint8_t> code;
+    thread_local std::vector<float> rotated;  // the node, rotated once for its new edges
     code.resize(pq_.code_bytes());
+    bool have_rotated = false;
     const std::size_t group = pq_.group_bytes();
     for (std::size_t j = 0; j < n; ++j) {
         std::size_t i = old_n;
         if (old != nullptr)
             i = static_cast<std::size_t>(std::find(old + 1, old + 1 + old_n, links[1 + j]) - (old + 1));
         if (i == old_n) {
-            place_in_block(id, j, links[1 + j]);
+            if (quant_ == Quantization::RaBitQ && !have_rotated) {
+                rotated.resize(coder_.padded());
+                coder_.rotate(vec(id), rotated.data());
+                have_rotated = true;
+            }
+            place_in_block(id, j, links[1 + j], have_rotated ? rotated.data() : nullptr);
             continue;
         }
         // A kept edge: move its code and term from where it was.
@@ -915,11 +927,14 @@ void HNSW::complete_node(const DistanceKernels& k, node_id id) {
     std::uint32_t* l = links0(id);
     // Changed since the snapshot (a concurrent add): leave it to that add.
     if (link_count(l) != n || !std::equal(own.begin() + 1, own.end(), l + 1)) return;
+    thread_local std::vector<float> rotated;
+    rotated.resize(coder_.padded());
+    coder_.rotate(x, rotated.data());
     std::size_t m = n;
     for (const Candidate& c : best) {
         if (std::find(own.begin() + 1, own.end(), c.id) != own.end()) continue;
         l[1 + m] = c.id;
-        place_in_block(id, m, c.id);
+        place_in_block(id, m, c.id, rotated.data());
         ++m;
     }
     set_link_count(l, m);

@@ -115,31 +115,32 @@ EdgeCoder::EdgeCoder(std::size_t dim, std::uint64_t seed, bool l2)
     layout_.set_centroids(std::move(patterns));
 }
 
-EdgeFactors EdgeCoder::encode(const float* x, const float* y, std::uint8_t* code) const {
-    const std::size_t dim = rotation_.dim(), padded = rotation_.padded();
-    thread_local std::vector<float> r, rr, xr;  // residual; it and x rotated
-    r.resize(dim);
-    for (std::size_t i = 0; i < dim; ++i) r[i] = y[i] - x[i];
+EdgeFactors EdgeCoder::encode(const float* xr, const float* y, std::uint8_t* code) const {
+    const std::size_t padded = rotation_.padded();
+    // P(y - x) = Py - Px: one rotation per edge, the node's made once by the caller.
+    thread_local std::vector<float> rr;
     rr.resize(padded);
-    xr.resize(padded);
-    rotation_.apply(r.data(), rr.data());
-    rotation_.apply(x, xr.data());
-    std::fill(code, code + layout_.code_bytes(), std::uint8_t{0});
-    double norm2 = 0.0, abs_sum = 0.0, sx = 0.0, xr_dot = 0.0;
+    rotation_.apply(y, rr.data());
+    float norm2 = 0.f, abs_sum = 0.f, sx = 0.f, xr_dot = 0.f;
     for (std::size_t i = 0; i < padded; ++i) {
-        const bool bit = rr[i] > 0.f;
-        const std::size_t s = i / 4;
-        if (bit) code[s / 2] |= static_cast<std::uint8_t>(1u << ((i % 4) + 4 * (s & 1)));
-        norm2 += static_cast<double>(rr[i]) * rr[i];
-        abs_sum += std::fabs(static_cast<double>(rr[i]));
-        sx += bit ? xr[i] : -static_cast<double>(xr[i]);
-        xr_dot += static_cast<double>(xr[i]) * rr[i];
+        const float r = rr[i] - xr[i];
+        rr[i] = r;
+        norm2 += r * r;
+        abs_sum += std::fabs(r);
+        sx += r > 0.f ? xr[i] : -xr[i];
+        xr_dot += xr[i] * r;
     }
+    std::fill(code, code + layout_.code_bytes(), std::uint8_t{0});
+    for (std::size_t i = 0; i < padded; ++i)
+        if (rr[i] > 0.f) {
+            const std::size_t s = i / 4;
+            code[s / 2] |= static_cast<std::uint8_t>(1u << ((i % 4) + 4 * (s & 1)));
+        }
     // <q - x, r> ~ alpha (<s, q'> - <s, x'>); a zero residual estimates 0, exactly.
-    const double alpha = abs_sum > 0.0 ? norm2 / abs_sum : 0.0;
-    const double w = l2_ ? 2.0 : 1.0;  // L2: -2<q - x, r> + |r|^2; else -<q - x, r> - <x, r>
-    const double c = l2_ ? norm2 : -xr_dot;
-    return {static_cast<float>(w * alpha), static_cast<float>(c + w * alpha * sx)};
+    const float alpha = abs_sum > 0.f ? norm2 / abs_sum : 0.f;
+    const float w = l2_ ? 2.f : 1.f;  // L2: -2<q - x, r> + |r|^2; else -<q - x, r> - <x, r>
+    const float c = l2_ ? norm2 : -xr_dot;
+    return {w * alpha, c + w * alpha * sx};
 }
 
 void EdgeCoder::prepare(const float* q, Query& out) const {

@@ -557,8 +557,11 @@ private:
     // The caller holds link_locks_[id] (or owns the index). place_in_block codes
     // edge j (id -> neighbor); refresh_block codes every edge, reusing the codes
     // of edges that were in `old` (the list before the change: count word, ids)
-    // with block `old_block`.
-    void place_in_block(node_id id, std::size_t j, node_id neighbor);
+    // with block `old_block`. `rotated`: the node's vector as the RaBitQ coder
+    // rotates it (EdgeCoder::rotate), when the caller codes several of its edges;
+    // null: rotated here.
+    void place_in_block(node_id id, std::size_t j, node_id neighbor,
+                        const float* rotated = nullptr);
     void refresh_block(node_id id, const std::uint32_t* old = nullptr,
                        const std::uint8_t* old_block = nullptr);
     // Level-0 completion of the RaBitQ layout: fills the link lists of

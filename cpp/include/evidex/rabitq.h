@@ -62,8 +62,14 @@ public:
     // The table layout: padded / 4 subspaces of 4 dimensions, bit-pattern centroids.
     const PQ4& layout() const { return layout_; }
 
-    // Code (layout().code_bytes()) and factors of the edge x -> y (dim floats each).
-    EdgeFactors encode(const float* x, const float* y, std::uint8_t* code) const;
+    // The node's side of its edges' codes: x rotated (padded() floats), computed
+    // once for all of a node's edges.
+    std::size_t padded() const { return rotation_.padded(); }
+    void rotate(const float* x, float* out) const { rotation_.apply(x, out); }
+
+    // Code (layout().code_bytes()) and factors of the edge x -> y (dim floats),
+    // given x rotated (rotate(x)).
+    EdgeFactors encode(const float* x_rotated, const float* y, std::uint8_t* code) const;
 
     // A query's tables: -<b, q'> ~ bias + scale * t for table sums t; `sum` = sum q'.
     struct Query {
