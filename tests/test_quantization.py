@@ -259,28 +259,33 @@ def test_pq4_hostile_file_with_valid_checksums() -> None:
 
 
 @pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
-def test_interleaved_batches_match_one_query_at_a_time(space: str) -> None:
+@pytest.mark.parametrize(
+    ("quant", "k"), [("sq8", 7), ("pq4", 7), ("rabitq", 7), ("rabitq", 40), ("pq4", 40)]
+)
+def test_interleaved_batches_match_one_query_at_a_time(space: str, quant: str, k: int) -> None:
     # A batch's queries searched together on a thread, hops taken in turn: the
-    # same answers, distance counts and hops as searching them one by one.
+    # same answers, distance counts and hops as searching them one by one (k =
+    # ef: fast-scan searches that come back short run again, inside the group).
     data = clustered(4_000, 24, seed=5)
     queries = clustered(37, 24, seed=6)  # not a multiple of any group size
-    index = evidex.HNSWIndex(24, space, quantization="sq8", seed=2)
+    index = evidex.HNSWIndex(24, space, quantization=quant, seed=2)
     index.add(data, num_threads=1)
-    one_ids = np.stack([index.search(q[None], k=7, ef=40)[0][0] for q in queries])
-    one_dist = np.stack([index.search(q[None], k=7, ef=40)[1][0] for q in queries])
+    one_ids = np.stack([index.search(q[None], k=k, ef=40)[0][0] for q in queries])
+    one_dist = np.stack([index.search(q[None], k=k, ef=40)[1][0] for q in queries])
+    assert (one_ids >= 0).all()
     index.set_search_tuning(interleave=1)
-    index.search(queries, k=7, ef=40, num_threads=1)
+    index.search(queries, k=k, ef=40, num_threads=1)
     counts = (index.stats()["last_search_distance_computations"], index.stats()["last_search_hops"])
     for group in (0, 2, 3, 5, 16):
         index.set_search_tuning(interleave=group)
         for threads in (1, 2):
-            ids, dist = index.search(queries, k=7, ef=40, num_threads=threads)
+            ids, dist = index.search(queries, k=k, ef=40, num_threads=threads)
             np.testing.assert_array_equal(ids, one_ids)
             np.testing.assert_array_equal(dist, one_dist)
             stats = index.stats()
             assert (stats["last_search_distance_computations"], stats["last_search_hops"]) == counts
     # k as large as the index: every node, nearest first, in every row.
-    small = evidex.HNSWIndex(24, space, quantization="sq8")
+    small = evidex.HNSWIndex(24, space, quantization=quant)
     small.add(data[:5])
     small.set_search_tuning(interleave=4)
     ids, dist = small.search(queries[:9], k=5, num_threads=1)

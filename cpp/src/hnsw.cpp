@@ -983,7 +983,12 @@ std::size_t HNSW::interleave_group(std::size_t nq, std::size_t threads) const {
     // Measured (bench/RESULTS.md, "Interleaved batch search"): two queries gain
     // up to 1.2x where a code is one or two cache lines (GloVe-50, SIFT-128); a
     // 384-d code's distance is long enough to cover its own fetches (no gain).
-    const std::size_t group = want ? want : code_stride_ <= 128 ? 2 : 1;
+    // Fast-scan graphs: groups of 2-4 gave 0.95-1.00x on MiniLM-100k, GloVe-200k
+    // and video-SIFT-200k (RaBitQ, one and two threads): off unless asked for.
+    const std::size_t group = want                ? want
+                              : fast_scan_graph() ? 1
+                              : code_stride_ <= 128 ? 2
+                                                    : 1;
     // Every thread gets whole groups; a thread with one query has nothing to
     // interleave it with.
     return std::max<std::size_t>(1, std::min(group, nq / std::max<std::size_t>(threads, 1)));
@@ -1093,7 +1098,8 @@ std::size_t HNSW::rerank(const DistanceKernels& k, const float* q, const BeamPoo
 
 // A fast-scan search's per-thread scratch, reached through one call: a
 // thread_local used in place costs a __tls_get_addr call at each use in a
-// shared library (GCC repeats it inside loops), ~8% of a search's time.
+// shared library (GCC repeats it inside loops), ~8% of a search's time. One set
+// per query of an interleaved group.
 struct HNSW::FastScanScratch {
     EdgeCoder::Query edge_query;
     PQ4::Tables pq_tables;
@@ -1101,9 +1107,9 @@ struct HNSW::FastScanScratch {
     MaxHeap top;
 };
 
-__attribute__((noinline)) HNSW::FastScanScratch& HNSW::fast_scan_scratch() {
-    thread_local FastScanScratch scratch;
-    return scratch;
+__attribute__((noinline)) HNSW::FastScanScratch& HNSW::fast_scan_scratch(std::size_t slot) {
+    thread_local FastScanScratch scratch[kMaxInterleave];
+    return scratch[slot];
 }
 
 // PQ4 fast scan: the beam is ordered by estimated distances, and expanding a
@@ -1123,139 +1129,226 @@ __attribute__((noinline)) HNSW::FastScanScratch& HNSW::fast_scan_scratch() {
 // Copies take beam slots, so the search may expand fewer than ef distinct
 // nodes: 98% of searches for k = ef = 100 on MiniLM-100k found fewer than 100.
 // With `distinct`, a node met again moves its one entry to the better estimate
-// instead, so at least min(ef, reachable) nodes are expanded; the caller runs
+// instead, so at least min(ef, reachable) nodes are expanded; search_pq4 runs
 // that when the first pass comes back short. (Always distinct: 10% fewer
 // queries per second at recall 0.95 on MiniLM-100k; the copies narrow the beam
 // where it is cheapest to.)
-std::size_t HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
-                             const float* q, std::size_t kk, std::size_t ef, bool distinct,
-                             label_t* out_labels, float* out_distances,
-                             std::uint64_t* dist_count) const {
-    // The descent stops at the lowest level of at most ~kCachedLevelNodes nodes
-    // (expected: count / M^level): those stay in cache from query to query,
-    // while a greedy step below costs a cache miss per neighbour, and the
-    // level-0 beam gets from there in a few hops of one block read each.
-    // Descending to level 1 instead (MiniLM-100k, GloVe-200k, video-SIFT-200k,
-    // RaBitQ) was 14%, 3% and 7% slower at recall 0.95; not descending at all
-    // lost 16% on SIFT's clustered frames.
-    constexpr double kCachedLevelNodes = 256.0;
-    int stop = 1;
-    for (double nodes = static_cast<double>(count_.load(std::memory_order_relaxed)) / M_;
-         nodes > kCachedLevelNodes && stop < top_level; nodes /= static_cast<double>(M_))
-        ++stop;
-    const node_id ep = greedy_descend(k, q, entry, top_level, stop, dist_count);
-    const bool l2 = space_ == Space::L2;
-    const bool rabitq = quant_ == Quantization::RaBitQ;
-    FastScanScratch& scratch = fast_scan_scratch();
-    EdgeCoder::Query& edge_query = scratch.edge_query;
-    PQ4::Tables& pq_tables = scratch.pq_tables;
-    BeamPool& beam = scratch.beam;
-    MaxHeap& top = scratch.top;
-    if (rabitq)
-        coder_.prepare(q, edge_query);
-    else
-        pq_.tables(q, l2, pq_tables);
-    const PQ4::Tables& tables = rabitq ? edge_query.tables : pq_tables;
-    const std::uint8_t* lut = tables.lut.data();
-    const float scale = tables.scale, bias = tables.bias;
-    // RaBitQ: an edge's estimate is dist + offset + its scale * (kq + mq * t).
-    const float kq = rabitq ? edge_query.sum + 2.f * bias : 0.f, mq = 2.f * scale;
-    const std::size_t nsub = pq_.subspaces(), group_bytes = pq_.group_bytes();
-    const std::size_t node_lines = prefetch_bytes(vec_offset_ + dim_ * sizeof(float));
-    // Whole blocks: reading the link count to size the fetch would wait on memory.
-    const std::size_t block_lines = prefetch_bytes(fs_block_bytes_);
-    auto prefetch = [&](node_id id) {
-        prefetch_vector(node(id), node_lines);
-        prefetch_vector(reinterpret_cast<const char*>(fs_block(id)), block_lines);
-    };
-    auto visited_handle = visited_pool_.acquire();
-    VisitedList& visited = *visited_handle;
-    beam.reset(ef);
-    top.clear();
-    beam.insert(distance(k, q, vec(ep)), ep);
-    std::uint64_t computed = 0, expansions = 0;
-    alignas(64) std::uint16_t est[PQ4::kGroup];
-    alignas(64) float guess[PQ4::kGroup];
-    // The next few nodes to expand are fetched while this one is scored: the
+//
+// A walk is a search in steps (expand: take the next nodes and request their
+// data; score: measure them and score their edges), so that several queries'
+// walks can run round-robin on one thread (run_interleaved in beam.h) when
+// set_interleave asks for it: the node a step puts on top of its beam is known
+// only at the step's end, and another query's step would cover its fetch. On
+// machine B it did not pay (0.95-1.00x; see interleave_group): a hop here is
+// mostly computation once the node's first lines arrive.
+class HNSW::FastScanWalk {
+public:
+    FastScanWalk(const HNSW& h, const DistanceKernels& k, FastScanScratch& s, const float* q,
+                 std::size_t kk, bool distinct)
+        : h_(h),
+          k_(k),
+          s_(s),
+          visited_handle_(h.visited_pool_.acquire()),
+          visited_(*visited_handle_),
+          q_(q),
+          kk_(kk),
+          distinct_(distinct),
+          l2_(h.space_ == Space::L2),
+          rabitq_(h.quant_ == Quantization::RaBitQ) {
+        if (rabitq_)
+            h.coder_.prepare(q, s.edge_query);
+        else
+            h.pq_.tables(q, l2_, s.pq_tables);
+        const PQ4::Tables& tables = rabitq_ ? s.edge_query.tables : s.pq_tables;
+        lut_ = tables.lut.data();
+        scale_ = tables.scale;
+        bias_ = tables.bias;
+        // RaBitQ: an edge's estimate is dist + offset + its scale * (kq + mq * t).
+        kq_ = rabitq_ ? s.edge_query.sum + 2.f * bias_ : 0.f;
+        mq_ = 2.f * scale_;
+        nsub_ = h.pq_.subspaces();
+        group_bytes_ = h.pq_.group_bytes();
+        node_bytes_ = h.prefetch_bytes(h.vec_offset_ + h.dim_ * sizeof(float));
+        // Whole blocks: reading the link count to size the fetch would wait on memory.
+        block_bytes_ = h.prefetch_bytes(h.fs_block_bytes_);
+        const std::size_t ahead = h.tune_ahead_.load(std::memory_order_relaxed);
+        lookahead_ = ahead ? ahead : 3;
+    }
+
+    void start(node_id ep, std::size_t ef) {
+        s_.beam.reset(ef);
+        s_.top.clear();
+        s_.beam.insert(h_.distance(k_, q_, h_.vec(ep)), ep);
+        ++computed;
+    }
+
+    // Takes up to two nodes: the second's data arrives while the first is
+    // scored, and a node the first one's neighbours put on top is fetched while
+    // the second is scored. The next few beam entries are requested too: the
     // beam's order changes little per hop, so this overlaps several hops' misses.
-    const std::size_t ahead = tune_ahead_.load(std::memory_order_relaxed);
-    const std::size_t lookahead = ahead ? ahead : 3;
-    while (beam.has_next()) {
-        // Two nodes per step: the second's data arrives while the first is
-        // scored, and a node the first one's neighbours put on top is fetched
-        // while the second is scored (one node per step waits a full memory
-        // latency per hop, since the next node is known only at its end).
-        node_id batch[2];
-        std::size_t nb = 0;
-        while (nb < 2 && beam.has_next()) {
-            const node_id c = beam.pop();
-            if (visited.try_visit(c)) batch[nb++] = c;  // else a duplicate entry
+    bool expand() {
+        nb_ = 0;
+        while (nb_ < 2 && s_.beam.has_next()) {
+            const node_id c = s_.beam.pop();
+            if (visited_.try_visit(c)) batch_[nb_++] = c;  // else a copy
         }
-        if (nb == 0) break;
-        expansions += nb;
-        beam.for_next(lookahead, prefetch);
+        if (nb_ == 0) return false;
+        expansions += nb_;
+        for (std::size_t b = 0; b < nb_; ++b) prefetch(batch_[b]);
+        s_.beam.for_next(lookahead_, [this](node_id id) { prefetch(id); });
+        return true;
+    }
+
+    void score() {
+        BeamPool& beam = s_.beam;
+        MaxHeap& top = s_.top;
+        for (std::size_t b = 0; b < nb_; ++b) {
+            const std::uint32_t* l = h_.links0(batch_[b]);
+            for (std::size_t j = 1, n = link_count(l); j <= n; ++j) visited_.prefetch(l[j]);
+        }
         float dist[2];
-        for (std::size_t b = 0; b < nb; ++b) {
-            const std::uint32_t* l = links0(batch[b]);
-            for (std::size_t j = 1, n = link_count(l); j <= n; ++j) visited.prefetch(l[j]);
-        }
-        for (std::size_t b = 0; b < nb; ++b) {
-            const node_id c = batch[b];
-            dist[b] = distance(k, q, vec(c));
+        for (std::size_t b = 0; b < nb_; ++b) {
+            const node_id c = batch_[b];
+            dist[b] = h_.distance(k_, q_, h_.vec(c));
             ++computed;
-            if (top.size() < kk || dist[b] < top.front().dist) {
+            if (top.size() < kk_ || dist[b] < top.front().dist) {
                 top.push_back({dist[b], c});
                 std::push_heap(top.begin(), top.end());
-                if (top.size() > kk) {
+                if (top.size() > kk_) {
                     std::pop_heap(top.begin(), top.end());
                     top.pop_back();
                 }
             }
         }
-        for (std::size_t b = 0; b < nb; ++b) {
-            const node_id c = batch[b];
-            const std::uint32_t* links = links0(c);
+        alignas(64) std::uint16_t est[PQ4::kGroup];
+        alignas(64) float guess[PQ4::kGroup];
+        const std::size_t m0 = h_.M0_;
+        for (std::size_t b = 0; b < nb_; ++b) {
+            const node_id c = batch_[b];
+            const std::uint32_t* links = h_.links0(c);
             const std::size_t n = link_count(links);
-            const std::uint8_t* block = fs_block(c);
-            const float* extra = l2 || rabitq ? fs_extra(c) : nullptr;
-            const float base = dist[b] + bias;  // edges' estimates start at the node's distance
+            const std::uint8_t* block = h_.fs_block(c);
+            const float* extra = l2_ || rabitq_ ? h_.fs_extra(c) : nullptr;
+            const float base = dist[b] + bias_;  // edges' estimates start at the node's distance
             for (std::size_t g = 0; g * PQ4::kGroup < n; ++g) {
-                k.fastscan32(block + g * group_bytes, lut, nsub, est);
+                k_.fastscan32(block + g * group_bytes_, lut_, nsub_, est);
                 const std::size_t first = g * PQ4::kGroup;
                 const std::size_t m = std::min(PQ4::kGroup, n - first);
                 // All estimates first, in one loop the compiler vectorises; then
                 // only those inside the beam's bound touch the beam.
-                if (rabitq) {
+                if (rabitq_) {
                     const float* scales = extra + first;
-                    const float* offsets = extra + M0_ + first;
+                    const float* offsets = extra + m0 + first;
                     for (std::size_t j = 0; j < m; ++j)
                         guess[j] = dist[b] + offsets[j] +
-                                   scales[j] * (kq + mq * static_cast<float>(est[j]));
-                } else if (l2) {
+                                   scales[j] * (kq_ + mq_ * static_cast<float>(est[j]));
+                } else if (l2_) {
                     const float* norms = extra + first;
                     for (std::size_t j = 0; j < m; ++j)
-                        guess[j] = base + scale * static_cast<float>(est[j]) + norms[j];
+                        guess[j] = base + scale_ * static_cast<float>(est[j]) + norms[j];
                 } else {
                     for (std::size_t j = 0; j < m; ++j)
-                        guess[j] = base + scale * static_cast<float>(est[j]);
+                        guess[j] = base + scale_ * static_cast<float>(est[j]);
                 }
                 const std::uint32_t* to = links + 1 + first;
                 for (std::size_t j = 0; j < m; ++j) {
-                    if (!(guess[j] < beam.bound()) || visited.visited(to[j])) continue;
+                    if (!(guess[j] < beam.bound()) || visited_.visited(to[j])) continue;
                     const bool placed =
-                        distinct && visited.queued(to[j]) && beam.improve(guess[j], to[j]);
+                        distinct_ && visited_.queued(to[j]) && beam.improve(guess[j], to[j]);
                     if (!placed) {
                         if (!beam.insert(guess[j], to[j])) continue;
-                        if (distinct) visited.mark_queued(to[j]);
+                        if (distinct_) visited_.mark_queued(to[j]);
                     }
                     if (beam.peek() == to[j]) prefetch(to[j]);
                 }
             }
         }
     }
+
+    std::size_t finish(label_t* out_labels, float* out_distances) {
+        return h_.write_nearest(s_.top, kk_, out_labels, out_distances);
+    }
+
+    std::uint64_t computed = 0, expansions = 0;
+
+private:
+    void prefetch(node_id id) const {
+        prefetch_vector(h_.node(id), node_bytes_);
+        prefetch_vector(reinterpret_cast<const char*>(h_.fs_block(id)), block_bytes_);
+    }
+
+    const HNSW& h_;
+    const DistanceKernels& k_;
+    FastScanScratch& s_;
+    VisitedPool::Handle visited_handle_;
+    VisitedList& visited_;
+    const float* q_;
+    std::size_t kk_;
+    bool distinct_, l2_, rabitq_;
+    const std::uint8_t* lut_ = nullptr;
+    float scale_ = 0.f, bias_ = 0.f, kq_ = 0.f, mq_ = 0.f;
+    std::size_t nsub_ = 0, group_bytes_ = 0, node_bytes_ = 0, block_bytes_ = 0, lookahead_ = 3;
+    node_id batch_[2] = {0, 0};
+    std::size_t nb_ = 0;
+};
+
+// The level where the descent of a fast-scan search leaves the upper levels:
+// the lowest expected to hold at most ~256 nodes (count / M^level). Those stay
+// in cache from query to query, while a greedy step below costs a cache miss per
+// neighbour, and the level-0 beam gets from there in a few hops of one block read
+// each. Descending to level 1 instead (MiniLM-100k, GloVe-200k, video-SIFT-200k,
+// RaBitQ) was 14%, 3% and 7% slower at recall 0.95; not descending at all lost
+// 16% on SIFT's clustered frames.
+int HNSW::fast_scan_entry_level(int top_level) const {
+    constexpr double kCachedLevelNodes = 256.0;
+    int stop = 1;
+    for (double nodes = static_cast<double>(count_.load(std::memory_order_relaxed)) / M_;
+         nodes > kCachedLevelNodes && stop < top_level; nodes /= static_cast<double>(M_))
+        ++stop;
+    return stop;
+}
+
+// nq (at most kMaxInterleave) queries on this thread, their walks interleaved;
+// each answer is what the query alone would get. A beam as wide as the index is
+// distinct from the start (it then expands every reachable node: exact); a
+// query whose first pass comes back short runs again distinct.
+void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
+                      const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,
+                      label_t* out_labels, float* out_distances,
+                      std::uint64_t* dist_count) const {
+    const std::size_t count = count_.load();
+    const bool wide = ef >= count;
+    const int stop = fast_scan_entry_level(top_level);
+    std::optional<FastScanWalk> walks[kMaxInterleave];
+    for (std::size_t g = 0; g < nq; ++g) {
+        const node_id ep = greedy_descend(k, qs[g], entry, top_level, stop, dist_count);
+        walks[g].emplace(*this, k, fast_scan_scratch(g), qs[g], kk, wide);
+        walks[g]->start(ep, ef);
+    }
+    run_interleaved([&](std::size_t g) -> FastScanWalk& { return *walks[g]; }, nq);
+    std::uint64_t computed = 0, expansions = 0;
+    for (std::size_t g = 0; g < nq; ++g) {
+        label_t* labels = out_labels + g * kk;
+        float* distances = out_distances + g * kk;
+        std::size_t found = walks[g]->finish(labels, distances);
+        computed += walks[g]->computed;
+        expansions += walks[g]->expansions;
+        if (found < std::min(kk, count) && !wide) {
+            walks[g].reset();  // its visited list and scratch go back first
+            FastScanWalk again(*this, k, fast_scan_scratch(g), qs[g], kk, /*distinct=*/true);
+            again.start(greedy_descend(k, qs[g], entry, top_level, stop, dist_count), ef);
+            while (again.expand()) again.score();
+            found = again.finish(labels, distances);
+            computed += again.computed;
+            expansions += again.expansions;
+        }
+        for (std::size_t r = found; r < kk; ++r) {
+            labels[r] = kNoLabel;
+            distances[r] = kInf;
+        }
+    }
     search_expansions() += expansions;
     if (dist_count) *dist_count += computed;
-    return write_nearest(top, kk, out_labels, out_distances);
 }
 
 // Beam search with an acceptance test, hnswlib's two-heap form: rejected nodes
@@ -1468,19 +1561,8 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
             return;
         }
         if (plain && fast_scan_graph()) {
-            // A beam as wide as the index is distinct from the start: it then
-            // expands every reachable node, so the answer is exact.
-            const auto ep = static_cast<node_id>(e.node);
-            const std::size_t count = count_.load();
-            found = search_pq4(k, ep, e.level, q, kk, ef, /*distinct=*/ef >= count, out_labels,
-                               out_distances, dist_count);
-            if (found < std::min(kk, count) && ef < count)
-                found = search_pq4(k, ep, e.level, q, kk, ef, /*distinct=*/true, out_labels,
-                                   out_distances, dist_count);
-            for (std::size_t i = found; i < kk; ++i) {
-                out_labels[i] = kNoLabel;
-                out_distances[i] = kInf;
-            }
+            search_pq4(k, static_cast<node_id>(e.node), e.level, &q, 1, kk, ef, out_labels,
+                       out_distances, dist_count);
             return;
         }
         const node_id start = greedy_descend(k, q, static_cast<node_id>(e.node), e.level, 1,
@@ -1554,8 +1636,9 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
     std::atomic<std::uint64_t> total{0}, hops{0};
     const Entry e = entry();
     const std::size_t threads = query_threads(num_threads, nq);
-    const std::size_t group = quant_ == Quantization::SQ8 && filter == nullptr &&
-                                      num_deleted_.load() == 0 && e.node >= 0
+    const bool graph_codes = quant_ == Quantization::SQ8 || fast_scan_graph();
+    const std::size_t group = graph_codes && filter == nullptr && num_deleted_.load() == 0 &&
+                                      e.node >= 0
                                   ? interleave_group(nq, threads)
                                   : 1;
     // Work units: groups of queries searched with their hops interleaved, or
@@ -1568,8 +1651,11 @@ void HNSW::search_locked(const float* queries, std::size_t nq, std::size_t k, st
             qs[g] = prepare_query(queries + (i0 + g) * dim_, scratch[g]);
         std::uint64_t computed = 0;
         const std::uint64_t expanded = search_expansions();
-        if (group > 1)
+        if (group > 1 && quant_ == Quantization::SQ8)
             search_sq8(kernels, static_cast<node_id>(e.node), e.level, qs, m, k, ef,
+                       out_labels + i0 * k, out_distances + i0 * k, &computed);
+        else if (group > 1)
+            search_pq4(kernels, static_cast<node_id>(e.node), e.level, qs, m, k, ef,
                        out_labels + i0 * k, out_distances + i0 * k, &computed);
         else
             search_one(kernels, ks, qs[0], k, ef, filter, out_labels + i0 * k,

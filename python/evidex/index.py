@@ -199,8 +199,9 @@ class HNSWIndex:
             prefetch_lines: cache lines requested of each (the rest streams in).
             interleave: queries of a batch searched together on one thread, their
                 graph hops taken in turn so one query's memory requests are in flight
-                while another computes (``"sq8"`` indexes without a filter or
-                deletions; 1 turns it off, at most 16). Results are the same as
+                while another computes (``"sq8"``, ``"pq4"`` and ``"rabitq"`` indexes
+                without a filter or deletions; 0 picks: 2 for sq8 codes of at most 128
+                bytes, else off; 1 turns it off, at most 16). Results are the same as
                 searching the queries one by one.
             scan_bits: the exact scan's first pass for batches of k-NN queries (the
                 ``"scan"`` strategy of filtered search): 8 scores 7-bit codes of

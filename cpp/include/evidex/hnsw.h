@@ -266,7 +266,8 @@ public:
         tune_lines_.store(lines);
     }
     // Queries of a batch searched together on one thread, their hops interleaved
-    // (SQ8 graphs, no filter): 0 picks, 1 turns it off, at most kMaxInterleave.
+    // (SQ8 and fast-scan graphs, no filter): 0 picks, 1 turns it off, at most
+    // kMaxInterleave.
     void set_interleave(std::size_t group);
     static constexpr std::size_t kMaxInterleave = 16;  // run_interleaved takes 64
     // The exact k-NN scan's first pass: 8 (quantised, quantized_scan.h), 32
@@ -323,7 +324,7 @@ private:
     };
     using MaxHeap = std::vector<Candidate>;  // used with std::push_heap / pop_heap
     struct FastScanScratch;
-    static FastScanScratch& fast_scan_scratch();
+    static FastScanScratch& fast_scan_scratch(std::size_t slot);
 
     class Serializer;
     friend class Serializer;
@@ -569,10 +570,13 @@ private:
     // storage_mutex_ shared and write_mutex_ shared.
     void complete_links(std::vector<node_id> changed, std::size_t num_threads);
     void complete_node(const DistanceKernels& k, node_id id);
-    // distinct: one beam entry per node (see hnsw.cpp); else copies are kept.
-    std::size_t search_pq4(const DistanceKernels& k, node_id entry, int top_level, const float* q,
-                           std::size_t kk, std::size_t ef, bool distinct, label_t* out_labels,
-                           float* out_distances, std::uint64_t* dist_count) const;
+    // nq (<= kMaxInterleave) queries, interleaved; writes kk answers per query.
+    void search_pq4(const DistanceKernels& k, node_id entry, int top_level,
+                    const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,
+                    label_t* out_labels, float* out_distances,
+                    std::uint64_t* dist_count) const;
+    class FastScanWalk;
+    int fast_scan_entry_level(int top_level) const;
 
     // Scan codes (build_scan_codes): one PQ4 code per slot of every stored
     // vector (not residuals), and for squared L2 its |x|^2; written with the
