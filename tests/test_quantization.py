@@ -203,6 +203,24 @@ def test_fast_scan_answers_k_when_k_equals_ef(quant: str) -> None:
         assert recall_at_k(ids, truth, k) > 0.7
 
 
+@pytest.mark.parametrize("quant", [None, "rabitq"])
+def test_visited_tags_survive_their_epoch_wrapping(quant: str | None) -> None:
+    # A visited list's 16-bit epoch moves by two per search (visited, and queued
+    # for the fast-scan beam) and wraps every 32,767 searches on a thread. Query a
+    # searched, then 32,766 searches far from it, then a again: exactly one wrap
+    # lies between a's two searches, at the same epoch, so tags a left behind
+    # would read as "visited" the second time unless the wrap cleared them.
+    data = clustered(2_000, 8, seed=3)
+    index = evidex.HNSWIndex(8, "l2", quantization=quant, M=8, seed=1)
+    index.add(data, num_threads=1)
+    a = data[0]
+    b = data[np.argmax(((data - a) ** 2).sum(axis=1))]
+    queries = np.vstack([a, np.tile(b, (32_766, 1)), a])
+    ids, dist = index.search(queries, k=5, ef=16, num_threads=1)
+    np.testing.assert_array_equal(ids[-1], ids[0])
+    np.testing.assert_array_equal(dist[-1], dist[0])
+
+
 @pytest.mark.parametrize("quant", ["pq4", "rabitq"])
 def test_fast_scan_concurrent_adds_and_searches(quant: str) -> None:
     import threading

@@ -53,17 +53,23 @@ def test_exact_search_when_ef_covers_everything() -> None:
 
 
 @pytest.mark.parametrize("quantization", [None, "sq8", "rabitq"])
-def test_long_answers_come_back_exact_and_in_order(quantization: str | None) -> None:
+def test_long_answers_come_back_in_order_with_their_own_distances(
+    quantization: str | None,
+) -> None:
     """k in the hundreds: the beam holds more than 128 entries, where it places
-    a new entry by binary search rather than by counting."""
+    a new entry by binary search rather than by counting. (Not exactness: an
+    HNSW graph may leave a node unreachable, even at ef = n.)"""
     data = clustered(1_500, 16, seed=11)
     index = evidex.HNSWIndex(16, "l2", quantization=quantization, seed=2)
-    index.add(data)
-    ids, dist = index.search(data[:20], k=300, ef=1_500)
-    true_ids, true_dist = evidex.exact_knn(data, data[:20], 300, "l2")
+    index.add(data, num_threads=1)
+    ids, dist = index.search(data[:20], k=300, ef=1_500, num_threads=1)
+    assert (ids >= 0).all()
     assert np.all(np.diff(dist, axis=1) >= 0)
-    np.testing.assert_allclose(dist, true_dist, rtol=1e-5, atol=1e-5)
-    assert (ids == true_ids).mean() > 0.99  # ties may swap
+    own = ((data[ids] - data[:20, None, :]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(dist, own, rtol=1e-4, atol=1e-3)
+    assert all(len(set(row.tolist())) == 300 for row in ids)
+    true_ids, _ = evidex.exact_knn(data, data[:20], 300, "l2")
+    assert recall_at_k(ids, true_ids, 300) > 0.97
 
 
 def test_single_thread_with_seed_is_deterministic() -> None:
