@@ -1320,10 +1320,11 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
     const bool wide = ef >= count;
     const int stop = fast_scan_entry_level(top_level);
     std::optional<FastScanWalk> walks[kMaxInterleave];
+    node_id eps[kMaxInterleave];
     for (std::size_t g = 0; g < nq; ++g) {
-        const node_id ep = greedy_descend(k, qs[g], entry, top_level, stop, dist_count);
+        eps[g] = greedy_descend(k, qs[g], entry, top_level, stop, dist_count);
         walks[g].emplace(*this, k, fast_scan_scratch(g), qs[g], kk, wide);
-        walks[g]->start(ep, ef);
+        walks[g]->start(eps[g], ef);
     }
     run_interleaved([&](std::size_t g) -> FastScanWalk& { return *walks[g]; }, nq);
     std::uint64_t computed = 0, expansions = 0;
@@ -1336,7 +1337,7 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
         if (found < std::min(kk, count) && !wide) {
             walks[g].reset();  // its visited list and scratch go back first
             FastScanWalk again(*this, k, fast_scan_scratch(g), qs[g], kk, /*distinct=*/true);
-            again.start(greedy_descend(k, qs[g], entry, top_level, stop, dist_count), ef);
+            again.start(eps[g], ef);
             while (again.expand()) again.score();
             found = again.finish(labels, distances);
             computed += again.computed;
