@@ -759,11 +759,8 @@ void HNSW::place_in_block(node_id id, std::size_t j, node_id neighbor, const flo
     const float* x = vec(id);
     const float* y = vec(neighbor);
     if (quant_ == Quantization::RaBitQ) {
-        if (rotated == nullptr) {
-            residual.resize(coder_.padded());
-            coder_.rotate(x, residual.data());
-            rotated = residual.data();
-        }
+        thread_local std::vector<float> node_rotated;
+        if (rotated == nullptr) rotated = rotated_node(id, node_rotated);
         const EdgeFactors f = coder_.encode(rotated, y, code.data());
         fs_extra(id)[j] = f.scale;
         fs_extra(id)[M0_ + j] = f.offset;
@@ -783,21 +780,18 @@ void HNSW::refresh_block(node_id id, const std::uint32_t* old, const std::uint8_
     const std::uint32_t* links = links0(id);
     const std::size_t n = link_count(links), old_n = old ? link_count(old) : 0;
     thread_local std::vector<std::uint8_t> code;
-    thread_local std::vector<float> rotated;  // the node, rotated once for its new edges
+    thread_local std::vector<float> buf;
+    const float* rotated = nullptr;  // the node, rotated once for its new edges
     code.resize(pq_.code_bytes());
-    bool have_rotated = false;
     const std::size_t group = pq_.group_bytes();
     for (std::size_t j = 0; j < n; ++j) {
         std::size_t i = old_n;
         if (old != nullptr)
             i = static_cast<std::size_t>(std::find(old + 1, old + 1 + old_n, links[1 + j]) - (old + 1));
         if (i == old_n) {
-            if (quant_ == Quantization::RaBitQ && !have_rotated) {
-                rotated.resize(coder_.padded());
-                coder_.rotate(vec(id), rotated.data());
-                have_rotated = true;
-            }
-            place_in_block(id, j, links[1 + j], have_rotated ? rotated.data() : nullptr);
+            if (quant_ == Quantization::RaBitQ && rotated == nullptr)
+                rotated = rotated_node(id, buf);
+            place_in_block(id, j, links[1 + j], rotated);
             continue;
         }
         // A kept edge: move its code and term from where it was.
@@ -927,14 +921,13 @@ void HNSW::complete_node(const DistanceKernels& k, node_id id) {
     std::uint32_t* l = links0(id);
     // Changed since the snapshot (a concurrent add): leave it to that add.
     if (link_count(l) != n || !std::equal(own.begin() + 1, own.end(), l + 1)) return;
-    thread_local std::vector<float> rotated;
-    rotated.resize(coder_.padded());
-    coder_.rotate(x, rotated.data());
+    thread_local std::vector<float> buf;
+    const float* rotated = rotated_node(id, buf);
     std::size_t m = n;
     for (const Candidate& c : best) {
         if (std::find(own.begin() + 1, own.end(), c.id) != own.end()) continue;
         l[1 + m] = c.id;
-        place_in_block(id, m, c.id, rotated.data());
+        place_in_block(id, m, c.id, rotated);
         ++m;
     }
     set_link_count(l, m);

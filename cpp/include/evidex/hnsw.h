@@ -563,6 +563,12 @@ private:
     // null: rotated here.
     void place_in_block(node_id id, std::size_t j, node_id neighbor,
                         const float* rotated = nullptr);
+    // The node's vector rotated for RaBitQ edge coding, into buf; returns buf's data.
+    const float* rotated_node(node_id id, std::vector<float>& buf) const {
+        buf.resize(coder_.padded());
+        coder_.rotate(vec(id), buf.data());
+        return buf.data();
+    }
     void refresh_block(node_id id, const std::uint32_t* old = nullptr,
                        const std::uint8_t* old_block = nullptr);
     // Level-0 completion of the RaBitQ layout: fills the link lists of
