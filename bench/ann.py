@@ -447,7 +447,7 @@ def run(args: argparse.Namespace) -> Result:
         data.base.shape[1],
         args.M,
         args.ef_construction,
-        machine_info(),
+        {**machine_info(), "batch_threads": args.batch_threads},
     )
     print(
         f"{data.name}: {data.base.shape[0]} x {data.base.shape[1]} {data.space}, "
@@ -498,7 +498,7 @@ def run(args: argparse.Namespace) -> Result:
             batch = None
             if args.batch:
                 tb = min(
-                    _timed(lambda lib=lib: lib.batch(data.queries, k, args.threads))
+                    _timed(lambda lib=lib: lib.batch(data.queries, k, args.batch_threads))
                     for _ in range(args.repeats)
                 )
                 batch = data.queries.shape[0] / tb
@@ -593,7 +593,8 @@ def table(res: Result, summary: dict) -> str:
             lines.append(f"- vs {lib}: " + ", ".join(ratios))
     lines += [
         "",
-        "| library | ef | recall@10 | QPS (1 thread) | batch QPS | dist/query |",
+        f"| library | ef | recall@10 | QPS (1 thread) | batch QPS "
+        f"({res.machine.get('batch_threads', '-')} threads) | dist/query |",
         "|---|---|---|---|---|---|",
     ]
     for p in res.points:
@@ -654,6 +655,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per ef")
     p.add_argument("--build-repeats", type=int, default=1)
     p.add_argument("--batch", action="store_true", help="also measure batch QPS")
+    p.add_argument(
+        "--batch-threads",
+        type=int,
+        default=0,
+        help="threads of the batch search (0: --threads). 1 compares the search "
+        "kernels alone: a one-query call also pays each library's per-call cost",
+    )
     p.add_argument("--no-brute-force", action="store_true")
     p.add_argument("--out", default="bench/out")
     p.add_argument(
@@ -666,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=200, help="k-means clusters for filters")
     args = p.parse_args(argv)
     args.threads = args.threads or os.cpu_count()
+    args.batch_threads = args.batch_threads or args.threads
     if args.filter_selectivity:
         from .filtered import main_filtered
 

@@ -150,3 +150,38 @@ def test_first_pass_bench_counts_reads_under_a_true_lower_bound(tmp_path) -> Non
                "--selectivity", "0.1"])  # fmt: skip
     for r in pq["rows"]:
         assert 0 < r["recall"][10] <= r["recall"][2000] == 1.0
+
+
+def test_ann_bench_runs_the_batch_on_the_threads_asked_for(tmp_path, monkeypatch) -> None:
+    import json
+
+    from bench import ann, datasets
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(400, 8)).astype(np.float32)
+    queries = rng.normal(size=(20, 8)).astype(np.float32)
+
+    def tiny(size, n_queries):
+        truth = datasets.ground_truth(base, queries, "l2")
+        return datasets.VectorDataset("tiny", "l2", base, queries, truth)
+
+    monkeypatch.setitem(datasets.DATASETS, "tiny", tiny)
+    seen: list[int] = []
+    batch = ann.Evidex.batch
+
+    def counting(self, q, k, threads):
+        seen.append(threads)
+        return batch(self, q, k, threads)
+
+    monkeypatch.setattr(ann.Evidex, "batch", counting)
+    args = ["--dataset", "tiny", "--queries", "20", "--libraries", "evidex", "--ef", "16",
+            "--repeats", "1", "--batch", "--threads", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert ann.main([*args, "--batch-threads", "1"]) == 0
+    assert seen and set(seen) == {1}
+    text = (tmp_path / "tiny-400.md").read_text()
+    assert "batch QPS (1 threads)" in text
+    saved = json.loads((tmp_path / "tiny-400.json").read_text())
+    assert saved["result"]["machine"]["batch_threads"] == 1
+    seen.clear()
+    assert ann.main(args) == 0  # the default: the --threads of the build
+    assert set(seen) == {2}
