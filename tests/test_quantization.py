@@ -63,6 +63,38 @@ def test_quantised_round_trip_and_properties(quant: str, tmp_path) -> None:
     assert evidex.HNSWIndex(20).quantization is None
 
 
+@pytest.mark.parametrize("quant", ["pq4", "rabitq"])
+@pytest.mark.parametrize("space", ["l2", "cosine"])
+def test_fast_scan_rows_and_mapped_blocks_hold_the_same_graph(quant, space, tmp_path) -> None:
+    """In memory of its own a fast-scan node shares its row with its block of
+    neighbour codes; a mapped file keeps nodes and blocks apart. Both layouts
+    save the same bytes, answer alike, and grow (a mapping then moves into rows)
+    into the same index."""
+    data = clustered(1_500, 24, seed=5)
+    more = clustered(300, 24, seed=6)
+    index = evidex.HNSWIndex(24, space, quantization=quant, seed=2)
+    index.add(data, num_threads=1)
+    index.save(tmp_path / "g.evx")
+    rows = evidex.HNSWIndex.load(tmp_path / "g.evx")
+    mapped = evidex.HNSWIndex.load(tmp_path / "g.evx", mmap=True)
+    saved = index.to_bytes()
+    assert rows.to_bytes() == saved and mapped.to_bytes() == saved
+    want = index.search(more[:50], k=10, ef=64)
+    for loaded in (rows, mapped):
+        got = loaded.search(more[:50], k=10, ef=64)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    for grown in (index, rows, mapped):
+        grown.add(more, num_threads=1)  # past capacity: the rows are reallocated
+    # (The original grew from another capacity, which its header records.)
+    assert mapped.to_bytes() == rows.to_bytes()
+    want = index.search(data[:50], k=10, ef=64)
+    for grown in (rows, mapped):
+        got = grown.search(data[:50], k=10, ef=64)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def _saved(index: evidex.HNSWIndex, path) -> evidex.HNSWIndex:
     index.save(path)
     return evidex.HNSWIndex.load(path)

@@ -95,6 +95,7 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
     vec_offset_ = sizeof(std::uint32_t) * (M0_ + 1);
     label_offset_ = vec_offset_ + sizeof(float) * dim_;
     node_bytes_ = (label_offset_ + sizeof(label_t) + 7) / 8 * 8;
+    node_stride_ = node_bytes_;
     level_rng_.seed(seed);
     update_rng_.seed(seed + 1);
     label_op_locks_.reset(new std::mutex[kLabelLockStripes]);
@@ -120,6 +121,7 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
     }
     if (pq_dims != 0 && quant_ != Quantization::PQ4)
         throw std::invalid_argument("pq_dims applies to quantization 'pq4' only");
+    set_row_layout(false);
     allocate(max_elements);
     max_elements_.store(max_elements);
 }
@@ -138,17 +140,48 @@ void HNSW::release_storage() {
         std::free(level0_);
     }
     level0_ = nullptr;
+    if (blocks_in_rows_) fs_blocks_ = nullptr;  // they were in the rows
+}
+
+void HNSW::set_row_layout(bool blocks_in_rows) {
+    blocks_in_rows_ = blocks_in_rows && fast_scan_graph();
+    node_stride_ = row_node_bytes() + (blocks_in_rows_ ? fs_block_bytes_ : 0);
+    fs_stride_ = blocks_in_rows_ ? node_stride_ : fs_block_bytes_;
 }
 
 // (Re)allocate every per-slot structure for `capacity` slots, keeping the first
 // count_ nodes. Callers hold the storage lock exclusively (or own the object).
+// A fast-scan graph's blocks move into the rows (from a file mapping's separate
+// array too); new rows' blocks start zeroed, as a separate array's do.
 void HNSW::allocate(std::size_t capacity) {
     const std::size_t keep = count_.load();
-    char* block = static_cast<char*>(alloc_random_access(capacity * node_bytes_));
+    const bool rows = fast_scan_graph();
+    const std::size_t own = rows ? (node_bytes_ + 63) / 64 * 64 : node_bytes_;
+    const std::size_t stride = own + (rows ? fs_block_bytes_ : 0);
+    char* block = static_cast<char*>(alloc_random_access(capacity * stride));
     if (block == nullptr) throw std::bad_alloc();
-    if (keep > 0) std::memcpy(block, level0_, keep * node_bytes_);
+    if (keep > 0 && rows == blocks_in_rows_ && stride == node_stride_) {
+        std::memcpy(block, level0_, keep * stride);
+    } else {
+        for (std::size_t i = 0; i < keep; ++i) {
+            std::memcpy(block + i * stride, node(static_cast<node_id>(i)), node_bytes_);
+            if (rows)
+                std::memcpy(block + i * stride + own, fs_block(static_cast<node_id>(i)),
+                            fs_block_bytes_);
+        }
+    }
+    for (std::size_t i = keep; rows && i < capacity; ++i)
+        std::memset(block + i * stride + own, 0, fs_block_bytes_);
+    std::uint8_t* separate = blocks_in_rows_ ? nullptr : fs_blocks_;
     release_storage();
-    level0_ = block;
+    if (rows) {
+        std::free(separate);
+        level0_ = block;
+        set_row_layout(true);
+        fs_blocks_ = reinterpret_cast<std::uint8_t*>(block + own);
+    } else {
+        level0_ = block;
+    }
     allocate_slots(capacity);
 }
 
@@ -167,7 +200,7 @@ void HNSW::allocate_slots(std::size_t capacity) {
         rows = fresh;
     };
     if (quant_ == Quantization::SQ8) regrow(codes_, code_stride_);
-    if (fast_scan_graph()) regrow(fs_blocks_, fs_block_bytes_);
+    if (fast_scan_graph() && !blocks_in_rows_) regrow(fs_blocks_, fs_block_bytes_);
     if (has_scan_codes()) {
         scan_codes_.resize(capacity * scan_pq_.code_bytes());
         if (space_ == Space::L2) scan_norms_.resize(capacity);
@@ -1507,7 +1540,7 @@ evx_graph_view HNSW::graph_view(const DistanceKernels& k) const {
     g.abi_version = EVIDEX_KERNEL_ABI_VERSION;
     g.metric = space_ == Space::L2 ? 0u : 1u;
     g.nodes = level0_;
-    g.node_bytes = node_bytes_;
+    g.node_bytes = node_stride_;
     g.vector_offset = vec_offset_;
     g.max_links = M0_;
     g.num_nodes = count_.load();
@@ -2582,11 +2615,11 @@ IndexStats HNSW::stats() const {
         map_bytes = label_map_.bucket_count() * sizeof(void*) +
                     label_map_.size() * (sizeof(void*) + sizeof(std::size_t) + 16);
     }
-    s.memory_bytes = capacity_ * node_bytes_ + upper_bytes +
+    s.memory_bytes = capacity_ * node_stride_ + upper_bytes +
                      capacity_ * (sizeof(std::unique_ptr<std::uint32_t[]>) + 1 +
                                   sizeof(std::mutex)) +
                      map_bytes + visited_pool_.memory_bytes() + capacity_ * code_stride_ +
-                     capacity_ * fs_block_bytes_ + attrs_.memory_bytes() +
+                     (blocks_in_rows_ ? 0 : capacity_ * fs_block_bytes_) + attrs_.memory_bytes() +
                      scan_codes_.capacity() + scan_norms_.capacity() * sizeof(float);
     s.last_search_distance_computations = last_distance_computations_.load();
     s.last_search_hops = last_hops_.load();

@@ -482,6 +482,21 @@ void stream(const Source& src, std::uint64_t offset, std::uint64_t bytes, std::s
     }
 }
 
+// `count` rows of `row_bytes` at `offset`, a chunk at a time: check(p, rows)
+// sees each chunk in file order, then row i is copied to dest(i).
+template <class Check, class Dest>
+void read_rows(const Source& src, std::uint64_t offset, std::size_t count, std::size_t row_bytes,
+               std::vector<char>& buffer, Check&& check, Dest&& dest) {
+    node_id id = 0;
+    stream(src, offset, static_cast<std::uint64_t>(count) * row_bytes, row_bytes, buffer,
+           [&](const char* p, std::size_t len) {
+               const std::size_t rows = len / row_bytes;
+               check(p, rows);
+               for (std::size_t i = 0; i < rows; ++i, ++id)
+                   std::memcpy(dest(id), p + i * row_bytes, row_bytes);
+           });
+}
+
 // Validates a whole image without building an index (used on what save and
 // serialize wrote); memory: one chunk, the upper section and the ids.
 void verify_image(const Source& src, std::uint64_t size) {
@@ -957,15 +972,24 @@ public:
             index->level0_ = const_cast<char*>(src.view(L.level0_offset));
             index->mapping_ = mapping;
             index->mapping_bytes_ = mapping_bytes;
+            index->set_row_layout(false);  // the file's nodes; blocks apart
             index->allocate_slots(n);
         } else {
             index->allocate(capacity);
-            if (n > 0) src.read(L.level0_offset, L.level0_bytes, index->level0_);
+            if (n > 0 && index->node_stride_ == L.node_bytes)
+                src.read(L.level0_offset, L.level0_bytes, index->level0_);
         }
         std::vector<float> scan_centroids;
         std::vector<std::uint8_t> scan_codes;  // then the section's padding
         try {
-            check.nodes(index->level0_, n);
+            if (index->node_stride_ == L.node_bytes) {
+                check.nodes(index->level0_, n);
+            } else {
+                // Rows hold a block after each node: nodes are checked as read, then placed.
+                read_rows(src, L.level0_offset, n, L.node_bytes, buffer,
+                          [&](const char* p, std::size_t count) { check.nodes(p, count); },
+                          [&](node_id id) { return index->node(id); });
+            }
             std::vector<char> upper(L.upper_bytes);
             src.read(L.upper_offset, upper.size(), upper.data());
             check.upper(upper.data());
@@ -994,10 +1018,14 @@ public:
                 src.read(L.quant_offset, L.pq_centroid_bytes, reinterpret_cast<char*>(centroids.data()));
                 check.centroids(reinterpret_cast<const char*>(centroids.data()));
                 const std::size_t cbytes = n * L.pq_block_bytes;
-                if (cbytes > 0) {
+                if (cbytes > 0 && index->fs_stride_ == L.pq_block_bytes) {
                     src.read(L.quant_offset + L.pq_centroid_bytes, cbytes,
                              reinterpret_cast<char*>(index->fs_blocks_));
                     check.blocks(reinterpret_cast<const char*>(index->fs_blocks_), n);
+                } else if (cbytes > 0) {
+                    read_rows(src, L.quant_offset + L.pq_centroid_bytes, n, L.pq_block_bytes,
+                              buffer, [&](const char* p, std::size_t count) { check.blocks(p, count); },
+                              [&](node_id id) { return reinterpret_cast<char*>(index->fs_block(id)); });
                 }
                 std::vector<char> pad(L.quant_bytes - L.pq_centroid_bytes - cbytes);
                 src.read(L.quant_offset + L.pq_centroid_bytes + cbytes, pad.size(), pad.data());
@@ -1137,7 +1165,11 @@ private:
     template <class Sink>
     static void for_each_payload_chunk(const HNSW& index, const Header& h, Sink&& sink) {
         const std::size_t n = h.count;
-        if (h.level0_bytes) sink(index.level0_, h.level0_bytes);
+        if (index.node_stride_ == index.node_bytes_) {
+            if (h.level0_bytes) sink(index.level0_, h.level0_bytes);
+        } else {
+            for (node_id id = 0; id < n; ++id) sink(index.node(id), index.node_bytes_);
+        }
         static const char zeros[8] = {};
         if (n) sink(index.levels_.data(), n);
         sink(zeros, round_up(n, 8) - n);
@@ -1166,7 +1198,11 @@ private:
                     for (std::size_t i = 0; i < cbytes; i += sizeof(zeros))
                         sink(zeros, std::min(sizeof(zeros), cbytes - i));
                 }
-                if (n) sink(index.fs_blocks_, n * index.fs_block_bytes_);
+                if (index.fs_stride_ == index.fs_block_bytes_) {
+                    if (n) sink(index.fs_blocks_, n * index.fs_block_bytes_);
+                } else {
+                    for (node_id id = 0; id < n; ++id) sink(index.fs_block(id), index.fs_block_bytes_);
+                }
                 sink(zeros, h.quant_bytes - cbytes - n * index.fs_block_bytes_);
             }
         }
