@@ -1247,7 +1247,7 @@ public:
             }
         }
         alignas(64) std::uint16_t est[PQ4::kGroup];
-        alignas(64) float guess[PQ4::kGroup];
+        alignas(64) float guess[PQ4::kGroup] = {};  // lanes past m are read, masked
         const std::size_t m0 = h_.M0_;
         for (std::size_t b = 0; b < nb_; ++b) {
             const node_id c = batch_[b];
@@ -1277,7 +1277,12 @@ public:
                         guess[j] = base + scale_ * static_cast<float>(est[j]);
                 }
                 const std::uint32_t* to = links + 1 + first;
-                for (std::size_t j = 0; j < m; ++j) {
+                // Most edges miss the bound: a mask of those inside it (read while
+                // the bound only falls) spares a mispredicted branch per edge.
+                std::uint32_t inside = lanes_below(guess, std::min<std::size_t>(m, 16), beam.bound());
+                if (m > 16) inside |= lanes_below(guess + 16, m - 16, beam.bound()) << 16;
+                for (; inside != 0; inside &= inside - 1) {
+                    const std::size_t j = static_cast<std::size_t>(__builtin_ctz(inside));
                     if (!(guess[j] < beam.bound()) || visited_.visited(to[j])) continue;
                     const bool placed =
                         distinct_ && visited_.queued(to[j]) && beam.improve(guess[j], to[j]);
