@@ -156,7 +156,7 @@ void HNSW::set_row_layout(bool blocks_in_rows) {
 void HNSW::allocate(std::size_t capacity) {
     const std::size_t keep = count_.load();
     const bool rows = fast_scan_graph();
-    const std::size_t own = rows ? (node_bytes_ + 63) / 64 * 64 : node_bytes_;
+    const std::size_t own = rows ? padded_node_bytes() : node_bytes_;
     const std::size_t stride = own + (rows ? fs_block_bytes_ : 0);
     char* block = static_cast<char*>(alloc_random_access(capacity * stride));
     if (block == nullptr) throw std::bad_alloc();
