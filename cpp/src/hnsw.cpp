@@ -160,7 +160,7 @@ void HNSW::allocate(std::size_t capacity) {
     const std::size_t stride = own + (rows ? fs_block_bytes_ : 0);
     char* block = static_cast<char*>(alloc_random_access(capacity * stride));
     if (block == nullptr) throw std::bad_alloc();
-    if (keep > 0 && rows == blocks_in_rows_ && stride == node_stride_) {
+    if (keep > 0 && rows == blocks_in_rows_) {  // the same layout: one copy
         std::memcpy(block, level0_, keep * stride);
     } else {
         for (std::size_t i = 0; i < keep; ++i) {

@@ -976,13 +976,13 @@ public:
             index->allocate_slots(n);
         } else {
             index->allocate(capacity);
-            if (n > 0 && index->node_stride_ == L.node_bytes)
-                src.read(L.level0_offset, L.level0_bytes, index->level0_);
         }
         std::vector<float> scan_centroids;
         std::vector<std::uint8_t> scan_codes;  // then the section's padding
         try {
             if (index->node_stride_ == L.node_bytes) {
+                if (index->mapping_ == nullptr && n > 0)
+                    src.read(L.level0_offset, L.level0_bytes, index->level0_);
                 check.nodes(index->level0_, n);
             } else {
                 // Rows hold a block after each node: nodes are checked as read, then placed.
