@@ -122,6 +122,16 @@ class EvidexRaBitQ(EvidexSQ8):
     quantization = "rabitq"
 
 
+class EvidexRaBitQRefined(EvidexRaBitQ):
+    """evidex-rabitq with one refine_graph round after the build (counted in it)."""
+
+    name = "evidex-rabitq-refined"
+
+    def build(self, data, space, M, efc, threads):
+        super().build(data, space, M, efc, threads)
+        self.index.refine_graph(num_threads=threads)
+
+
 class EvidexIVF(Evidex):
     """evidex's partitioned index (IVFIndex): k-means lists scanned by 4-bit fast scan,
     re-ranked exactly. The beam width maps to lists scanned and the re-rank depth to
@@ -348,6 +358,7 @@ LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex-sq8": EvidexSQ8,
     "evidex-pq4": EvidexPQ4,
     "evidex-rabitq": EvidexRaBitQ,
+    "evidex-rabitq-refined": EvidexRaBitQRefined,
     "evidex-ivf": EvidexIVF,
     "scann": Scann,
     "symphonyqg": SymphonyQG,

@@ -244,6 +244,9 @@ public:
     Space space() const { return space_; }
     std::size_t M() const { return M_; }
     std::size_t ef_construction() const { return ef_construction_; }
+    // Re-selects every node's level-0 links from a search of the whole graph
+    // (see hnsw.cpp).
+    void refine_graph(std::size_t ef, std::size_t num_threads);
     // max_elements: the limit hnswlib users know (an add past it fails unless the
     // add may grow). Storage is allocated up to it as needed: a loaded file
     // restores its limit without allocating it.
@@ -473,12 +476,18 @@ private:
     const std::uint8_t* code(node_id id) const {
         return codes_ + static_cast<std::size_t>(id) * code_stride_;
     }
-    template <class Accept, class Expand>
+    struct IgnoreScored {
+        void operator()(node_id, float) const {}
+    };
+    // scored(node, distance) sees every node whose distance the beam computes.
+    template <class Accept, class Expand, class Scored = IgnoreScored>
     MaxHeap beam_accepting(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
-                           Accept&& accept, Expand&& expand, std::uint64_t* dist_count) const;
-    template <class Accept>
+                           Accept&& accept, Expand&& expand, std::uint64_t* dist_count,
+                           Scored scored = {}) const;
+    template <class Accept, class Scored = IgnoreScored>
     MaxHeap search_filtered(const DistanceKernels& k, node_id ep, const float* q, int level,
-                            std::size_t ef, Accept&& accept, std::uint64_t* dist_count) const;
+                            std::size_t ef, Accept&& accept, std::uint64_t* dist_count,
+                            Scored scored = {}) const;
     void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m,
                           node_id node, int level) const;
     // Choose a node's out-links on one level from `candidates` (pruned in place,
@@ -591,6 +600,7 @@ private:
     // storage_mutex_ shared and write_mutex_ shared.
     void complete_links(std::vector<node_id> changed, std::size_t num_threads);
     void complete_node(const DistanceKernels& k, node_id id);
+    void refine_node(const DistanceKernels& k, node_id id, std::size_t ef);
     // nq (<= kMaxInterleave) queries, interleaved; writes kk answers per query.
     void search_pq4(const DistanceKernels& k, node_id entry, int top_level,
                     const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,
