@@ -819,7 +819,7 @@ PYBIND11_MODULE(_core, m) {
         .def("is_deleted", &HNSW::is_deleted, py::call_guard<py::gil_scoped_release>())
         .def("contains", &HNSW::contains, py::call_guard<py::gil_scoped_release>())
         .def("resize", &HNSW::resize, py::call_guard<py::gil_scoped_release>())
-        .def("refine_graph", &HNSW::refine_graph, py::arg("ef"), py::arg("num_threads") = 0,
+        .def("refine_graph", &HNSW::refine_graph, py::arg("ef") = 0, py::arg("num_threads") = 0,
              py::call_guard<py::gil_scoped_release>())
         .def("get_vectors",
              [](const HNSW& self, const LabelArray& labels) {

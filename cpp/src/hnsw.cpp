@@ -867,7 +867,8 @@ void HNSW::complete_links(std::vector<node_id> changed, std::size_t num_threads)
 // level 0 (refine_node), then the RaBitQ layout's completion. Concurrent adds
 // and searches proceed as beside an add.
 void HNSW::refine_graph(std::size_t ef, std::size_t num_threads) {
-    ef = std::clamp<std::size_t>(ef, 1, kMaxEf);
+    if (ef == 0) ef = ef_construction_;
+    ef = std::min<std::size_t>(ef, kMaxEf);
     std::shared_lock<RwLock> wlock(write_mutex_);
     std::shared_lock<RwLock> lock(storage_mutex_);
     if (is_mapped())
@@ -878,11 +879,8 @@ void HNSW::refine_graph(std::size_t ef, std::size_t num_threads) {
     version_.store(next_graph_version(), std::memory_order_release);
     const DistanceKernels& k = active_kernels();
     parallel_for(n, num_threads, [&](std::size_t i) { refine_node(k, static_cast<node_id>(i), ef); });
-    if (quant_ == Quantization::RaBitQ) {
-        std::vector<node_id> all(n);
-        for (std::size_t i = 0; i < n; ++i) all[i] = static_cast<node_id>(i);
-        complete_links(std::move(all), num_threads);
-    }
+    if (quant_ == Quantization::RaBitQ)
+        parallel_for(n, num_threads, [&](std::size_t i) { complete_node(k, static_cast<node_id>(i)); });
     version_.store(next_graph_version(), std::memory_order_release);
 }
 
@@ -1493,19 +1491,6 @@ void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef) {
     // SymphonyQG's pool: the far candidates matter (the nearest 100 or 250 of what
     // the search measured gave no better graph on MiniLM-100k).
     constexpr std::size_t kPool = 750;
-    const float* v = vec(id);
-    const Entry e = entry();
-    if (e.node < 0) return;
-    // The beam may start at (or pass through) the node itself; it never keeps it.
-    node_id cur = static_cast<node_id>(e.node);
-    if (e.level > 0) cur = greedy_descend(k, v, cur, e.level, 1, nullptr);
-    thread_local MaxHeap pool;
-    pool.clear();
-    search_filtered(
-        k, cur, v, 0, ef, [&](node_id c) { return c != id && !deleted_at(c); }, nullptr,
-        [&](node_id c, float d) {
-            if (c != id && !deleted_at(c)) pool.push_back({d, c});
-        });
     thread_local std::vector<std::uint32_t> old_links;
     thread_local std::vector<std::uint8_t> old_block;
     {
@@ -1513,6 +1498,22 @@ void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef) {
         const std::uint32_t* l = links0(id);
         old_links.assign(l, l + 1 + link_count(l));
     }
+    // No links yet: a concurrent add is inserting it (its vector may not be
+    // written), or it is alone in the graph.
+    if (old_links.size() == 1) return;
+    const float* v = vec(id);
+    const Entry e = entry();
+    if (e.node < 0) return;
+    // The beam may start at (or pass through) the node itself; it never keeps it.
+    node_id cur = static_cast<node_id>(e.node);
+    thread_local MaxHeap pool;
+    pool.clear();
+    if (e.level > 0) cur = greedy_descend(k, v, cur, e.level, 1, nullptr);
+    search_filtered(
+        k, cur, v, 0, ef, [&](node_id c) { return c != id && !deleted_at(c); }, nullptr,
+        [&](node_id c, float d) {
+            if (c != id && !deleted_at(c)) pool.push_back({d, c});
+        });
     for (std::size_t j = 1; j < old_links.size(); ++j) {
         const node_id c = old_links[j];
         if (deleted_at(c)) continue;

@@ -400,9 +400,9 @@ class HNSWIndex:
             ValueError: ``ef`` is not a positive integer.
             RuntimeError: the index is memory-mapped (``resize`` copies it into memory).
         """
-        ef = self.ef_construction if ef is None else check_positive_int(ef, "ef")
+        ef = 0 if ef is None else min(check_positive_int(ef, "ef"), _MAX_EF)  # 0: default
         num_threads = check_positive_int(num_threads, "num_threads", minimum=0)
-        self._core.refine_graph(min(ef, _MAX_EF), num_threads)
+        self._core.refine_graph(ef, num_threads)
 
     # ------------------------------------------------------------ search
     def search(
