@@ -122,14 +122,18 @@ class EvidexRaBitQ(EvidexSQ8):
     quantization = "rabitq"
 
 
-class EvidexRaBitQRefined(EvidexRaBitQ):
-    """evidex-rabitq with one refine_graph round after the build (counted in it)."""
+def _refined(base: type[Evidex]) -> type[Evidex]:
+    """`base` with one refine_graph round after its build (counted in the build time)."""
 
-    name = "evidex-rabitq-refined"
+    class Refined(base):
+        name = base.name + "-refined"
 
-    def build(self, data, space, M, efc, threads):
-        super().build(data, space, M, efc, threads)
-        self.index.refine_graph(num_threads=threads)
+        def build(self, data, space, M, efc, threads):
+            super().build(data, space, M, efc, threads)
+            self.index.refine_graph(num_threads=threads)
+
+    Refined.__doc__ = f"{base.name}, its graph refined once after the build."
+    return Refined
 
 
 class EvidexIVF(Evidex):
@@ -358,7 +362,8 @@ LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex-sq8": EvidexSQ8,
     "evidex-pq4": EvidexPQ4,
     "evidex-rabitq": EvidexRaBitQ,
-    "evidex-rabitq-refined": EvidexRaBitQRefined,
+    "evidex-sq8-refined": _refined(EvidexSQ8),
+    "evidex-rabitq-refined": _refined(EvidexRaBitQ),
     "evidex-ivf": EvidexIVF,
     "scann": Scann,
     "symphonyqg": SymphonyQG,

@@ -1,6 +1,6 @@
 """An 8-thread stress workload over one HNSWIndex: every mutating and reading call at
 once (add with and without ids, updates, delete, undelete, every kind of filter,
-get, stats, resize, save, to_bytes, pickle, ef, a filter that calls back into the
+get, stats, resize, refine_graph, save, to_bytes, pickle, ef, a filter that calls back into the
 index), with invariants checked as it runs and at the end:
 
 - every saved file and every byte image loads, and re-serialises to exactly the
@@ -214,9 +214,12 @@ class _Thread:
             everything = index.ids(include_deleted=True)
             assert len(set(everything.tolist())) == len(everything), "an id listed twice"
             self._count("stats / ids")
-        elif r < 0.82:
+        elif r < 0.815:
             index.resize(index.max_elements + int(rng.integers(0, 500)))
             self._count("resize")
+        elif r < 0.82:
+            index.refine_graph(ef=int(rng.integers(4, 40)), num_threads=int(rng.integers(0, 3)))
+            self._count("refine_graph")
         elif r < 0.87:
             path = self.tmp / ("shared.evx" if rng.random() < 0.5 else f"own-{self.t}.evx")
             index.save(path)

@@ -9,7 +9,7 @@ from stress_index import run_stress
 
 @pytest.mark.parametrize(
     ("space", "quantization", "seconds"),
-    [("l2", None, 12), ("cosine", "sq8", 8), ("l2", "pq4", 8)],
+    [("l2", None, 12), ("cosine", "sq8", 8), ("l2", "pq4", 8), ("cosine", "rabitq", 8)],
 )
 def test_eight_threads_doing_everything_keep_every_invariant(
     tmp_path, space, quantization, seconds
@@ -17,6 +17,7 @@ def test_eight_threads_doing_everything_keep_every_invariant(
     report = run_stress(seconds, tmp_path, space=space, quantization=quantization)
     assert report.saves > 0 and report.searches > 0 and report.counts.get("delete", 0) > 0
     assert report.counts.get("re-entrant filter", 0) > 0
+    assert report.counts.get("refine_graph", 0) > 0
 
 
 @pytest.mark.slow
