@@ -868,7 +868,6 @@ void HNSW::complete_links(std::vector<node_id> changed, std::size_t num_threads)
 // and searches proceed as beside an add.
 void HNSW::refine_graph(std::size_t ef, std::size_t num_threads) {
     if (ef == 0) ef = ef_construction_;
-    ef = std::min<std::size_t>(ef, kMaxEf);
     std::shared_lock<RwLock> wlock(write_mutex_);
     std::shared_lock<RwLock> lock(storage_mutex_);
     if (is_mapped())
@@ -876,6 +875,7 @@ void HNSW::refine_graph(std::size_t ef, std::size_t num_threads) {
             "refine_graph needs the index in memory: it is memory-mapped (resize() copies it)");
     const std::size_t n = count_.load();
     if (n < 2) return;
+    ef = std::min(ef, n);  // a wider beam holds no more (and would be allocated)
     version_.store(next_graph_version(), std::memory_order_release);
     const DistanceKernels& k = active_kernels();
     parallel_for(n, num_threads, [&](std::size_t i) { refine_node(k, static_cast<node_id>(i), ef); });
@@ -1408,10 +1408,10 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
 // are traversed but never returned, and while fewer than ef nodes are accepted
 // the search keeps going. expand(node, visited, out) writes the not yet visited
 // nodes to score from a node (and marks them visited); returns how many.
-template <class Accept, class Expand, class Scored>
+template <class Accept, class Expand>
 HNSW::MaxHeap HNSW::beam_accepting(const DistanceKernels& k, node_id ep, const float* q,
                                    std::size_t ef, Accept&& accept, Expand&& expand,
-                                   std::uint64_t* dist_count, Scored scored) const {
+                                   std::uint64_t* dist_count) const {
     auto visited = visited_pool_.acquire();
     MaxHeap top;
     top.reserve(ef + 1);
@@ -1419,7 +1419,6 @@ HNSW::MaxHeap HNSW::beam_accepting(const DistanceKernels& k, node_id ep, const f
 
     std::uint64_t computed = 1;
     const float d0 = distance(k, q, vec(ep));
-    scored(ep, d0);
     visited->mark(ep);
     frontier.push({d0, ep});
     if (accept(ep)) top.push_back({d0, ep});
@@ -1438,7 +1437,6 @@ HNSW::MaxHeap HNSW::beam_accepting(const DistanceKernels& k, node_id ep, const f
             const node_id nb = next[i];
             const float d = distance(k, q, vec(nb));
             ++computed;
-            scored(nb, d);
             if (top.size() < ef || d < lower) {
                 frontier.push({d, nb});
                 if (accept(nb)) {
@@ -1459,10 +1457,10 @@ HNSW::MaxHeap HNSW::beam_accepting(const DistanceKernels& k, node_id ep, const f
 
 // Every neighbour is scored (filtered queries, and inserts once something is
 // deleted).
-template <class Accept, class Scored>
+template <class Accept>
 HNSW::MaxHeap HNSW::search_filtered(const DistanceKernels& k, node_id ep, const float* q,
                                     int level, std::size_t ef, Accept&& accept,
-                                    std::uint64_t* dist_count, Scored scored) const {
+                                    std::uint64_t* dist_count) const {
     return beam_accepting(
         k, ep, q, ef, accept,
         [&](node_id id, VisitedList& visited, node_id* out) {
@@ -1473,7 +1471,7 @@ HNSW::MaxHeap HNSW::search_filtered(const DistanceKernels& k, node_id ep, const 
                 if (visited.try_visit(links[j])) out[m++] = links[j];
             return m;
         },
-        dist_count, scored);
+        dist_count);
 }
 
 HNSW::MaxHeap HNSW::search_layer(const DistanceKernels& k, node_id ep, const float* q, int level,
@@ -1509,11 +1507,18 @@ void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef) {
     thread_local MaxHeap pool;
     pool.clear();
     if (e.level > 0) cur = greedy_descend(k, v, cur, e.level, 1, nullptr);
-    search_filtered(
-        k, cur, v, 0, ef, [&](node_id c) { return c != id && !deleted_at(c); }, nullptr,
-        [&](node_id c, float d) {
+    // The insert's beam (deleted nodes and the node itself may take slots: only
+    // what it measures is used), each distance kept as it is measured.
+    thread_local BeamPool beam;
+    const std::size_t bytes = dim_ * sizeof(float);
+    search_beam(
+        [&](node_id c) {
+            const float d = distance(k, v, vec(c));
             if (c != id && !deleted_at(c)) pool.push_back({d, c});
-        });
+            return d;
+        },
+        [&, pb = prefetch_bytes(bytes)](node_id c) { prefetch_vector(node(c) + vec_offset_, pb); },
+        ahead_for(bytes), cur, 0, ef, beam, nullptr);
     for (std::size_t j = 1; j < old_links.size(); ++j) {
         const node_id c = old_links[j];
         if (deleted_at(c)) continue;

@@ -476,18 +476,12 @@ private:
     const std::uint8_t* code(node_id id) const {
         return codes_ + static_cast<std::size_t>(id) * code_stride_;
     }
-    struct IgnoreScored {
-        void operator()(node_id, float) const {}
-    };
-    // scored(node, distance) sees every node whose distance the beam computes.
-    template <class Accept, class Expand, class Scored = IgnoreScored>
+    template <class Accept, class Expand>
     MaxHeap beam_accepting(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
-                           Accept&& accept, Expand&& expand, std::uint64_t* dist_count,
-                           Scored scored = {}) const;
-    template <class Accept, class Scored = IgnoreScored>
+                           Accept&& accept, Expand&& expand, std::uint64_t* dist_count) const;
+    template <class Accept>
     MaxHeap search_filtered(const DistanceKernels& k, node_id ep, const float* q, int level,
-                            std::size_t ef, Accept&& accept, std::uint64_t* dist_count,
-                            Scored scored = {}) const;
+                            std::size_t ef, Accept&& accept, std::uint64_t* dist_count) const;
     void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m,
                           node_id node, int level) const;
     // Choose a node's out-links on one level from `candidates` (pruned in place,
