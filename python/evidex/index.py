@@ -389,8 +389,10 @@ class HNSWIndex:
         The same recall then needs a smaller ``ef``: on MiniLM-100k (RaBitQ codes)
         recall at ``ef`` 32 rose from 0.942 to 0.955 and at 192 from 0.990 to
         0.993 (bench/RESULTS.md). It costs about one more build with the same
-        settings. The index stays an ordinary one: searches may run meanwhile,
-        later ``add`` calls insert as before, and a second call refines again.
+        settings. The index stays an ordinary one: searches and adds may run
+        meanwhile (a ``resize``, or an add that must grow the index, waits for it),
+        deleted elements get no new links, later ``add`` calls insert as before,
+        and a second call refines again.
 
         Args:
             ef: the beam of each node's search (default ``self.ef_construction``).
