@@ -37,6 +37,18 @@ def run_on_threads(work: Callable[[int], None], n: int) -> None:
         raise errors[0]
 
 
+def level0_degrees(index: evidex.HNSWIndex, tmp_path) -> np.ndarray:
+    """Each node's level-0 link count, read from the index saved in hnswlib's format."""
+    import struct
+
+    path = tmp_path / "graph.bin"
+    index.save(path, format="hnswlib")
+    raw = path.read_bytes()
+    count, size = struct.unpack_from("<QQ", raw, 16)
+    rows = np.frombuffer(raw, np.uint8, count=count * size, offset=96).reshape(count, size)
+    return rows[:, :4].copy().view(np.uint32)[:, 0] & 0xFFFF
+
+
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 20) -> np.ndarray:
     """Gaussian clusters: harder for a graph than uniform noise at low dim, closer to
     real embeddings than uniform noise at high dim."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import evidex
-from conftest import clustered, exact_distances, recall_at_k
+from conftest import clustered, exact_distances, level0_degrees, recall_at_k
 
 
 @pytest.mark.parametrize("quant", ["sq8", "pq4", "rabitq"])
@@ -365,26 +365,16 @@ def test_rabitq_graphs_complete_their_level0_lists(tmp_path) -> None:
     # scores 32 codes in the time of 20); later adds and updates keep the graph
     # searchable and the lists complete again.
     quant = "rabitq"
-    import struct as st
-
-    def degrees(index: evidex.HNSWIndex) -> np.ndarray:
-        path = tmp_path / "graph.bin"
-        index.save(path, format="hnswlib")
-        raw = path.read_bytes()
-        count, size = st.unpack_from("<QQ", raw, 16)
-        rows = np.frombuffer(raw, np.uint8, count=count * size, offset=96).reshape(count, size)
-        return rows[:, :4].copy().view(np.uint32)[:, 0] & 0xFFFF
-
     data = clustered(3_000, 16, seed=21)
     index = evidex.HNSWIndex(16, "l2", quantization=quant, M=8, seed=4)
     plain = evidex.HNSWIndex(16, "l2", M=8, seed=4)
     index.add(data[:2_000], num_threads=1)
     plain.add(data[:2_000], num_threads=1)
-    assert degrees(plain).mean() < 13  # HNSW's selection leaves lists part full
-    assert (degrees(index) == 16).mean() > 0.99
+    assert level0_degrees(plain, tmp_path).mean() < 13  # HNSW's selection leaves lists part full
+    assert (level0_degrees(index, tmp_path) == 16).mean() > 0.99
     index.add(data[2_000:], num_threads=2)
     index.add(data[:300] + 0.01, np.arange(300))  # updates
-    assert (degrees(index) == 16).mean() > 0.95
+    assert (level0_degrees(index, tmp_path) == 16).mean() > 0.95
     truth, _ = evidex.exact_knn(np.concatenate([data[:300] + 0.01, data[300:]]), data[:100], 10)
     ids, _ = index.search(data[:100], k=10, ef=64)
     assert recall_at_k(ids, truth, 10) >= 0.9

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 import threading
 
 import numpy as np
 import pytest
 
 import evidex
-from conftest import clustered, exact_distances, recall_at_k
-
-
-def level0_degrees(index: evidex.HNSWIndex, tmp_path) -> np.ndarray:
-    path = tmp_path / "graph.bin"
-    index.save(path, format="hnswlib")
-    raw = path.read_bytes()
-    count, size = struct.unpack_from("<QQ", raw, 16)
-    rows = np.frombuffer(raw, np.uint8, count=count * size, offset=96).reshape(count, size)
-    return rows[:, :4].copy().view(np.uint32)[:, 0] & 0xFFFF
-
+from conftest import clustered, exact_distances, level0_degrees, recall_at_k
 
 EFS = (10, 20, 40)
 
