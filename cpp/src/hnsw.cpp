@@ -605,7 +605,7 @@ void HNSW::insert_new(node_id id, int level, const float* v) {
         } else {
             top = search_layer(k, cur, v, lc, ef, id);
         }
-        if (!top.empty()) cur = link_out(k, id, top, lc);
+        if (!top.empty()) cur = link_out(k, id, top, lc, M_);
     }
     // Only now make the node reachable, level 0 first: a concurrent search that
     // reaches it on any level then finds its level-0 links already in place.
@@ -635,7 +635,7 @@ void HNSW::relink_existing(node_id id, const float* v) {
     for (int lc = std::min(level, max_level); lc >= 0; --lc) {
         MaxHeap top = search_layer(k, cur, v, lc, construction_ef(), id);
         if (top.empty()) continue;
-        cur = link_out(k, id, top, lc);
+        cur = link_out(k, id, top, lc, M_);
         link_back(k, id, top, lc);
     }
 }
@@ -736,14 +736,25 @@ void HNSW::select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::
     }
 }
 
-node_id HNSW::link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level) {
-    select_neighbors(k, candidates, M_, id, level);
+node_id HNSW::link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level,
+                       std::size_t m, bool same_vector) {
+    select_neighbors(k, candidates, m, id, level);
+    const bool coded = level == 0 && fs_blocks_ != nullptr;
+    thread_local std::vector<std::uint32_t> old_links;
+    thread_local std::vector<std::uint8_t> old_block;
     std::lock_guard<std::mutex> lock(link_locks_[id]);
     std::uint32_t* links = links_at(id, level);
+    if (coded && same_vector) {
+        old_links.assign(links, links + 1 + link_count(links));
+        old_block.assign(fs_block(id), fs_block(id) + fs_block_bytes_);
+    }
     std::size_t n = 0;
     for (const Candidate& c : candidates) links[1 + n++] = c.id;
     set_link_count(links, n);
-    if (level == 0 && fs_blocks_ != nullptr) refresh_block(id);
+    if (coded && same_vector)
+        refresh_block(id, old_links.data(), old_block.data());
+    else if (coded)
+        refresh_block(id);
     return candidates.front().id;
 }
 
@@ -1490,7 +1501,6 @@ void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef) {
     // the search measured gave no better graph on MiniLM-100k).
     constexpr std::size_t kPool = 750;
     thread_local std::vector<std::uint32_t> old_links;
-    thread_local std::vector<std::uint8_t> old_block;
     {
         std::lock_guard<std::mutex> lock(link_locks_[id]);
         const std::uint32_t* l = links0(id);
@@ -1530,19 +1540,7 @@ void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef) {
     const std::size_t np = std::min(pool.size(), kPool);
     std::partial_sort(pool.begin(), pool.begin() + static_cast<std::ptrdiff_t>(np), pool.end());
     pool.resize(np);
-    select_neighbors(k, pool, M0_, id, 0);
-    {
-        std::lock_guard<std::mutex> lock(link_locks_[id]);
-        std::uint32_t* l = links0(id);
-        if (fs_blocks_ != nullptr) {
-            old_links.assign(l, l + 1 + link_count(l));
-            old_block.assign(fs_block(id), fs_block(id) + fs_block_bytes_);
-        }
-        std::size_t m = 0;
-        for (const Candidate& c : pool) l[1 + m++] = c.id;
-        set_link_count(l, m);
-        if (fs_blocks_ != nullptr) refresh_block(id, old_links.data(), old_block.data());
-    }
+    link_out(k, id, pool, 0, M0_, /*same_vector=*/true);
     link_back(k, id, pool, 0);
 }
 

@@ -484,9 +484,12 @@ private:
                             std::size_t ef, Accept&& accept, std::uint64_t* dist_count) const;
     void select_neighbors(const DistanceKernels& k, MaxHeap& candidates, std::size_t m,
                           node_id node, int level) const;
-    // Choose a node's out-links on one level from `candidates` (pruned in place,
-    // nearest first); returns the nearest, the next level's entry.
-    node_id link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level);
+    // Choose at most m out-links for a node on one level from `candidates`
+    // (pruned in place, nearest first); returns the nearest, the next level's
+    // entry. A fast-scan block is coded afresh, or, with `same_vector` (the
+    // node has not moved since its block was coded), keeps the codes of kept edges.
+    node_id link_out(const DistanceKernels& k, node_id id, MaxHeap& candidates, int level,
+                     std::size_t m, bool same_vector = false);
     // Add the reverse links from each neighbour (unless already there), pruning
     // full lists.
     void link_back(const DistanceKernels& k, node_id id, const MaxHeap& neighbors, int level);
