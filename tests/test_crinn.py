@@ -321,6 +321,26 @@ def test_a_construction_kernel_that_breaks_the_contract_is_refused(
         index.add(np.random.default_rng(0).standard_normal((3000, 8)))
 
 
+@pytest.mark.parametrize("quantization", [None, "rabitq"])
+def test_refine_graph_refuses_a_construction_kernel_that_breaks_the_contract(
+    tmp_path, quantization
+) -> None:
+    """refine_graph re-chooses every list through the construction slot: a loaded
+    kernel that returns the node itself is refused there too, and the graph stays
+    searchable."""
+    body = "out_ids[0] = node;"
+    lib = build_kernel(_SELECT_HEAD + body + "\n    return (int64_t)kept;\n}\n", tmp_path / "s")
+    assert lib.ok, lib.log
+    data = np.random.default_rng(0).standard_normal((3000, 8)).astype(np.float32)
+    index = HNSWIndex(8, max_elements=3000, M=4, quantization=quantization)
+    index.add(data)
+    index.use_kernels(lib.library, self_test=False)
+    with pytest.raises(RuntimeError, match="invalid neighbour"):
+        index.refine_graph(num_threads=2)
+    ids, _ = index.search(data[:200], k=1, ef=64)
+    assert (ids[:, 0] == np.arange(200)).mean() >= 0.98
+
+
 # ------------------------------------------------------------------ templates
 def test_template_space_renders_and_compiles_every_slot(tmp_path) -> None:
     for slot in SPACE:
