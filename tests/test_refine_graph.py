@@ -136,3 +136,21 @@ def test_refine_errors_and_small_indexes(tmp_path) -> None:
     mapped.resize(400)  # copies it into memory
     mapped.refine_graph(ef=2**40)  # a beam wider than the index is the index
     assert mapped.search(np.ones(8, np.float32), k=1)[0].tolist() == [0]
+
+
+@pytest.mark.parametrize("ef_construction, default_beam", [(200, 100), (40, 40)])
+def test_refine_default_beam(ef_construction, default_beam) -> None:
+    """Without ef the beam is min(ef_construction, 100): on one thread a round
+    is deterministic, so the default and that explicit beam build the same
+    graph, and another beam builds a different one."""
+    data = clustered(3_000, 24, seed=7)
+    index = evidex.HNSWIndex(24, "l2", M=8, ef_construction=ef_construction, seed=3)
+    index.add(data, num_threads=1)
+    blob = index.to_bytes()
+    graphs = {}
+    for ef in (None, default_beam, default_beam // 2):
+        copy = evidex.HNSWIndex.from_bytes(blob)
+        copy.refine_graph(ef=ef, num_threads=1)
+        graphs[ef] = copy.to_bytes()
+    assert graphs[None] == graphs[default_beam]
+    assert graphs[None] != graphs[default_beam // 2]

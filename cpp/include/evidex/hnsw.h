@@ -245,7 +245,8 @@ public:
     std::size_t M() const { return M_; }
     std::size_t ef_construction() const { return ef_construction_; }
     // Re-selects every node's level-0 links from a search of the whole graph
-    // (see hnsw.cpp).
+    // (see hnsw.cpp); ef 0: min(ef_construction, kDefaultRefineEf).
+    static constexpr std::size_t kDefaultRefineEf = 100;
     void refine_graph(std::size_t ef, std::size_t num_threads);
     // max_elements: the limit hnswlib users know (an add past it fails unless the
     // add may grow). Storage is allocated up to it as needed: a loaded file
