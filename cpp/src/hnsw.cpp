@@ -880,7 +880,7 @@ void HNSW::complete_links(std::vector<node_id> changed, std::size_t num_threads)
 void HNSW::refine_graph(std::size_t ef, std::size_t num_threads) {
     // A beam of 100 measures enough of a node's surroundings: 200 gave the same
     // recall on MiniLM-100k and video-SIFT-200k (0.002 more on GloVe-200k) for
-    // ~1.4-1.6x the time (bench/RESULTS.md, "Refined graphs").
+    // ~1.4-1.6x the time (bench/RESULTS.md, "refine_graph's default beam").
     if (ef == 0) ef = std::min<std::size_t>(ef_construction_, kDefaultRefineEf);
     std::shared_lock<RwLock> wlock(write_mutex_);
     std::shared_lock<RwLock> lock(storage_mutex_);

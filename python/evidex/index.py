@@ -384,15 +384,15 @@ class HNSWIndex:
         Inserting a node picks its links from the graph as it stood then (at most
         ``M`` of them, from the ``ef_construction`` nearest it found). This pass,
         SymphonyQG's build round, searches the whole graph from each node with
-        beam ``ef``, keeps up to ``2 * M`` links by
-        hnswlib's heuristic from everything the search measured, and links back.
-        The same recall then needs a smaller ``ef``: on MiniLM-100k (RaBitQ codes)
-        recall at ``ef`` 32 rose from 0.942 to 0.955 and at 192 from 0.990 to
-        0.993 (bench/RESULTS.md). It costs about one more build with the same
-        settings. The index stays an ordinary one: searches and adds may run
-        meanwhile (a ``resize``, or an add that must grow the index, waits for it),
-        deleted elements get no new links, later ``add`` calls insert as before,
-        and a second call refines again.
+        beam ``ef``, keeps up to ``2 * M`` links by hnswlib's heuristic from
+        everything the search measured, and links back. The same recall then
+        needs a smaller ``ef``: on MiniLM-100k (RaBitQ codes) recall at ``ef`` 32
+        rose from 0.942 to 0.954 and at 192 from 0.990 to 0.993 (bench/RESULTS.md).
+        It costs one to two more builds with the same settings. The index stays
+        an ordinary one: searches and adds may run meanwhile (a ``resize``, or an
+        add that must grow the index, waits for it), deleted elements get no new
+        links, later ``add`` calls insert as before, and a second call refines
+        again.
 
         Args:
             ef: the beam of each node's search (default
