@@ -5,10 +5,12 @@
 Per query, from the runner's counts (distance computations, hops = expanded
 nodes) and the layout of the index, the cache lines a search touches, and three
 bounds measured on this machine: the kernel bound (every distance at the speed
-of one in-cache distance), the latency bound (every hop pays one dependent
-DRAM access, measured by a pointer chase over huge-page storage as the graph
-uses, and nothing else overlaps it) and the call cost. The limit is the larger
-of the first two plus the call; "of limit" is limit time / measured time.
+of one in-cache distance; for fast-scan graphs, pq4 and rabitq, also each
+expanded node's groups of 32 edge codes at the in-cache fast-scan speed), the
+latency bound (every hop pays one dependent DRAM access, measured by a pointer
+chase over huge-page storage as the graph uses, and nothing else overlaps it)
+and the call cost. The limit is the larger of the first two plus the call; "of
+limit" is limit time / measured time.
 """
 
 from __future__ import annotations
@@ -52,8 +54,45 @@ def call_overhead(dim: int) -> float:
     return best
 
 
+def seconds_per_subspace(level: str = "") -> float:
+    """In-cache fast-scan time per subspace of one group of 32 codes: the slope of
+    best-of-7 call times over 8 and 256 subspaces (the call's own cost cancels)."""
+    rng = np.random.default_rng(0)
+
+    def best(subspaces: int, calls: int = 20_000) -> float:
+        block = rng.integers(0, 256, subspaces * 16, dtype=np.uint8)
+        lut = rng.integers(0, 256, subspaces * 16, dtype=np.uint8)
+        fastscan = _core.fastscan32
+        out = float("inf")
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fastscan(block, lut, level)
+            out = min(out, (time.perf_counter() - t0) / calls)
+        return out
+
+    return max(0.0, (best(256) - best(8)) / 248)
+
+
 def lines_of(nbytes: int) -> int:
     return -(-int(nbytes) // 64)
+
+
+def fast_scan(library: str) -> bool:
+    return "-pq4" in library or "-rabitq" in library
+
+
+def edge_groups(library: str, layout: dict, space: str, M: int) -> tuple[int, int] | None:
+    """(groups of 32 edges, subspaces per code) of a fast-scan graph's node, from
+    its block's size: the codes (16 bytes per subspace per group), then each edge's
+    floats (RaBitQ: 2; PQ4: its norm under l2)."""
+    block = layout.get("pq4_block_bytes") or 0
+    if not fast_scan(library) or not block:
+        return None
+    m0 = 2 * M
+    groups = -(-m0 // 32)
+    extras = 2 if "-rabitq" in library else 1 if space == "l2" else 0
+    return groups, (block - extras * 4 * m0) // (16 * groups)
 
 
 def lines_per_query(library: str, p: dict, layout: dict, dim: int, M: int) -> float | None:
@@ -65,10 +104,11 @@ def lines_per_query(library: str, p: dict, layout: dict, dim: int, M: int) -> fl
         return None
     links = lines_of((2 * M + 1) * 4)
     vector = lines_of(dim * 4)
-    if library == "evidex-sq8":
+    if "-sq8" in library:
         return hops * links + dc * lines_of(layout.get("code_bytes") or dim) + p["ef"] * vector
-    if library == "evidex-pq4":
-        return hops * (links + lines_of(layout.get("pq4_block_bytes") or 0) + vector)
+    if fast_scan(library):  # one row per node: its links and vector, then its block
+        node = layout.get("node_bytes") or (links * 64 + dim * 4)
+        return hops * (lines_of(node) + lines_of(layout.get("pq4_block_bytes") or 0))
     return hops * links + dc * vector
 
 
@@ -79,13 +119,20 @@ def analyse(path: str, latency_ns: float | None = None) -> str:
     dim, space, M = res["dim"], res["space"], res["M"]
     t_dist = seconds_per_distance(dim, space)
     t_call = call_overhead(dim)
+    layouts = res.get("layouts", {})
+    t_sub = seconds_per_subspace() if any(fast_scan(name) for name in layouts) else 0.0
     t_mem = (latency_ns if latency_ns is not None else _core.memory_latency()) * 1e-9
     lines = [
         f"### Limit analysis: {res['dataset']} ({res['n_base']} x {dim}, {space})",
         "",
         f"One in-cache float32 distance ({_core.simd_level()}): {t_dist * 1e9:.1f} ns; one "
         f"dependent DRAM access (pointer chase, huge pages): {t_mem * 1e9:.0f} ns; one search "
-        f"call's fixed cost (binding, Python): {t_call * 1e6:.1f} us.",
+        f"call's fixed cost (binding, Python): {t_call * 1e6:.1f} us."
+        + (
+            f" Fast scan in cache: {t_sub * 1e9:.2f} ns per subspace of a group of 32 codes."
+            if t_sub
+            else ""
+        ),
         "",
         "| library | ef | recall@10 | dist/query | hops/query | lines/query | kernel | "
         "latency chain | limit QPS | measured QPS | of limit |",
@@ -95,8 +142,11 @@ def analyse(path: str, latency_ns: float | None = None) -> str:
         dc, hops = p.get("distance_computations"), p.get("hops")
         if not dc or not p["library"].startswith("evidex") or not hops:
             continue
-        layout = res.get("layouts", {}).get(p["library"], {})
+        layout = layouts.get(p["library"], {})
         kernel = dc * t_dist
+        scan = edge_groups(p["library"], layout, space, M)
+        if scan is not None:  # each expanded node scores its edges' codes
+            kernel += hops * scan[0] * scan[1] * t_sub
         chain = hops * t_mem
         limit = max(kernel, chain) + t_call
         n_lines = lines_per_query(p["library"], p, layout, dim, M)

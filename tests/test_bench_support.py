@@ -69,6 +69,32 @@ def test_limit_analysis_reads_counts_and_layouts(tmp_path) -> None:
     assert cells[7] == "10.0 us"  # 100 hops x 100 ns
 
 
+def test_limit_analysis_of_a_fast_scan_graph(tmp_path) -> None:
+    """A RaBitQ graph's hop reads one row (its node, then its block of edge codes),
+    and its kernel bound counts each expanded node's group of 32 codes."""
+    import json
+
+    from bench.limits import edge_groups
+
+    layout = {"node_bytes": 656, "code_bytes": 0, "pq4_block_bytes": 768}
+    point = {"library": "evidex-rabitq-refined", "ef": 16, "recall": 0.93, "qps": 30000.0,
+             "distance_computations": 45.0, "hops": 22.0}  # fmt: skip
+    doc = {"result": {"dataset": "toy", "n_base": 1000, "dim": 128, "space": "l2", "M": 16,
+                      "layouts": {"evidex-rabitq-refined": layout}, "points": [point]}}  # fmt: skip
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(doc))
+    cells = [c.strip() for c in analyse(str(path), latency_ns=100.0).splitlines()[-1]
+             .strip("|").split("|")]  # fmt: skip
+    assert cells[0] == "evidex-rabitq-refined"
+    assert cells[5] == str(22 * (11 + 12))  # node 656 bytes: 11 lines; block: 12
+    assert cells[7] == "2.2 us"
+    # 32 edges in one group; 768 = 32 subspaces x 16 bytes + 32 edges x 2 floats
+    assert edge_groups("evidex-rabitq", layout, "l2", 16) == (1, 32)
+    assert edge_groups("evidex-pq4", {"pq4_block_bytes": 640}, "l2", 16) == (1, 32)
+    assert edge_groups("evidex-pq4", {"pq4_block_bytes": 512}, "cosine", 16) == (1, 32)
+    assert edge_groups("evidex-sq8", layout, "l2", 16) is None
+
+
 def test_reorder_reads_the_graph_and_orders_every_slot_once() -> None:
     """bench.reorder parses the level-0 graph from an hnswlib-format save (labels and
     links as the index holds them) and its breadth-first order is a permutation."""
