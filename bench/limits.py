@@ -18,10 +18,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from evidex import _core
+
+
+def best_seconds(call: Callable[[], object], rounds: int, calls: int = 1) -> float:
+    """Seconds per call of `call`, the best of `rounds` rounds of `calls` calls."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
 
 
 def seconds_per_distance(dim: int, space: str, level: str = "", rows: int = 4096) -> float:
@@ -30,12 +42,7 @@ def seconds_per_distance(dim: int, space: str, level: str = "", rows: int = 4096
     data = rng.normal(size=(rows, dim)).astype(np.float32)
     q = rng.normal(size=dim).astype(np.float32)
     kernel_space = "l2" if space == "l2" else "ip"
-    best = float("inf")
-    for _ in range(20):
-        t0 = time.perf_counter()
-        _core.distances(q, data, kernel_space, level)
-        best = min(best, time.perf_counter() - t0)
-    return best / rows
+    return best_seconds(lambda: _core.distances(q, data, kernel_space, level), 20) / rows
 
 
 def call_overhead(dim: int) -> float:
@@ -45,13 +52,7 @@ def call_overhead(dim: int) -> float:
     index = evidex.HNSWIndex(dim)
     index.add(np.zeros((1, dim), np.float32))
     q = np.zeros(dim, np.float32)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(2000):
-            index.search(q, 1, num_threads=1)
-        best = min(best, (time.perf_counter() - t0) / 2000)
-    return best
+    return best_seconds(lambda: index.search(q, 1, num_threads=1), 5, 2000)
 
 
 def seconds_per_subspace(level: str = "") -> float:
@@ -59,17 +60,10 @@ def seconds_per_subspace(level: str = "") -> float:
     best-of-7 call times over 8 and 256 subspaces (the call's own cost cancels)."""
     rng = np.random.default_rng(0)
 
-    def best(subspaces: int, calls: int = 20_000) -> float:
+    def best(subspaces: int) -> float:
         block = rng.integers(0, 256, subspaces * 16, dtype=np.uint8)
         lut = rng.integers(0, 256, subspaces * 16, dtype=np.uint8)
-        fastscan = _core.fastscan32
-        out = float("inf")
-        for _ in range(7):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fastscan(block, lut, level)
-            out = min(out, (time.perf_counter() - t0) / calls)
-        return out
+        return best_seconds(lambda: _core.fastscan32(block, lut, level), 7, 20_000)
 
     return max(0.0, (best(256) - best(8)) / 248)
 
