@@ -7,6 +7,10 @@ ef, every library answers the same held-out queries one per call on one thread,
 interleaved A B C A B C over --repeats rounds, best round kept (a single pass on a
 shared machine can be off by 50%). Recall@10 is against exact ground truth. Output:
 a JSON of every point, a table, and a QPS-recall plot per dataset.
+
+``evidex-layout`` builds the layout a CRINN run kept for this data and machine
+(``evidex crinn optimize --slot layout --out RUN``, then ``--layout RUN`` here); its
+own ``M``, when it sets one, replaces ``--M`` for evidex alone.
 """
 
 from __future__ import annotations
@@ -134,6 +138,25 @@ def _refined(base: type[Evidex]) -> type[Evidex]:
 
     Refined.__doc__ = f"{base.name}, its graph refined once after the build."
     return Refined
+
+
+class EvidexLayout(Evidex):
+    """evidex in the layout a CRINN run kept (``--layout RUN``; ``evidex crinn optimize
+    --slot layout``): its codes, links per node (over ``--M``), refinement (counted in
+    the build time) and search tuning."""
+
+    name = "evidex-layout"
+    run_folder: str | None = None  # set from --layout
+
+    def build(self, data, space, M, efc, threads):
+        from evidex.crinn import Layout
+
+        if self.run_folder is None:
+            raise ValueError("evidex-layout needs --layout RUN (a CRINN run folder)")
+        layout = Layout.winner(self.run_folder)
+        print(f"  evidex-layout: {layout}", flush=True)
+        self.index = layout.build(data, space, M=M, ef_construction=efc,
+                                  ids=np.arange(data.shape[0]), num_threads=threads)  # fmt: skip
 
 
 class EvidexIVF(Evidex):
@@ -365,6 +388,7 @@ LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex-sq8-refined": _refined(EvidexSQ8),
     "evidex-rabitq-refined": _refined(EvidexRaBitQ),
     "evidex-ivf": EvidexIVF,
+    "evidex-layout": EvidexLayout,
     "scann": Scann,
     "symphonyqg": SymphonyQG,
     "hnswlib": Hnswlib,
@@ -432,6 +456,15 @@ def single_pass(lib: Library, queries: np.ndarray, k: int) -> tuple[float, np.nd
     return time.perf_counter() - t0, out
 
 
+def _layout_info(args: argparse.Namespace) -> dict[str, Any]:
+    """The CRINN layout evidex-layout builds, for the results file."""
+    if "evidex-layout" not in args.libraries:
+        return {}
+    from evidex.crinn import Layout
+
+    return {"layout": {"run": str(args.layout), **Layout.winner(args.layout).as_dict()}}
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
@@ -463,7 +496,7 @@ def run(args: argparse.Namespace) -> Result:
         data.base.shape[1],
         args.M,
         args.ef_construction,
-        {**machine_info(), "batch_threads": args.batch_threads},
+        {**machine_info(), "batch_threads": args.batch_threads, **_layout_info(args)},
     )
     print(
         f"{data.name}: {data.base.shape[0]} x {data.base.shape[1]} {data.space}, "
@@ -667,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(LIBRARIES),
         default=["evidex", "evidex-sq8", "hnswlib", "faiss", "usearch"],
     )
+    p.add_argument("--layout", default=None,
+                   help="CRINN run folder whose layout winner evidex-layout builds")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="build/batch threads (0: all)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per ef")
     p.add_argument("--build-repeats", type=int, default=1)
@@ -690,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=200, help="k-means clusters for filters")
     args = p.parse_args(argv)
     args.threads = args.threads or os.cpu_count()
+    EvidexLayout.run_folder = args.layout
+    if "evidex-layout" in args.libraries and not args.layout:
+        p.error("evidex-layout needs --layout RUN (a CRINN run folder)")
     args.batch_threads = args.batch_threads or args.threads
     if args.filter_selectivity:
         from .filtered import main_filtered

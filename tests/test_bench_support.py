@@ -178,20 +178,27 @@ def test_first_pass_bench_counts_reads_under_a_true_lower_bound(tmp_path) -> Non
         assert 0 < r["recall"][10] <= r["recall"][2000] == 1.0
 
 
-def test_ann_bench_runs_the_batch_on_the_threads_asked_for(tmp_path, monkeypatch) -> None:
-    import json
+def _tiny_dataset(monkeypatch, seed: int, dim: int) -> None:
+    """bench.datasets gains "tiny": 400 random vectors, 20 queries, l2."""
+    from bench import datasets
 
-    from bench import ann, datasets
-
-    rng = np.random.default_rng(3)
-    base = rng.normal(size=(400, 8)).astype(np.float32)
-    queries = rng.normal(size=(20, 8)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(400, dim)).astype(np.float32)
+    queries = rng.normal(size=(20, dim)).astype(np.float32)
 
     def tiny(size, n_queries):
         truth = datasets.ground_truth(base, queries, "l2")
         return datasets.VectorDataset("tiny", "l2", base, queries, truth)
 
     monkeypatch.setitem(datasets.DATASETS, "tiny", tiny)
+
+
+def test_ann_bench_runs_the_batch_on_the_threads_asked_for(tmp_path, monkeypatch) -> None:
+    import json
+
+    from bench import ann
+
+    _tiny_dataset(monkeypatch, seed=3, dim=8)
     seen: list[int] = []
     batch = ann.Evidex.batch
 
@@ -211,3 +218,24 @@ def test_ann_bench_runs_the_batch_on_the_threads_asked_for(tmp_path, monkeypatch
     seen.clear()
     assert ann.main(args) == 0  # the default: the --threads of the build
     assert set(seen) == {2}
+
+
+def test_ann_bench_builds_a_crinn_layout_winner(tmp_path, monkeypatch) -> None:
+    import json
+
+    from bench import ann
+    from evidex.crinn.archive import write_json
+
+    _tiny_dataset(monkeypatch, seed=4, dim=16)
+    config = {"EVX_CODES": 3, "EVX_M": 8, "EVX_REFINE_EF": 50}
+    write_json(tmp_path / "run" / "winners.json", {"layout": {"config": config}})
+    args = ["--dataset", "tiny", "--queries", "20", "--libraries", "evidex-layout", "--ef", "16",
+            "--repeats", "1", "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit):
+        ann.main(args)  # no run folder named
+    assert ann.main([*args, "--layout", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "tiny-400.json").read_text())
+    layout = saved["result"]["machine"]["layout"]
+    assert layout["quantization"] == "rabitq" and layout["M"] == 8 and layout["refine_ef"] == 50
+    (point,) = [p for p in saved["result"]["points"] if p["library"] == "evidex-layout"]
+    assert point["recall"] > 0.5

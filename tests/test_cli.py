@@ -74,6 +74,13 @@ def test_errors_inside_a_command_are_one_line(capsys) -> None:
     assert err == "evidex demo: error: GloVe has 400000 vectors; asked for 100000005"
 
 
+def test_crinn_optimize_refuses_an_empty_recall_range(tmp_path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="--recall-range: need 0 <= LOW < HIGH <= 1"):
+        main(["crinn", "optimize", "--out", str(out), "--recall-range", "0.95", "0.9"])
+    assert not out.exists()
+
+
 def test_crinn_show_of_a_missing_run_creates_nothing(tmp_path) -> None:
     missing = tmp_path / "no-such-run"
     with pytest.raises(SystemExit, match="holds no CRINN run"):

@@ -28,7 +28,7 @@ from evidex.crinn import (
     reference_config,
     render,
 )
-from evidex.crinn.templates import SPACE, canonical, config_key
+from evidex.crinn.templates import KERNEL_SLOTS, SPACE, canonical, config_key
 from evidex.rewards import contrastive_rewards
 
 pytestmark = pytest.mark.skipif(
@@ -343,7 +343,7 @@ def test_refine_graph_refuses_a_construction_kernel_that_breaks_the_contract(
 
 # ------------------------------------------------------------------ templates
 def test_template_space_renders_and_compiles_every_slot(tmp_path) -> None:
-    for slot in SPACE:
+    for slot in KERNEL_SLOTS:
         for config in (builtin_config(slot), reference_config(slot)):
             built = build_kernel(render(slot, config), tmp_path / f"{slot}-{len(config)}")
             assert built.ok, built.log
@@ -454,6 +454,133 @@ def test_optimize_keeps_a_winner_only_if_it_beats_the_builtin_and_resumes(run) -
     assert len(set(configs)) == 4  # never the same configuration twice, across runs
 
 
+# ------------------------------------------------------------------ the layout slot
+def test_layout_space_configurations_and_checks() -> None:
+    from evidex.crinn import Layout
+
+    base = builtin_config("layout")
+    assert Layout.from_config(base) == Layout() and Layout().builds_builtin
+    # pq4's width means nothing to other codes; float32 rows are never interleaved.
+    a = {**base, "EVX_CODES": 3, "EVX_PQ_DIMS": 8}
+    assert config_key("layout", a) == config_key("layout", {**base, "EVX_CODES": 3})
+    assert config_key("layout", {**base, "EVX_INTERLEAVE": 2}) == config_key("layout", base)
+    layout = Layout.from_config({**base, "EVX_CODES": 2, "EVX_PQ_DIMS": 8, "EVX_M": 24,
+                                 "EVX_REFINE_EF": 50, "EVX_AHEAD": 2})  # fmt: skip
+    assert layout == Layout(quantization="pq4", pq_dims=8, M=24, refine_ef=50, prefetch_ahead=2)
+    assert json.loads(render("layout", a)) == canonical("layout", a)  # settings, not C++
+    for bad, match in [
+        ({"EVX_CODES": 4}, "not in the layout space"),
+        ({"EVX_CODES": "3"}, "not in the layout space"),
+        ({"EVX_CODES": True}, "not in the layout space"),
+        ({"EVX_REFINE_EF": 10**9}, "not in the layout space"),
+        ({"EVX_UNROLL": 4}, "unknown layout knobs"),
+        ([("EVX_CODES", 3)], "must be a mapping"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Layout.from_config(bad)
+    # The proposer keeps pq4 subspaces within the data's dimension.
+    proposer = TemplateProposer("layout", seed=3, dim=4)
+    widths = {p.config["EVX_PQ_DIMS"] for _ in range(30) for p in proposer.propose([], 4)}
+    assert widths and max(widths) <= 4
+    with pytest.raises(ValueError, match="writes kernels"):
+        from evidex.crinn.llm import LLMProposer
+
+        LLMProposer("layout", backend=None)
+
+
+def test_layout_builds_and_tunes_an_index(tmp_path) -> None:
+    from evidex.crinn import Layout
+
+    data = clustered(3000, 16)
+    layout = Layout(quantization="sq8", M=8, refine_ef=50, interleave=2, prefetch_ahead=4)
+    index = layout.build(data, space="l2", M=16, ef_construction=64, num_threads=2)
+    assert index.quantization == "sq8" and index.M == 8 and len(index) == 3000
+    index.save(tmp_path / "a.evx")
+    again = HNSWIndex.load(tmp_path / "a.evx")
+    layout.tune(again)  # the machine's part, not in the file
+    ids, dists = again.search(data[:100], k=1, ef=64)
+    assert (ids[:, 0] == np.arange(100)).mean() >= 0.98 and np.allclose(dists[:, 0], 0, atol=1e-3)
+    with pytest.raises(ValueError, match=r"\[n, dim\]"):
+        layout.build(data[0])
+
+
+def test_the_layout_gate_asks_for_the_builtin_best_recall_not_each_ef(run) -> None:
+    base = [{"ef": 10, "recall": 0.90, "qps": 1.0}, {"ef": 40, "recall": 0.99, "qps": 0.5}]
+    lower_at_small_ef = [
+        {"ef": 10, "recall": 0.80, "qps": 3.0},
+        {"ef": 40, "recall": 0.99, "qps": 2},
+    ]
+    assert run.gate(lower_at_small_ef, base, "layout") == ""
+    assert "recall 0.8000 at ef=10" in run.gate(lower_at_small_ef, base, "search")
+    short = [{"ef": 10, "recall": 0.90, "qps": 9.0}, {"ef": 40, "recall": 0.95, "qps": 8}]
+    assert "short of recall" in run.gate(short, base, "layout")
+
+
+def test_the_layout_slot_builds_measures_and_keeps_its_winner(run) -> None:
+    from evidex.crinn import Layout
+
+    run.settings.limits = Limits()
+    sq8 = {**builtin_config("layout"), "EVX_CODES": 1, "EVX_REFINE_EF": 50}
+    cand = run.evaluate(Proposal("layout", render("layout", sq8), "template", config=sq8))
+    assert cand.ok and cand.score > 0 and cand.build_seconds > 0, cand.reason
+    assert cand.curve and all(p["recall"] > 0 for p in cand.curve)
+    files = list((run.root / "data").glob("layout_screen_builtin_*.evx"))
+    assert len(files) == 1 and HNSWIndex.load(files[0]).quantization == "sq8"
+    # Tuning alone builds nothing new: the same graph file, searched otherwise.
+    tuned = {**sq8, "EVX_AHEAD": 8, "EVX_INTERLEAVE": 4}
+    again = run.evaluate(Proposal("layout", render("layout", tuned), "template", config=tuned))
+    assert again.ok and len(list((run.root / "data").glob("layout_screen_*.evx"))) == 1
+    assert again.build_seconds == cand.build_seconds  # the recorded build, not a rebuild
+    # The worker applies the tuning (an impossible one fails it there).
+    from evidex.crinn.measure import MeasurementFailed
+
+    with pytest.raises(MeasurementFailed):
+        wild = Layout(quantization="sq8", refine_ef=50, interleave=99)  # past from_config
+        run.bench.measure("layout", [], [], "screen", 1, layout=wild)
+    # Not a layout: malformed or model-written proposals get the loop's reason.
+    bad = run.evaluate(Proposal("layout", "{}", "template", config={"EVX_CODES": 7}))
+    assert bad.score == 0 and "not a layout" in bad.reason
+    with pytest.raises(ValueError, match="template proposers only"):
+        run.optimize("layout", budget=3, proposers=[object()], progress=False)
+    summary = run.optimize("layout", budget=4, progress=False)
+    assert summary["candidates"] == 4 and summary["final"]["builtin"]["auc"] > 0
+    winners = run.archive.winners()
+    if summary["winner"]:
+        entry = winners["layout"]
+        assert entry["library"] is None and entry["auc"] > entry["baseline_auc"]
+        assert Layout.winner(run.root) == Layout.from_config(entry["config"])
+    else:
+        assert "layout" not in winners and Layout.winner(run.root) == Layout()
+    # The kernel slots never take the layout for a library.
+    assert run.other_winners("layout") == [
+        lib for lib in (run.archive.winner_library(s) for s in KERNEL_SLOTS) if lib
+    ]
+
+
+def test_a_layout_with_a_construction_winner_builds_in_the_sandbox(tmp_path, libs) -> None:
+    from evidex.crinn import Layout
+    from evidex.crinn.archive import write_json
+
+    settings = Settings(space="l2", screen_size=3000, queries=100, screen_queries=50,
+                        efs=(10, 20, 40, 80), screen_repeats=1)  # fmt: skip
+    run = CrinnRun(tmp_path / "run", clustered(4000, 16), settings)
+    library = libs["construction_alpha"]
+    write_json(run.root / "winners.json",
+               {"construction": {"id": "c", "library": str(library), "auc": 1.0,
+                                 "baseline_auc": 0.5, "config": None}})  # fmt: skip
+    path, seconds = run.bench.layout_file(Layout(quantization="rabitq", refine_ef=50), "screen")
+    assert seconds > 0 and f"_{library.parent.name}_" in path.name
+    index = HNSWIndex.load(path)
+    assert index.quantization == "rabitq" and len(index) == 3000
+    # Hostile winners files: a layout winner outside the space is refused.
+    write_json(run.root / "winners.json", {"layout": {"config": {"EVX_CODES": 99}}})
+    with pytest.raises(ValueError, match="not in the layout space"):
+        Layout.winner(run.root)
+    write_json(run.root / "winners.json", {"layout": "rabitq"})
+    with pytest.raises(ValueError, match="not a record"):
+        Layout.winner(run.root)
+
+
 def test_cli_show_and_plot(run, capsys) -> None:
     from evidex.cli import main
     from evidex.crinn.cli import plot
@@ -465,6 +592,21 @@ def test_cli_show_and_plot(run, capsys) -> None:
     summary = {"baseline_screen_auc": 1.0, "final": {}, "winner": None}
     path = plot(run.archive, "search", summary)
     assert path is None or path.stat().st_size > 0
+
+
+def test_cli_show_reads_a_damaged_archive(tmp_path, capsys) -> None:
+    from evidex.cli import main
+    from evidex.crinn import Archive, Candidate
+    from evidex.crinn.archive import write_json
+
+    archive = Archive(tmp_path / "run")
+    archive.save_settings({"dataset": {"n": 1}, "machine": {}})
+    archive.save(Candidate(archive.new_id("layout"), "layout", "template", score=5.0,
+                           config={"EVX_CODES": 99}))  # fmt: skip
+    write_json(archive.root / "winners.json", {"layout": {"id": "layout-0000"}})
+    assert main(["crinn", "show", str(archive.root)]) == 0
+    out = capsys.readouterr().out
+    assert "configuration outside the template space" in out and "damaged record" in out
 
 
 def test_new_run_needs_data_and_matching_data(tmp_path) -> None:

@@ -6,7 +6,10 @@ with CMake and benchmarked in a namespace jail with a default-deny seccomp filte
 (``sandbox``), timed and checked by the loop itself, scored by the area under its
 QPS-recall curve, and kept in an archive. Finalists are
 re-measured interleaved with the built-in kernel; a winner that beats it is
-marked, and ``HNSWIndex.use_kernels(winner)`` serves queries with it.
+marked, and ``HNSWIndex.use_kernels(winner)`` serves queries with it. The
+``layout`` slot tunes the index's own settings the same way (codes, links per
+node, refinement, prefetch and interleaving; no code is compiled), and
+``Layout.winner(run)`` builds indexes with the one it keeps.
 
     from evidex.crinn import CrinnRun, TemplateProposer
     run = CrinnRun("runs/glove", data=vectors)
@@ -15,6 +18,7 @@ marked, and ``HNSWIndex.use_kernels(winner)`` serves queries with it.
 
 from .archive import Archive, Candidate
 from .build import BuildResult, build_kernel
+from .layout import Layout
 from .loop import CrinnRun, Settings
 from .sandbox import Limits, LocalPool, Pool, Protection, Worker, WorkerFailed, protection
 from .templates import (
@@ -34,6 +38,7 @@ __all__ = [
     "BuildResult",
     "Candidate",
     "CrinnRun",
+    "Layout",
     "Limits",
     "LocalPool",
     "Pool",

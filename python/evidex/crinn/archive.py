@@ -144,7 +144,10 @@ class Archive:
         winners = self.winners()
         winners[slot] = {
             "id": candidate.id,
-            "library": str(self.folder(candidate.id) / "kernel.so"),
+            # A layout compiles nothing: its configuration is the winner.
+            "library": None
+            if candidate.slot == "layout"
+            else str(self.folder(candidate.id) / "kernel.so"),
             "auc": candidate.final["auc"] if candidate.final else candidate.score,
             "baseline_auc": baseline_auc,
             "config": candidate.config,
@@ -153,7 +156,7 @@ class Archive:
 
     def winner_library(self, slot: str) -> str | None:
         w = self.winners().get(slot)
-        return w["library"] if w else None
+        return w.get("library") if isinstance(w, dict) else None
 
     def settings(self) -> dict[str, Any]:
         data = read_json(self.root / "run.json")

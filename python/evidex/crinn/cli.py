@@ -45,9 +45,17 @@ def add_parsers(sub: Any, formatter: Any = argparse.HelpFormatter, count: Any = 
     o.add_argument("--data", help="'glove' or a .npy file (needed for a new run)")
     o.add_argument("--size", type=count(1), default=None, help="use this many vectors of --data")
     o.add_argument("--slot", choices=[*SLOTS, "all"], default="search",
-                   help="which kernel slot to optimise")  # fmt: skip
+                   help="which kernel slot to optimise, or 'layout': the index's codes, "
+                        "links per node, refinement and search tuning")  # fmt: skip
     o.add_argument("--budget", type=count(1), default=40, help="candidates per slot")
     o.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    o.add_argument("--M", type=count(2), default=16, help="links per node of the run's graphs")
+    o.add_argument("--ef-construction", type=count(1), default=100,
+                   help="build beam of the run's graphs")  # fmt: skip
+    o.add_argument("--recall-range", type=float, nargs=2, default=(0.85, 0.95),
+                   metavar=("LOW", "HIGH"),
+                   help="recall range of the QPS-recall area a candidate is scored by "
+                        "(e.g. 0.95 0.995 to tune for high recall)")  # fmt: skip
     o.add_argument("--screen-size", type=count(1000), default=50_000,
                    help="vectors of the screening index each candidate is scored on")  # fmt: skip
     o.add_argument("--space", default="cosine", choices=["l2", "ip", "cosine"],
@@ -100,9 +108,13 @@ def optimize(args: argparse.Namespace) -> int:
     from .loop import CrinnRun, Settings
     from .sandbox import protection
 
+    low, high = args.recall_range
+    if not 0.0 <= low < high <= 1.0:
+        raise SystemExit(f"--recall-range: need 0 <= LOW < HIGH <= 1, got {low} {high}")
     print(protection().describe(), flush=True)
     data = load_data(args.data, args.size) if args.data else None
-    settings = Settings(space=args.space, screen_size=args.screen_size)
+    settings = Settings(space=args.space, screen_size=args.screen_size, M=args.M,
+                        ef_construction=args.ef_construction, recall_range=(low, high))  # fmt: skip
     run = CrinnRun(args.out, data, settings, pool=make_pool(args), seed=args.seed,
                    allow_weak_sandbox=args.allow_weak_sandbox)  # fmt: skip
     slots = list(SLOTS) if args.slot == "all" else [args.slot]
@@ -112,7 +124,7 @@ def optimize(args: argparse.Namespace) -> int:
         )
         dim = run.archive.settings()["dataset"]["dim"]
         proposers: list[Any] = [TemplateProposer(slot, seed=args.seed, start=start, dim=dim)]
-        if args.llm:
+        if args.llm and slot != "layout":  # a layout is settings, not code
             from .llm import LLMProposer, backend_from_args
 
             backend = backend_from_args(args.llm, args.llm_url, args.llm_model)
@@ -131,7 +143,7 @@ def print_summary(archive: Archive, slot: str, summary: dict[str, Any]) -> None:
     print(f"{'id':<20} {'screen AUC':>11} {'final AUC':>10}  changes / reason")
     for c in sorted(cands, key=lambda c: -c.score)[:15]:
         final = f"{c.final['auc']:.0f}" if c.final else "-"
-        what = describe_config(slot, c.config) if c.config else c.origin
+        what = _what(slot, c.config, c.build_seconds) if c.config else c.origin
         print(f"{c.id:<20} {c.score:>11.0f} {final:>10}  {what if c.ok else c.reason[:70]}")
     final = summary["final"]
     if "builtin" in final:
@@ -139,9 +151,26 @@ def print_summary(archive: Archive, slot: str, summary: dict[str, Any]) -> None:
     if summary["winner"]:
         w = archive.winners()[slot]
         print(f"winner {w['id']}: AUC {w['auc']:.0f} vs built-in {w['baseline_auc']:.0f} "
-              f"({w['auc'] / w['baseline_auc'] - 1:+.1%}); library {w['library']}")  # fmt: skip
+              f"({w['auc'] / w['baseline_auc'] - 1:+.1%}); {_served_by(slot, w)}")  # fmt: skip
     else:
         print("no candidate beat the built-in kernel in the re-measurement")
+
+
+def _what(slot: str, config: dict[str, int], build_seconds: float) -> str:
+    """A candidate's changes; a layout's with the build time of its graph."""
+    try:
+        what = describe_config(slot, config)
+    except (ValueError, TypeError):  # a damaged meta.json: show it, do not stop
+        return "configuration outside the template space"
+    if slot == "layout" and build_seconds > 0:  # the built-in layout's graph is not timed
+        return f"{what} (built in {build_seconds:.1f} s)"
+    return what
+
+
+def _served_by(slot: str, winner: dict[str, Any]) -> str:
+    if slot == "layout":
+        return "layout " + _what(slot, winner.get("config") or {}, 0.0)
+    return f"library {winner.get('library')}"
 
 
 def plot(archive: Archive, slot: str, summary: dict[str, Any]) -> Path | None:
@@ -206,14 +235,17 @@ def show(args: argparse.Namespace) -> int:
         print(f"{'id':<20} {'origin':<9} {'score':>9} {'final':>9}  changes / reason")
         for c in sorted(cands, key=lambda c: c.id):
             final = f"{c.final['auc']:.0f}" if c.final else "-"
-            what = describe_config(slot, c.config) if c.config else ""
+            what = _what(slot, c.config, c.build_seconds) if c.config else ""
             print(
                 f"{c.id:<20} {c.origin:<9} {c.score:>9.0f} {final:>9}  "
                 f"{what if c.ok else c.reason[:80]}"
             )
     for slot, w in archive.winners().items():
-        print(
-            f"\nwinner {slot}: {w['id']} AUC {w['auc']:.0f} "
-            f"(built-in {w['baseline_auc']:.0f}) {w['library']}"
-        )
+        try:
+            print(
+                f"\nwinner {slot}: {w['id']} AUC {float(w['auc']):.0f} "
+                f"(built-in {float(w['baseline_auc']):.0f}) {_served_by(slot, w)}"
+            )
+        except (KeyError, TypeError, ValueError):
+            print(f"\nwinner {slot}: a damaged record in winners.json")
     return 0

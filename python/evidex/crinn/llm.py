@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..kernels import abi_header
 from .archive import Archive, Candidate
-from .templates import Proposal, builtin_config, render
+from .templates import KERNEL_SLOTS, Proposal, builtin_config, render
 
 TASK = (
     "You optimise one kernel of an HNSW vector index in C++17 for speed. The score is the "
@@ -349,6 +349,8 @@ class LLMProposer:
         archive: Archive | None = None,
         learning_rate: float = 0.0,
     ) -> None:
+        if slot not in KERNEL_SLOTS:
+            raise ValueError(f"a language model writes kernels for {KERNEL_SLOTS}, not {slot!r}")
         self.slot, self.backend, self.shots = slot, backend, shots
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.archive = archive

@@ -17,6 +17,7 @@ import numpy as np
 from ..metrics import qps_recall_auc
 from .archive import Archive, Candidate, write_json
 from .build import build_kernel
+from .layout import Layout
 from .measure import (
     DEFAULT_EFS,
     Bench,
@@ -101,9 +102,21 @@ class CrinnRun:
             self.baselines[key] = {"curve": curves["baseline"], "auc": self.auc(curves["baseline"])}
         return self.baselines[key]
 
-    def gate(self, curve: Sequence[dict[str, float]], baseline: Sequence[dict[str, float]]) -> str:
-        """Correctness gate: recall at every ef within tolerance of the built-in's."""
+    def gate(
+        self,
+        curve: Sequence[dict[str, float]],
+        baseline: Sequence[dict[str, float]],
+        slot: str = "search",
+    ) -> str:
+        """Correctness gate: recall at every ef within tolerance of the built-in's.
+        A layout trades recall at a given ef for speed (its codes order the beam),
+        which the AUC weighs; it must still reach the built-in's best recall."""
         tol = self.settings.recall_tolerance
+        if slot == "layout":
+            mine, ref = max(p["recall"] for p in curve), max(p["recall"] for p in baseline)
+            if mine < ref - tol:
+                return f"short of recall: at most {mine:.4f}, the built-in layout reaches {ref:.4f}"
+            return ""
         for mine, ref in zip(curve, baseline):
             if mine["recall"] < ref["recall"] - tol:
                 return (
@@ -133,29 +146,49 @@ class CrinnRun:
             )
             self.archive.save(cand)
             return cand
-        built = build_kernel(
-            proposal.source,
-            folder,
-            timeout=self.settings.limits.wall_seconds,
-            native=proposal.native,
-        )
-        cand.build_seconds = built.seconds
-        if not built.ok:
-            cand.reason = built.reason
-            self.archive.save(cand)
-            return cand
+        layout = None
+        if proposal.slot == "layout":
+            try:
+                if proposal.config is None:
+                    raise ValueError("no configuration (the layout slot compiles no code)")
+                layout = Layout.from_config(proposal.config)
+            except ValueError as e:
+                cand.reason = f"not a layout: {e}"
+                self.archive.save(cand)
+                return cand
+            try:
+                _, cand.build_seconds = self.bench.layout_file(layout, "screen")
+            except (RuntimeError, ValueError) as e:
+                cand.reason = str(e)
+                self.archive.save(cand)
+                return cand
+            library: list[str] = []
+        else:
+            built = build_kernel(
+                proposal.source,
+                folder,
+                timeout=self.settings.limits.wall_seconds,
+                native=proposal.native,
+            )
+            cand.build_seconds = built.seconds
+            if not built.ok:
+                cand.reason = built.reason
+                self.archive.save(cand)
+                return cand
+            library = [str(built.library)]
         t0 = time.perf_counter()
         others = self.other_winners(proposal.slot)
         baseline = self.baseline(proposal.slot)
         try:
-            library = [*others, str(built.library)]
             repeats = self.settings.screen_repeats
-            curves = self.bench.measure(proposal.slot, library, others, "screen", repeats)
+            curves = self.bench.measure(
+                proposal.slot, [*others, *library], others, "screen", repeats, layout=layout
+            )
         except MeasurementFailed as e:
             cand.reason = str(e)
         else:
             cand.curve = curves["candidate"]
-            cand.reason = self.gate(cand.curve, curves["baseline"])
+            cand.reason = self.gate(cand.curve, curves["baseline"], proposal.slot)
             if not cand.reason:
                 # Scaled by the baseline measured alongside, so a candidate is not
                 # lucky or unlucky with the machine's state.
@@ -173,18 +206,29 @@ class CrinnRun:
         rounds of its AUC ratio to the built-in's, times the built-in's median AUC."""
         s = self.settings
         others = self.other_winners(slot)
-        lib = {c.id: str(self.archive.folder(c.id) / "kernel.so") for c in candidates}
+        # A kernel finalist adds its library; a layout finalist its layout.
+        lib = {c.id: [str(self.archive.folder(c.id) / "kernel.so")] for c in candidates}
+        layouts: dict[str, Layout | None] = dict.fromkeys(lib)
+        failed: dict[str, str] = {}
+        if slot == "layout":
+            lib = dict.fromkeys(lib, [])
+            for c in candidates:
+                try:  # the archive's record, read back from disk
+                    layouts[c.id] = Layout.from_config(c.config or {})
+                except ValueError as e:
+                    failed[c.id] = f"not a layout: {e}"
         ratios: dict[str, list[float]] = {c.id: [] for c in candidates}
         curves: dict[str, list[dict[str, float]]] = {}
         base_aucs: list[float] = []
         base_curve: list[dict[str, float]] = []
-        failed: dict[str, str] = {}
         for _ in range(s.final_repeats):
             for c in candidates:
                 if c.id in failed:
                     continue
                 try:
-                    result = self.bench.measure(slot, [*others, lib[c.id]], others, "full", 1)
+                    result = self.bench.measure(
+                        slot, [*others, *lib[c.id]], others, "full", 1, layout=layouts[c.id]
+                    )
                 except MeasurementFailed as e:
                     failed[c.id] = str(e)
                     continue
@@ -202,7 +246,7 @@ class CrinnRun:
                 ratio = statistics.median(ratios[c.id])
                 res = {"auc": ratio * base_auc, "ratio": ratio, "ratios": ratios[c.id],
                        "curve": curves[c.id]}  # fmt: skip
-                reason = self.gate(curves[c.id], base_curve)
+                reason = self.gate(curves[c.id], base_curve, slot)
                 if reason:
                     res["auc"], res["reason"] = 0.0, reason
             out[c.id] = res
@@ -227,6 +271,9 @@ class CrinnRun:
         dim = self.archive.settings()["dataset"]["dim"]
         proposers = list(proposers or [TemplateProposer(slot, dim=dim)])
         if any(not isinstance(p, TemplateProposer) for p in proposers):
+            if slot == "layout":
+                raise ValueError("the layout slot takes template proposers only (it compiles "
+                                 "no code)")  # fmt: skip
             require_protection(True, self.allow_weak)  # model-written code: refuse if weak
         baseline = self.baseline(slot)
         done = len(self.archive.candidates(slot))

@@ -12,6 +12,7 @@ answers, forges output or patches clocks gains nothing from it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import time
@@ -25,7 +26,8 @@ import numpy as np
 from ..bruteforce import exact_knn
 from ..index import HNSWIndex
 from ..metrics import recall_at_k
-from .archive import Archive
+from .archive import Archive, read_json, write_json
+from .layout import Layout
 from .sandbox import CORES, Limits, Worker, WorkerFailed
 
 DEFAULT_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -249,7 +251,55 @@ class Bench:
         HNSWIndex.from_bytes(blob).save(path)  # validated as any file from a stranger
         return path
 
-    def _setup(self, slot: str, libraries: Sequence[str], which: str) -> dict[str, Any]:
+    def layout_file(self, layout: Layout, which: str) -> tuple[Path, float]:
+        """The graph of `layout` on one side of the data, built once and kept in the
+        run's data folder, and the seconds its build took. The built-in layout's
+        graph is :meth:`index_file`'s. With a construction winner the build runs
+        in a sandboxed worker (its kernel builds the graph), as for index_file."""
+        if layout.builds_builtin:
+            return self.index_file(which), 0.0
+        construction = self.archive.winner_library("construction")
+        tag = "builtin" if construction is None else Path(construction).parent.name
+        built = {k: v for k, v in layout.as_dict().items() if k not in layout.tuning()}
+        key = hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()[:12]
+        path = self.root / "data" / f"layout_{which}_{tag}_{key}.evx"
+        record = path.with_suffix(".json")
+        if path.exists():
+            stored = read_json(record)  # only a report: a damaged one reads as unknown (0 s)
+            seconds = stored.get("build_seconds") if isinstance(stored, dict) else None
+            return path, float(seconds) if isinstance(seconds, (int, float)) else 0.0
+        s = self.settings
+        base_file = self.root / "data" / f"base_{which}.npy"
+        t0 = time.perf_counter()
+        if construction is None:  # the built-in core only: no candidate code runs
+            index = Layout(**built).build(np.load(base_file), s.space, M=s.M,
+                                          ef_construction=s.ef_construction,
+                                          num_threads=s.build_threads)  # fmt: skip
+            seconds = time.perf_counter() - t0
+            index.save(path)
+        else:
+            setup = self._setup("construction", [construction], which)
+            setup["layout"] = built
+            try:
+                with Worker(setup, [str(base_file), construction], s.limits,
+                            sorted(os.sched_getaffinity(0))) as w:  # fmt: skip
+                    w.start()
+                    seconds = time.perf_counter() - t0
+                    blob = w.export(max_bytes=1 << 34)
+            except WorkerFailed as e:
+                raise RuntimeError(f"the layout's graph failed to build: {e}") from e
+            HNSWIndex.from_bytes(blob).save(path)  # validated as any file from a stranger
+        write_json(record, {"build_seconds": seconds, "layout": built})
+        return path, seconds
+
+    def _setup(
+        self,
+        slot: str,
+        libraries: Sequence[str],
+        which: str,
+        index: Path | None = None,
+        tuning: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         s = self.settings
         setup: dict[str, Any] = {
             "slot": slot,
@@ -263,7 +313,9 @@ class Bench:
         if slot == "construction":
             setup["base"] = str(self.root / "data" / f"base_{which}.npy")
         else:
-            setup["index"] = str(self.index_file(which))
+            setup["index"] = str(index or self.index_file(which))
+        if tuning:
+            setup["tuning"] = dict(tuning)
         return setup
 
     def measure(
@@ -273,9 +325,12 @@ class Bench:
         baseline: Sequence[str],
         which: str,
         repeats: int,
+        layout: Layout | None = None,
     ) -> dict[str, Any]:
         """QPS-recall curves of the baseline libraries and (optionally) the
         candidate's, measured interleaved in two sandboxed workers on one core.
+        For the layout slot the candidate searches `layout`'s graph with its
+        tuning, the baseline the built-in layout's (both with `baseline`'s kernels).
 
         Returns ``{"baseline": curve, "candidate": curve}`` (no "candidate" key
         without one). Raises MeasurementFailed with the loop's reason when the
@@ -288,11 +343,15 @@ class Bench:
         build_cpus = sorted(os.sched_getaffinity(0)) if slot == "construction" else [cpu]
         workers: dict[str, Worker] = {}
         try:
-            sides = {"baseline": list(baseline)}
+            sides: dict[str, tuple[list[str], Layout | None]] = {"baseline": (list(baseline), None)}
             if candidate is not None:
-                sides["candidate"] = list(candidate)
-            for name, libs in sides.items():
-                setup = self._setup(slot, libs, which)
+                sides["candidate"] = (list(candidate), layout)
+            for name, (libs, own) in sides.items():
+                index, tuning = None, None
+                if own is not None:
+                    index, _ = self.layout_file(own, which)
+                    tuning = own.tuning()
+                setup = self._setup(slot, libs, which, index, tuning)
                 files = [setup.get("index") or setup["base"], *libs]
                 workers[name] = Worker(setup, files, s.limits, build_cpus)
             for name, w in workers.items():
@@ -304,7 +363,7 @@ class Bench:
                     raise MeasurementFailed("the kernel left threads running after the build")
                 w.pause()
             curves = self._rounds(workers, data, batch, repeats)
-            if slot == "search" and "candidate" in workers:
+            if slot in ("search", "layout") and "candidate" in workers:
                 self._check_filtered(workers, data, batch)
             return curves
         finally:
@@ -314,7 +373,8 @@ class Bench:
 
     def _check_filtered(self, workers: dict[str, Worker], data: _Data, batch: int) -> None:
         """A search library's filtered slot (or the built-in one it leaves in place)
-        must answer filtered searches as well as the baseline: every result allowed,
+        (and a layout's own filtered walk) must answer filtered searches as well as
+        the baseline: every result allowed,
         exact distances, and recall within the tolerance, over 1 id in
         FILTER_STEP. The score measures unfiltered search only; this keeps a fast
         kernel with a broken filtered search from winning."""

@@ -10,8 +10,13 @@ from importlib import resources
 from typing import Any
 
 from .archive import Candidate
+from .layout import CODES, LAYOUT_SPACE, canonical_layout
 
-SLOTS = ("construction", "search", "refinement")
+# The kernel slots in the order CRINN optimises them, then the layout slot (the
+# index's codes, block size, refinement and search tuning: settings of the
+# built-in core, measured on the graph the winning kernels build).
+KERNEL_SLOTS = ("construction", "search", "refinement")
+SLOTS = (*KERNEL_SLOTS, "layout")
 
 # Each knob: the values it may take (first = the built-in kernel's choice). The
 # macros are documented at the top of kernel_template.cpp; EVX_NATIVE is a build
@@ -50,6 +55,7 @@ SPACE: dict[str, dict[str, tuple[int, ...]]] = {
         "EVX_DISTANCE": (0, 1, 2),
         "EVX_UNROLL": (4, 8, 16),
     },
+    "layout": LAYOUT_SPACE,
 }
 
 # The deliberately plain starting point of the issue's first figure: scalar
@@ -102,6 +108,8 @@ def canonical(slot: str, config: Mapping[str, int]) -> dict[str, int]:
         c["EVX_ALPHA_X100"] = first["EVX_ALPHA_X100"]
     if slot == "refinement" and not c["EVX_REFINE"]:
         c["EVX_REFINE_TOP"] = first["EVX_REFINE_TOP"]
+    if slot == "layout":
+        c = canonical_layout(c)
     return c
 
 
@@ -110,8 +118,11 @@ def config_key(slot: str, config: Mapping[str, int]) -> str:
 
 
 def render(slot: str, config: Mapping[str, int]) -> str:
-    """The complete C++ source of a kernel library for `slot` under `config`."""
+    """The complete C++ source of a kernel library for `slot` under `config`
+    (for the layout slot, which compiles nothing: the configuration as JSON)."""
     c = canonical(slot, config)
+    if slot == "layout":
+        return json.dumps(c, sort_keys=True, indent=1) + "\n"
     header = [f"// evidex CRINN candidate: slot {slot}", f"#define EVX_SLOT_{slot.upper()} 1"]
     header += [f"#define {name} {value}" for name, value in c.items()]
     body = resources.files("evidex.crinn").joinpath("kernel_template.cpp").read_text()
@@ -172,6 +183,8 @@ class TemplateProposer:
         self.space = {name: tuple(values) for name, values in SPACE[slot].items()}
         if dim and "EVX_FIXED_DIM" in self.space:
             self.space["EVX_FIXED_DIM"] = (0, int(dim))
+        if dim and "EVX_PQ_DIMS" in self.space:  # a subspace no wider than the data
+            self.space["EVX_PQ_DIMS"] = tuple(v for v in self.space["EVX_PQ_DIMS"] if v <= dim)
         self.rng = random.Random(seed)
         self.explore = explore
         self.local = local
@@ -180,11 +193,16 @@ class TemplateProposer:
 
     def propose(self, archive: Iterable[Candidate], n: int = 1) -> list[Proposal]:
         """Up to `n` new proposals (fewer when the space is exhausted)."""
-        scored = [c for c in archive if c.slot == self.slot]
-        for c in scored:
-            if c.config is not None:
+        scored = []
+        for c in archive:
+            if c.slot != self.slot or c.config is None:
+                continue
+            try:  # an archive is files on disk: a configuration outside the space is skipped
                 self.seen.add(config_key(self.slot, c.config))
-        good = sorted((c for c in scored if c.score > 0 and c.config), key=lambda c: -c.score)
+            except (ValueError, TypeError):
+                continue
+            scored.append(c)
+        good = sorted((c for c in scored if c.score > 0), key=lambda c: -c.score)
         out: list[Proposal] = []
         for _ in range(n):
             for _attempt in range(200):
@@ -225,5 +243,10 @@ class TemplateProposer:
 def describe_config(slot: str, config: Mapping[str, Any]) -> str:
     """A short human summary of what a configuration changes from the built-in."""
     base = builtin_config(slot)
-    diff = [f"{k[4:].lower()}={v}" for k, v in canonical(slot, config).items() if base[k] != v]
+
+    def shown(k: str, v: int) -> Any:
+        return (CODES[v] or "float32") if (slot, k) == ("layout", "EVX_CODES") else v
+
+    c = canonical(slot, config)
+    diff = [f"{k[4:].lower()}={shown(k, v)}" for k, v in c.items() if base[k] != v]
     return ", ".join(diff) if diff else "built-in"

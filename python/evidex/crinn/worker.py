@@ -6,9 +6,10 @@ each request itself and checks every answer against its own ground truth.
 Protocol (frames of evidex.crinn.channel, stdin to stdout):
 
 1. ``setup`` {slot, libraries, index | base, space, M, ef_construction,
-   build_threads, seccomp}: load the graph (or the base vectors), install the
-   seccomp filter, load the kernel libraries, build the graph for the
-   construction slot; answer ``ready`` {n, dim}.
+   build_threads, seccomp[, layout][, tuning]}: load the graph (or the base
+   vectors), install the seccomp filter, load the kernel libraries, build the
+   graph for the construction slot (in `layout`, a ``Layout``'s build settings,
+   when given), apply the search `tuning`; answer ``ready`` {n, dim}.
 2. ``search`` {k, ef, nq[, filter_step]} + float32 queries: answer ``result``
    {dist_count} + int64 ids + float32 distances. With filter_step, a filtered search
    (strategy "filtered": the filtered search slot) over the ids divisible by it.
@@ -34,6 +35,7 @@ def main() -> int:
 
         from evidex import _core, kernels
         from evidex.crinn import seccomp
+        from evidex.crinn.layout import Layout
         from evidex.index import HNSWIndex
 
         construction = setup["slot"] == "construction"
@@ -55,16 +57,25 @@ def main() -> int:
             kernel_set = kernels.load_library(library, kernel_set)
         if construction:
             stage = "building the index"
-            index = HNSWIndex(
-                base.shape[1], setup["space"], M=int(setup["M"]),
-                ef_construction=int(setup["ef_construction"]), max_elements=len(base),
-            )  # fmt: skip
-            index._core.set_kernel_set(kernel_set)
-            index.add(base, num_threads=threads)
+            if setup.get("layout"):
+                index = Layout(**setup["layout"]).build(
+                    base, setup["space"], M=int(setup["M"]),
+                    ef_construction=int(setup["ef_construction"]), num_threads=threads,
+                    kernels=kernel_set,
+                )  # fmt: skip
+            else:
+                index = HNSWIndex(
+                    base.shape[1], setup["space"], M=int(setup["M"]),
+                    ef_construction=int(setup["ef_construction"]), max_elements=len(base),
+                )  # fmt: skip
+                index._core.set_kernel_set(kernel_set)
+                index.add(base, num_threads=threads)
             if sandboxed and threads > 1:
                 seccomp.install("kernel", self_pid=os.getpid())  # no more threads
         else:
             index._core.set_kernel_set(kernel_set)
+        if setup.get("tuning"):
+            index.set_search_tuning(**{k: int(v) for k, v in setup["tuning"].items()})
         write_frame(1, {"op": "ready", "n": len(index), "dim": index.dim})
         stage = "searching"
         while True:
