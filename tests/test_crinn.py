@@ -478,6 +478,18 @@ def test_layout_space_configurations_and_checks() -> None:
     ]:
         with pytest.raises(ValueError, match=match):
             Layout.from_config(bad)
+    # Every kind of code once (the rest as built in) before any other move; a started or
+    # resumed proposer covers the kinds its start and its archive have not.
+    from evidex.crinn import Candidate
+
+    first = TemplateProposer("layout", seed=5).propose([], 4)
+    assert [p.config["EVX_CODES"] for p in first] == [0, 1, 2, 3]
+    assert all(p.config == canonical("layout", {**base, "EVX_CODES": i}) for i, p in
+               enumerate(first))  # fmt: skip
+    done = [Candidate("layout-0000", "layout", "template", score=1.0,
+                      config={**base, "EVX_CODES": 3, "EVX_M": 8})]  # fmt: skip
+    after = TemplateProposer("layout", seed=5, start=base).propose(done, 4)
+    assert [p.config["EVX_CODES"] for p in after[:3]] == [0, 1, 2]
     # The proposer keeps pq4 subspaces within the data's dimension.
     proposer = TemplateProposer("layout", seed=3, dim=4)
     widths = {p.config["EVX_PQ_DIMS"] for _ in range(30) for p in proposer.propose([], 4)}

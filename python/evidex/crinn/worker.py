@@ -57,19 +57,12 @@ def main() -> int:
             kernel_set = kernels.load_library(library, kernel_set)
         if construction:
             stage = "building the index"
-            if setup.get("layout"):
-                index = Layout(**setup["layout"]).build(
-                    base, setup["space"], M=int(setup["M"]),
-                    ef_construction=int(setup["ef_construction"]), num_threads=threads,
-                    kernels=kernel_set,
-                )  # fmt: skip
-            else:
-                index = HNSWIndex(
-                    base.shape[1], setup["space"], M=int(setup["M"]),
-                    ef_construction=int(setup["ef_construction"]), max_elements=len(base),
-                )  # fmt: skip
-                index._core.set_kernel_set(kernel_set)
-                index.add(base, num_threads=threads)
+            # The built-in layout (no "layout") is a plain float32 graph.
+            index = Layout(**setup.get("layout", {})).build(
+                base, setup["space"], M=int(setup["M"]),
+                ef_construction=int(setup["ef_construction"]), num_threads=threads,
+                kernels=kernel_set,
+            )  # fmt: skip
             if sandboxed and threads > 1:
                 seccomp.install("kernel", self_pid=os.getpid())  # no more threads
         else:
