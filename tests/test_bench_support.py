@@ -228,6 +228,7 @@ def test_ann_bench_builds_a_crinn_layout_winner(tmp_path, monkeypatch) -> None:
 
     _tiny_dataset(monkeypatch, seed=4, dim=16)
     config = {"EVX_CODES": 3, "EVX_M": 8, "EVX_REFINE_EF": 50}
+    write_json(tmp_path / "run" / "run.json", {"settings": {}})
     write_json(tmp_path / "run" / "winners.json", {"layout": {"config": config}})
     args = ["--dataset", "tiny", "--queries", "20", "--libraries", "evidex-layout", "--ef", "16",
             "--repeats", "1", "--out", str(tmp_path)]  # fmt: skip

@@ -591,6 +591,8 @@ def test_a_layout_with_a_construction_winner_builds_in_the_sandbox(tmp_path, lib
     write_json(run.root / "winners.json", {"layout": "rabitq"})
     with pytest.raises(ValueError, match="not a record"):
         Layout.winner(run.root)
+    with pytest.raises(ValueError, match="holds no CRINN run"):
+        Layout.winner(tmp_path / "mistyped")  # not silently the built-in layout
 
 
 def test_cli_show_and_plot(run, capsys) -> None:

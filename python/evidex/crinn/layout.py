@@ -101,9 +101,15 @@ class Layout:
 
     @classmethod
     def winner(cls, run: str | os.PathLike[str]) -> Layout:
-        """The layout a CRINN run kept (the built-in one when no layout won)."""
+        """The layout a CRINN run kept (the built-in one when no layout won).
+
+        Raises:
+            ValueError: `run` holds no CRINN run, or a damaged layout record.
+        """
         from pathlib import Path
 
+        if not isinstance(read_json(Path(run) / "run.json"), dict):
+            raise ValueError(f"{run} holds no CRINN run")  # a mistyped path, not "no winner"
         winners = read_json(Path(run) / "winners.json")
         if not isinstance(winners, dict):
             winners = {}
