@@ -6,7 +6,7 @@ Per query, from the runner's counts (distance computations, hops = expanded
 nodes) and the layout of the index, the cache lines a search touches, and three
 bounds measured on this machine: the kernel bound (every distance at the speed
 of one in-cache distance; for fast-scan graphs, pq4 and rabitq, also each
-expanded node's groups of 32 edge codes at the in-cache fast-scan speed), the
+expanded node's groups of 32 (or 16) edge codes at the in-cache fast-scan speed), the
 latency bound (every hop pays one dependent DRAM access, measured by a pointer
 chase over huge-page storage as the graph uses, and nothing else overlaps it)
 and the call cost. The limit is the larger of the first two plus the call; "of
@@ -55,15 +55,17 @@ def call_overhead(dim: int) -> float:
     return best_seconds(lambda: index.search(q, 1, num_threads=1), 5, 2000)
 
 
-def seconds_per_subspace(level: str = "") -> float:
-    """In-cache fast-scan time per subspace of one group of 32 codes: the slope of
-    best-of-7 call times over 8 and 256 subspaces (the call's own cost cancels)."""
+def seconds_per_subspace(level: str = "", codes: int = 32) -> float:
+    """In-cache fast-scan time per subspace of one group of ``codes`` codes (32, or
+    16 for the half groups of blocks of at most 16 edges): the slope of best-of-7
+    call times over 8 and 256 subspaces (the call's own cost cancels)."""
     rng = np.random.default_rng(0)
+    kernel = _core.fastscan32 if codes == 32 else _core.fastscan16
 
     def best(subspaces: int) -> float:
-        block = rng.integers(0, 256, subspaces * 16, dtype=np.uint8)
+        block = rng.integers(0, 256, subspaces * codes // 2, dtype=np.uint8)
         lut = rng.integers(0, 256, subspaces * 16, dtype=np.uint8)
-        return best_seconds(lambda: _core.fastscan32(block, lut, level), 7, 20_000)
+        return best_seconds(lambda: kernel(block, lut, level), 7, 20_000)
 
     return max(0.0, (best(256) - best(8)) / 248)
 
@@ -76,17 +78,19 @@ def fast_scan(library: str) -> bool:
     return "-pq4" in library or "-rabitq" in library
 
 
-def edge_groups(library: str, layout: dict, space: str, M: int) -> tuple[int, int] | None:
-    """(groups of 32 edges, subspaces per code) of a fast-scan graph's node, from
-    its block's size: the codes (16 bytes per subspace per group), then each edge's
-    floats (RaBitQ: 2; PQ4: its norm under l2)."""
+def edge_groups(library: str, layout: dict, space: str, M: int) -> tuple[int, int, int] | None:
+    """(groups of edges, subspaces per code, codes per group) of a fast-scan graph's
+    node, from its block's size: the codes (half a byte per subspace per code; a
+    group holds 32 codes, or 16 when the node has at most 16 edges), then each
+    edge's floats (RaBitQ: 2; PQ4: its norm under l2)."""
     block = layout.get("pq4_block_bytes") or 0
     if not fast_scan(library) or not block:
         return None
     m0 = 2 * M
-    groups = -(-m0 // 32)
+    codes = 16 if m0 <= 16 else 32
+    groups = -(-m0 // codes)
     extras = 2 if "-rabitq" in library else 1 if space == "l2" else 0
-    return groups, (block - extras * 4 * m0) // (16 * groups)
+    return groups, (block - extras * 4 * m0) // (codes // 2 * groups), codes
 
 
 def lines_per_query(library: str, p: dict, layout: dict, dim: int, M: int) -> float | None:
@@ -114,7 +118,9 @@ def analyse(path: str, latency_ns: float | None = None) -> str:
     t_dist = seconds_per_distance(dim, space)
     t_call = call_overhead(dim)
     layouts = res.get("layouts", {})
-    t_sub = seconds_per_subspace() if any(fast_scan(name) for name in layouts) else 0.0
+    codes = {scan[2] for name, layout in layouts.items()
+             if (scan := edge_groups(name, layout, space, M)) is not None}  # fmt: skip
+    t_sub = {c: seconds_per_subspace(codes=c) for c in sorted(codes)}
     t_mem = (latency_ns if latency_ns is not None else _core.memory_latency()) * 1e-9
     lines = [
         f"### Limit analysis: {res['dataset']} ({res['n_base']} x {dim}, {space})",
@@ -123,7 +129,10 @@ def analyse(path: str, latency_ns: float | None = None) -> str:
         f"dependent DRAM access (pointer chase, huge pages): {t_mem * 1e9:.0f} ns; one search "
         f"call's fixed cost (binding, Python): {t_call * 1e6:.1f} us."
         + (
-            f" Fast scan in cache: {t_sub * 1e9:.2f} ns per subspace of a group of 32 codes."
+            "".join(
+                f" Fast scan in cache: {t * 1e9:.2f} ns per subspace of a group of {c} codes."
+                for c, t in t_sub.items()
+            )
             if t_sub
             else ""
         ),
@@ -140,7 +149,7 @@ def analyse(path: str, latency_ns: float | None = None) -> str:
         kernel = dc * t_dist
         scan = edge_groups(p["library"], layout, space, M)
         if scan is not None:  # each expanded node scores its edges' codes
-            kernel += hops * scan[0] * scan[1] * t_sub
+            kernel += hops * scan[0] * scan[1] * t_sub[scan[2]]
         chain = hops * t_mem
         limit = max(kernel, chain) + t_call
         n_lines = lines_per_query(p["library"], p, layout, dim, M)

@@ -98,6 +98,12 @@ def seeds() -> list[bytes]:
         if deleted:
             index.delete(np.arange(deleted) * 7 + 3)
         out.append(index.to_bytes())
+    # Fast-scan blocks of full groups: M0 above 16 (any version), and a file from
+    # before version 6, whose M0 of 16 kept full groups (tests/data).
+    index = evidex.HNSWIndex(12, "l2", M=12, ef_construction=16, quantization="rabitq", seed=1)
+    index.add(rng.standard_normal((80, 12)))
+    out.append(index.to_bytes())
+    out.append((Path(__file__).parent / "data" / "legacy_rabitq_l2_M8.evx").read_bytes())
     # Stored attributes (format version 2): an int and a float field, some missing.
     index = evidex.HNSWIndex(4, M=4, ef_construction=16, seed=1)
     index.add(rng.standard_normal((70, 4)), np.arange(70),

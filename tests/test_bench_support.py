@@ -89,9 +89,11 @@ def test_limit_analysis_of_a_fast_scan_graph(tmp_path) -> None:
     assert cells[5] == str(22 * (11 + 12))  # node 656 bytes: 11 lines; block: 12
     assert cells[7] == "2.2 us"
     # 32 edges in one group; 768 = 32 subspaces x 16 bytes + 32 edges x 2 floats
-    assert edge_groups("evidex-rabitq", layout, "l2", 16) == (1, 32)
-    assert edge_groups("evidex-pq4", {"pq4_block_bytes": 640}, "l2", 16) == (1, 32)
-    assert edge_groups("evidex-pq4", {"pq4_block_bytes": 512}, "cosine", 16) == (1, 32)
+    assert edge_groups("evidex-rabitq", layout, "l2", 16) == (1, 32, 32)
+    assert edge_groups("evidex-pq4", {"pq4_block_bytes": 640}, "l2", 16) == (1, 32, 32)
+    assert edge_groups("evidex-pq4", {"pq4_block_bytes": 512}, "cosine", 16) == (1, 32, 32)
+    # M 8: 16 edges in one half group; 384 = 32 subspaces x 8 bytes + 16 edges x 2 floats
+    assert edge_groups("evidex-rabitq", {"pq4_block_bytes": 384}, "l2", 8) == (1, 32, 16)
     assert edge_groups("evidex-sq8", layout, "l2", 16) is None
 
 

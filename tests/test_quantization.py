@@ -3,7 +3,9 @@ persistence, errors."""
 
 from __future__ import annotations
 
+import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,8 +304,9 @@ def test_pq4_hostile_file_with_valid_checksums() -> None:
             evidex.HNSWIndex.from_bytes(reseal(bad))
     # The codes' nibbles are all valid: a changed code changes estimates, never safety.
     bad = bytearray(good)
-    at = get(bad, "quant_offset") + get(bad, "quant_bytes") - 16
-    bad[at : at + 8] = b"\xff" * 8
+    centroid_bytes = 4 * 16 * 2 * 4  # 4 subspaces of 16 centroids of 2 floats
+    at = get(bad, "quant_offset") + centroid_bytes + 99 * index.stats()["pq4_block_bytes"]
+    bad[at : at + 8] = b"\xff" * 8  # the last block's first codes
     loaded = evidex.HNSWIndex.from_bytes(reseal(bad))
     assert loaded.search(clustered(5, 8), k=3)[0].shape == (5, 3)
 
@@ -392,18 +395,20 @@ def test_rabitq_options_and_hostile_files() -> None:
     index.train(clustered(10, 30))  # nothing to learn: accepted, changes nothing
     index.add(clustered(300, 30))
     good = bytearray(index.to_bytes())
-    assert get(good, "version") == 5
+    assert get(good, "version") == 6  # M0 8: half groups
     # A NaN scale or offset in a block (checksums recomputed) is refused.
     block_bytes = index.stats()["pq4_block_bytes"]
     for extra in (0, 1):
         bad = bytearray(good)
-        # The last block's floats start after its one 32-code group (8 subspaces * 16).
-        at = get(bad, "quant_offset") + 299 * block_bytes + 8 * 16 + 4 * 8 * extra
+        # The last block's floats start after its one 16-code group (8 subspaces * 8).
+        at = get(bad, "quant_offset") + 299 * block_bytes + 8 * 8 + 4 * 8 * extra
         struct.pack_into("<f", bad, at, float("nan"))
         with pytest.raises(evidex.CorruptIndexError, match="NaN"):
             evidex.HNSWIndex.from_bytes(reseal(bad))
-    # Too wide for RaBitQ, or RaBitQ in a version-4 file: refused before allocating.
-    for field, value in (("dim", 1 << 20), ("version", 4)):
+    # Too wide for RaBitQ, RaBitQ in a version-4 file, or half groups called a
+    # version-5 file (whose blocks would be read as full groups): refused before
+    # allocating.
+    for field, value in (("dim", 1 << 20), ("version", 4), ("version", 5)):
         bad = bytearray(good)
         put(bad, field, value)
         with pytest.raises(evidex.CorruptIndexError):
@@ -414,3 +419,54 @@ def test_rabitq_options_and_hostile_files() -> None:
     bad[at : at + 64] = b"\xff" * 64
     loaded = evidex.HNSWIndex.from_bytes(reseal(bad))
     assert loaded.search(clustered(5, 30), k=3)[0].shape == (5, 3)
+
+
+LEGACY = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(
+    "name", ["legacy_rabitq_l2_M8.evx", "legacy_pq4_l2_M4.evx", "legacy_pq4_cosine_M8.evx"]
+)
+def test_half_groups_and_files_from_before_them(name: str, tmp_path) -> None:
+    """A fast-scan graph of at most 16 links per node keeps its edge codes in half
+    groups (16 codes; format version 6). Files written before (tests/data, by
+    make_legacy_fast_scan.py: full groups of 32, half of them padding) load, mapped
+    or not, answer as they did, keep their layout through changes and saves, and
+    agree with the same index built today, which holds smaller blocks."""
+    from fuzz_index_files import get
+
+    recorded = json.loads((LEGACY / "legacy_fast_scan.json").read_text())
+    queries = np.asarray(recorded["queries"], np.float32)
+    want = recorded["answers"][name]
+    data = np.load(LEGACY / "legacy_fast_scan_data.npy")
+    quant, space, m = name[len("legacy_") : -len(".evx")].split("_")
+    legacy_version = 5 if quant == "rabitq" else 3
+    assert get(bytearray((LEGACY / name).read_bytes()), "version") == legacy_version
+    fresh = evidex.HNSWIndex(24, space, M=int(m[1:]), ef_construction=40, quantization=quant)
+    fresh.add(data)
+    fresh_bytes = fresh.to_bytes()
+    assert get(bytearray(fresh_bytes), "version") == 6
+    for mmap in (False, True):
+        old = evidex.HNSWIndex.load(LEGACY / name, mmap=mmap)
+        old.ef = fresh.ef = 60
+        ids, dist = old.search(queries, k=5)
+        np.testing.assert_array_equal(ids, want["ids"])
+        np.testing.assert_allclose(dist, want["distances"], rtol=1e-6)
+        np.testing.assert_array_equal(fresh.search(queries, k=5)[0], ids)
+        assert fresh.stats()["pq4_block_bytes"] < old.stats()["pq4_block_bytes"]
+    # Changes: new vectors (their blocks coded in the old layout), an update, a delete.
+    rng = np.random.default_rng(5)
+    more = rng.normal(size=(40, 24)).astype(np.float32)
+    for index in (old, fresh):
+        index.add(more, np.arange(150, 190), num_threads=1)
+        index.add(data[:5] + 0.05, np.arange(5), num_threads=1)
+        index.delete([7, 160])
+    ids, dist = old.search(queries, k=5)
+    np.testing.assert_array_equal(ids, fresh.search(queries, k=5)[0])
+    assert not np.isin(ids, [7, 160]).any()
+    old.save(tmp_path / "again.evx")
+    assert get(bytearray((tmp_path / "again.evx").read_bytes()), "version") == legacy_version
+    again = evidex.HNSWIndex.load(tmp_path / "again.evx")
+    again.ef = 60
+    np.testing.assert_array_equal(again.search(queries, k=5)[0], ids)
+    np.testing.assert_array_equal(again.search(queries, k=5)[1], dist)

@@ -123,26 +123,46 @@ def test_exact_scans_match_numpy_at_every_level(level: str, space: str) -> None:
         evidex.set_simd_level(evidex.cpu_simd_level())
 
 
+def _fastscan_codes(block: np.ndarray, nsub: int, codes: int) -> np.ndarray:
+    """[nsub, codes]: code j of subspace s in a group. A group of 32: 16 bytes per
+    subspace, byte j holding code j (low nibble) and j + 16. A half group of 16:
+    32 bytes per 4 subspaces s..s+3, byte j holding code j of s (low nibble) and
+    s + 2, byte 16 + j those of s + 1 and s + 3."""
+    b = block.astype(np.int64)
+    if codes == 32:
+        b = b.reshape(nsub, 16)
+        return np.concatenate([b & 15, b >> 4], axis=1)
+    b = b.reshape(nsub // 4, 2, 16)  # [chunk, byte half, j]
+    return np.stack([b[:, 0] & 15, b[:, 1] & 15, b[:, 0] >> 4, b[:, 1] >> 4], axis=1).reshape(
+        nsub, 16
+    )
+
+
 @pytest.mark.parametrize("level", SUPPORTED)
 @pytest.mark.parametrize("nsub", [4, 8, 12, 28, 96, 256])
-def test_fastscan_kernel_matches_reference(level: str, nsub: int) -> None:
-    """The PQ4 fast-scan kernel: 32 codes' table sums, at every level, up to the
+@pytest.mark.parametrize("codes", [32, 16])
+def test_fastscan_kernels_match_reference(level: str, nsub: int, codes: int) -> None:
+    """The PQ4 fast-scan kernels (a group of 32 codes; a half group of 16, for
+    blocks of at most 16 edges): the codes' table sums, at every level, up to the
     largest sums (255 per subspace over 256 subspaces still fits 16 bits)."""
-    rng = np.random.default_rng(nsub)
+    kernel = _core.fastscan32 if codes == 32 else _core.fastscan16
+    rng = np.random.default_rng(nsub + codes)
     for extreme in (False, True):
-        block = rng.integers(0, 256, nsub * 16, dtype=np.uint8)
+        block = rng.integers(0, 256, nsub * codes // 2, dtype=np.uint8)
         lut = (
             np.full(nsub * 16, 255, np.uint8)
             if extreme
             else rng.integers(0, 256, nsub * 16, dtype=np.uint8)
         )
-        b = block.reshape(nsub, 16).astype(np.int64)
-        codes = np.concatenate([b & 15, b >> 4], axis=1)  # [nsub, 32], code j of subspace s
-        want = np.take_along_axis(lut.reshape(nsub, 16).astype(np.int64), codes, axis=1).sum(0)
-        got = _core.fastscan32(block, lut, level)
+        table = lut.reshape(nsub, 16).astype(np.int64)
+        want = np.take_along_axis(table, _fastscan_codes(block, nsub, codes), axis=1).sum(0)
+        got = kernel(block, lut, level)
+        assert got.shape == (codes,)
         np.testing.assert_array_equal(got.astype(np.int64), want)
     with pytest.raises(ValueError, match="multiple of 64"):
-        _core.fastscan32(np.zeros(48, np.uint8), np.zeros(48, np.uint8), level)
+        kernel(np.zeros(48, np.uint8), np.zeros(48, np.uint8), level)
+    with pytest.raises(ValueError, match=f"{codes // 2} bytes per subspace"):
+        kernel(np.zeros(codes * 2 + 8, np.uint8), np.zeros(64, np.uint8), level)
 
 
 @pytest.mark.parametrize("quant", ["pq4", "rabitq"])

@@ -437,25 +437,35 @@ PYBIND11_MODULE(_core, m) {
         "Nanoseconds of one random, dependent memory access (a pointer chase over "
         "`megabytes` of huge-page storage, as the graph uses): the latency bound of a hop.");
 
-    m.def(
-        "fastscan32",
-        [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& block,
-           const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& lut,
-           const std::string& level) {
-            if (block.ndim() != 1 || lut.ndim() != 1 || block.shape(0) != lut.shape(0) ||
-                block.shape(0) % 64 != 0 || block.shape(0) == 0)
+    // The fast-scan kernels of a SIMD level on one group (for tests and bench.limits).
+    auto fastscan = [](FastScanKernel DistanceKernels::*kernel, std::size_t codes) {
+        return [kernel, codes](
+                   const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& block,
+                   const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& lut,
+                   const std::string& level) {
+            const std::size_t bytes_per_sub = codes / 2;
+            if (block.ndim() != 1 || lut.ndim() != 1 || lut.shape(0) % 64 != 0 ||
+                lut.shape(0) == 0 ||
+                static_cast<std::size_t>(block.shape(0)) !=
+                    static_cast<std::size_t>(lut.shape(0)) / 16 * bytes_per_sub)
                 throw py::value_error(
-                    "fastscan32() needs a block and a table of equal length, a multiple of 64 "
-                    "bytes (16 per subspace, a multiple of 4 subspaces)");
+                    "fastscan" + std::to_string(codes) + "() needs a table of 16 bytes per " +
+                    "subspace (a multiple of 4 subspaces: a multiple of 64 bytes) and a block of " +
+                    std::to_string(bytes_per_sub) + " bytes per subspace");
             const DistanceKernels& k =
                 level.empty() ? active_kernels() : kernels_for(parse_simd_level(level));
-            py::array_t<std::uint16_t> out(32);
-            k.fastscan32(block.data(), lut.data(), static_cast<std::size_t>(block.shape(0)) / 16,
-                         out.mutable_data());
+            py::array_t<std::uint16_t> out(static_cast<py::ssize_t>(codes));
+            (k.*kernel)(block.data(), lut.data(), static_cast<std::size_t>(lut.shape(0)) / 16,
+                        out.mutable_data());
             return out;
-        },
-        py::arg("block"), py::arg("lut"), py::arg("level") = "",
-        "The PQ4 fast-scan kernel of a SIMD level on one group of 32 codes (for tests).");
+        };
+    };
+    m.def("fastscan32", fastscan(&DistanceKernels::fastscan32, PQ4::kGroup), py::arg("block"),
+          py::arg("lut"), py::arg("level") = "",
+          "The PQ4 fast-scan kernel of a SIMD level on one group of 32 codes (for tests).");
+    m.def("fastscan16", fastscan(&DistanceKernels::fastscan16, PQ4::kHalfGroup),
+          py::arg("block"), py::arg("lut"), py::arg("level") = "",
+          "The PQ4 fast-scan kernel of a SIMD level on one half group of 16 codes (for tests).");
 
     m.def(
         "distances",

@@ -125,6 +125,19 @@ void fastscan32_scalar(const std::uint8_t* block, const std::uint8_t* lut, std::
     for (std::size_t j = 0; j < 32; ++j) out[j] = static_cast<std::uint16_t>(acc[j]);
 }
 
+void fastscan16_scalar(const std::uint8_t* block, const std::uint8_t* lut, std::size_t nsub,
+                       std::uint16_t* out) {
+    std::uint32_t acc[16] = {};
+    for (std::size_t s = 0; s < nsub; s += 4) {
+        const std::uint8_t* b = block + s * 8;
+        const std::uint8_t* t = lut + s * 16;
+        for (std::size_t j = 0; j < 16; ++j)
+            acc[j] += t[b[j] & 15] + t[32 + (b[j] >> 4)] + t[16 + (b[16 + j] & 15)] +
+                      t[48 + (b[16 + j] >> 4)];
+    }
+    for (std::size_t j = 0; j < 16; ++j) out[j] = static_cast<std::uint16_t>(acc[j]);
+}
+
 #ifdef EVIDEX_X86
 // ---------------------------------------------------------------- AVX2 + FMA
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
@@ -426,6 +439,29 @@ __attribute__((target("avx2,fma"))) void fastscan32_avx2(const std::uint8_t* blo
                    _mm_sub_epi16(fold_lanes(hi_words), _mm_slli_epi16(hi_o, 8)), hi_o, out);
 }
 
+// Four subspaces per 256-bit register, the AVX2 scheme above: every look-up
+// serves the same 16 codes, so both lanes and both nibbles add into one sum.
+__attribute__((target("avx2,fma"))) void fastscan16_avx2(const std::uint8_t* block,
+                                                          const std::uint8_t* lut,
+                                                          std::size_t nsub, std::uint16_t* out) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i words = _mm256_setzero_si256(), odd = words;
+    for (std::size_t s = 0; s < nsub; s += 4) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + s * 8));
+        const __m256i t01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut + s * 16));
+        const __m256i t23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut + s * 16 + 32));
+        const __m256i rl = _mm256_shuffle_epi8(t01, _mm256_and_si256(c, low4));
+        const __m256i rh = _mm256_shuffle_epi8(t23, _mm256_and_si256(_mm256_srli_epi16(c, 4), low4));
+        words = _mm256_add_epi16(words, _mm256_add_epi16(rl, rh));
+        odd = _mm256_add_epi16(odd, _mm256_add_epi16(_mm256_srli_epi16(rl, 8), _mm256_srli_epi16(rh, 8)));
+    }
+    const __m128i o = fold_lanes(odd);
+    const __m128i e = _mm_sub_epi16(fold_lanes(words), _mm_slli_epi16(o, 8));
+    auto* dst = reinterpret_cast<__m128i*>(out);
+    _mm_storeu_si128(dst, _mm_unpacklo_epi16(e, o));
+    _mm_storeu_si128(dst + 1, _mm_unpackhi_epi16(e, o));
+}
+
 // ---------------------------------------------------------------- AVX-512
 // The tail is a masked load, so odd dimensions need no scalar loop.
 __attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b,
@@ -601,17 +637,18 @@ __attribute__((target("avx512f,avx512bw"))) void fastscan32_avx512(const std::ui
 const DistanceKernels kScalar{l2sq_scalar,       dot_scalar,       sq8_l2_scalar,
                              sq8_dot_scalar,    l2sq4_scalar,     dot4_scalar,
                              panel_scalar<true>, panel_scalar<false>, int8_panel_scalar, fastscan32_scalar,
-                             SimdLevel::Scalar};
+                             fastscan16_scalar, SimdLevel::Scalar};
 #ifdef EVIDEX_X86
 const DistanceKernels kAVX2{l2sq_avx2,       dot_avx2,       sq8_l2_avx2,
                            sq8_dot_avx2,    l2sq4_avx2,     dot4_avx2,
                            panel_avx2<true>, panel_avx2<false>, int8_panel_avx2, fastscan32_avx2,
-                           SimdLevel::AVX2};
+                           fastscan16_avx2, SimdLevel::AVX2};
 const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512,
                              sq8_dot_avx512,    l2sq4_avx512,     dot4_avx512,
                              panel_avx512<true>, panel_avx512<false>,
                              int8_panel_avx2,  // every AVX-512 CPU runs AVX2; no 512-bit variant yet
                              fastscan32_avx512,
+                             fastscan16_avx2,  // a half group fills one 256-bit register
                              SimdLevel::AVX512};
 #endif
 

@@ -418,22 +418,38 @@ void PQ4::tables(const float* q, bool l2, Tables& out) const {
     out.bias = bias;
 }
 
-void PQ4::take(const std::uint8_t* group, std::size_t j, std::uint8_t* code) const {
-    const std::size_t byte = j & 15, shift = j < 16 ? 0 : 4;
+namespace {
+
+// Where code j's nibble of subspace s lies in a group of `codes` codes (the
+// layouts of DistanceKernels::fastscan32 and fastscan16).
+std::size_t nibble_at(std::size_t s, std::size_t j, std::size_t codes, unsigned& shift) {
+    if (codes == PQ4::kGroup) {
+        shift = j < 16 ? 0 : 4;
+        return s * 16 + (j & 15);
+    }
+    shift = (s & 2) ? 4 : 0;
+    return (s / 4) * 32 + (s & 1) * 16 + j;
+}
+
+}  // namespace
+
+void PQ4::take(const std::uint8_t* group, std::size_t j, std::uint8_t* code,
+               std::size_t codes) const {
     std::fill(code, code + code_bytes(), std::uint8_t{0});
     for (std::size_t s = 0; s < nsub_; ++s) {
-        const std::uint8_t c = (group[s * 16 + byte] >> shift) & 15;
+        unsigned shift = 0;
+        const std::uint8_t c = (group[nibble_at(s, j, codes, shift)] >> shift) & 15;
         code[s / 2] |= static_cast<std::uint8_t>(c << (4 * (s & 1)));
     }
 }
 
-void PQ4::place(std::uint8_t* group, std::size_t j, const std::uint8_t* code) const {
-    const std::size_t byte = j & 15, shift = j < 16 ? 0 : 4;
-    const std::uint8_t keep = static_cast<std::uint8_t>(shift ? 0x0f : 0xf0);
+void PQ4::place(std::uint8_t* group, std::size_t j, const std::uint8_t* code,
+                std::size_t codes) const {
     for (std::size_t s = 0; s < nsub_; ++s) {
+        unsigned shift = 0;
         const std::uint8_t c = (code[s / 2] >> (4 * (s & 1))) & 15;
-        std::uint8_t& b = group[s * 16 + byte];
-        b = static_cast<std::uint8_t>((b & keep) | (c << shift));
+        std::uint8_t& b = group[nibble_at(s, j, codes, shift)];
+        b = static_cast<std::uint8_t>((b & (shift ? 0x0f : 0xf0)) | (c << shift));
     }
 }
 

@@ -113,9 +113,7 @@ HNSW::HNSW(std::size_t dim, Space space, std::size_t M, std::size_t ef_construct
         } else {
             pq_ = PQ4(dim_, pq_dims);
         }
-        fs_extra_offset_ = (M0_ + PQ4::kGroup - 1) / PQ4::kGroup * pq_.group_bytes();
-        const std::size_t extra = extras_per_edge() * M0_ * sizeof(float);
-        fs_block_bytes_ = (fs_extra_offset_ + extra + 63) / 64 * 64;
+        lay_out_blocks(M0_ <= PQ4::kHalfGroup ? PQ4::kHalfGroup : PQ4::kGroup);
     } else if (quant_ != Quantization::None) {
         throw std::invalid_argument("unknown quantization");
     }
@@ -141,6 +139,13 @@ void HNSW::release_storage() {
     }
     level0_ = nullptr;
     if (blocks_in_rows_) fs_blocks_ = nullptr;  // they were in the rows
+}
+
+void HNSW::lay_out_blocks(std::size_t group) {
+    fs_group_ = group;
+    fs_extra_offset_ = (M0_ + group - 1) / group * pq_.group_bytes(group);
+    const std::size_t extra = extras_per_edge() * M0_ * sizeof(float);
+    fs_block_bytes_ = (fs_extra_offset_ + extra + 63) / 64 * 64;
 }
 
 void HNSW::set_row_layout(bool blocks_in_rows) {
@@ -817,7 +822,8 @@ void HNSW::place_in_block(node_id id, std::size_t j, node_id neighbor, const flo
             fs_extra(id)[j] = k.dot(y, y, dim_) - k.dot(x, x, dim_);
         }
     }
-    pq_.place(fs_block(id) + (j / PQ4::kGroup) * pq_.group_bytes(), j % PQ4::kGroup, code.data());
+    pq_.place(fs_block(id) + (j / fs_group_) * pq_.group_bytes(fs_group_), j % fs_group_,
+              code.data(), fs_group_);
 }
 
 void HNSW::refresh_block(node_id id, const std::uint32_t* old, const std::uint8_t* old_block) {
@@ -827,7 +833,7 @@ void HNSW::refresh_block(node_id id, const std::uint32_t* old, const std::uint8_
     thread_local std::vector<float> buf;
     const float* rotated = nullptr;  // the node, rotated once for its new edges
     code.resize(pq_.code_bytes());
-    const std::size_t group = pq_.group_bytes();
+    const std::size_t G = fs_group_, group = pq_.group_bytes(G);
     for (std::size_t j = 0; j < n; ++j) {
         std::size_t i = old_n;
         if (old != nullptr)
@@ -839,8 +845,8 @@ void HNSW::refresh_block(node_id id, const std::uint32_t* old, const std::uint8_
             continue;
         }
         // A kept edge: move its code and term from where it was.
-        pq_.take(old_block + (i / PQ4::kGroup) * group, i % PQ4::kGroup, code.data());
-        pq_.place(fs_block(id) + (j / PQ4::kGroup) * group, j % PQ4::kGroup, code.data());
+        pq_.take(old_block + (i / G) * group, i % G, code.data(), G);
+        pq_.place(fs_block(id) + (j / G) * group, j % G, code.data(), G);
         const float* old_extra = reinterpret_cast<const float*>(old_block + fs_extra_offset_);
         for (std::size_t e = 0; e < extras_per_edge(); ++e)
             fs_extra(id)[e * M0_ + j] = old_extra[e * M0_ + i];
@@ -1228,7 +1234,9 @@ public:
         kq_ = rabitq_ ? s.edge_query.sum + 2.f * bias_ : 0.f;
         mq_ = 2.f * scale_;
         nsub_ = h.pq_.subspaces();
-        group_bytes_ = h.pq_.group_bytes();
+        group_ = h.fs_group_;
+        group_bytes_ = h.pq_.group_bytes(group_);
+        fastscan_ = group_ == PQ4::kGroup ? k_.fastscan32 : k_.fastscan16;
         node_bytes_ = h.prefetch_bytes(h.vec_offset_ + h.dim_ * sizeof(float));
         // Whole blocks: reading the link count to size the fetch would wait on memory.
         block_bytes_ = h.prefetch_bytes(h.fs_block_bytes_);
@@ -1291,10 +1299,10 @@ public:
             const std::uint8_t* block = h_.fs_block(c);
             const float* extra = l2_ || rabitq_ ? h_.fs_extra(c) : nullptr;
             const float base = dist[b] + bias_;  // edges' estimates start at the node's distance
-            for (std::size_t g = 0; g * PQ4::kGroup < n; ++g) {
-                k_.fastscan32(block + g * group_bytes_, lut_, nsub_, est);
-                const std::size_t first = g * PQ4::kGroup;
-                const std::size_t m = std::min(PQ4::kGroup, n - first);
+            for (std::size_t g = 0; g * group_ < n; ++g) {
+                fastscan_(block + g * group_bytes_, lut_, nsub_, est);
+                const std::size_t first = g * group_;
+                const std::size_t m = std::min(group_, n - first);
                 // All estimates first, in one loop the compiler vectorises; then
                 // only those inside the beam's bound touch the beam.
                 if (rabitq_) {
@@ -1353,7 +1361,9 @@ private:
     bool distinct_, l2_, rabitq_;
     const std::uint8_t* lut_ = nullptr;
     float scale_ = 0.f, bias_ = 0.f, kq_ = 0.f, mq_ = 0.f;
-    std::size_t nsub_ = 0, group_bytes_ = 0, node_bytes_ = 0, block_bytes_ = 0, lookahead_ = 3;
+    std::size_t nsub_ = 0, group_ = PQ4::kGroup, group_bytes_ = 0, node_bytes_ = 0,
+                block_bytes_ = 0, lookahead_ = 3;
+    FastScanKernel fastscan_ = nullptr;  // fastscan32 or fastscan16, by the blocks' groups
     node_id batch_[2] = {0, 0};
     std::size_t nb_ = 0;
 };

@@ -1,9 +1,11 @@
 // The index file formats: HNSW (below), hnswlib 0.8's (import and export) and
 // IVFIndex's (at the end of this file).
 //
-// The HNSW file format (version 5; an index writes the oldest version that
+// The HNSW file format (version 6; an index writes the oldest version that
 // holds it: 1 without attributes, 2 with them, 3 with PQ4 quantisation, 4 with
-// scan codes, 5 with RaBitQ edge codes), little-endian:
+// scan codes, 5 with RaBitQ edge codes, 6 with blocks of half groups: a PQ4 or
+// RaBitQ graph of M0 <= 16, whose codes come 16 to a group from version 6 on
+// and 32 before), little-endian:
 //   Header (fixed 256 bytes: magic, version, parameters, section offsets, the
 //           payload checksum and a checksum of the header itself)
 //   level-0 block   count * node_bytes, at a 64-byte aligned offset so that a
@@ -52,7 +54,7 @@ namespace evidex {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'V', 'D', 'X', 'H', 'N', 'S', 'W'};
-constexpr std::uint32_t kFormatVersion = 5;
+constexpr std::uint32_t kFormatVersion = 6;
 constexpr std::uint32_t kEndianTag = 0x01020304;
 constexpr std::size_t kHeaderBytes = 256;
 constexpr std::size_t kChunkBytes = std::size_t{4} << 20;  // streaming reads
@@ -163,6 +165,7 @@ struct Layout {
     bool sq8 = false, pq4 = false;
     std::size_t pq_dims = 0, pq_subspaces = 0, pq_block_bytes = 0, pq_centroid_bytes = 0;
     std::size_t pq_extra_offset = 0;  // the block's per-edge floats
+    std::size_t pq_group = PQ4::kGroup;  // codes per group: 16 from version 6 when M0 <= 16
     std::size_t pq_extras = 0;        // how many (M0 for PQ4's squared L2, 2 * M0 for RaBitQ)
     std::size_t scan_dims = 0, scan_code_bytes = 0, scan_centroid_bytes = 0;
     std::uint64_t scan_offset = 0, scan_bytes = 0;
@@ -231,7 +234,8 @@ Layout check_header(const Header& h, std::uint64_t size) {
     }
     if (L.pq4) {
         // As the HNSW constructor lays out a block.
-        L.pq_extra_offset = mul((h.M0 + PQ4::kGroup - 1) / PQ4::kGroup, L.pq_subspaces * 16);
+        L.pq_group = h.version >= 6 && h.M0 <= PQ4::kHalfGroup ? PQ4::kHalfGroup : PQ4::kGroup;
+        L.pq_extra_offset = mul((h.M0 + L.pq_group - 1) / L.pq_group, L.pq_subspaces * L.pq_group / 2);
         L.pq_block_bytes = round_up(add(L.pq_extra_offset, mul(L.pq_extras, sizeof(float))), 64);
     }
     L.max_level = static_cast<int>(h.max_level);
@@ -882,7 +886,8 @@ public:
         Header h{};
         std::memcpy(h.magic, kMagic, 8);
         // The oldest version that holds the index: readable by the most evidex.
-        h.version = index.quant_ == Quantization::RaBitQ ? 5
+        h.version = index.fast_scan_graph() && index.fs_group_ == PQ4::kHalfGroup ? 6
+                    : index.quant_ == Quantization::RaBitQ ? 5
                     : index.has_scan_codes()                ? 4
                     : index.quant_ == Quantization::PQ4     ? 3
                     : attrs.empty()                         ? 1
@@ -959,6 +964,10 @@ public:
                                              h.ef_construction, 0, h.seed,
                                              static_cast<Quantization>(h.quantization),
                                              h.pq_dims));
+        if (L.pq4 && index->fs_group_ != L.pq_group) {  // a file before version 6
+            index->lay_out_blocks(L.pq_group);
+            index->set_row_layout(index->blocks_in_rows_);
+        }
         if (index->node_bytes_ != L.node_bytes || index->code_stride_ != L.code_stride ||
             index->fs_block_bytes_ != L.pq_block_bytes)
             corrupt("inconsistent node layout");

@@ -56,6 +56,12 @@ using Int8PanelKernel = void (*)(const std::int8_t* q, std::size_t stride, std::
 // uint16 when nsub * max(lut) < 65536. nsub is a multiple of 4.
 using FastScanKernel = void (*)(const std::uint8_t* block, const std::uint8_t* lut,
                                 std::size_t nsub, std::uint16_t* out);
+// The same for the 16 codes of a half group (nsub * 8 bytes), for blocks of at
+// most 16 edges: 32 bytes per 4 subspaces s..s+3 at s * 8, byte j (< 16)
+// carrying code j of s in its low nibble and of s + 2 in its high one, byte
+// 16 + j those of s + 1 and s + 3. So each 128-bit lane of a 256-bit register
+// meets the table of its own subspace (the tables of s, s + 1 are adjacent in
+// lut, as are s + 2, s + 3), and no register holds padding.
 
 // Squared norms above this could overflow float32 distances: |a - b|^2 <=
 // 2|a|^2 + 2|b|^2 and |<a, b>| <= |a||b| stay finite below FLT_MAX / 4. Vectors
@@ -78,6 +84,7 @@ struct DistanceKernels {
     PanelKernel dot_panel;
     Int8PanelKernel int8_panel;
     FastScanKernel fastscan32;
+    FastScanKernel fastscan16;
     SimdLevel level;
 };
 

@@ -25,7 +25,8 @@ namespace evidex {
 class PQ4 {
 public:
     static constexpr std::size_t kCentroids = 16;
-    static constexpr std::size_t kGroup = 32;  // codes per fast-scan group
+    static constexpr std::size_t kGroup = 32;      // codes per fast-scan group
+    static constexpr std::size_t kHalfGroup = 16;  // codes per half group
 
     PQ4() = default;
     // sub_dim 0 picks one from dim: 2 up to 64 dimensions, 4 above.
@@ -39,8 +40,11 @@ public:
     // multiple of 4 with subspaces whose tables are zero.
     std::size_t subspaces() const { return nsub_; }
     std::size_t code_bytes() const { return nsub_ / 2; }
-    // One group of 32 codes in the fast-scan layout.
-    std::size_t group_bytes() const { return nsub_ * 16; }
+    // One group of `codes` codes in the fast-scan layout: kGroup (32), or
+    // kHalfGroup (16) for blocks of at most 16 edges, where a full group would
+    // be half padding (DistanceKernels::fastscan32 and fastscan16 give the
+    // layouts).
+    std::size_t group_bytes(std::size_t codes = kGroup) const { return nsub_ * codes / 2; }
     bool trained() const { return !centroids_.empty(); }
 
     // k-means per subspace on residuals between near neighbours among n rows of
@@ -85,10 +89,12 @@ public:
     };
     void tables(const float* q, bool l2, Tables& out) const;
 
-    // Write `code` as code j (0..31) of a fast-scan group (group_bytes() long),
-    // or read it back.
-    void place(std::uint8_t* group, std::size_t j, const std::uint8_t* code) const;
-    void take(const std::uint8_t* group, std::size_t j, std::uint8_t* code) const;
+    // Write `code` as code j (below `codes`) of a fast-scan group of `codes`
+    // codes (group_bytes(codes) long), or read it back.
+    void place(std::uint8_t* group, std::size_t j, const std::uint8_t* code,
+               std::size_t codes = kGroup) const;
+    void take(const std::uint8_t* group, std::size_t j, std::uint8_t* code,
+              std::size_t codes = kGroup) const;
 
 private:
     std::size_t dim_ = 0, sub_dim_ = 0, used_ = 0, nsub_ = 0;

@@ -560,7 +560,11 @@ private:
     std::size_t extras_per_edge() const {
         return quant_ == Quantization::RaBitQ ? 2 : space_ == Space::L2 ? 1 : 0;
     }
-    std::size_t fs_block_bytes_ = 0, fs_extra_offset_ = 0;
+    // A block's codes come in groups of fs_group_: 32, or 16 (a half group) when
+    // M0 <= 16, where a full group would be half padding (files before format
+    // version 6 keep full groups: the loader lays their blocks out so).
+    std::size_t fs_group_ = PQ4::kGroup, fs_block_bytes_ = 0, fs_extra_offset_ = 0;
+    void lay_out_blocks(std::size_t group);  // before any node is stored
     // fs_blocks_ points into level0_'s rows when blocks_in_rows_, else owns an array.
     std::uint8_t* fs_blocks_ = nullptr;
     std::size_t fs_stride_ = 0;
