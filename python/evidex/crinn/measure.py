@@ -222,74 +222,66 @@ class Bench:
         return self._data[which]
 
     def index_file(self, which: str) -> Path:
-        """The graph the search and refinement slots run on. With a construction
-        winner it is built by that winner in a sandboxed worker, and only its
-        file image (validated on load) comes back: no candidate code ever runs
-        in the loop's process."""
-        construction = self.archive.winner_library("construction")
-        tag = "builtin" if construction is None else Path(construction).parent.name
-        path = self.root / "data" / f"index_{which}_{tag}.evx"
-        if path.exists():
-            return path
-        s = self.settings
-        base_file = self.root / "data" / f"base_{which}.npy"
-        if construction is None:
-            base = np.load(base_file)
-            index = HNSWIndex(base.shape[1], s.space, M=s.M, ef_construction=s.ef_construction,
-                              max_elements=len(base))  # fmt: skip
-            index.add(base)
-            index.save(path)
-            return path
-        setup = self._setup("construction", [construction], which)
-        files = [str(base_file), construction]
-        try:  # a build: all cores (nothing is timed)
-            with Worker(setup, files, s.limits, sorted(os.sched_getaffinity(0))) as w:
-                w.start()
-                blob = w.export(max_bytes=1 << 34)
-        except WorkerFailed as e:
-            raise RuntimeError(f"the construction winner failed to build the graph: {e}") from e
-        HNSWIndex.from_bytes(blob).save(path)  # validated as any file from a stranger
-        return path
+        """The graph the search and refinement slots run on: the built-in
+        layout's, from :meth:`_graph_file`."""
+        return self._graph_file("index", None, which)[0]
 
     def layout_file(self, layout: Layout, which: str) -> tuple[Path, float]:
         """The graph of `layout` on one side of the data, built once and kept in the
-        run's data folder, and the seconds its build took. The built-in layout's
-        graph is :meth:`index_file`'s. With a construction winner the build runs
-        in a sandboxed worker (its kernel builds the graph), as for index_file."""
+        run's data folder, and the seconds its build took (the built-in layout's
+        graph is :meth:`index_file`'s)."""
         if layout.builds_builtin:
             return self.index_file(which), 0.0
+        built = {k: v for k, v in layout.as_dict().items() if k not in layout.tuning()}
+        return self._graph_file("layout", built, which)
+
+    def _graph_file(
+        self, kind: str, built: dict[str, int] | None, which: str
+    ) -> tuple[Path, float]:
+        """Build (once) the graph of the layout settings `built` (None: the built-in
+        layout) on one side of the data, and its build seconds. With a construction
+        winner it is built by that winner in a sandboxed worker, and only its file
+        image (validated on load) comes back: no candidate code ever runs in the
+        loop's process. Files are named by the winner and the settings, so a
+        resumed run finds its graphs."""
         construction = self.archive.winner_library("construction")
         tag = "builtin" if construction is None else Path(construction).parent.name
-        built = {k: v for k, v in layout.as_dict().items() if k not in layout.tuning()}
-        key = hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()[:12]
-        path = self.root / "data" / f"layout_{which}_{tag}_{key}.evx"
+        name = f"{kind}_{which}_{tag}"
+        if built is not None:
+            digest = hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()
+            name += "_" + digest[:12]
+        path = self.root / "data" / f"{name}.evx"
         record = path.with_suffix(".json")
         if path.exists():
-            stored = read_json(record)  # only a report: a damaged one reads as unknown (0 s)
+            stored = read_json(record)  # only a report: a missing or damaged one reads 0 s
             seconds = stored.get("build_seconds") if isinstance(stored, dict) else None
             return path, float(seconds) if isinstance(seconds, (int, float)) else 0.0
         s = self.settings
         base_file = self.root / "data" / f"base_{which}.npy"
         t0 = time.perf_counter()
         if construction is None:  # the built-in core only: no candidate code runs
-            index = Layout(**built).build(np.load(base_file), s.space, M=s.M,
-                                          ef_construction=s.ef_construction,
-                                          num_threads=s.build_threads)  # fmt: skip
+            index = Layout(**(built or {})).build(np.load(base_file), s.space, M=s.M,
+                                                  ef_construction=s.ef_construction,
+                                                  num_threads=s.build_threads)  # fmt: skip
             seconds = time.perf_counter() - t0
             index.save(path)
         else:
             setup = self._setup("construction", [construction], which)
-            setup["layout"] = built
-            try:
+            if built is not None:
+                setup["layout"] = built
+            try:  # a build: all cores (nothing is timed)
                 with Worker(setup, [str(base_file), construction], s.limits,
                             sorted(os.sched_getaffinity(0))) as w:  # fmt: skip
                     w.start()
                     seconds = time.perf_counter() - t0
                     blob = w.export(max_bytes=1 << 34)
             except WorkerFailed as e:
-                raise RuntimeError(f"the layout's graph failed to build: {e}") from e
+                what = "graph" if built is None else "layout's graph"
+                raise RuntimeError(
+                    f"the construction winner failed to build the {what}: {e}"
+                ) from e
             HNSWIndex.from_bytes(blob).save(path)  # validated as any file from a stranger
-        write_json(record, {"build_seconds": seconds, "layout": built})
+        write_json(record, {"build_seconds": seconds, "layout": built or {}})
         return path, seconds
 
     def _setup(
