@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -242,3 +244,41 @@ def test_ann_bench_builds_a_crinn_layout_winner(tmp_path, monkeypatch) -> None:
     assert layout["quantization"] == "rabitq" and layout["M"] == 8 and layout["refine_ef"] == 50
     (point,) = [p for p in saved["result"]["points"] if p["library"] == "evidex-layout"]
     assert point["recall"] > 0.5
+
+
+def test_groups_bench_compares_one_graph_in_both_layouts(tmp_path) -> None:
+    """bench.groups: a file from before half groups (tests/data) against the same
+    graph built today; it refuses a pair that is not the same graph in two layouts."""
+    import json as json_module
+
+    import evidex
+    from bench.groups import main
+
+    here = Path(__file__).parent / "data"
+    data = np.load(here / "legacy_fast_scan_data.npy")
+    queries = np.asarray(
+        json_module.loads((here / "legacy_fast_scan.json").read_text())["queries"], np.float32
+    )
+
+    def fvecs(x: np.ndarray, path: Path) -> str:
+        rows = np.hstack([np.full((len(x), 1), x.shape[1], np.int32).view(np.float32), x])
+        rows.astype(np.float32).tofile(path)
+        return str(path)
+
+    spec = f"fvecs:{fvecs(data, tmp_path / 'b.fvecs')},{fvecs(queries, tmp_path / 'q.fvecs')}"
+    half = evidex.HNSWIndex(24, "l2", M=8, ef_construction=40, quantization="rabitq")
+    half.add(data, num_threads=1)  # as the legacy file was built: the same graph
+    half.save(tmp_path / "half.evx")
+    full = str(here / "legacy_rabitq_l2_M8.evx")
+    args = ["--dataset", spec, "--size", "150", "--queries", "6", "--efs", "8,40"]
+    out = main([full, str(tmp_path / "half.evx"), *args, "--rounds", "1"])
+    assert [p["ef"] for p in out["points"]] == [8, 40]
+    assert out["block_bytes"]["half"] < out["block_bytes"]["full"]
+    assert all(p["qps"]["half"] > 0 and p["batch_qps"]["full"] > 0 for p in out["points"])
+    other = evidex.HNSWIndex(24, "l2", M=8, ef_construction=40, quantization="rabitq")
+    other.add(data[::-1])  # other ids: not the same graph
+    other.save(tmp_path / "other.evx")
+    with pytest.raises(SystemExit, match="answer differently"):
+        main([full, str(tmp_path / "other.evx"), *args, "--rounds", "1"])
+    with pytest.raises(SystemExit, match="not a half-group pair"):
+        main([str(tmp_path / "half.evx"), full, *args, "--rounds", "1"])
