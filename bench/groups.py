@@ -25,11 +25,6 @@ from .ann import machine_info
 from .datasets import DATASETS, load_dataset
 
 
-def _recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    k = ids.shape[1]
-    return float(np.mean([len(set(a) & set(b[:k])) / k for a, b in zip(ids, truth)]))
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("full", help="the graph with full groups (a file from before version 6)")
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
                 t = time.perf_counter()
                 ix.search(q, k=10, ef=ef, num_threads=0)
                 batch[n] = max(batch[n], len(q) / (time.perf_counter() - t))
-        point = {"ef": ef, "recall": _recall(answers["half"][0], data.neighbors),
+        point = {"ef": ef, "recall": data.recall(answers["half"][0], 10),
                  "qps": one, "batch_qps": batch}  # fmt: skip
         out["points"].append(point)
         print(f"ef {ef}: recall {point['recall']:.4f}; one query per call: full {one['full']:.0f}"
