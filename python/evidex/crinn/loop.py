@@ -207,11 +207,11 @@ class CrinnRun:
         s = self.settings
         others = self.other_winners(slot)
         # A kernel finalist adds its library; a layout finalist its layout.
-        lib = {c.id: [str(self.archive.folder(c.id) / "kernel.so")] for c in candidates}
+        lib = {c.id: [] if slot == "layout" else [str(self.archive.folder(c.id) / "kernel.so")]
+               for c in candidates}  # fmt: skip
         layouts: dict[str, Layout | None] = dict.fromkeys(lib)
         failed: dict[str, str] = {}
         if slot == "layout":
-            lib = dict.fromkeys(lib, [])
             for c in candidates:
                 try:  # the archive's record, read back from disk
                     layouts[c.id] = Layout.from_config(c.config or {})
