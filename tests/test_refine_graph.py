@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import evidex
-from conftest import clustered, exact_distances, level0_degrees, recall_at_k
+from conftest import clustered, exact_distances, level0_degrees, live_links_to_deleted, recall_at_k
 
 EFS = (10, 20, 40)
 
@@ -72,7 +72,11 @@ def test_refine_with_deletions_never_links_to_deleted(tmp_path) -> None:
     index.add(data, num_threads=1)
     gone = np.arange(0, 1_500, 3)
     index.delete(gone)
+    assert live_links_to_deleted(index, tmp_path) > 0.2  # links made before the deletes
     index.refine_graph(ef=40, num_threads=2)
+    # Deleted nodes keep their own links (waypoints) but neither gain links nor
+    # are chosen, by refinement or completion, for a live node's list.
+    assert live_links_to_deleted(index, tmp_path) == 0.0
     ids, _ = index.search(data[:300], k=5, ef=40)
     assert not np.isin(ids, gone).any()
     live = np.setdiff1d(np.arange(1_500), gone)

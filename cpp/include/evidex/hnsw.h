@@ -602,6 +602,7 @@ private:
     // storage_mutex_ shared and write_mutex_ shared.
     void complete_links(std::vector<node_id> changed, std::size_t num_threads);
     void complete_node(const DistanceKernels& k, node_id id);
+    std::vector<node_id> breadth_first_order(std::size_t n) const;
     void refine_node(const DistanceKernels& k, node_id id, std::size_t ef);
     // nq (<= kMaxInterleave) queries, interleaved; writes kk answers per query.
     void search_pq4(const DistanceKernels& k, node_id entry, int top_level,
