@@ -282,3 +282,27 @@ def test_groups_bench_compares_one_graph_in_both_layouts(tmp_path) -> None:
         main([full, str(tmp_path / "other.evx"), *args, "--rounds", "1"])
     with pytest.raises(SystemExit, match="not a half-group pair"):
         main([str(tmp_path / "half.evx"), full, *args, "--rounds", "1"])
+
+
+def test_build_cost_bench_times_add_and_refinement(tmp_path) -> None:
+    """bench.build_cost: one row per ef_construction:beam config, the refinement's
+    time apart from the add's, recall at each search beam."""
+    from bench.build_cost import main
+
+    rng = np.random.default_rng(3)
+    base, queries = rng.normal(size=(400, 8)), rng.normal(size=(5, 8))
+
+    def fvecs(x: np.ndarray, path: Path) -> str:
+        rows = np.hstack([np.full((len(x), 1), x.shape[1], np.int32).view(np.float32),
+                          x.astype(np.float32)])  # fmt: skip
+        rows.astype(np.float32).tofile(path)
+        return str(path)
+
+    spec = f"fvecs:{fvecs(base, tmp_path / 'b.fvecs')},{fvecs(queries, tmp_path / 'q.fvecs')}"
+    out = main(["--dataset", spec, "--size", "400", "--queries", "5", "--M", "4",
+                "--configs", "40:0", "40:20", "--efs", "8,64", "--threads", "1",
+                "--out", str(tmp_path / "o.json")])  # fmt: skip
+    no_refine, refined = out["rows"]
+    assert (no_refine["refine_beam"], refined["refine_beam"]) == (0, 20)
+    assert refined["recall"][64] >= 0.9 and refined["build_over_hnswlib"] > 0
+    assert out["hnswlib_build_s"] > 0 and (tmp_path / "o.json").exists()
