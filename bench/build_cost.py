@@ -12,7 +12,6 @@ search beams (what the build time buys).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -20,6 +19,7 @@ import numpy as np
 
 import evidex
 
+from . import save_figures
 from .ann import Hnswlib, machine_info
 from .datasets import DATASETS, load_dataset
 
@@ -75,10 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"ef_construction {efc}, beam {beam}: add {row['add_s']:.1f} s, refine "
               f"{row['refine_s']:.1f} s{ratio}; recall at ef {efs}: "
               f"{[round(r, 4) for r in recall]}", flush=True)  # fmt: skip
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return save_figures(out, args.out)
 
 
 if __name__ == "__main__":

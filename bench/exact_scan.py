@@ -16,13 +16,13 @@ differently by float32 rounding, is reported).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
 import evidex
 
+from . import save_figures
 from .ann import machine_info
 from .datasets import DATASETS, load_dataset
 
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
             out["rows"].append(row)
             print(f"{size:>7,}  {kind:>9}  {row['float32_us']:>12.2f}  {row['int8_us']:>11.2f}  "
                   f"{row['speedup']:>8.2f}x  {differing:>6}")  # fmt: skip
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return save_figures(out, args.out)
 
 
 if __name__ == "__main__":

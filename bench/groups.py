@@ -14,13 +14,13 @@ interleaved within a round, best of the rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
 import evidex
 
+from . import save_figures
 from .ann import machine_info
 from .datasets import DATASETS, load_dataset
 
@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     mb = out["memory_bytes"]
     print(f"memory: full {mb['full'] / 2**20:.0f} MB, half {mb['half'] / 2**20:.0f} MB "
           f"({mb['half'] / mb['full']:.2f}x)")  # fmt: skip
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return save_figures(out, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ thread and on all cores. Every group size must return the same answers as 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -20,6 +19,7 @@ import numpy as np
 
 import evidex
 
+from . import save_figures
 from .ann import machine_info
 from .datasets import DATASETS, load_dataset
 
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
             cells = [f"g{g} {v:,.0f} ({v / base:.2f}x)" for g, v in row["qps"].items()]
             print(f"  {threads} thread(s) ef {ef}: " + "  ".join(cells), flush=True)
     index.set_search_tuning()
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return save_figures(out, args.out)
 
 
 if __name__ == "__main__":
