@@ -84,7 +84,8 @@ class Evidex(Library):
 
     def layout(self):
         s = self.index.stats()
-        return {key: s[key] for key in ("node_bytes", "code_bytes", "pq4_block_bytes")}
+        keys = ("node_bytes", "code_bytes", "pq4_block_bytes", "edge_group_codes")
+        return {key: s[key] for key in keys}
 
     def search_counts(self, queries, k):
         """Mean distance computations and hops per query over a whole batch."""

@@ -81,13 +81,14 @@ def fast_scan(library: str) -> bool:
 def edge_groups(library: str, layout: dict, space: str, M: int) -> tuple[int, int, int] | None:
     """(groups of edges, subspaces per code, codes per group) of a fast-scan graph's
     node, from its block's size: the codes (half a byte per subspace per code; a
-    group holds 32 codes, or 16 when the node has at most 16 edges), then each
-    edge's floats (RaBitQ: 2; PQ4: its norm under l2)."""
+    group holds ``edge_group_codes`` codes, 32 or 16), then each edge's floats
+    (RaBitQ: 2; PQ4: its norm under l2). Figures saved before the index reported
+    its group size get today's rule: half groups when a node has at most 16 edges."""
     block = layout.get("pq4_block_bytes") or 0
     if not fast_scan(library) or not block:
         return None
     m0 = 2 * M
-    codes = 16 if m0 <= 16 else 32
+    codes = layout.get("edge_group_codes") or (16 if m0 <= 16 else 32)
     groups = -(-m0 // codes)
     extras = 2 if "-rabitq" in library else 1 if space == "l2" else 0
     return groups, (block - extras * 4 * m0) // (codes // 2 * groups), codes

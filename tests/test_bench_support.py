@@ -96,6 +96,9 @@ def test_limit_analysis_of_a_fast_scan_graph(tmp_path) -> None:
     assert edge_groups("evidex-pq4", {"pq4_block_bytes": 512}, "cosine", 16) == (1, 32, 32)
     # M 8: 16 edges in one half group; 384 = 32 subspaces x 8 bytes + 16 edges x 2 floats
     assert edge_groups("evidex-rabitq", {"pq4_block_bytes": 384}, "l2", 8) == (1, 32, 16)
+    # the same graph in a file from before half groups: the index reports its groups
+    legacy = {"pq4_block_bytes": 640, "edge_group_codes": 32}
+    assert edge_groups("evidex-rabitq", legacy, "l2", 8) == (1, 32, 32)
     assert edge_groups("evidex-sq8", layout, "l2", 16) is None
 
 

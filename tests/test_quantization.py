@@ -463,6 +463,7 @@ def test_half_groups_and_files_from_before_them(name: str, tmp_path) -> None:
     for mmap in (False, True):
         old = evidex.HNSWIndex.load(LEGACY / name, mmap=mmap)
         assert fresh.stats()["pq4_block_bytes"] < old.stats()["pq4_block_bytes"]
+        assert (old.stats()["edge_group_codes"], fresh.stats()["edge_group_codes"]) == (32, 16)
         for ef, answer in want.items():
             ids, dist = old.search(queries, k=8, ef=int(ef))
             np.testing.assert_array_equal(ids, answer["ids"])

@@ -126,7 +126,7 @@ def test_stats_report_counts_levels_and_work() -> None:
     assert 10 <= s["last_search_hops"] < s["last_search_distance_computations"]
     assert s["last_search_hops_per_query"] == s["last_search_hops"] / 10
     assert s["node_bytes"] >= 16 * 4 + (2 * 16 + 1) * 4 and s["code_bytes"] == 0
-    assert s["pq4_block_bytes"] == 0
+    assert s["pq4_block_bytes"] == s["edge_group_codes"] == 0
     index.search(data[:4], k=5, filter=np.arange(100))  # hops count k-NN searches only
     assert index.stats()["last_search_hops"] == 0
     for quantization, key in (("sq8", "code_bytes"), ("pq4", "pq4_block_bytes")):
@@ -135,3 +135,4 @@ def test_stats_report_counts_levels_and_work() -> None:
         q_index.search(data[:5], k=5)
         q_stats = q_index.stats()
         assert q_stats[key] > 0 and q_stats["last_search_hops"] >= 5
+        assert q_stats["edge_group_codes"] == (32 if quantization == "pq4" else 0)  # M 16

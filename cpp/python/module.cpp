@@ -99,6 +99,7 @@ py::dict stats_dict(const IndexStats& s) {
     d["node_bytes"] = s.node_bytes;
     d["code_bytes"] = s.code_bytes;
     d["pq4_block_bytes"] = s.pq4_block_bytes;
+    d["edge_group_codes"] = s.edge_group_codes;
     d["scan_code_bytes"] = s.scan_code_bytes;
     return d;
 }

@@ -2784,6 +2784,7 @@ IndexStats HNSW::stats() const {
     s.node_bytes = node_bytes_;
     s.code_bytes = code_stride_;
     s.pq4_block_bytes = fs_block_bytes_;
+    s.edge_group_codes = fs_block_bytes_ ? fs_group_ : 0;
     s.scan_code_bytes = has_scan_codes() ? scan_pq_.code_bytes() : 0;
     return s;
 }

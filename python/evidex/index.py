@@ -562,8 +562,10 @@ class HNSWIndex:
         """Counts, levels, memory in bytes, the distance computations and hops
         (expanded nodes; unfiltered k-NN searches with the built-in kernels) of the
         last search, and the layout's sizes (``node_bytes``, ``code_bytes``,
-        ``pq4_block_bytes``: a node's fast-scan block, pq4 or rabitq; ``scan_code_bytes``:
-        0 where absent) for limit analyses."""
+        ``pq4_block_bytes``: a node's fast-scan block, pq4 or rabitq;
+        ``edge_group_codes``: the codes per group in that block, 32, or 16 for a block
+        written in half groups; ``scan_code_bytes``: 0 where absent) for limit
+        analyses."""
         s = dict(self._core.stats())
         s["simd_level"] = _core.simd_level()
         q = s["last_search_queries"]

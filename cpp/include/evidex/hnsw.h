@@ -130,6 +130,7 @@ struct IndexStats {
     // Layout, for limit analyses: bytes of a level-0 node (links, vector,
     // label), of an SQ8 code row, of a PQ4 block, of a scan code (0 when absent).
     std::size_t node_bytes = 0, code_bytes = 0, pq4_block_bytes = 0, scan_code_bytes = 0;
+    std::size_t edge_group_codes = 0;  // codes per group in a fast-scan block (16 or 32)
 };
 
 // Thread safety. Every public method may be called from any thread, concurrently
