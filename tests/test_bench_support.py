@@ -263,12 +263,9 @@ def test_groups_bench_compares_one_graph_in_both_layouts(tmp_path) -> None:
         json_module.loads((here / "legacy_fast_scan.json").read_text())["queries"], np.float32
     )
 
-    def fvecs(x: np.ndarray, path: Path) -> str:
-        rows = np.hstack([np.full((len(x), 1), x.shape[1], np.int32).view(np.float32), x])
-        rows.astype(np.float32).tofile(path)
-        return str(path)
-
-    spec = f"fvecs:{fvecs(data, tmp_path / 'b.fvecs')},{fvecs(queries, tmp_path / 'q.fvecs')}"
+    _write_vecs(tmp_path / "b.fvecs", data)
+    _write_vecs(tmp_path / "q.fvecs", queries)
+    spec = f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}"
     half = evidex.HNSWIndex(24, "l2", M=8, ef_construction=40, quantization="rabitq")
     half.add(data, num_threads=1)  # as the legacy file was built: the same graph
     half.save(tmp_path / "half.evx")
@@ -293,15 +290,9 @@ def test_build_cost_bench_times_add_and_refinement(tmp_path) -> None:
     from bench.build_cost import main
 
     rng = np.random.default_rng(3)
-    base, queries = rng.normal(size=(400, 8)), rng.normal(size=(5, 8))
-
-    def fvecs(x: np.ndarray, path: Path) -> str:
-        rows = np.hstack([np.full((len(x), 1), x.shape[1], np.int32).view(np.float32),
-                          x.astype(np.float32)])  # fmt: skip
-        rows.astype(np.float32).tofile(path)
-        return str(path)
-
-    spec = f"fvecs:{fvecs(base, tmp_path / 'b.fvecs')},{fvecs(queries, tmp_path / 'q.fvecs')}"
+    _write_vecs(tmp_path / "b.fvecs", rng.normal(size=(400, 8)).astype(np.float32))
+    _write_vecs(tmp_path / "q.fvecs", rng.normal(size=(5, 8)).astype(np.float32))
+    spec = f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}"
     out = main(["--dataset", spec, "--size", "400", "--queries", "5", "--M", "4",
                 "--configs", "40:0", "40:20", "--efs", "8,64", "--threads", "1",
                 "--out", str(tmp_path / "o.json")])  # fmt: skip
