@@ -724,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--filter-queries", type=int, default=200, help="queries per filter")
     p.add_argument("--clusters", type=int, default=200, help="k-means clusters for filters")
+    p.add_argument("--min-seconds", type=float, default=0.05,
+                   help="filtered search: a point's calls repeat this long (timeit)")  # fmt: skip
     args = p.parse_args(argv)
     args.threads = args.threads or os.cpu_count()
     EvidexLayout.run_folder = args.layout

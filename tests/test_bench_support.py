@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,50 @@ def test_build_cost_bench_times_add_and_refinement(tmp_path) -> None:
     assert (no_refine["refine_beam"], refined["refine_beam"]) == (0, 20)
     assert refined["recall"][64] >= 0.9 and refined["build_over_hnswlib"] > 0
     assert out["hnswlib_build_s"] > 0 and (tmp_path / "o.json").exists()
+
+
+def test_timed_calls_loops_until_the_minimum_time() -> None:
+    from bench.filtered import timed_calls
+
+    calls: list[int] = []
+
+    def work(x: int) -> int:
+        calls.append(x)
+        time.sleep(0.002)
+        return x * 2
+
+    per_call, outs = timed_calls(work, 21, min_seconds=0.03)
+    assert len(outs) == len(calls) >= 10 and set(outs) == {42}
+    assert 0.002 <= per_call < 0.03  # the mean of the loop, not its total
+    per_call, outs = timed_calls(work, 1, min_seconds=0.0)
+    assert len(outs) == 1  # a call longer than the minimum runs once
+
+
+def test_filtered_bench_times_every_kind_and_keeps_the_lowest_recall(tmp_path, monkeypatch) -> None:
+    import json
+
+    from bench import ann, filtered
+
+    _tiny_dataset(monkeypatch, seed=5, dim=8)
+    recalls: list[float] = []
+    real = filtered.recall
+
+    def noted(found, truth):
+        recalls.append(real(found, truth))
+        return recalls[-1]
+
+    monkeypatch.setattr(filtered, "recall", noted)
+    args = ["--dataset", "tiny", "--queries", "20", "--filter-selectivity", "0.5,0.05",
+            "--filter-queries", "10", "--clusters", "8", "--repeats", "2", "--libraries",
+            "evidex", "--min-seconds", "0.005", "--out", str(tmp_path)]  # fmt: skip
+    assert ann.main(args) == 0
+    saved = json.loads((tmp_path / "filtered-tiny-400.json").read_text())
+    kinds = {(r["kind"], r["selectivity"]) for r in saved["filtered"]}
+    assert ("random", 0.05) in kinds and ("cluster", 0.5) in kinds
+    for row in saved["filtered"]:
+        points = row["points"]["evidex"]
+        assert points and all(p["qps"] > 0 and 0.0 <= p["recall"] <= 1.0 for p in points)
+        assert row["points"]["evidex-exact-scan"][0]["recall"] == 1.0
+    # Calls of ~0.1 ms loop for 5 ms: many per point and round, each one's recall counted.
+    measured = 2 * sum(len(p) for r in saved["filtered"] for p in r["points"].values())
+    assert len(recalls) >= 10 * measured

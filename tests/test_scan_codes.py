@@ -11,6 +11,7 @@ import pytest
 
 import evidex
 from conftest import clustered, exact_distances, recall_at_k, run_on_threads
+from evidex import _core
 
 N, DIM = 3000, 24
 SPACES = ("l2", "cosine", "ip")
@@ -292,3 +293,33 @@ def test_coded_searches_during_adds_updates_builds_and_drops(data) -> None:
 
     run_on_threads(work, 4)
     assert len(stop) == 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shortlist_selection_keeps_the_smallest_in_input_order(seed: int) -> None:
+    """The selection behind the coded scan's and IVFIndex's shortlists: the `keep`
+    smallest values (up to keep + slack of them), in input order, the earlier ones
+    among ties at the cut; values clustered, tied, negative, infinite or far apart."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    kind = seed % 3
+    if kind == 0:
+        values = rng.normal(0.5, 0.05, n)
+    elif kind == 1:  # few distinct values: ties at every cut
+        values = rng.integers(0, 5, n).astype(np.float64) - 2.0
+    else:  # far outliers and infinities around a tight cluster
+        values = rng.normal(0.3, 1e-4, n)
+        values[rng.random(n) < 0.1] = np.inf
+        values[rng.random(n) < 0.05] = -1e30
+    values = values.astype(np.float32)
+    order = np.argsort(values, kind="stable")
+    for keep in {0, 1, 2, n // 3, n - 1, n, n + 5}:
+        kept = _core.keep_smallest(values, keep)
+        assert kept.tolist() == sorted(order[: min(keep, n)].tolist())
+        for slack in (1, 8, 40):
+            loose = _core.keep_smallest(values, keep, slack)
+            assert min(keep, n) <= len(loose) <= keep + slack
+            assert np.all(np.diff(loose.astype(np.int64)) > 0)  # input order
+            left = np.setdiff1d(np.arange(n), loose)
+            if len(loose) and len(left):
+                assert values[loose].max() <= values[left].min()

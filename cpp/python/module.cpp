@@ -22,6 +22,7 @@
 #include "evidex/ivf.h"
 #include "evidex/kernels.h"
 #include "evidex/memory.h"
+#include "evidex/select.h"
 
 namespace py = pybind11;
 using namespace evidex;
@@ -467,6 +468,20 @@ PYBIND11_MODULE(_core, m) {
     m.def("fastscan16", fastscan(&DistanceKernels::fastscan16, PQ4::kHalfGroup),
           py::arg("block"), py::arg("lut"), py::arg("level") = "",
           "The PQ4 fast-scan kernel of a SIMD level on one half group of 16 codes (for tests).");
+
+    m.def(
+        "keep_smallest",
+        [](const FloatArray& values, std::size_t keep, std::size_t slack) {
+            if (values.ndim() != 1) throw py::value_error("keep_smallest() needs a [n] array");
+            const std::size_t n = static_cast<std::size_t>(values.shape(0));
+            std::vector<float> dist(values.data(), values.data() + n);
+            std::vector<std::uint32_t> ids(n);
+            std::iota(ids.begin(), ids.end(), 0u);
+            const std::size_t kept = keep_smallest(dist.data(), ids.data(), n, keep, slack);
+            return py::array_t<std::uint32_t>(static_cast<py::ssize_t>(kept), ids.data());
+        },
+        py::arg("values"), py::arg("keep"), py::arg("slack") = 0,
+        "Positions of the values the shortlists' selection keeps, in input order (for tests).");
 
     m.def(
         "distances",
