@@ -1,6 +1,7 @@
 #include "evidex/rabitq.h"
 
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -121,20 +122,43 @@ EdgeFactors EdgeCoder::encode(const float* xr, const float* y, std::uint8_t* cod
     thread_local std::vector<float> rr;
     rr.resize(padded);
     rotation_.apply(y, rr.data());
-    float norm2 = 0.f, abs_sum = 0.f, sx = 0.f, xr_dot = 0.f;
-    for (std::size_t i = 0; i < padded; ++i) {
-        const float r = rr[i] - xr[i];
-        rr[i] = r;
-        norm2 += r * r;
-        abs_sum += std::fabs(r);
-        sx += r > 0.f ? xr[i] : -xr[i];
-        xr_dot += xr[i] * r;
+    // Eight dimensions a step in two 4-lane vectors (GCC/Clang vector types, SSE2
+    // or NEON): the same operations in the same order on every machine, so every
+    // machine codes an edge alike. (A scalar sum chain and a branch per sign's
+    // bit, 50% mispredicted, took ~1/6 of a RaBitQ add.)
+    using f4 = float __attribute__((vector_size(16)));
+    using i4 = std::int32_t __attribute__((vector_size(16)));
+    const i4 magnitude = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    f4 norm2_v[2] = {}, abs_v[2] = {}, sx_v[2] = {}, dot_v[2] = {};
+    for (std::size_t i = 0; i < padded; i += 8) {
+        unsigned byte = 0;
+        for (std::size_t h = 0; h < 2; ++h) {
+            f4 y, x;
+            std::memcpy(&y, rr.data() + i + 4 * h, sizeof y);
+            std::memcpy(&x, xr + i + 4 * h, sizeof x);
+            const f4 r = y - x;
+            std::memcpy(rr.data() + i + 4 * h, &r, sizeof r);
+            const i4 positive = r > 0.f;  // lanes all ones where r > 0
+            norm2_v[h] += r * r;
+            abs_v[h] += reinterpret_cast<f4>(reinterpret_cast<i4>(r) & magnitude);
+            // +x where r > 0, else -x: x with its sign bit flipped where r <= 0.
+            const i4 flip = ~positive & ~magnitude;
+            sx_v[h] += reinterpret_cast<f4>(reinterpret_cast<i4>(x) ^ flip);
+            dot_v[h] += x * r;
+            // Byte i / 8 holds the signs of dimensions i..i+7, bit j that of i + j:
+            // the fast-scan layout's subspace pairs (4 bits each, the even one low).
+            for (unsigned j = 0; j < 4; ++j)
+                byte |= static_cast<unsigned>(positive[j] & 1) << (4 * h + j);
+        }
+        code[i / 8] = static_cast<std::uint8_t>(byte);
     }
-    std::fill(code, code + layout_.code_bytes(), std::uint8_t{0});
-    for (std::size_t i = 0; i < padded; ++i)
-        if (rr[i] > 0.f) {
-            const std::size_t s = i / 4;
-            code[s / 2] |= static_cast<std::uint8_t>(1u << ((i % 4) + 4 * (s & 1)));
+    float norm2 = 0.f, abs_sum = 0.f, sx = 0.f, xr_dot = 0.f;
+    for (std::size_t h = 0; h < 2; ++h)
+        for (unsigned j = 0; j < 4; ++j) {
+            norm2 += norm2_v[h][j];
+            abs_sum += abs_v[h][j];
+            sx += sx_v[h][j];
+            xr_dot += dot_v[h][j];
         }
     // <q - x, r> ~ alpha (<s, q'> - <s, x'>); a zero residual estimates 0, exactly.
     const float alpha = abs_sum > 0.f ? norm2 / abs_sum : 0.f;
