@@ -12,6 +12,7 @@ import pytest
 
 import evidex
 from conftest import clustered, exact_distances, level0_degrees, live_links_to_deleted, recall_at_k
+from evidex import _core
 
 
 @pytest.mark.parametrize("quant", ["sq8", "pq4", "rabitq"])
@@ -484,3 +485,31 @@ def test_half_groups_and_files_from_before_them(name: str, tmp_path) -> None:
     again = evidex.HNSWIndex.load(tmp_path / "again.evx")
     np.testing.assert_array_equal(again.search(queries, k=8, ef=8)[0], ids)
     np.testing.assert_array_equal(again.search(queries, k=8, ef=8)[1], dist)
+
+
+@pytest.mark.parametrize("dim", [16, 50, 100, 128, 384])
+@pytest.mark.parametrize("space", ["l2", "ip"])
+def test_rabitq_edge_codes_match_a_reference(dim: int, space: str) -> None:
+    """An edge x -> y is coded by the signs of P(y - x) (byte b, bit j: dimension 8b + j)
+    and two factors of RaBitQ's estimator, recomputed here in float64: the coder's
+    vectorised loop must keep the same bits on every machine and the sums to rounding."""
+    rng = np.random.default_rng(dim)
+    for trial in range(20):
+        x = rng.normal(size=dim).astype(np.float32)
+        y = x.copy() if trial == 0 else (x + rng.normal(scale=0.3, size=dim)).astype(np.float32)
+        code, scale, offset, xr, yr = _core.rabitq_edge(x, y, seed=trial, space=space)
+        assert xr.shape == yr.shape == (-(-dim // 16) * 16,)
+        assert np.isclose(np.linalg.norm(xr), np.linalg.norm(x), rtol=1e-4)  # orthogonal
+        r = yr - xr  # float32, as the coder subtracts
+        assert code.tolist() == np.packbits(r > 0, bitorder="little").tolist()
+        r64, x64 = r.astype(np.float64), xr.astype(np.float64)
+        norm2, abs_sum = float(r64 @ r64), float(np.abs(r64).sum())
+        sx = float(np.where(r > 0, x64, -x64).sum())
+        alpha = norm2 / abs_sum if abs_sum > 0 else 0.0
+        w = 2.0 if space == "l2" else 1.0
+        want_offset = (norm2 if space == "l2" else -float(x64 @ r64)) + w * alpha * sx
+        tol = 1e-4 * (norm2 + np.linalg.norm(x64) * np.sqrt(norm2) + 1e-6)
+        assert scale == pytest.approx(w * alpha, rel=1e-4, abs=1e-6)
+        assert offset == pytest.approx(want_offset, abs=tol)
+        if trial == 0:  # a zero residual: no bits, and it estimates the node's own distance
+            assert not code.any() and scale == 0.0 and offset == 0.0

@@ -22,6 +22,7 @@
 #include "evidex/ivf.h"
 #include "evidex/kernels.h"
 #include "evidex/memory.h"
+#include "evidex/rabitq.h"
 #include "evidex/select.h"
 
 namespace py = pybind11;
@@ -469,6 +470,25 @@ PYBIND11_MODULE(_core, m) {
           py::arg("block"), py::arg("lut"), py::arg("level") = "",
           "The PQ4 fast-scan kernel of a SIMD level on one half group of 16 codes (for tests).");
 
+    m.def(
+        "rabitq_edge",
+        [](const FloatArray& x, const FloatArray& y, std::uint64_t seed, const std::string& space) {
+            if (x.ndim() != 1 || y.ndim() != 1 || x.shape(0) != y.shape(0))
+                throw py::value_error("rabitq_edge() needs two [dim] vectors");
+            const std::size_t dim = static_cast<std::size_t>(x.shape(0));
+            const EdgeCoder coder(dim, seed, parse_space(space) == Space::L2);
+            std::vector<float> xr(coder.padded()), yr(coder.padded());
+            coder.rotate(x.data(), xr.data());
+            coder.rotate(y.data(), yr.data());
+            py::array_t<std::uint8_t> code(static_cast<py::ssize_t>(coder.layout().code_bytes()));
+            const EdgeFactors f = coder.encode(xr.data(), y.data(), code.mutable_data());
+            return py::make_tuple(code, f.scale, f.offset,
+                                  py::array_t<float>(static_cast<py::ssize_t>(xr.size()), xr.data()),
+                                  py::array_t<float>(static_cast<py::ssize_t>(yr.size()), yr.data()));
+        },
+        py::arg("x"), py::arg("y"), py::arg("seed") = 0, py::arg("space") = "l2",
+        "The RaBitQ code of edge x -> y: (code bytes, scale, offset, x rotated, y rotated) "
+        "(for tests).");
     m.def(
         "keep_smallest",
         [](const FloatArray& values, std::size_t keep, std::size_t slack) {

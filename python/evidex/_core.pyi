@@ -55,6 +55,11 @@ def fastscan32(
 def fastscan16(
     block: npt.ArrayLike, lut: npt.ArrayLike, level: str = ""
 ) -> npt.NDArray[np.uint16]: ...
+def rabitq_edge(
+    x: npt.ArrayLike, y: npt.ArrayLike, seed: int = 0, space: str = "l2"
+) -> tuple[
+    npt.NDArray[np.uint8], float, float, npt.NDArray[np.float32], npt.NDArray[np.float32]
+]: ...
 def keep_smallest(values: npt.ArrayLike, keep: int, slack: int = 0) -> npt.NDArray[np.uint32]: ...
 def distances(
     query: npt.ArrayLike, data: npt.ArrayLike, space: str = "l2", level: str = ""
