@@ -119,13 +119,13 @@ EdgeCoder::EdgeCoder(std::size_t dim, std::uint64_t seed, bool l2)
 EdgeFactors EdgeCoder::encode(const float* xr, const float* y, std::uint8_t* code) const {
     const std::size_t padded = rotation_.padded();
     // P(y - x) = Py - Px: one rotation per edge, the node's made once by the caller.
-    thread_local std::vector<float> rr;
-    rr.resize(padded);
-    rotation_.apply(y, rr.data());
-    // Eight dimensions a step in two 4-lane vectors (GCC/Clang vector types, SSE2
-    // or NEON): the same operations in the same order on every machine, so every
-    // machine codes an edge alike. (A scalar sum chain and a branch per sign's
-    // bit, 50% mispredicted, took ~1/6 of a RaBitQ add.)
+    thread_local std::vector<float> yr;
+    yr.resize(padded);
+    rotation_.apply(y, yr.data());
+    // Eight dimensions a step in two 4-lane vectors (GCC/Clang vector types: SSE2
+    // in the baseline x86-64 build, so every x86-64 machine codes an edge alike).
+    // A scalar chain of sums and a branch per sign bit, half of them mispredicted,
+    // took ~1/6 of a RaBitQ add.
     using f4 = float __attribute__((vector_size(16)));
     using i4 = std::int32_t __attribute__((vector_size(16)));
     const i4 magnitude = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
@@ -133,18 +133,17 @@ EdgeFactors EdgeCoder::encode(const float* xr, const float* y, std::uint8_t* cod
     for (std::size_t i = 0; i < padded; i += 8) {
         unsigned byte = 0;
         for (std::size_t h = 0; h < 2; ++h) {
-            f4 y, x;
-            std::memcpy(&y, rr.data() + i + 4 * h, sizeof y);
-            std::memcpy(&x, xr + i + 4 * h, sizeof x);
-            const f4 r = y - x;
-            std::memcpy(rr.data() + i + 4 * h, &r, sizeof r);
+            f4 py, px;  // Py and Px, four dimensions
+            std::memcpy(&py, yr.data() + i + 4 * h, sizeof py);
+            std::memcpy(&px, xr + i + 4 * h, sizeof px);
+            const f4 r = py - px;
             const i4 positive = r > 0.f;  // lanes all ones where r > 0
             norm2_v[h] += r * r;
             abs_v[h] += reinterpret_cast<f4>(reinterpret_cast<i4>(r) & magnitude);
-            // +x where r > 0, else -x: x with its sign bit flipped where r <= 0.
+            // +Px where r > 0, else -Px: its sign bit flipped where r <= 0.
             const i4 flip = ~positive & ~magnitude;
-            sx_v[h] += reinterpret_cast<f4>(reinterpret_cast<i4>(x) ^ flip);
-            dot_v[h] += x * r;
+            sx_v[h] += reinterpret_cast<f4>(reinterpret_cast<i4>(px) ^ flip);
+            dot_v[h] += px * r;
             // Byte i / 8 holds the signs of dimensions i..i+7, bit j that of i + j:
             // the fast-scan layout's subspace pairs (4 bits each, the even one low).
             for (unsigned j = 0; j < 4; ++j)
