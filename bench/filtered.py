@@ -232,6 +232,8 @@ def timed_calls(fn, *args, min_seconds: float = 0.05) -> tuple[float, list[Any]]
     passed (timeit's autorange). A call of a millisecond timed once reads the machine's
     state more than the call: on this VM, one after a 10 ms pause or a gc.collect()
     took 1.3-1.5x one in a loop (bench/RESULTS.md); calls of a second run once."""
+    if not 0.0 <= min_seconds < float("inf"):  # NaN too: the loop would never end
+        raise ValueError(f"min_seconds must be a finite number >= 0, got {min_seconds}")
     gc.collect()
     outs = []
     t0 = time.perf_counter()

@@ -318,6 +318,9 @@ def test_timed_calls_loops_until_the_minimum_time() -> None:
     assert 0.002 <= per_call < 0.03  # the mean of the loop, not its total
     per_call, outs = timed_calls(work, 1, min_seconds=0.0)
     assert len(outs) == 1  # a call longer than the minimum runs once
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="min_seconds"):
+            timed_calls(work, 1, min_seconds=bad)
 
 
 def test_filtered_bench_times_every_kind_and_keeps_the_lowest_recall(tmp_path, monkeypatch) -> None:
