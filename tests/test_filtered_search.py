@@ -629,6 +629,37 @@ def test_the_8_bit_scan_keeps_exact_answers_on_hostile_values(space) -> None:
                     assert len(set(ids[i][fin].tolist())) == fin.sum()
 
 
+@pytest.mark.parametrize("space", ["l2", "ip"])
+def test_the_float32_scan_orders_ties_by_id_at_every_k(space) -> None:
+    """The scan keeps its nearest in a buffer cut now and then (not a heap): with
+    small integer vectors every distance is exact in float32, so the answer is
+    fully determined: ascending distance, equal distances by slot (here the
+    id), whatever k
+    (below, at and past the buffer's 64 entries, and the whole allowed set)."""
+    rng = np.random.default_rng(11)
+    dim, n = 8, 700
+    x = rng.integers(-3, 4, (n, dim)).astype(np.float32)  # many exact ties
+    index = evidex.HNSWIndex(dim, space, M=4, ef_construction=20)
+    index.add(x, num_threads=1)  # slots in id order: ties by slot are ties by id
+    allowed = np.sort(rng.choice(n, 500, replace=False))
+    q = rng.integers(-3, 4, (9, dim)).astype(np.float32)
+    x64, q64 = x[allowed].astype(np.float64), q.astype(np.float64)
+    if space == "l2":
+        exact = ((q64[:, None, :] - x64[None]) ** 2).sum(-1)
+    else:
+        exact = 1.0 - q64 @ x64.T
+    index.set_search_tuning(scan_bits=32)
+    try:
+        for k in (1, 10, 32, 33, 64, 65, 200, 500):
+            ids, dist = index.search(q, k=k, filter=allowed, filter_strategy="scan")
+            for i in range(len(q)):
+                order = np.lexsort((allowed, exact[i]))[:k]
+                np.testing.assert_array_equal(ids[i], allowed[order], err_msg=f"k={k} q={i}")
+                np.testing.assert_array_equal(dist[i], exact[i][order].astype(np.float32))
+    finally:
+        index.set_search_tuning()
+
+
 def test_8_bit_scans_from_many_threads_equal_the_float32_scan() -> None:
     """The 8-bit pass keeps its codes and panels per thread."""
     rng = np.random.default_rng(3)
