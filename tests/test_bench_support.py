@@ -351,3 +351,8 @@ def test_filtered_bench_times_every_kind_and_keeps_the_lowest_recall(tmp_path, m
     # Calls of ~0.1 ms loop for 5 ms: many per point and round, each one's recall counted.
     measured = 2 * sum(len(p) for r in saved["filtered"] for p in r["points"].values())
     assert len(recalls) >= 10 * measured
+    # Range rows name the method that ran (the forced scan: "scan").
+    assert saved["range"]
+    for row in saved["range"]:
+        assert row["points"]["evidex-exact-scan"]["plan"] == "scan"
+        assert row["points"]["evidex"]["plan"] in ("scan", "filtered", "two_hop", "coded_scan")
