@@ -107,9 +107,9 @@ public:
     // The kk nearest, ascending (ties by row), padded with kNoRow at infinity.
     void write(std::uint32_t* rows, float* dist) {
         cut();
-        std::pair<float, std::uint32_t> best[64];
-        std::vector<std::pair<float, std::uint32_t>> many;
-        std::pair<float, std::uint32_t>* kept = held_ <= 64 ? best : (many.resize(held_), many.data());
+        std::pair<float, std::uint32_t> small[64];
+        std::vector<std::pair<float, std::uint32_t>> large(held_ > 64 ? held_ : 0);
+        std::pair<float, std::uint32_t>* kept = held_ > 64 ? large.data() : small;
         for (std::size_t i = 0; i < held_; ++i) kept[i] = {dist_[i], rows_[i]};
         std::sort(kept, kept + held_);
         for (std::size_t r = 0; r < kk_; ++r) {
