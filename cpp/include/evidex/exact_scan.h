@@ -42,6 +42,19 @@ inline std::uint32_t lanes_below(const float* d, std::size_t m, float bound) {
     return mask & ((1u << m) - 1u);
 }
 
+using RowDistance = std::pair<float, std::uint32_t>;
+
+// kept[0..n) sorted ascending (ties by row) into kk answers, padded with kNoRow at
+// infinity: how Nearest and NearestInOrder hand out what they kept.
+inline void write_sorted(RowDistance* kept, std::size_t n, std::size_t kk, std::uint32_t* rows,
+                         float* dist) {
+    std::sort(kept, kept + n);
+    for (std::size_t r = 0; r < kk; ++r) {
+        rows[r] = r < n ? kept[r].second : kNoRow;
+        dist[r] = r < n ? kept[r].first : std::numeric_limits<float>::infinity();
+    }
+}
+
 // The kk nearest scored so far (a max-heap on distance, then row: ties keep the
 // earlier row, as a scan in row order does); the k-th distance bounds the rest.
 class Nearest {
@@ -65,16 +78,12 @@ public:
     }
     // The kk nearest, ascending, padded with kNoRow at infinity.
     void write(std::uint32_t* rows, float* dist) {
-        std::sort(heap_.begin(), heap_.end());
-        for (std::size_t r = 0; r < kk_; ++r) {
-            rows[r] = r < heap_.size() ? heap_[r].second : kNoRow;
-            dist[r] = r < heap_.size() ? heap_[r].first : std::numeric_limits<float>::infinity();
-        }
+        write_sorted(heap_.data(), heap_.size(), kk_, rows, dist);
     }
 
 private:
     std::size_t kk_;
-    std::vector<std::pair<float, std::uint32_t>> heap_;
+    std::vector<RowDistance> heap_;
 };
 
 // The kk nearest of rows offered in ascending order, as Nearest keeps them, for
@@ -107,15 +116,11 @@ public:
     // The kk nearest, ascending (ties by row), padded with kNoRow at infinity.
     void write(std::uint32_t* rows, float* dist) {
         cut();
-        std::pair<float, std::uint32_t> small[64];
-        std::vector<std::pair<float, std::uint32_t>> large(held_ > 64 ? held_ : 0);
-        std::pair<float, std::uint32_t>* kept = held_ > 64 ? large.data() : small;
+        RowDistance small[64];
+        std::vector<RowDistance> large(held_ > 64 ? held_ : 0);
+        RowDistance* kept = held_ > 64 ? large.data() : small;
         for (std::size_t i = 0; i < held_; ++i) kept[i] = {dist_[i], rows_[i]};
-        std::sort(kept, kept + held_);
-        for (std::size_t r = 0; r < kk_; ++r) {
-            rows[r] = r < held_ ? kept[r].second : kNoRow;
-            dist[r] = r < held_ ? kept[r].first : std::numeric_limits<float>::infinity();
-        }
+        write_sorted(kept, held_, kk_, rows, dist);
     }
 
 private:
