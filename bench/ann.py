@@ -724,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--filter-queries", type=int, default=200, help="queries per filter")
     p.add_argument("--clusters", type=int, default=200, help="k-means clusters for filters")
+    p.add_argument("--filter-draws", type=int, default=1,
+                   help="sets of clusters per selectivity for the correlated filters")  # fmt: skip
     p.add_argument("--min-seconds", type=float, default=0.05,
                    help="filtered search: a point's calls repeat this long (timeit)")  # fmt: skip
     args = p.parse_args(argv)

@@ -12,6 +12,10 @@ against the exact k nearest *allowed* neighbours. Filter kinds:
 * ``other-clusters``: the same filter, queried from clusters it excludes (the
   hard case: the query's neighbourhood is all filtered out).
 
+Each selectivity draws its sets from its own random stream (a run over part of the list
+measures the same sets); ``--filter-draws N`` measures N disjoint sets of clusters per
+selectivity for the two correlated kinds.
+
 Libraries: evidex (its planner, with scan codes built so that ``"coded_scan"`` is
 among its methods; they count in its build time), evidex's exact scan of the allowed
 set (the floor its planner must never fall below), evidex's IVFIndex with an allow-list
@@ -177,47 +181,65 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
                           for a, b in zip(found, truth)]))  # fmt: skip
 
 
-def filter_cases(base, queries, cluster, centroids, selectivities, space, k, n_queries, seed=0):
-    """(kind, selectivity, allowed ids, expression or None, queries, truth)."""
-    rng = np.random.default_rng(seed)
+def filter_cases(
+    base, queries, cluster, centroids, selectivities, space, k, n_queries, seed=0, draws=1
+):
+    """(kind, selectivity, draw, allowed ids, expression or None, queries, truth).
+
+    Each selectivity draws its sets from its own random stream (seeded by the
+    selectivity), so a run over part of the list measures the same sets as the whole
+    list; the correlated kinds draw `draws` different sets of clusters (one cluster
+    is one sample of how clustered the data is there)."""
     n = base.shape[0]
     qcl = assign(queries / np.linalg.norm(queries, axis=1, keepdims=True)
                  if space == "cosine" else queries, centroids)  # fmt: skip
     sizes = np.bincount(cluster, minlength=centroids.shape[0])
     for sel in selectivities:
+        rng = np.random.default_rng([seed, int(round(sel * 1e9))])
         want = max(k, int(round(sel * n)))
         allowed = np.sort(rng.choice(n, want, replace=False))
         q = queries[:n_queries]
-        yield ("random", sel, allowed, None, q, exact_allowed(base, q, allowed, space, k)[0])
-        # Whole clusters adding up to about the wanted count (one cluster, or part of
-        # the smallest ones when even one is too many: then a sub-range of ids).
-        order = rng.permutation(centroids.shape[0])
-        chosen, total = [], 0
-        for c in order:
-            if total + sizes[c] <= want * 1.25 or not chosen:
-                chosen.append(int(c))
-                total += sizes[c]
-            if total >= want * 0.8:
+        yield ("random", sel, 0, allowed, None, q, exact_allowed(base, q, allowed, space, k)[0])
+        order = list(rng.permutation(centroids.shape[0]))
+        for draw in range(draws):
+            # Whole clusters adding up to about the wanted count (one cluster, or part
+            # of the smallest ones when even one is too many: then a sub-range of ids),
+            # none of them taken by an earlier draw.
+            chosen, total = [], 0
+            while order:
+                c = order.pop(0)
+                if total + sizes[c] <= want * 1.25 or not chosen:
+                    chosen.append(int(c))
+                    total += sizes[c]
+                if total >= want * 0.8:
+                    break
+            if not chosen:
                 break
-        expr = F("cluster").isin(chosen)
-        allowed_c = np.flatnonzero(np.isin(cluster, chosen))
-        # Queries from inside: the held-out queries that fall in the chosen clusters,
-        # topped up to n_queries with perturbed members (few held-out queries fall
-        # in 1% of the clusters: a batch of 14 would measure one call's fixed cost).
-        inside = np.flatnonzero(np.isin(qcl, chosen))[:n_queries]
-        qin = queries[inside]
-        missing = n_queries - len(inside)
-        if missing > 0:
-            extra = base[allowed_c[rng.choice(len(allowed_c), missing)]]
-            extra = extra + 0.01 * rng.standard_normal(extra.shape).astype(np.float32)
-            qin = np.concatenate([qin, extra]).astype(np.float32)
-        if len(allowed_c) >= k:
-            truth = exact_allowed(base, qin, allowed_c, space, k)[0]
-            yield ("cluster", sel, allowed_c, expr, qin, truth)
-            outside = np.flatnonzero(~np.isin(qcl, chosen))[:n_queries]
-            qout = queries[outside]
-            truth = exact_allowed(base, qout, allowed_c, space, k)[0]
-            yield ("other-clusters", sel, allowed_c, expr, qout, truth)
+            yield from _cluster_cases(base, queries, qcl, cluster, chosen, sel, draw, space, k,
+                                      n_queries, rng)  # fmt: skip
+
+
+def _cluster_cases(base, queries, qcl, cluster, chosen, sel, draw, space, k, n_queries, rng):
+    """The "cluster" and "other-clusters" cases of one set of clusters."""
+    expr = F("cluster").isin(chosen)
+    allowed = np.flatnonzero(np.isin(cluster, chosen))
+    if len(allowed) < k:
+        return
+    # Queries from inside: the held-out queries that fall in the chosen clusters,
+    # topped up to n_queries with perturbed members (few held-out queries fall
+    # in 1% of the clusters: a batch of 14 would measure one call's fixed cost).
+    inside = np.flatnonzero(np.isin(qcl, chosen))[:n_queries]
+    qin = queries[inside]
+    missing = n_queries - len(inside)
+    if missing > 0:
+        extra = base[allowed[rng.choice(len(allowed), missing)]]
+        extra = extra + 0.01 * rng.standard_normal(extra.shape).astype(np.float32)
+        qin = np.concatenate([qin, extra]).astype(np.float32)
+    yield ("cluster", sel, draw, allowed, expr, qin,
+           exact_allowed(base, qin, allowed, space, k)[0])  # fmt: skip
+    qout = queries[np.flatnonzero(~np.isin(qcl, chosen))[:n_queries]]
+    yield ("other-clusters", sel, draw, allowed, expr, qout,
+           exact_allowed(base, qout, allowed, space, k)[0])  # fmt: skip
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, Any]:
@@ -280,11 +302,12 @@ def run_filtered(args) -> dict:
         out["build_seconds"][lib.name] = t
         print(f"  built {lib.name} in {t:.1f} s", flush=True)
     sels = [float(s) for s in args.filter_selectivity.split(",")]
-    for kind, sel, allowed, expr, q, truth in filter_cases(
-        base, queries, cluster, centroids, sels, space, k, args.filter_queries
-    ):
-        row: dict[str, Any] = {"kind": kind, "selectivity": sel, "allowed": int(len(allowed)),
-                               "queries": int(q.shape[0]), "points": {}}  # fmt: skip
+    cases = filter_cases(base, queries, cluster, centroids, sels, space, k,
+                         args.filter_queries, draws=args.filter_draws)  # fmt: skip
+    for kind, sel, draw, allowed, expr, q, truth in cases:
+        row: dict[str, Any] = {"kind": kind, "selectivity": sel, "draw": draw,
+                               "allowed": int(len(allowed)), "queries": int(q.shape[0]),
+                               "points": {}}  # fmt: skip
         # Rounds outermost: every library at every beam once per round (the
         # libraries interleaved), best round kept. The first round settles each
         # library's beams: past recall 0.999 wider beams only cost more.
@@ -338,7 +361,8 @@ def summarize_row(row: dict) -> dict:
 
 
 def format_row(row: dict) -> str:
-    parts = [f"{row['kind']:>15} {row['selectivity']:<7} allowed {row['allowed']:>7}:"]
+    draw = f"#{row['draw']}" if row.get("draw") else "  "
+    parts = [f"{row['kind']:>15} {row['selectivity']:<7}{draw} allowed {row['allowed']:>7}:"]
     for name, p in row["summary"]["at_target"].items():
         parts.append(f"{name} " + (f"{p['qps']:.0f} qps r{p['recall']:.3f} ef{p['ef']}"
                                    + (f" ({p['plan']})" if p.get("plan") else "")

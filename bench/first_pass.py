@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         estimate = _pq4(sample, args.sub_dim, rng)
         print(f"{ds.name}: 4-bit codes of {args.sub_dim} dimensions per subspace")
     sels = [float(s) for s in args.selectivity.split(",")]
-    for kind, sel, allowed, _, q, _ in filter_cases(
+    for kind, sel, _, allowed, _, q, _ in filter_cases(
         base, ds.queries, cluster, centroids, sels, ds.space, args.k, 200
     ):
         q = (q / np.linalg.norm(q, axis=1, keepdims=True) if cosine else q).astype(np.float64)

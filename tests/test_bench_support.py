@@ -356,3 +356,26 @@ def test_filtered_bench_times_every_kind_and_keeps_the_lowest_recall(tmp_path, m
     for row in saved["range"]:
         assert row["points"]["evidex-exact-scan"]["plan"] == "scan"
         assert row["points"]["evidex"]["plan"] in ("scan", "filtered", "two_hop", "coded_scan")
+
+
+def test_filter_sets_do_not_depend_on_the_other_selectivities_and_draws_differ() -> None:
+    """A run over part of the selectivity list measures the same sets as the whole
+    list (each selectivity has its own random stream), and each draw of the
+    correlated filters takes other clusters than the earlier draws."""
+    from bench.filtered import filter_cases, kmeans
+
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((3000, 6)).astype(np.float32)
+    queries = rng.standard_normal((60, 6)).astype(np.float32)
+    cluster, centroids = kmeans(base, 30)
+
+    def sets(sels, draws):
+        cases = filter_cases(base, queries, cluster, centroids, sels, "l2", 5, 20, draws=draws)
+        return {(kind, sel, draw): allowed for kind, sel, draw, allowed, _, _, _ in cases}
+
+    whole, part = sets([0.1, 0.01], 3), sets([0.01], 3)
+    assert part and all(np.array_equal(whole[key], allowed) for key, allowed in part.items())
+    clusters = [set(cluster[whole[("cluster", 0.01, d)]].tolist()) for d in range(3)]
+    assert all(clusters) and not (clusters[0] & clusters[1] or clusters[1] & clusters[2])
+    for d in range(3):  # other-clusters filters the same set as its draw's cluster row
+        assert np.array_equal(whole[("cluster", 0.01, d)], whole[("other-clusters", 0.01, d)])
