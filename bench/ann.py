@@ -733,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     EvidexLayout.run_folder = args.layout
     if "evidex-layout" in args.libraries and not args.layout:
         p.error("evidex-layout needs --layout RUN (a CRINN run folder)")
+    if args.filter_draws < 1:
+        p.error(f"--filter-draws must be at least 1, got {args.filter_draws}")
     args.batch_threads = args.batch_threads or args.threads
     if args.filter_selectivity:
         from .filtered import main_filtered

@@ -379,3 +379,12 @@ def test_filter_sets_do_not_depend_on_the_other_selectivities_and_draws_differ()
     assert all(clusters) and not (clusters[0] & clusters[1] or clusters[1] & clusters[2])
     for d in range(3):  # other-clusters filters the same set as its draw's cluster row
         assert np.array_equal(whole[("cluster", 0.01, d)], whole[("other-clusters", 0.01, d)])
+
+
+def test_filter_draws_below_one_is_refused(capsys) -> None:
+    from bench import ann
+
+    for bad in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            ann.main(["--filter-selectivity", "0.1", "--filter-draws", bad])
+        assert "--filter-draws must be at least 1" in capsys.readouterr().err
