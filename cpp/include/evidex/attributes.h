@@ -30,6 +30,8 @@ public:
     std::size_t count() const;
     void intersect(const SlotSet& o);
     void unite(const SlotSet& o);
+    // words[0..n) OR-ed into the first n words (bits past size() stay clear).
+    void unite_words(const std::uint64_t* words, std::size_t n);
     void complement();  // within [0, size)
     // Calls fn(slot) for every member, in increasing order.
     template <class Fn>
