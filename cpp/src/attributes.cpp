@@ -41,23 +41,22 @@ std::size_t SlotSet::count() const {
     return popcount_words(words_.data(), words_.size());
 }
 
-void SlotSet::unite_words(const std::uint64_t* words, std::size_t n) {
-    n = std::min(n, words_.size());
-    for (std::size_t i = 0; i < n; ++i) words_[i] |= words[i];
-    if (size_ % 64 != 0 && n == words_.size()) words_.back() &= (std::uint64_t{1} << (size_ % 64)) - 1;
-}
-
 void SlotSet::intersect(const SlotSet& o) {
     for (std::size_t i = 0; i < words_.size(); ++i) words_[i] &= i < o.words_.size() ? o.words_[i] : 0;
 }
 
 void SlotSet::unite(const SlotSet& o) {
     for (std::size_t i = 0; i < words_.size() && i < o.words_.size(); ++i) words_[i] |= o.words_[i];
+    clear_tail();  // o may be the larger set
+}
+
+void SlotSet::clear_tail() {
+    if (size_ % 64 != 0) words_.back() &= (std::uint64_t{1} << (size_ % 64)) - 1;
 }
 
 void SlotSet::complement() {
     for (auto& w : words_) w = ~w;
-    if (size_ % 64 != 0) words_.back() &= (std::uint64_t{1} << (size_ % 64)) - 1;
+    clear_tail();
 }
 
 namespace {
@@ -85,35 +84,33 @@ bool valid_name(const std::string& name) {
 template <class Key>
 struct Sorted {
     std::vector<std::pair<Key, node_id>> pairs;
-    std::vector<std::pair<Key, std::vector<std::uint64_t>>> dense;  // by value
+    std::vector<std::pair<Key, SlotSet>> dense;  // by value
 
     void build(const std::vector<Key>& column, const std::vector<std::uint8_t>& present) {
         pairs.reserve(column.size());
         for (std::size_t i = 0; i < column.size(); ++i)
             if (present[i]) pairs.emplace_back(column[i], static_cast<node_id>(i));
         std::sort(pairs.begin(), pairs.end());
-        const std::size_t words = (column.size() + 63) / 64;
         const std::size_t min_count = std::max<std::size_t>(64, column.size() / 64);
         for (std::size_t a = 0; a < pairs.size();) {
             std::size_t b = a;
             while (b < pairs.size() && pairs[b].first == pairs[a].first) ++b;
             if (b - a >= min_count) {
-                std::vector<std::uint64_t> bits(words, 0);
-                for (std::size_t i = a; i < b; ++i)
-                    bits[pairs[i].second >> 6] |= std::uint64_t{1} << (pairs[i].second & 63);
+                SlotSet bits(column.size());
+                for (std::size_t i = a; i < b; ++i) bits.set(pairs[i].second);
                 dense.emplace_back(pairs[a].first, std::move(bits));
             }
             a = b;
         }
     }
-    const std::vector<std::uint64_t>* bitmap(Key v) const {
+    const SlotSet* bitmap(Key v) const {
         const auto it = std::lower_bound(dense.begin(), dense.end(), v,
                                          [](const auto& e, Key k) { return e.first < k; });
         return it != dense.end() && it->first == v ? &it->second : nullptr;
     }
     std::size_t bytes() const {
         std::size_t b = pairs.capacity() * sizeof(pairs[0]);
-        for (const auto& d : dense) b += d.second.capacity() * sizeof(std::uint64_t);
+        for (const auto& d : dense) b += (d.second.size() + 63) / 64 * sizeof(std::uint64_t);
         return b;
     }
 };
@@ -321,10 +318,8 @@ void eval_leaf(const std::vector<Key>& column, const std::vector<std::uint8_t>& 
         const node_id lo_id = 0, hi_id = ~node_id{0};
         if (s.op == FilterStep::Op::In) {
             for (const Key v : values) {
-                if (const std::vector<std::uint64_t>* bits = sorted->bitmap(v)) {
-                    // Only the words of slots below n; unite_words clears the
-                    // bits past the set's size.
-                    out.unite_words(bits->data(), std::min(bits->size(), (n + 63) / 64));
+                if (const SlotSet* bits = sorted->bitmap(v)) {
+                    out.unite(*bits);
                     continue;
                 }
                 emit(std::lower_bound(pairs.begin(), pairs.end(), std::make_pair(v, lo_id)),

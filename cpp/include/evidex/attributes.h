@@ -29,10 +29,8 @@ public:
     }
     std::size_t count() const;
     void intersect(const SlotSet& o);
-    void unite(const SlotSet& o);
-    // words[0..n) OR-ed into the first n words (bits past size() stay clear).
-    void unite_words(const std::uint64_t* words, std::size_t n);
-    void complement();  // within [0, size)
+    void unite(const SlotSet& o);  // within [0, size), whatever o's size
+    void complement();              // within [0, size)
     // Calls fn(slot) for every member, in increasing order.
     template <class Fn>
     void for_each(Fn&& fn) const {
@@ -42,6 +40,7 @@ public:
     }
 
 private:
+    void clear_tail();  // the bits past size_ in the last word
     std::size_t size_;
     std::vector<std::uint64_t> words_;
 };
