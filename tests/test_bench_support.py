@@ -267,16 +267,17 @@ def test_groups_bench_compares_one_graph_in_both_layouts(tmp_path) -> None:
     _write_vecs(tmp_path / "b.fvecs", data)
     _write_vecs(tmp_path / "q.fvecs", queries)
     spec = f"fvecs:{tmp_path / 'b.fvecs'},{tmp_path / 'q.fvecs'}"
-    half = evidex.HNSWIndex(24, "l2", M=8, ef_construction=40, quantization="rabitq")
+    # pq4: a RaBitQ graph's inserts now follow its codes (another graph than the file's).
+    half = evidex.HNSWIndex(24, "l2", M=4, ef_construction=40, quantization="pq4")
     half.add(data, num_threads=1)  # as the legacy file was built: the same graph
     half.save(tmp_path / "half.evx")
-    full = str(here / "legacy_rabitq_l2_M8.evx")
+    full = str(here / "legacy_pq4_l2_M4.evx")
     args = ["--dataset", spec, "--size", "150", "--queries", "6", "--efs", "8,40"]
     out = main([full, str(tmp_path / "half.evx"), *args, "--rounds", "1"])
     assert [p["ef"] for p in out["points"]] == [8, 40]
     assert out["block_bytes"]["half"] < out["block_bytes"]["full"]
     assert all(p["qps"]["half"] > 0 and p["batch_qps"]["full"] > 0 for p in out["points"])
-    other = evidex.HNSWIndex(24, "l2", M=8, ef_construction=40, quantization="rabitq")
+    other = evidex.HNSWIndex(24, "l2", M=4, ef_construction=40, quantization="pq4")
     other.add(data[::-1])  # other ids: not the same graph
     other.save(tmp_path / "other.evx")
     with pytest.raises(SystemExit, match="answer differently"):

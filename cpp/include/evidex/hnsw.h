@@ -605,6 +605,8 @@ private:
     void complete_node(const DistanceKernels& k, node_id id);
     std::vector<node_id> breadth_first_order(std::size_t n) const;
     void refine_node(const DistanceKernels& k, node_id id, std::size_t ef);
+    void fast_scan_candidates(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
+                              MaxHeap& pool) const;
     // nq (<= kMaxInterleave) queries, interleaved; writes kk answers per query.
     void search_pq4(const DistanceKernels& k, node_id entry, int top_level,
                     const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,
