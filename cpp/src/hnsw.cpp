@@ -604,10 +604,10 @@ void HNSW::insert_new(node_id id, int level, const float* v) {
         MaxHeap& top = chosen[static_cast<std::size_t>(lc)];
         if (num_deleted_.load() == 0) {
             // The new node is not linked yet, so it cannot appear in its own beam.
-            thread_local BeamPool beam;
             if (lc == 0 && quant_ == Quantization::RaBitQ) {
                 fast_scan_candidates(k, cur, v, ef, top);
             } else {
+                thread_local BeamPool beam;
                 search_beam_fp32(k, cur, v, lc, ef, beam, nullptr);
                 top.resize(beam.size());
                 for (std::size_t i = 0; i < beam.size(); ++i) top[i] = {beam.dist(i), beam.id(i)};
@@ -1479,8 +1479,8 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
 // are measured exactly, each one read of its row, and those are the
 // candidates (appended to `pool`). At 384 dimensions it halves an add's time
 // against measuring every node the beam scores, for graphs as good (MiniLM-100k;
-// bench/RESULTS.md, "Inserts steered by the edge codes"). PQ4's coarser
-// estimates keep the exact search.
+// bench/RESULTS.md, "Inserts steered by the edge codes"). PQ4 graphs (coarser
+// estimates; not measured this way) keep the exact search.
 void HNSW::fast_scan_candidates(const DistanceKernels& k, node_id ep, const float* q,
                                 std::size_t ef, MaxHeap& pool) const {
     FastScanWalk walk(*this, k, fast_scan_scratch(0), q, 1, /*distinct=*/true);
