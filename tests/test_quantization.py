@@ -434,6 +434,23 @@ def test_rabitq_options_and_hostile_files() -> None:
     bad[at : at + 64] = b"\xff" * 64
     loaded = evidex.HNSWIndex.from_bytes(reseal(bad))
     assert loaded.search(clustered(5, 30), k=3)[0].shape == (5, 3)
+    # Finite but huge scales and offsets (estimates overflow: the walk stalls
+    # early) load too; the codes only steer, so searches still answer all k from
+    # the graph in float32, and adds (whose inserts follow the codes) work.
+    bad = bytearray(good)
+    for node in range(300):
+        for j in range(16):  # M0 scales, M0 offsets after the block's one group
+            at = get(bad, "quant_offset") + node * block_bytes + 8 * 8 + 4 * j
+            struct.pack_into("<f", bad, at, 3e38)
+    loaded = evidex.HNSWIndex.from_bytes(reseal(bad))
+    loaded.add(clustered(100, 30, seed=4), np.arange(300, 400), num_threads=2)
+    queries = clustered(40, 30, seed=5)
+    ids, dist = loaded.search(queries, k=5)
+    one_by_one = np.stack([loaded.search(q, k=5)[0] for q in queries])
+    assert (ids >= 0).all() and (one_by_one >= 0).all()
+    vectors = loaded.get_vectors(ids.ravel()).reshape(40, 5, 30)
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    np.testing.assert_allclose(dist, 1 - np.einsum("qd,qkd->qk", unit, vectors), atol=1e-4)
 
 
 LEGACY = Path(__file__).parent / "data"

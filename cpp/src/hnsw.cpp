@@ -1465,6 +1465,13 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
             computed += again.computed;
             expansions += again.expansions;
         }
+        // The codes only steer. Should their estimates strand the walk (a file's
+        // forged factors can make every one overflow), float32 answers instead.
+        if (found < std::min(kk, count)) {
+            MaxHeap top = search_layer(k, eps[g], qs[g], 0, std::max(ef, kk),
+                                       std::numeric_limits<node_id>::max());
+            found = write_nearest(top, kk, labels, distances);
+        }
         for (std::size_t r = found; r < kk; ++r) {
             labels[r] = kNoLabel;
             distances[r] = kInf;
