@@ -561,3 +561,26 @@ def test_rabitq_inserts_follow_the_codes_to_near_links(space: str, tmp_path) -> 
             [np.isin(nearest[i], slots[i, : degree[i]]).mean() for i in range(len(data))]
         )
     assert shares["rabitq"] >= shares[None] > 0.5
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
+def test_sq8_ranges_forged_huge_never_cut_answers_short(space: str) -> None:
+    """Finite but huge sq8 ranges (checksums recomputed) load; the codes' estimates
+    overflow and the walk strands, but the codes only steer: every query, batch or
+    one by one, gets all k answers from the float32 search, with exact distances."""
+    from fuzz_index_files import get, reseal
+
+    data = clustered(800, 30)
+    index = evidex.HNSWIndex(30, space, quantization="sq8", M=8)
+    index.add(data)
+    bad = bytearray(index.to_bytes())
+    for d in range(30):  # the per-dimension minimums, then the scales
+        struct.pack_into("<f", bad, get(bad, "quant_offset") + 4 * d, 3e38)
+    loaded = evidex.HNSWIndex.from_bytes(reseal(bad))
+    queries = clustered(40, 30, seed=5)
+    ids, dist = loaded.search(queries, k=5)
+    one_by_one = np.stack([loaded.search(q, k=5)[0] for q in queries])
+    assert (ids >= 0).all() and (one_by_one >= 0).all()
+    np.testing.assert_allclose(
+        dist, exact_distances(data, queries, ids, space), rtol=1e-4, atol=1e-4
+    )

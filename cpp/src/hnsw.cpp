@@ -1173,10 +1173,24 @@ void HNSW::search_sq8(const DistanceKernels& k, node_id entry, int top_level,
         float* distances = out_distances + g * kk;
         const std::size_t found = rerank(k, qs[g], beams[g], kk, labels, distances);
         if (dist_count) *dist_count += beams[g].size();
-        for (std::size_t r = found; r < kk; ++r) {
-            labels[r] = kNoLabel;
-            distances[r] = kInf;
-        }
+        finish_steered(k, entry, qs[g], found, kk, ef, labels, distances);
+    }
+}
+
+// Where a search steered by codes (sq8, fast scan) ends with `found` answers.
+// The codes only steer: should their estimates strand it short of min(kk, count)
+// (a file's forged ranges or factors can make every one overflow), the float32
+// search of level 0 from ep answers instead; what is still missing is padded.
+void HNSW::finish_steered(const DistanceKernels& k, node_id ep, const float* q, std::size_t found,
+                          std::size_t kk, std::size_t ef, label_t* labels,
+                          float* distances) const {
+    if (found < std::min(kk, count_.load())) {
+        MaxHeap top = search_layer(k, ep, q, 0, std::max(ef, kk), std::numeric_limits<node_id>::max());
+        found = write_nearest(top, kk, labels, distances);
+    }
+    for (std::size_t r = found; r < kk; ++r) {
+        labels[r] = kNoLabel;
+        distances[r] = kInf;
     }
 }
 
@@ -1465,17 +1479,7 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
             computed += again.computed;
             expansions += again.expansions;
         }
-        // The codes only steer. Should their estimates strand the walk (a file's
-        // forged factors can make every one overflow), float32 answers instead.
-        if (found < std::min(kk, count)) {
-            MaxHeap top = search_layer(k, eps[g], qs[g], 0, std::max(ef, kk),
-                                       std::numeric_limits<node_id>::max());
-            found = write_nearest(top, kk, labels, distances);
-        }
-        for (std::size_t r = found; r < kk; ++r) {
-            labels[r] = kNoLabel;
-            distances[r] = kInf;
-        }
+        finish_steered(k, eps[g], qs[g], found, kk, ef, labels, distances);
     }
     search_expansions() += expansions;
     if (dist_count) *dist_count += computed;

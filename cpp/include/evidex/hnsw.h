@@ -461,6 +461,9 @@ private:
                      std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
     void search_beam_fp32(const DistanceKernels& k, node_id ep, const float* q, int level,
                           std::size_t ef, BeamPool& beam, std::uint64_t* dist_count) const;
+    // A code-steered search's answer row completed: float32 if the codes left it short.
+    void finish_steered(const DistanceKernels& k, node_id ep, const float* q, std::size_t found,
+                        std::size_t kk, std::size_t ef, label_t* labels, float* distances) const;
     // SQ8 traversal of level 0, then float32 re-ranking of the beam into out,
     // for queries qs[0..nq) (prepared) whose hops are interleaved; out rows are
     // kk apart and padded.
