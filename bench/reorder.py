@@ -26,8 +26,10 @@ import evidex
 from .datasets import DATASETS, load_dataset
 
 
-def level0_graph(index: evidex.HNSWIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(labels, link counts, links [n, M0]) of every slot, and the entry slot."""
+def level0_rows(index: evidex.HNSWIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(labels, header words, links [n, M0]) of every slot, and the entry slot, read
+    from the index saved in hnswlib's format. A header word holds the link count in
+    its low 16 bits and the flags (bit 16: deleted) above."""
     fd, path = tempfile.mkstemp()
     os.close(fd)
     try:
@@ -43,7 +45,13 @@ def level0_graph(index: evidex.HNSWIndex) -> tuple[np.ndarray, np.ndarray, np.nd
     rows = np.frombuffer(raw, np.uint8, count * size_per, header).reshape(count, size_per)
     links = rows[:, : 4 * (max_m0 + 1)].copy().view(np.uint32)
     labels = rows[:, label_off : label_off + 8].copy().view(np.uint64).ravel()
-    return labels, links[:, 0] & 0xFFFF, links[:, 1:], int(enter)
+    return labels, links[:, 0], links[:, 1:], int(enter)
+
+
+def level0_graph(index: evidex.HNSWIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(labels, link counts, links [n, M0]) of every slot, and the entry slot."""
+    labels, heads, links, entry = level0_rows(index)
+    return labels, heads & 0xFFFF, links, entry
 
 
 def bfs_order(counts: np.ndarray, links: np.ndarray, entry: int) -> np.ndarray:

@@ -37,29 +37,23 @@ def run_on_threads(work: Callable[[int], None], n: int) -> None:
         raise errors[0]
 
 
-def _level0_rows(index: evidex.HNSWIndex, tmp_path) -> tuple[np.ndarray, np.ndarray]:
-    """Each node's level-0 header word and link slots, read from the index saved in
-    hnswlib's format (rows in internal-id order)."""
-    import struct
+def _level0_rows(index: evidex.HNSWIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's level-0 header word (link count, flags) and link slots, in
+    internal-id order (bench.reorder reads them from an hnswlib-format save)."""
+    from bench.reorder import level0_rows
 
-    path = tmp_path / "graph.bin"
-    index.save(path, format="hnswlib")
-    raw = path.read_bytes()
-    count, size = struct.unpack_from("<QQ", raw, 16)
-    (max_links,) = struct.unpack_from("<Q", raw, 64)  # maxM0_
-    rows = np.frombuffer(raw, np.uint8, count=count * size, offset=96).reshape(count, size)
-    head = rows[:, :4].copy().view(np.uint32)[:, 0]
-    return head, rows[:, 4 : 4 + 4 * max_links].copy().view(np.uint32)
+    _, head, slots, _ = level0_rows(index)
+    return head, slots
 
 
-def level0_degrees(index: evidex.HNSWIndex, tmp_path) -> np.ndarray:
+def level0_degrees(index: evidex.HNSWIndex) -> np.ndarray:
     """Each node's level-0 link count, read from the index saved in hnswlib's format."""
-    return _level0_rows(index, tmp_path)[0] & 0xFFFF
+    return _level0_rows(index)[0] & 0xFFFF
 
 
-def live_links_to_deleted(index: evidex.HNSWIndex, tmp_path) -> float:
+def live_links_to_deleted(index: evidex.HNSWIndex) -> float:
     """The fraction of live nodes' level-0 links that lead to deleted nodes."""
-    head, slots = _level0_rows(index, tmp_path)
+    head, slots = _level0_rows(index)
     degree, deleted = head & 0xFFFF, (head >> 16 & 1).astype(bool)
     live = np.flatnonzero(~deleted)
     targets = np.concatenate([slots[i, : degree[i]] for i in live])

@@ -364,7 +364,7 @@ def test_interleave_setting_errors_and_fallbacks() -> None:
     assert recall_at_k(ids, want, 5) >= 0.95
 
 
-def test_rabitq_graphs_complete_their_level0_lists(tmp_path) -> None:
+def test_rabitq_graphs_complete_their_level0_lists() -> None:
     # Each add fills the level-0 lists it touched up to 2 * M (the fast scan
     # scores 32 codes in the time of 20); later adds and updates keep the graph
     # searchable and the lists complete again.
@@ -374,17 +374,17 @@ def test_rabitq_graphs_complete_their_level0_lists(tmp_path) -> None:
     plain = evidex.HNSWIndex(16, "l2", M=8, seed=4)
     index.add(data[:2_000], num_threads=1)
     plain.add(data[:2_000], num_threads=1)
-    assert level0_degrees(plain, tmp_path).mean() < 13  # HNSW's selection leaves lists part full
-    assert (level0_degrees(index, tmp_path) == 16).mean() > 0.99
+    assert level0_degrees(plain).mean() < 13  # HNSW's selection leaves lists part full
+    assert (level0_degrees(index) == 16).mean() > 0.99
     index.add(data[2_000:], num_threads=2)
     index.add(data[:300] + 0.01, np.arange(300))  # updates
-    assert (level0_degrees(index, tmp_path) == 16).mean() > 0.95
+    assert (level0_degrees(index) == 16).mean() > 0.95
     truth, _ = evidex.exact_knn(np.concatenate([data[:300] + 0.01, data[300:]]), data[:100], 10)
     ids, _ = index.search(data[:100], k=10, ef=64)
     assert recall_at_k(ids, truth, 10) >= 0.9
 
 
-def test_completion_fills_free_slots_with_live_nodes(tmp_path) -> None:
+def test_completion_fills_free_slots_with_live_nodes() -> None:
     # After deletes, the next add re-completes the lists it touched from their
     # two-hop neighbourhoods, where deleted nodes still sit: they must not take
     # the free slots (measured: 0.09 of live links lead to deleted nodes after
@@ -393,9 +393,9 @@ def test_completion_fills_free_slots_with_live_nodes(tmp_path) -> None:
     index = evidex.HNSWIndex(16, "l2", M=8, quantization="rabitq", seed=6)
     index.add(data[:1_500], num_threads=1)
     index.delete(np.arange(0, 1_500, 3))
-    before = live_links_to_deleted(index, tmp_path)
+    before = live_links_to_deleted(index)
     index.add(data[1_500:], num_threads=1)
-    assert live_links_to_deleted(index, tmp_path) < 0.5 * before
+    assert live_links_to_deleted(index) < 0.5 * before
 
 
 def test_rabitq_options_and_hostile_files() -> None:
@@ -542,7 +542,7 @@ def test_rabitq_edge_codes_match_a_reference(dim: int, space: str) -> None:
 
 
 @pytest.mark.parametrize("space", ["l2", "cosine"])
-def test_rabitq_inserts_follow_the_codes_to_near_links(space: str, tmp_path) -> None:
+def test_rabitq_inserts_follow_the_codes_to_near_links(space: str) -> None:
     """A RaBitQ insert's level-0 search is steered by the edge codes and measures
     only the nodes it expands, which are its candidates: the lists it leaves hold
     each node's true nearest neighbours at least as often as a float32 graph's
@@ -555,7 +555,7 @@ def test_rabitq_inserts_follow_the_codes_to_near_links(space: str, tmp_path) -> 
     for quant in (None, "rabitq"):
         index = evidex.HNSWIndex(64, space, M=8, ef_construction=64, quantization=quant, seed=3)
         index.add(data, num_threads=1)  # one thread: slots are ids
-        head, slots = _level0_rows(index, tmp_path)
+        head, slots = _level0_rows(index)
         degree = head & 0xFFFF
         shares[quant] = np.mean(
             [np.isin(nearest[i], slots[i, : degree[i]]).mean() for i in range(len(data))]

@@ -20,7 +20,7 @@ def mean_recall(index: evidex.HNSWIndex, queries, truth) -> float:
 
 @pytest.mark.parametrize("quant", [None, "sq8", "pq4", "rabitq"])
 @pytest.mark.parametrize("space", ["l2", "cosine"])
-def test_refined_graph_finds_more_at_small_beams(quant, space, tmp_path) -> None:
+def test_refined_graph_finds_more_at_small_beams(quant, space) -> None:
     """Links chosen from the whole graph (up to 2 * M of them) serve small beams
     better than an insert's; answers stay exact and the index keeps working."""
     data = clustered(4_000, 32, seed=41)
@@ -29,12 +29,12 @@ def test_refined_graph_finds_more_at_small_beams(quant, space, tmp_path) -> None
     truth, _ = evidex.exact_knn(base, queries, 10, space)
     index = evidex.HNSWIndex(32, space, M=8, ef_construction=64, quantization=quant, seed=5)
     index.add(data, num_threads=1)
-    before_degrees = level0_degrees(index, tmp_path)
+    before_degrees = level0_degrees(index)
     before = mean_recall(index, queries, truth)
 
     index.refine_graph(num_threads=2)
 
-    degrees = level0_degrees(index, tmp_path)
+    degrees = level0_degrees(index)
     assert degrees.max() <= 16 and degrees.min() >= 1
     if quant in (None, "sq8"):  # (chosen from everything the search measured)
         assert degrees.mean() > before_degrees.mean()
@@ -68,17 +68,17 @@ def test_refined_fast_scan_codes_follow_the_new_links(quant) -> None:
     assert mean_recall(index, queries, truth) >= before - 0.01
 
 
-def test_refine_with_deletions_never_links_to_deleted(tmp_path) -> None:
+def test_refine_with_deletions_never_links_to_deleted() -> None:
     data = clustered(1_500, 16, seed=51)
     index = evidex.HNSWIndex(16, "l2", M=8, quantization="rabitq", seed=6)
     index.add(data, num_threads=1)
     gone = np.arange(0, 1_500, 3)
     index.delete(gone)
-    assert live_links_to_deleted(index, tmp_path) > 0.2  # links made before the deletes
+    assert live_links_to_deleted(index) > 0.2  # links made before the deletes
     index.refine_graph(ef=40, num_threads=2)
     # Deleted nodes keep their own links (waypoints) but neither gain links nor
     # are chosen, by refinement or completion, for a live node's list.
-    assert live_links_to_deleted(index, tmp_path) == 0.0
+    assert live_links_to_deleted(index) == 0.0
     ids, _ = index.search(data[:300], k=5, ef=40)
     assert not np.isin(ids, gone).any()
     live = np.setdiff1d(np.arange(1_500), gone)
