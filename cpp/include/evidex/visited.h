@@ -37,8 +37,6 @@ public:
         tags_[id] = epoch_;
         return true;
     }
-    // Bring id's tag into cache ahead of its test.
-    void prefetch(std::uint32_t id) const { __builtin_prefetch(tags_.data() + id); }
     const std::uint16_t* data() const { return tags_.data(); }
     // The set as the kernel ABI passes it (kernel_abi.h), current epoch included.
     evx_visited abi() { return evx_visited{tags_.data(), epoch_}; }
