@@ -46,6 +46,12 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
+// An answer row's places from `found` to kk: no element (id -1, distance inf).
+void pad_answers(std::size_t found, std::size_t kk, label_t* labels, float* distances) {
+    std::fill(labels + found, labels + kk, kNoLabel);
+    std::fill(distances + found, distances + kk, kInf);
+}
+
 // Indexes whose locks this thread holds (see HNSW::Busy).
 thread_local std::vector<const HNSW*> t_busy;
 
@@ -1188,10 +1194,7 @@ void HNSW::finish_steered(const DistanceKernels& k, node_id ep, const float* q, 
         MaxHeap top = search_layer(k, ep, q, 0, std::max(ef, kk), std::numeric_limits<node_id>::max());
         found = write_nearest(top, kk, labels, distances);
     }
-    for (std::size_t r = found; r < kk; ++r) {
-        labels[r] = kNoLabel;
-        distances[r] = kInf;
-    }
+    pad_answers(found, kk, labels, distances);
 }
 
 // The kk nearest of a beam by exact float32 distance, into out (nearest first).
@@ -1806,10 +1809,7 @@ void HNSW::search_one(const DistanceKernels& k, const KernelSet& ks, const float
             found = write_nearest(top, kk, out_labels, out_distances);
         }
     }
-    for (std::size_t i = found; i < kk; ++i) {
-        out_labels[i] = kNoLabel;
-        out_distances[i] = kInf;
-    }
+    pad_answers(found, kk, out_labels, out_distances);
 }
 
 std::size_t HNSW::write_nearest(MaxHeap& top, std::size_t kk, label_t* out_labels,
@@ -2373,10 +2373,7 @@ void HNSW::search_set_one(const DistanceKernels& k, FilterStrategy s, const Slot
             found = write_nearest(top, kk, out_labels, out_distances);
         }
     }
-    for (std::size_t i = found; i < kk; ++i) {
-        out_labels[i] = kNoLabel;
-        out_distances[i] = kInf;
-    }
+    pad_answers(found, kk, out_labels, out_distances);
 }
 
 // Slots of deleted elements may be reused by other threads while a filtered batch
@@ -2500,10 +2497,7 @@ void HNSW::search_set(const float* queries, std::size_t nq, std::size_t k, std::
                 out_labels[i * k + w] = out_labels[i * k + r];
                 out_distances[i * k + w++] = out_distances[i * k + r];
             }
-        for (; w < k; ++w) {
-            out_labels[i * k + w] = kNoLabel;
-            out_distances[i * k + w] = kInf;
-        }
+        pad_answers(w, k, out_labels + i * k, out_distances + i * k);
     });
     if (s == FilterStrategy::CodedScan)
         calibrate_coded(allowed, ef, nq, static_cast<double>(code_ns.load()),
