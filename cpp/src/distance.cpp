@@ -606,32 +606,6 @@ __attribute__((target("avx512f"))) void panel_avx512(const float* q, std::size_t
         panel_rows_avx512<1, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
 }
 
-__attribute__((target("avx512f,avx512bw"))) inline __m256i fold_halves(__m512i v) {
-    return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
-}
-
-// Four subspaces per 512-bit register; otherwise the AVX2 kernel's scheme.
-__attribute__((target("avx512f,avx512bw"))) void fastscan32_avx512(const std::uint8_t* block,
-                                                                    const std::uint8_t* lut,
-                                                                    std::size_t nsub,
-                                                                    std::uint16_t* out) {
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-    const __m512i low8 = _mm512_set1_epi16(0x00ff);
-    __m512i lo_even = _mm512_setzero_si512(), lo_odd = lo_even;
-    __m512i hi_even = lo_even, hi_odd = lo_even;
-    for (std::size_t s = 0; s < nsub; s += 4) {
-        const __m512i c = _mm512_loadu_si512(block + s * 16);
-        const __m512i t = _mm512_loadu_si512(lut + s * 16);
-        const __m512i rl = _mm512_shuffle_epi8(t, _mm512_and_si512(c, low4));
-        const __m512i rh = _mm512_shuffle_epi8(t, _mm512_and_si512(_mm512_srli_epi16(c, 4), low4));
-        lo_even = _mm512_add_epi16(lo_even, _mm512_and_si512(rl, low8));
-        lo_odd = _mm512_add_epi16(lo_odd, _mm512_srli_epi16(rl, 8));
-        hi_even = _mm512_add_epi16(hi_even, _mm512_and_si512(rh, low8));
-        hi_odd = _mm512_add_epi16(hi_odd, _mm512_srli_epi16(rh, 8));
-    }
-    store_fastscan(fold_lanes(fold_halves(lo_even)), fold_lanes(fold_halves(lo_odd)),
-                   fold_lanes(fold_halves(hi_even)), fold_lanes(fold_halves(hi_odd)), out);
-}
 #endif  // EVIDEX_X86
 
 const DistanceKernels kScalar{l2sq_scalar,       dot_scalar,       sq8_l2_scalar,
@@ -647,7 +621,10 @@ const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512
                              sq8_dot_avx512,    l2sq4_avx512,     dot4_avx512,
                              panel_avx512<true>, panel_avx512<false>,
                              int8_panel_avx2,  // every AVX-512 CPU runs AVX2; no 512-bit variant yet
-                             fastscan32_avx512,
+                             // The AVX2 kernel: a 512-bit one (four subspaces a register)
+                             // ran faster alone but made RaBitQ searches 0.87-0.98x on
+                             // Zen 4, which splits 512-bit work (bench/RESULTS.md).
+                             fastscan32_avx2,
                              fastscan16_avx2,  // a half group fills one 256-bit register
                              SimdLevel::AVX512};
 #endif
@@ -655,10 +632,10 @@ const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512
 SimdLevel detect() {
 #ifdef EVIDEX_X86
     __builtin_cpu_init();
-    // Every AVX-512 CPU since Skylake-SP has BW, which the fast-scan kernel needs.
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
-        return SimdLevel::AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::AVX2;
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    // The AVX-512 table runs some AVX2 kernels too.
+    if (avx2 && __builtin_cpu_supports("avx512f")) return SimdLevel::AVX512;
+    if (avx2) return SimdLevel::AVX2;
 #endif
     return SimdLevel::Scalar;
 }
