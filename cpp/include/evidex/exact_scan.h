@@ -149,13 +149,13 @@ inline std::size_t scan_chunk_size(std::size_t nq, std::size_t dim, std::size_t 
 // fifth of a 200-query scan of 360 384-d rows beside its kernel.
 inline void pack_panel(const float* const* rows, std::size_t m, std::size_t dim, float* pan) {
     constexpr std::size_t W = kPanelWidth;
-    std::size_t l = 0;
+    std::size_t rows4 = 0, dim4 = 0;  // the transpose's share: rows4 rows, dim4 dimensions
 #if defined(__SSE2__)
-    const std::size_t dim4 = dim / 4 * 4;
-    for (; l + 4 <= m; l += 4) {
+    rows4 = m / 4 * 4;
+    dim4 = dim / 4 * 4;
+    for (std::size_t l = 0; l < rows4; l += 4) {
         const float *r0 = rows[l], *r1 = rows[l + 1], *r2 = rows[l + 2], *r3 = rows[l + 3];
-        std::size_t t = 0;
-        for (; t < dim4; t += 4) {
+        for (std::size_t t = 0; t < dim4; t += 4) {
             __m128 a = _mm_loadu_ps(r0 + t), b = _mm_loadu_ps(r1 + t), c = _mm_loadu_ps(r2 + t),
                    d = _mm_loadu_ps(r3 + t);
             _MM_TRANSPOSE4_PS(a, b, c, d);
@@ -164,12 +164,12 @@ inline void pack_panel(const float* const* rows, std::size_t m, std::size_t dim,
             _mm_storeu_ps(pan + (t + 2) * W + l, c);
             _mm_storeu_ps(pan + (t + 3) * W + l, d);
         }
-        for (; t < dim; ++t)
-            for (std::size_t j = 0; j < 4; ++j) pan[t * W + l + j] = rows[l + j][t];
     }
 #endif
-    for (; l < m; ++l)
-        for (std::size_t t = 0; t < dim; ++t) pan[t * W + l] = rows[l][t];
+    // The rest one float at a time: the transposed rows' last dim % 4 dimensions,
+    // every dimension of the other rows.
+    for (std::size_t l = 0; l < m; ++l)
+        for (std::size_t t = l < rows4 ? dim4 : 0; t < dim; ++t) pan[t * W + l] = rows[l][t];
 }
 
 // Distances (squared L2 when l2, else 1 - dot) of nq queries (dim floats each;
