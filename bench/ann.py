@@ -467,20 +467,28 @@ def _layout_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
+    """The CPU (model name, family and model numbers, its SIMD flags), the SIMD level
+    evidex runs at and the best it could, and the software versions."""
+    fields = {"model name": platform.processor() or "", "cpu family": "", "model": ""}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() in fields and not fields[key.strip()]:
+                    fields[key.strip()] = value.strip()
+                if line.strip() == "":  # the first processor's block is enough
                     break
     except OSError:
         pass
+    flags = [f for f in evidex._core.cpu_features() if f.startswith(("avx", "fma"))]
     return {
-        "cpu": cpu,
+        "cpu": fields["model name"],
+        "cpu_family_model": f"{fields['cpu family']}/{fields['model']}",
+        "cpu_simd_flags": " ".join(flags),
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "evidex_simd": evidex.simd_level(),
+        "evidex_cpu_simd": evidex.cpu_simd_level(),
         "numpy": np.__version__,
     }
 
