@@ -163,3 +163,10 @@ def test_each_component_is_a_trl_reward_function_by_itself() -> None:
         OutcomeReward(embedder)(prompts, completions, target=["a", "b"])
     with pytest.raises(TypeError, match="text or a list of messages"):
         fmt(prompts, [1, 2])
+    with pytest.raises(TypeError, match="got bytes"):  # not decoded: not an empty completion
+        fmt(prompts, [b"<think>a</think>", "b"])
+    # A conversation is read as parse_evidence reads it: its last assistant message
+    # (evidence in an earlier user turn is not the reasoner's).
+    user = {"role": "user", "content": '<evidence>{"keywords": []}</evidence>'}
+    chat = [user, {"role": "assistant", "content": TEXT_ONLY}]
+    assert fmt(prompts, [WITH_BOX, chat], **columns) == scores

@@ -429,24 +429,14 @@ def outcome_reward_index(
 
 
 # ----------------------------------------------------------------- TRL reward functions
-def completion_text(completion: Any) -> str:
-    """A completion as text: TRL passes strings, or for conversational datasets a list
-    of messages (the assistant's contents are joined)."""
-    if isinstance(completion, str):
+def _completion(completion: Any) -> Any:
+    """A completion as TRL passes it: a string, or for conversational datasets a list of
+    messages (or one message), which `parse_evidence` reads as its last assistant
+    content. Anything else is a caller's mistake, refused rather than scored as empty."""
+    if isinstance(completion, (str, Mapping)) or (
+        isinstance(completion, Sequence) and not isinstance(completion, (bytes, bytearray))
+    ):
         return completion
-    if isinstance(completion, Mapping):
-        completion = [completion]
-    if isinstance(completion, Sequence):
-        parts = []
-        for message in completion:
-            content = message.get("content") if isinstance(message, Mapping) else message
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, Sequence):  # multimodal content: its text parts
-                parts.extend(
-                    c.get("text", "") for c in content if isinstance(c, Mapping) and c.get("text")
-                )
-        return "\n".join(parts)
     raise TypeError(
         f"a completion must be text or a list of messages, got {type(completion).__name__}"
     )
@@ -458,7 +448,7 @@ def _parsed(
     n = len(completions)
     if len(prompts) != n:
         raise ValueError(f"got {len(prompts)} prompts for {n} completions")
-    parsed = [parse_evidence(completion_text(c)) for c in completions]
+    parsed = [parse_evidence(_completion(c)) for c in completions]
     return [p.evidence for p in parsed], [p.problems for p in parsed]
 
 
