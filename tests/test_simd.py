@@ -221,3 +221,28 @@ def test_the_8_bit_scan_answers_as_the_float32_scan_at_every_level(level: str, s
                     assert (answers[8][0][:, len(allowed) :] == -1).all()  # k past the allowed
     finally:
         evidex.set_simd_level(evidex.cpu_simd_level())
+
+
+@pytest.mark.parametrize("level", SUPPORTED)
+@pytest.mark.parametrize("dim", [65536, 67000])
+def test_the_8_bit_scan_keeps_its_sums_in_int32_at_the_widest_codes(level: str, dim: int) -> None:
+    """Every code at its extreme (vectors and queries of +-1) in the widest vectors:
+    VNNI's biased 8-bit sums reach 4 * 255 * 127 per 4 dimensions, within int32 up
+    to 65,536 dimensions (8-bit codes), 7-bit codes past it."""
+    rng = np.random.default_rng(5)
+    evidex.set_simd_level(level)
+    try:
+        base = np.ones((40, dim), np.float32)
+        base[1:, : dim // 2] = rng.choice([-1.0, 1.0], (39, dim // 2)).astype(np.float32)
+        index = evidex.HNSWIndex(dim, "l2", M=4, ef_construction=8)
+        index.add(base)
+        q = np.ones((3, dim), np.float32)
+        q[1:, :5] = -1.0
+        answers = {}
+        for bits in (32, 8):
+            index.set_search_tuning(scan_bits=bits)
+            answers[bits] = index.search(q, k=5, filter=np.arange(40), filter_strategy="scan")
+        _same_answers(answers[8], answers[32])
+        assert answers[8][0][0, 0] == 0  # the all-ones vector, at distance 0
+    finally:
+        evidex.set_simd_level(evidex.cpu_simd_level())

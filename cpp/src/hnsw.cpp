@@ -2215,7 +2215,7 @@ void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_
                       const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                       float* out_distances) const {
     const std::size_t bits = scan_bits_.load(std::memory_order_relaxed);
-    const bool eight = bits == 8 || (bits == 0 && quantized_scan_pays(nq, dim_, members.size()));
+    const bool eight = bits == 8 || (bits == 0 && quantized_scan_pays(k, nq, dim_, members.size()));
     if (eight && scan_quantized(k, queries, nq, members, kk, out_labels, out_distances)) return;
     thread_local std::vector<std::uint32_t> found;
     found.resize(nq * kk);

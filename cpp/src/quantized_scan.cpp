@@ -17,8 +17,14 @@
 namespace evidex {
 namespace {
 
-constexpr int kLevels = 63;  // codes and query values lie in [-63, 63]
-constexpr int kBias = 64;    // codes are stored biased into [1, 127]: the unsigned operand
+// Codes and query values lie in [-levels, levels]; vectors' codes are stored
+// biased by levels + 1 (the kernels' unsigned operand). AVX2's multiplies add
+// pairs of products in int16, which 7-bit codes keep from saturating; VNNI adds
+// four products straight into int32, so 8-bit codes halve the error there, up
+// to 65,536 dimensions: the biased sums (4 * 255 * 127 per 4 dimensions) stay
+// within int32.
+constexpr int kLevels7 = 63, kLevels8 = 127;
+constexpr std::size_t kMaxDim8 = 65536;
 constexpr double kHuge = 1e15;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr std::size_t W = kPanelWidth;
@@ -48,8 +54,9 @@ struct RowStore {
 struct PanelStore {
     std::uint8_t* panel;
     std::size_t lane;
+    int bias;
     void one(std::size_t d, int c) const {
-        panel[(d / 4) * (4 * W) + lane * 4 + d % 4] = static_cast<std::uint8_t>(c + kBias);
+        panel[(d / 4) * (4 * W) + lane * 4 + d % 4] = static_cast<std::uint8_t>(c + bias);
     }
 #ifdef EVIDEX_X86
     // The low byte of each biased code, four per 128-bit half: dimensions d..d+4
@@ -59,7 +66,7 @@ struct PanelStore {
         const __m256i low = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                              -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
                                              -1, -1, -1, -1);
-        const __m256i b = _mm256_shuffle_epi8(_mm256_add_epi32(c, _mm256_set1_epi32(kBias)), low);
+        const __m256i b = _mm256_shuffle_epi8(_mm256_add_epi32(c, _mm256_set1_epi32(bias)), low);
         const std::int32_t first = _mm256_extract_epi32(b, 0), second = _mm256_extract_epi32(b, 4);
         std::uint8_t* at = panel + (d / 4) * (4 * W) + lane * 4;
         std::memcpy(at, &first, 4);
@@ -68,29 +75,31 @@ struct PanelStore {
 #endif
 };
 
-// 63 / peak, or 0 (every code 0) where that is not finite: zero and
+// levels / peak, or 0 (every code 0) where that is not finite: zero and
 // subnormal peaks. The bound holds for any codes; these only make it loose.
-inline float safe_inverse(float peak) {
-    const float inv = peak > 0.f ? kLevels / peak : 0.f;
+inline float safe_inverse(float peak, int levels) {
+    const float inv = peak > 0.f ? static_cast<float>(levels) / peak : 0.f;
     return std::isfinite(inv) ? inv : 0.f;
 }
 
 // The float sums are rounded up by this factor: they round in float32.
-inline Quantized finish(float peak, float code2, float err2, float norm2, std::size_t dim) {
-    const float scale = peak / kLevels;
+inline Quantized finish(float peak, float code2, float err2, float norm2, std::size_t dim,
+                        int levels) {
+    const float scale = peak / static_cast<float>(levels);
     const float up = 1.0f + 4e-7f * static_cast<float>(dim + 16);
     return {scale, scale * std::sqrt(code2) * up, std::sqrt(err2) * up, norm2};
 }
 
 template <class Store>
-Quantized quantize_scalar(const float* v, std::size_t dim, std::size_t padded, const Store& store) {
+Quantized quantize_scalar(const float* v, std::size_t dim, std::size_t padded, int levels,
+                          const Store& store) {
     float peak = 0.f;
     for (std::size_t d = 0; d < dim; ++d) peak = std::max(peak, std::fabs(v[d]));
-    const float scale = peak / kLevels;
-    const float inv = safe_inverse(peak);
+    const float scale = peak / static_cast<float>(levels);
+    const float inv = safe_inverse(peak, levels);
     float code2 = 0.f, err2 = 0.f, norm2 = 0.f;
     for (std::size_t d = 0; d < dim; ++d) {
-        const int c = std::clamp(static_cast<int>(std::nearbyint(v[d] * inv)), -kLevels, kLevels);
+        const int c = std::clamp(static_cast<int>(std::nearbyint(v[d] * inv)), -levels, levels);
         store.one(d, c);
         const float e = v[d] - scale * static_cast<float>(c);
         code2 += static_cast<float>(c * c);
@@ -98,7 +107,7 @@ Quantized quantize_scalar(const float* v, std::size_t dim, std::size_t padded, c
         norm2 += v[d] * v[d];
     }
     for (std::size_t d = dim; d < padded; ++d) store.one(d, 0);
-    return finish(peak, code2, err2, norm2, dim);
+    return finish(peak, code2, err2, norm2, dim, levels);
 }
 
 #ifdef EVIDEX_X86
@@ -126,15 +135,15 @@ __attribute__((target("avx2,fma"))) inline __m256 load8(const float* v, std::siz
 // Eight dimensions at a time.
 template <class Store>
 __attribute__((target("avx2,fma"))) Quantized quantize_avx2(const float* v, std::size_t dim,
-                                                            std::size_t padded,
+                                                            std::size_t padded, int levels,
                                                             const Store& store) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 peak8 = _mm256_setzero_ps();
     for (std::size_t d = 0; d < dim; d += 8) peak8 = _mm256_max_ps(peak8, _mm256_andnot_ps(sign, load8(v, d, dim)));
     const float peak = hmax(peak8);
-    const __m256 scale = _mm256_set1_ps(peak / kLevels);
-    const __m256 inv = _mm256_set1_ps(safe_inverse(peak));
-    const __m256i hi = _mm256_set1_epi32(kLevels), lo = _mm256_set1_epi32(-kLevels);
+    const __m256 scale = _mm256_set1_ps(peak / static_cast<float>(levels));
+    const __m256 inv = _mm256_set1_ps(safe_inverse(peak, levels));
+    const __m256i hi = _mm256_set1_epi32(levels), lo = _mm256_set1_epi32(-levels);
     __m256 code2 = _mm256_setzero_ps(), err2 = code2, norm2 = code2;
     alignas(32) std::int32_t c8[8];  // scratch for stores without a vector form
     for (std::size_t d = 0; d < padded; d += 8) {
@@ -148,23 +157,23 @@ __attribute__((target("avx2,fma"))) Quantized quantize_avx2(const float* v, std:
         norm2 = _mm256_fmadd_ps(x, x, norm2);
         store.eight(d, c, c8);
     }
-    return finish(peak, hsum(code2), hsum(err2), hsum(norm2), dim);
+    return finish(peak, hsum(code2), hsum(err2), hsum(norm2), dim, levels);
 }
 #endif
 
 template <class Store>
 Quantized quantize(const DistanceKernels& k, const float* v, std::size_t dim, std::size_t padded,
-                   const Store& store) {
+                   int levels, const Store& store) {
 #ifdef EVIDEX_X86
-    if (k.level != SimdLevel::Scalar) return quantize_avx2(v, dim, padded, store);
+    if (k.level != SimdLevel::Scalar) return quantize_avx2(v, dim, padded, levels, store);
 #endif
-    return quantize_scalar(v, dim, padded, store);
+    return quantize_scalar(v, dim, padded, levels, store);
 }
 
 // Per query: its codes' sum and the coefficients of its lower bounds
 // (lanes_below_scalar / lanes_below_avx2).
 struct QueryTerms {
-    std::int32_t bias;  // kBias * sum of its codes: the kernel's sums carry it
+    std::int32_t bias;  // code bias * sum of its codes: the kernel's sums carry it
     float base;         // the lower bound's constant: 1 (dot products) or |q|^2 (L2), less rounding
     float norm_sq_coef; // times a vector's |x|^2 (L2 only)
     float approx_coef;  // times s * (integer dot): the approximate dot product's part
@@ -223,14 +232,18 @@ __attribute__((target("avx2,fma"))) std::uint32_t lanes_below_avx2(const QueryTe
 
 }  // namespace
 
-bool quantized_scan_pays(std::size_t nq, std::size_t dim, std::size_t n) {
-    return nq >= 16 && dim >= 96 && n >= 2048;
+bool quantized_scan_pays(const DistanceKernels& k, std::size_t nq, std::size_t dim,
+                         std::size_t n) {
+    // VNNI's 8-bit products (int8_fast) pay from about half as many vectors.
+    return nq >= 16 && dim >= 96 && n >= (k.int8_fast ? 1024u : 2048u);
 }
 
 bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std::size_t stride,
                    std::size_t nq, std::size_t dim, const float* const* rows, std::size_t n,
                    std::size_t kk, std::uint32_t* out_rows, float* out_dist) {
     const std::size_t padded = (dim + 7) / 8 * 8;
+    const int levels = k.int8_fast && padded <= kMaxDim8 ? kLevels8 : kLevels7;
+    const int code_bias = levels + 1;
     // The allowance for float32 rounding (relative, of |q| |x| terms), in the
     // approximate distance and in the float32 scan it stands in for.
     const float rel = 3e-7f * static_cast<float>(dim + 64);
@@ -241,14 +254,14 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
     terms.resize(nq);
     for (std::size_t i = 0; i < nq; ++i) {
         const float* q = queries + i * stride;
-        const Quantized z = quantize(k, q, dim, padded, RowStore{qcodes.data() + i * padded});
+        const Quantized z = quantize(k, q, dim, padded, levels, RowStore{qcodes.data() + i * padded});
         const double qn = std::sqrt(static_cast<double>(z.norm_sq));
         if (!(qn < kHuge)) return false;
         std::int32_t sum = 0;
         for (std::size_t d = 0; d < dim; ++d) sum += qcodes[i * padded + d];
         const float twice = l2 ? 2.0f : 1.0f;  // L2 carries -2 q.x
         const float q_norm = static_cast<float>(qn);
-        terms[i] = {kBias * sum,
+        terms[i] = {code_bias * sum,
                     l2 ? z.norm_sq * (1.0f - rel) : 1.0f,
                     l2 ? 1.0f - rel : 0.0f,
                     twice * z.scale,
@@ -278,7 +291,7 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
             if (b + W + l < n)
                 prefetch_vector(reinterpret_cast<const char*>(rows[b + W + l]), row_bytes);
             Quantized z;
-            if (l < m) z = quantize(k, rows[b + l], dim, padded, PanelStore{panel.data(), l});
+            if (l < m) z = quantize(k, rows[b + l], dim, padded, levels, PanelStore{panel.data(), l, code_bias});
             const double xn = std::sqrt(static_cast<double>(z.norm_sq));
             const bool huge = !(xn < kHuge);
             lanes.scale[l] = huge ? 0.f : z.scale;

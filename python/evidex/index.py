@@ -209,8 +209,9 @@ class HNSWIndex:
                 ``"scan"`` strategy of filtered search): 8 scores 7-bit codes of
                 queries and vectors with integer SIMD, then rescores in float32
                 every vector its error bound cannot rule out; 32 scores float32 only;
-                0 picks 8 for 16 or more queries against 2,048 or more vectors of 96
-                or more dimensions. The answers are those of the float32 scan.
+                0 picks 8 for 16 or more queries against 2,048 or more vectors (1,024
+                on CPUs with AVX-512 VNNI) of 96 or more dimensions. The answers are
+                those of the float32 scan.
         """
         for name, v in (("prefetch_ahead", prefetch_ahead), ("prefetch_lines", prefetch_lines),
                         ("interleave", interleave), ("scan_bits", scan_bits)):  # fmt: skip

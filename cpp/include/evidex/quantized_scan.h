@@ -1,7 +1,7 @@
 // Exact k-nearest-neighbour scan of a batch of queries over a list of vectors,
-// with an 8-bit first pass: queries and vectors are quantised (7-bit symmetric,
-// one scale per vector), scored by integer panel kernels at about twice the
-// float32 rate, and every vector whose distance could still be among the k
+// with an 8-bit first pass: queries and vectors are quantised (symmetric, one
+// scale per vector: 7-bit for AVX2's int16 products, 8-bit with AVX-512 VNNI),
+// scored by integer panel kernels, and every vector whose distance could still be among the k
 // nearest (a worst-case bound on the quantisation error, Cauchy-Schwarz) is
 // scored again in float32. The answers are those of a float32 scan: the bound
 // never drops a true neighbour, and every returned distance is exact.
@@ -18,8 +18,9 @@ namespace evidex {
 // Whether the 8-bit pass pays for itself: enough queries per pass to share each
 // quantised block of vectors, vectors wide enough for the products to dominate,
 // and enough of them for the bound to settle (measured: bench/RESULTS.md,
-// "Exact scan with an 8-bit first pass").
-bool quantized_scan_pays(std::size_t nq, std::size_t dim, std::size_t n);
+// "Exact scan with an 8-bit first pass"; with VNNI, "8-bit scans with VNNI").
+bool quantized_scan_pays(const DistanceKernels& k, std::size_t nq, std::size_t dim,
+                         std::size_t n);
 
 // For each of nq queries (`stride` floats apart; cosine queries already
 // normalised), the kk nearest of rows[0..n): out_rows[i * kk + r] indexes rows
