@@ -423,6 +423,26 @@ def test_restrictive_filters_are_scanned_exactly_in_batches(space: str) -> None:
                 np.testing.assert_array_equal(ids[i][found[i]], rows[want_ids[i][found[i]]])
 
 
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+def test_large_allowed_sets_scan_through_the_8_bit_pass_exactly(space: str) -> None:
+    """Past 2,048 allowed vectors of 96 or more dimensions, with 16 or more queries,
+    the exact path takes the 8-bit first pass (quantized_scan.h); its answers are
+    the exact scan's all the same (ties aside)."""
+    dim = 96
+    data = clustered(16_000, dim, seed=23)
+    index = evidex.IVFIndex(dim, space, nlist=16, seed=3)
+    index.add(data)
+    rng = np.random.default_rng(6)
+    rows = np.sort(rng.choice(16_000, 2_100, replace=False))
+    queries = data[rows[:20]] + 0.05 * rng.standard_normal((20, dim)).astype(np.float32)
+    want_ids, want = evidex.exact_knn(data[rows], queries, 10, space)
+    ids, dist = index.search(queries, 10, nprobe=16, filter=rows, num_threads=1)
+    np.testing.assert_allclose(dist, want, rtol=1e-5, atol=1e-5)
+    for i in range(len(queries)):
+        if len(np.unique(want[i])) == 10:
+            np.testing.assert_array_equal(ids[i], rows[want_ids[i]])
+
+
 def test_filter_arguments_are_checked() -> None:
     index = evidex.IVFIndex(4, "l2", nlist=2)
     index.add(np.eye(4, dtype=np.float32))

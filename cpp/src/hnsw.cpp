@@ -2214,13 +2214,11 @@ std::size_t HNSW::scan_chunk(std::size_t nq, std::size_t num_threads) const {
 void HNSW::scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                       const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                       float* out_distances) const {
-    const std::size_t bits = scan_bits_.load(std::memory_order_relaxed);
-    const bool eight = bits == 8 || (bits == 0 && quantized_scan_pays(k, nq, dim_, members.size()));
-    if (eight && scan_quantized(k, queries, nq, members, kk, out_labels, out_distances)) return;
     thread_local std::vector<std::uint32_t> found;
     found.resize(nq * kk);
-    scan_knn(k, space_ == Space::L2, space_ == Space::Cosine, dim_, queries, nq, members.size(),
-             [&](std::size_t j) { return vec(members[j]); }, kk, found.data(), out_distances);
+    exact_scan_rows(k, space_ == Space::L2, space_ == Space::Cosine, dim_, queries, nq,
+                    members.size(), [&](std::size_t j) { return vec(members[j]); }, kk,
+                    scan_bits_.load(std::memory_order_relaxed), found.data(), out_distances);
     labels_of(members, found.data(), nq * kk, out_labels);
 }
 
@@ -2229,30 +2227,6 @@ void HNSW::labels_of(const std::vector<node_id>& members, const std::uint32_t* r
                      std::size_t n, label_t* out) const {
     for (std::size_t i = 0; i < n; ++i)
         out[i] = rows[i] == kNoRow ? kNoLabel : label_at(members[rows[i]]);
-}
-
-// The same answers through an 8-bit first pass (quantized_scan.h); false where
-// a query is too large for its bound, with nothing written.
-bool HNSW::scan_quantized(const DistanceKernels& k, const float* queries, std::size_t nq,
-                          const std::vector<node_id>& members, std::size_t kk,
-                          label_t* out_labels, float* out_distances) const {
-    thread_local std::vector<float> normalized;
-    if (space_ == Space::Cosine) {
-        normalized.resize(nq * dim_);
-        for (std::size_t i = 0; i < nq; ++i)
-            normalize_into(queries + i * dim_, dim_, normalized.data() + i * dim_);
-        queries = normalized.data();
-    }
-    thread_local std::vector<const float*> rows;
-    thread_local std::vector<std::uint32_t> found;
-    rows.resize(members.size());
-    for (std::size_t j = 0; j < members.size(); ++j) rows[j] = vec(members[j]);
-    found.resize(nq * kk);
-    if (!quantized_knn(k, space_ == Space::L2, queries, dim_, nq, dim_, rows.data(), rows.size(),
-                       kk, found.data(), out_distances))
-        return false;
-    labels_of(members, found.data(), nq * kk, out_labels);
-    return true;
 }
 
 // The allowed set's codes are packed once for the batch; each query scores all

@@ -17,6 +17,7 @@
 #include "evidex/exact_scan.h"
 #include "evidex/kmeans.h"
 #include "evidex/parallel.h"
+#include "evidex/quantized_scan.h"
 #include "evidex/select.h"
 
 namespace evidex {
@@ -425,10 +426,10 @@ void IVFFastScan::scan_rows(const float* queries, std::size_t nq, std::size_t kk
     std::vector<std::uint32_t> found(nq * kk);
     parallel_for((nq + chunk - 1) / chunk, threads, [&](std::size_t c) {
         const std::size_t i0 = c * chunk, m = std::min(chunk, nq - i0);
-        scan_knn(active_kernels(), space_ == Space::L2, space_ == Space::Cosine, dim_,
-                 queries + i0 * dim_, m, rows.size(),
-                 [&](std::size_t j) { return vectors_.data() + std::size_t{rows[j]} * dim_; }, kk,
-                 found.data() + i0 * kk, out_distances + i0 * kk);
+        exact_scan_rows(active_kernels(), space_ == Space::L2, space_ == Space::Cosine, dim_,
+                        queries + i0 * dim_, m, rows.size(),
+                        [&](std::size_t j) { return vectors_.data() + std::size_t{rows[j]} * dim_; },
+                        kk, /*bits=*/0, found.data() + i0 * kk, out_distances + i0 * kk);
     });
     for (std::size_t i = 0; i < nq * kk; ++i)
         out_labels[i] = found[i] == kNoRow ? kNoLabel : labels_[rows[found[i]]];

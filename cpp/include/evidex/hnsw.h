@@ -419,9 +419,6 @@ private:
     void scan_batch(const DistanceKernels& k, const float* queries, std::size_t nq,
                     const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
                     float* out_distances) const;
-    bool scan_quantized(const DistanceKernels& k, const float* queries, std::size_t nq,
-                        const std::vector<node_id>& members, std::size_t kk, label_t* out_labels,
-                        float* out_distances) const;
     std::size_t scan_chunk(std::size_t nq, std::size_t num_threads) const;
     // The labels of n scan results (indexes into members; kNoRow: none).
     void labels_of(const std::vector<node_id>& members, const std::uint32_t* rows,

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "evidex/distance.h"
 #include "evidex/exact_scan.h"  // kNoRow
@@ -32,5 +33,32 @@ bool quantized_scan_pays(const DistanceKernels& k, std::size_t nq, std::size_t d
 bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std::size_t stride,
                    std::size_t nq, std::size_t dim, const float* const* rows, std::size_t n,
                    std::size_t kk, std::uint32_t* out_rows, float* out_dist);
+
+// The kk nearest of the n rows row(0..n) (dim floats each) for each of nq raw
+// queries (cosine ones are normalised here), as scan_knn answers them: through
+// the 8-bit pass when `bits` is 8, or 0 and it pays; in float32 otherwise (and
+// when a query is too large for the pass).
+template <class Row>
+void exact_scan_rows(const DistanceKernels& k, bool l2, bool cosine, std::size_t dim,
+                     const float* queries, std::size_t nq, std::size_t n, Row&& row,
+                     std::size_t kk, std::size_t bits, std::uint32_t* out_rows,
+                     float* out_dist) {
+    if (bits == 8 || (bits == 0 && quantized_scan_pays(k, nq, dim, n))) {
+        thread_local std::vector<float> normalized;
+        thread_local std::vector<const float*> rows;
+        const float* prepared = queries;
+        if (cosine) {
+            normalized.resize(nq * dim);
+            for (std::size_t i = 0; i < nq; ++i)
+                normalize_into(queries + i * dim, dim, normalized.data() + i * dim);
+            prepared = normalized.data();
+        }
+        rows.resize(n);
+        for (std::size_t j = 0; j < n; ++j) rows[j] = row(j);
+        if (quantized_knn(k, l2, prepared, dim, nq, dim, rows.data(), n, kk, out_rows, out_dist))
+            return;
+    }
+    scan_knn(k, l2, cosine, dim, queries, nq, n, row, kk, out_rows, out_dist);
+}
 
 }  // namespace evidex
