@@ -400,13 +400,7 @@ void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, st
             }
         }
         keep = allowed_rows.data();
-        const double scanned = static_cast<double>(std::min(nprobe, nlist_)) *
-                               static_cast<double>(labels_.size()) /
-                               static_cast<double>(std::max<std::size_t>(nlist_, 1));
-        // Reading the allowed vectors whole against reading the lists' codes (and
-        // row ids): the scan streams, so it may read about twice the bytes.
-        const double exact_bytes = static_cast<double>(members.size() * dim_ * sizeof(float));
-        if (exact_bytes <= 2.0 * scanned * static_cast<double>(pq_.code_bytes() + 4)) {
+        if (exact_path_pays(nq, members.size(), nprobe, reorder)) {
             std::sort(members.begin(), members.end());  // memory order, ties by row
             scan_rows(queries, nq, k, members, num_threads, out_labels, out_distances);
             return;
@@ -416,6 +410,35 @@ void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, st
         search_one(queries + i * dim_, k, nprobe, reorder, keep, out_labels + i * k,
                    out_distances + i * k);
     });
+}
+
+// Whether scanning the allowed vectors exactly costs less time than the lists:
+// the estimated nanoseconds per query of each, fitted on the filtered searches of
+// MiniLM-384 100k and GloVe-50 200k (machine A, bench/RESULTS.md, "IVFIndex's
+// exact path"). The exact scan: a product per dimension and row (fewer with the
+// 8-bit pass), each row read once per chunk of queries. The lists: the
+// centroids, the codes of nprobe lists (those allowed go to the shortlist),
+// `reorder` rows fetched and measured; a call of few queries pays more per query
+// on both. Comparing bytes read instead chose the lists from ~350 allowed MiniLM
+// vectors, where in batches they took 43-67 us a query and the exact scan 4-47 us
+// up to 10,000.
+bool IVFFastScan::exact_path_pays(std::size_t nq, std::size_t allowed, std::size_t nprobe,
+                                  std::size_t reorder) const {
+    const DistanceKernels& k = active_kernels();
+    const double dim = static_cast<double>(dim_), total = static_cast<double>(labels_.size());
+    const double rows = static_cast<double>(allowed);
+    const double chunk = static_cast<double>(std::min(nq, scan_chunk_size(nq, dim_, 1)));
+    const double per_product =
+        quantized_scan_pays(k, nq, dim_, allowed) ? (k.int8_fast ? 0.008 : 0.014) : 0.020;
+    const double exact =
+        rows * (dim * per_product + 1.0 + (dim * sizeof(float) * 0.1 + 20.0) / chunk);
+    const double lists_scanned = static_cast<double>(std::min(nprobe, nlist_));
+    const double scanned = lists_scanned * total / static_cast<double>(std::max<std::size_t>(nlist_, 1));
+    const double lists = static_cast<double>(nlist_) * dim * 0.025 +
+                         scanned * (static_cast<double>(pq_.subspaces()) * 0.03 + 2.0 +
+                                    25.0 * rows / std::max(total, 1.0)) +
+                         static_cast<double>(reorder) * (dim * 0.025 + 60.0) + 20000.0 / chunk;
+    return exact <= lists;
 }
 
 void IVFFastScan::scan_rows(const float* queries, std::size_t nq, std::size_t kk,

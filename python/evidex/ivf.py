@@ -210,11 +210,13 @@ class IVFIndex:
             filter: ``None``; an allow-list of ids (integer array or list; ids not
                 in the index are ignored); a boolean mask indexed by id; or a
                 callable ``f(id) -> bool``, called once per live id with the GIL
-                held. When the allowed vectors are few next to what ``nprobe``
-                lists hold (their vectors no more than about twice the bytes of
-                those lists' codes), they are scored exactly instead of scanning
-                lists (packed and scored against the batch of queries as a matrix
-                product), so a restrictive filter gets its exact answer.
+                held. When scoring the allowed vectors exactly is estimated to
+                cost less than the ``nprobe`` lists (their products against the
+                lists' codes, centroids and re-ranking; a batch of queries shares
+                each pass over the vectors), they are scored exactly instead
+                (packed and scored against the batch as a matrix product, with the
+                8-bit first pass where it pays), so a restrictive filter gets its
+                exact answer.
 
         Returns:
             ``(ids, distances)``: int64 and float32 ``[nq, k]`` (``[k]`` for a 1-D

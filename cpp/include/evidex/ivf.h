@@ -123,6 +123,10 @@ private:
     void compact_locked();
     // The query as scored: normalised into `buffer` for cosine.
     const float* prepare_query(const float* query, std::vector<float>& buffer) const;
+    // Whether nq queries are answered sooner by an exact scan of `allowed`
+    // vectors than by their lists (nprobe lists, `reorder` re-ranked).
+    bool exact_path_pays(std::size_t nq, std::size_t allowed, std::size_t nprobe,
+                         std::size_t reorder) const;
     // The exact k nearest among `rows` for each of nq queries (raw), into
     // out[nq, k], padded; batches share each pass over the rows (exact_scan.h).
     void scan_rows(const float* queries, std::size_t nq, std::size_t k,
