@@ -432,8 +432,8 @@ bool IVFFastScan::exact_path_pays(std::size_t nq, std::size_t allowed, std::size
         quantized_scan_pays(k, nq, dim_, allowed) ? (k.int8_fast ? 0.008 : 0.014) : 0.020;
     const double exact =
         rows * (dim * per_product + 1.0 + (dim * sizeof(float) * 0.1 + 20.0) / chunk);
-    const double lists_scanned = static_cast<double>(std::min(nprobe, nlist_));
-    const double scanned = lists_scanned * total / static_cast<double>(std::max<std::size_t>(nlist_, 1));
+    const double scanned = static_cast<double>(std::min(nprobe, nlist_)) * total /
+                           static_cast<double>(std::max<std::size_t>(nlist_, 1));
     const double lists = static_cast<double>(nlist_) * dim * 0.025 +
                          scanned * (static_cast<double>(pq_.subspaces()) * 0.03 + 2.0 +
                                     25.0 * rows / std::max(total, 1.0)) +
