@@ -427,7 +427,7 @@ bool IVFFastScan::exact_path_pays(std::size_t nq, std::size_t allowed, std::size
     const DistanceKernels& k = active_kernels();
     const double dim = static_cast<double>(dim_), total = static_cast<double>(labels_.size());
     const double rows = static_cast<double>(allowed);
-    const double chunk = static_cast<double>(std::min(nq, scan_chunk_size(nq, dim_, 1)));
+    const double chunk = static_cast<double>(scan_chunk_size(nq, dim_, 1));  // queries a pass
     const double per_product =
         quantized_scan_pays(k, nq, dim_, allowed) ? (k.int8_fast ? 0.008 : 0.014) : 0.020;
     const double exact =
@@ -449,10 +449,12 @@ void IVFFastScan::scan_rows(const float* queries, std::size_t nq, std::size_t kk
     std::vector<std::uint32_t> found(nq * kk);
     parallel_for((nq + chunk - 1) / chunk, threads, [&](std::size_t c) {
         const std::size_t i0 = c * chunk, m = std::min(chunk, nq - i0);
+        const auto row = [&](std::size_t j) {
+            return vectors_.data() + std::size_t{rows[j]} * dim_;
+        };
         exact_scan_rows(active_kernels(), space_ == Space::L2, space_ == Space::Cosine, dim_,
-                        queries + i0 * dim_, m, rows.size(),
-                        [&](std::size_t j) { return vectors_.data() + std::size_t{rows[j]} * dim_; },
-                        kk, /*bits=*/0, found.data() + i0 * kk, out_distances + i0 * kk);
+                        queries + i0 * dim_, m, rows.size(), row, kk, /*bits=*/0,
+                        found.data() + i0 * kk, out_distances + i0 * kk);
     });
     for (std::size_t i = 0; i < nq * kk; ++i)
         out_labels[i] = found[i] == kNoRow ? kNoLabel : labels_[rows[found[i]]];

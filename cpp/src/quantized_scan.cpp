@@ -254,7 +254,8 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
     terms.resize(nq);
     for (std::size_t i = 0; i < nq; ++i) {
         const float* q = queries + i * stride;
-        const Quantized z = quantize(k, q, dim, padded, levels, RowStore{qcodes.data() + i * padded});
+        const Quantized z =
+            quantize(k, q, dim, padded, levels, RowStore{qcodes.data() + i * padded});
         const double qn = std::sqrt(static_cast<double>(z.norm_sq));
         if (!(qn < kHuge)) return false;
         std::int32_t sum = 0;
@@ -291,7 +292,9 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
             if (b + W + l < n)
                 prefetch_vector(reinterpret_cast<const char*>(rows[b + W + l]), row_bytes);
             Quantized z;
-            if (l < m) z = quantize(k, rows[b + l], dim, padded, levels, PanelStore{panel.data(), l, code_bias});
+            if (l < m)
+                z = quantize(k, rows[b + l], dim, padded, levels,
+                             PanelStore{panel.data(), l, code_bias});
             const double xn = std::sqrt(static_cast<double>(z.norm_sq));
             const bool huge = !(xn < kHuge);
             lanes.scale[l] = huge ? 0.f : z.scale;

@@ -3,8 +3,9 @@
 // scale per vector: 7-bit for AVX2's int16 products, 8-bit with AVX-512 VNNI),
 // scored by integer panel kernels, and every vector whose distance could still
 // be among the k nearest (a worst-case bound on the quantisation error,
-// Cauchy-Schwarz) is scored again in float32. The answers are those of a float32 scan: the bound
-// never drops a true neighbour, and every returned distance is exact.
+// Cauchy-Schwarz) is scored again in float32. The answers are those of a
+// float32 scan: the bound never drops a true neighbour, and every returned
+// distance is exact.
 #pragma once
 
 #include <cstddef>
