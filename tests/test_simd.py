@@ -246,3 +246,41 @@ def test_the_8_bit_scan_keeps_its_sums_in_int32_at_the_widest_codes(level: str, 
         assert answers[8][0][0, 0] == 0  # the all-ones vector, at distance 0
     finally:
         evidex.set_simd_level(evidex.cpu_simd_level())
+
+
+@pytest.mark.parametrize("level", SUPPORTED)
+@pytest.mark.parametrize("space", ["l2", "ip"])
+def test_the_8_bit_scan_orders_ties_by_id_across_spans(level: str, space: str) -> None:
+    """The pass rescores at the end of each span of rows (fewer rows per span
+    the more queries) whatever its upper bounds exclude: with small integer
+    vectors every distance is exact in float32, with ties everywhere, so the
+    answer is fully determined (ascending distance, ties by id) at every k,
+    below, at and past the 64 upper bounds kept sorted, over many spans and one."""
+    rng = np.random.default_rng(17)
+    evidex.set_simd_level(level)
+    dim, n = 100, 700
+    x = rng.integers(-3, 4, (n, dim)).astype(np.float32)
+    x[100:140] = x[99]  # copies: equal distances at every query
+    index = evidex.HNSWIndex(dim, space, M=4, ef_construction=20)
+    index.add(x, num_threads=1)  # slots in id order: ties by slot are ties by id
+    allowed = np.sort(rng.choice(n, 611, replace=False))
+    x64 = x[allowed].astype(np.float64)
+    index.set_search_tuning(scan_bits=8)
+    try:
+        for nq in (1100, 20):  # spans of ~112 rows; one span
+            q = rng.integers(-3, 4, (nq, dim)).astype(np.float32)
+            q[:5] = x[99]  # at distance 0 from 41 copies
+            q64 = q.astype(np.float64)
+            if space == "l2":
+                exact = (q64**2).sum(1)[:, None] + (x64**2).sum(1)[None] - 2 * q64 @ x64.T
+            else:
+                exact = 1.0 - q64 @ x64.T
+            for k in (1, 10, 64, 65, 611):
+                ids, dist = index.search(q, k=k, filter=allowed, filter_strategy="scan")
+                for i in range(0, nq, max(1, nq // 60)):
+                    order = np.lexsort((allowed, exact[i]))[:k]
+                    np.testing.assert_array_equal(ids[i], allowed[order], err_msg=f"k={k} q={i}")
+                    np.testing.assert_array_equal(dist[i], exact[i][order].astype(np.float32))
+    finally:
+        index.set_search_tuning()
+        evidex.set_simd_level(evidex.cpu_simd_level())

@@ -28,6 +28,7 @@ constexpr std::size_t kMaxDim8 = 65536;
 constexpr double kHuge = 1e15;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr std::size_t W = kPanelWidth;
+constexpr std::size_t kLowerBytes = 512 * 1024;  // the deferred rows' lower bounds
 
 // What the error bound needs to know about one quantised vector v ~ scale * c.
 struct Quantized {
@@ -170,8 +171,8 @@ Quantized quantize(const DistanceKernels& k, const float* v, std::size_t dim, st
     return quantize_scalar(v, dim, padded, levels, store);
 }
 
-// Per query: its codes' sum and the coefficients of its lower bounds
-// (lanes_below_scalar / lanes_below_avx2).
+// Per query: its codes' sum and the coefficients of its bounds (bounds_scalar,
+// bounds_avx2).
 struct QueryTerms {
     std::int32_t bias;  // code bias * sum of its codes: the kernel's sums carry it
     float base;         // the lower bound's constant: 1 (dot products) or |q|^2 (L2), less rounding
@@ -180,6 +181,8 @@ struct QueryTerms {
     float code_coef;    // times |s c|: the query's quantisation error
     float err_coef;     // times |x - s c|: the vector's, seen by |q|
     float norm_coef;    // times |x|: the float32 rounding allowance
+    float base_up;      // the upper bound's constant: rounding added, not taken
+    float norm_sq_coef_up;
 };
 
 // What the bound needs about the panel's vectors, lane by lane.
@@ -187,55 +190,181 @@ struct Lanes {
     alignas(32) float scale[W], code_norm[W], err_norm[W], norm[W], norm_sq[W], always[W];
 };
 
-// For one query, the bit of each lane l < m whose lower bound is below
-// `threshold`. The distance is 1 - q.x (or |q|^2 + |x|^2 - 2 q.x) and
-// q.x = t s (q'.c) + (q - t q').(s c) + q.(x - s c), so by Cauchy-Schwarz it is
-// at least the approximate distance less |q - t q'| |s c| + |q| |x - s c|
-// (twice that for L2), less a float32 rounding allowance; `always` (infinity)
-// marks vectors scored in float32 regardless.
-inline std::uint32_t lanes_below_scalar(const QueryTerms& t, const std::int32_t* dot,
-                                        const Lanes& v, std::size_t m, float threshold) {
+// For one query, each lane's lower and upper bound on its distance. The
+// distance is 1 - q.x (or |q|^2 + |x|^2 - 2 q.x) and
+// q.x = t s (q'.c) + (q - t q').(s c) + q.(x - s c), so by Cauchy-Schwarz it lies
+// within |q - t q'| |s c| + |q| |x - s c| (twice that for L2) of the approximate
+// distance, widened by a float32 rounding allowance; `always` (infinity) marks
+// vectors scored in float32 regardless (lower bound -inf, upper +inf).
+// With Keep, each lane's lower bound into lower[] and its upper bound into
+// upper[] (+inf past m); returns the bits of lanes l < m whose upper bound is
+// below `cut` (low 16 bits; none without Keep) and of those whose lower bound
+// is below `lower_cut` (high 16).
+template <bool Keep>
+std::uint32_t bounds_scalar(const QueryTerms& t, const std::int32_t* dot, const Lanes& v,
+                            std::size_t m, float cut, float lower_cut, float* lower, float* upper) {
     std::uint32_t mask = 0;
-    for (std::size_t l = 0; l < m; ++l) {
-        const float lower = t.base + t.norm_sq_coef * v.norm_sq[l] -
-                            t.approx_coef * (v.scale[l] * static_cast<float>(dot[l] - t.bias)) -
-                            t.code_coef * v.code_norm[l] - t.err_coef * v.err_norm[l] -
-                            t.norm_coef * v.norm[l] - v.always[l];
-        mask |= static_cast<std::uint32_t>(lower < threshold) << l;
+    for (std::size_t l = 0; l < W; ++l) {
+        const float approx = t.approx_coef * (v.scale[l] * static_cast<float>(dot[l] - t.bias));
+        const float slack = t.code_coef * v.code_norm[l] + t.err_coef * v.err_norm[l] +
+                            t.norm_coef * v.norm[l];
+        const float low = l < m ? t.base + t.norm_sq_coef * v.norm_sq[l] - approx - slack - v.always[l]
+                                : kInf;
+        if constexpr (Keep) lower[l] = low;
+        mask |= static_cast<std::uint32_t>(low < lower_cut) << (l + W);
+        if constexpr (Keep) {
+            upper[l] = l < m ? t.base_up + t.norm_sq_coef_up * v.norm_sq[l] - approx + slack +
+                                   v.always[l]
+                             : kInf;
+            mask |= static_cast<std::uint32_t>(upper[l] < cut) << l;
+        }
     }
     return mask;
 }
 
 #ifdef EVIDEX_X86
-__attribute__((target("avx2,fma"))) std::uint32_t lanes_below_avx2(const QueryTerms& t,
-                                                                  const std::int32_t* dot,
-                                                                  const Lanes& v, std::size_t m,
-                                                                  float threshold) {
+template <bool Keep>
+__attribute__((target("avx2,fma"))) std::uint32_t bounds_avx2(const QueryTerms& t,
+                                                              const std::int32_t* dot,
+                                                              const Lanes& v, std::size_t m,
+                                                              float cut, float lower_cut,
+                                                              float* lower, float* upper) {
     std::uint32_t mask = 0;
     for (std::size_t h = 0; h < W; h += 8) {
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dot + h));
         const __m256 j = _mm256_cvtepi32_ps(_mm256_sub_epi32(raw, _mm256_set1_epi32(t.bias)));
-        __m256 lower = _mm256_fmadd_ps(_mm256_set1_ps(t.norm_sq_coef), _mm256_load_ps(v.norm_sq + h),
-                                       _mm256_set1_ps(t.base));
-        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.approx_coef),
-                                 _mm256_mul_ps(_mm256_load_ps(v.scale + h), j), lower);
-        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.code_coef), _mm256_load_ps(v.code_norm + h), lower);
-        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.err_coef), _mm256_load_ps(v.err_norm + h), lower);
-        lower = _mm256_fnmadd_ps(_mm256_set1_ps(t.norm_coef), _mm256_load_ps(v.norm + h), lower);
-        lower = _mm256_sub_ps(lower, _mm256_load_ps(v.always + h));
-        const __m256 below = _mm256_cmp_ps(lower, _mm256_set1_ps(threshold), _CMP_LT_OQ);
-        mask |= static_cast<std::uint32_t>(_mm256_movemask_ps(below)) << h;
+        const __m256 approx = _mm256_mul_ps(_mm256_set1_ps(t.approx_coef),
+                                            _mm256_mul_ps(_mm256_load_ps(v.scale + h), j));
+        __m256 slack = _mm256_mul_ps(_mm256_set1_ps(t.code_coef), _mm256_load_ps(v.code_norm + h));
+        slack = _mm256_fmadd_ps(_mm256_set1_ps(t.err_coef), _mm256_load_ps(v.err_norm + h), slack);
+        slack = _mm256_fmadd_ps(_mm256_set1_ps(t.norm_coef), _mm256_load_ps(v.norm + h), slack);
+        const __m256 norm_sq = _mm256_load_ps(v.norm_sq + h), always = _mm256_load_ps(v.always + h);
+        const __m256 low =
+            _mm256_fmadd_ps(_mm256_set1_ps(t.norm_sq_coef), norm_sq, _mm256_set1_ps(t.base));
+        const __m256 lower8 = _mm256_sub_ps(_mm256_sub_ps(_mm256_sub_ps(low, approx), slack), always);
+        if constexpr (Keep) _mm256_storeu_ps(lower + h, lower8);
+        mask |= static_cast<std::uint32_t>(_mm256_movemask_ps(
+                    _mm256_cmp_ps(lower8, _mm256_set1_ps(lower_cut), _CMP_LT_OQ)))
+                << (h + W);
+        if constexpr (Keep) {
+            const __m256 up = _mm256_fmadd_ps(_mm256_set1_ps(t.norm_sq_coef_up), norm_sq,
+                                              _mm256_set1_ps(t.base_up));
+            const __m256 upper8 =
+                _mm256_add_ps(_mm256_add_ps(_mm256_sub_ps(up, approx), slack), always);
+            _mm256_storeu_ps(upper + h, upper8);
+            mask |= static_cast<std::uint32_t>(_mm256_movemask_ps(
+                        _mm256_cmp_ps(upper8, _mm256_set1_ps(cut), _CMP_LT_OQ)))
+                    << h;
+        }
     }
-    return mask & ((1u << m) - 1u);
+    if (m < W) {
+        if constexpr (Keep)
+            for (std::size_t l = m; l < W; ++l) lower[l] = upper[l] = kInf;
+        mask &= ((1u << m) - 1u) * 0x10001u;
+    }
+    return mask;
+}
+
+// Sixteen lanes a register: half the instructions of the AVX2 form.
+template <bool Keep>
+__attribute__((target("avx512f"))) std::uint32_t bounds_avx512(const QueryTerms& t,
+                                                               const std::int32_t* dot,
+                                                               const Lanes& v, std::size_t m,
+                                                               float cut, float lower_cut,
+                                                               float* lower, float* upper) {
+    static_assert(W == 16, "one register of lanes");
+    const __mmask16 live = static_cast<__mmask16>((1u << m) - 1u);
+    const __m512i raw = _mm512_loadu_si512(dot);
+    const __m512 j = _mm512_cvtepi32_ps(_mm512_sub_epi32(raw, _mm512_set1_epi32(t.bias)));
+    const __m512 approx =
+        _mm512_mul_ps(_mm512_set1_ps(t.approx_coef), _mm512_mul_ps(_mm512_loadu_ps(v.scale), j));
+    __m512 slack = _mm512_mul_ps(_mm512_set1_ps(t.code_coef), _mm512_loadu_ps(v.code_norm));
+    slack = _mm512_fmadd_ps(_mm512_set1_ps(t.err_coef), _mm512_loadu_ps(v.err_norm), slack);
+    slack = _mm512_fmadd_ps(_mm512_set1_ps(t.norm_coef), _mm512_loadu_ps(v.norm), slack);
+    const __m512 norm_sq = _mm512_loadu_ps(v.norm_sq), always = _mm512_loadu_ps(v.always);
+    const __m512 inf = _mm512_set1_ps(kInf);
+    const __m512 low =
+        _mm512_fmadd_ps(_mm512_set1_ps(t.norm_sq_coef), norm_sq, _mm512_set1_ps(t.base));
+    const __m512 lower16 = _mm512_mask_blend_ps(
+        live, inf, _mm512_sub_ps(_mm512_sub_ps(_mm512_sub_ps(low, approx), slack), always));
+    if constexpr (Keep) _mm512_storeu_ps(lower, lower16);
+    std::uint32_t mask =
+        static_cast<std::uint32_t>(_mm512_cmp_ps_mask(lower16, _mm512_set1_ps(lower_cut), _CMP_LT_OQ))
+        << W;
+    if constexpr (Keep) {
+        const __m512 up =
+            _mm512_fmadd_ps(_mm512_set1_ps(t.norm_sq_coef_up), norm_sq, _mm512_set1_ps(t.base_up));
+        const __m512 upper16 = _mm512_mask_blend_ps(
+            live, inf, _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(up, approx), slack), always));
+        _mm512_storeu_ps(upper, upper16);
+        mask |= _mm512_cmp_ps_mask(upper16, _mm512_set1_ps(cut), _CMP_LT_OQ);
+    }
+    return mask;
 }
 #endif
+
+// The least float above v (v itself at +inf or NaN): "at most v" as "below
+// next_up(v)". std::nextafter is a libm call.
+inline float next_up(float v) {
+    if (!(v < kInf)) return v;
+    if (v == 0.0f) return std::numeric_limits<float>::denorm_min();
+    std::uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    bits += v > 0.0f ? 1 : -1;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+
+// The kk-th smallest of the values offered so far (infinity while fewer than kk
+// came). Up to kSortedKth values are kept sorted, a value inserted in place (an
+// exact bound at every step: fewest offers); more are appended below the bound
+// and cut to the kk smallest when the buffer fills, as NearestInOrder does.
+class KthSmallest {
+public:
+    static constexpr std::size_t kSortedKth = 64;
+    explicit KthSmallest(std::size_t kk) : kk_(kk) {
+        if (kk_ > kSortedKth) buffer_.reserve(2 * kk_);
+    }
+    float bound() const { return bound_; }
+    void offer(float v) {
+        if (!(v < bound_)) return;
+        if (kk_ <= kSortedKth) {  // insert in place; sorted_[kk - 1] is the bound once full
+            std::size_t i = held_ < kk_ ? held_++ : kk_ - 1;
+            for (; i > 0 && sorted_[i - 1] > v; --i) sorted_[i] = sorted_[i - 1];
+            sorted_[i] = v;
+            if (held_ == kk_) bound_ = sorted_[kk_ - 1];
+            return;
+        }
+        buffer_.push_back(v);
+        if (buffer_.size() >= 2 * kk_) cut();
+    }
+    // The exact kk-th smallest so far.
+    float settle() {
+        if (kk_ > kSortedKth) cut();
+        return bound_;
+    }
+
+private:
+    void cut() {
+        if (buffer_.size() < kk_) return;
+        std::nth_element(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(kk_ - 1),
+                         buffer_.end());
+        bound_ = buffer_[kk_ - 1];
+        buffer_.resize(kk_);
+    }
+    std::size_t kk_, held_ = 0;
+    float bound_ = kInf;
+    float sorted_[kSortedKth] = {};
+    std::vector<float> buffer_;
+};
 
 }  // namespace
 
 bool quantized_scan_pays(const DistanceKernels& k, std::size_t nq, std::size_t dim,
                          std::size_t n) {
-    // VNNI's 8-bit products (int8_fast) pay from about half as many vectors.
-    return nq >= 16 && dim >= 96 && n >= (k.int8_fast ? 1024u : 2048u);
+    // VNNI's 8-bit products (int8_fast) pay from a fourth as many vectors
+    // (bench/RESULTS.md, "Deferred rescoring in the 8-bit scan").
+    return nq >= 16 && dim >= 96 && n >= (k.int8_fast ? 320u : 1024u);
 }
 
 bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std::size_t stride,
@@ -268,24 +397,61 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
                     twice * z.scale,
                     twice * (z.err_norm + rel * z.code_norm),
                     twice * q_norm * (1.0f + rel),
-                    twice * rel * q_norm};
+                    twice * rel * q_norm,
+                    l2 ? z.norm_sq * (1.0f + rel) : 1.0f,
+                    l2 ? 1.0f + rel : 0.0f};
     }
 
+    // The first rows' rescoring is deferred until all of them are bounded: by
+    // then, per query, the kk-th smallest upper bound so far (U) excludes every
+    // row whose lower bound is above it, leaving ~15-20 rows per query for
+    // k = 10 at 400-1,000 MiniLM vectors, where rescoring as rows came (the
+    // threshold settling meanwhile) took 65-80. U settled, later rows are
+    // rescored as they come, against U as it stood and the exact kk-th
+    // distance so far (a heap's, soon the lower): keeping their bounds, or
+    // lowering U further, would cost more than it saves. The deferred rows'
+    // lower bounds (kLowerBytes at most) stay in L2.
+    const std::size_t deferred_rows =
+        std::min(n, std::max<std::size_t>(W, kLowerBytes / (nq * sizeof(float)) / W * W));
+    const std::size_t stride_low = (deferred_rows + W - 1) / W * W;
     thread_local std::vector<std::uint8_t> panel;
     thread_local std::vector<std::int32_t> dots;
+    thread_local std::vector<float> lower;
     panel.assign(padded * W, 0);
     dots.resize(nq * W);
-    std::vector<Nearest> nearest(nq, Nearest(kk));
+    lower.resize(nq * stride_low);
+    // The deferred rows' nearest are kept without a heap (U bounds them); the
+    // rows after them go to a heap started from those.
+    std::vector<NearestInOrder> first(nq, NearestInOrder(kk));
+    std::vector<Nearest> rest;
+    std::vector<KthSmallest> uppers(nq, KthSmallest(kk));
+    // Both bounds kept while deferring (for U), lower bounds alone after it.
 #ifdef EVIDEX_X86
-    const auto lanes_below = k.level == SimdLevel::Scalar ? lanes_below_scalar : lanes_below_avx2;
+    const auto both = k.level == SimdLevel::AVX512 ? bounds_avx512<true>
+                      : k.level == SimdLevel::AVX2 ? bounds_avx2<true>
+                                                   : bounds_scalar<true>;
+    const auto lower_only = k.level == SimdLevel::AVX512 ? bounds_avx512<false>
+                            : k.level == SimdLevel::AVX2 ? bounds_avx2<false>
+                                                         : bounds_scalar<false>;
 #else
-    const auto lanes_below = lanes_below_scalar;
+    const auto both = bounds_scalar<true>;
+    const auto lower_only = bounds_scalar<false>;
 #endif
+    auto distance = [&](std::size_t i, std::size_t r) {
+        const float* q = queries + i * stride;
+        return l2 ? k.l2sq(q, rows[r], dim) : 1.0f - k.dot(q, rows[r], dim);
+    };
+    // Rescored: rows whose lower bound is at most U (below cap = next_up(U))
+    // and below the kk-th distance scored so far (ties keep the earlier row).
+    std::vector<float> cap(nq);
+    std::vector<std::uint32_t> kept_rows(kk);
+    std::vector<float> kept_dist(kk);
+    alignas(32) float upper[W];
+    static_assert(2 * W <= 32, "both masks in one word");
     Lanes lanes;
     const std::size_t row_bytes = dim * sizeof(float);
     for (std::size_t j = 0; j < std::min(n, W); ++j)
         prefetch_vector(reinterpret_cast<const char*>(rows[j]), row_bytes);
-
     for (std::size_t b = 0; b < n; b += W) {
         const std::size_t m = std::min(W, n - b);
         for (std::size_t l = 0; l < W; ++l) {
@@ -304,24 +470,57 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
             lanes.norm_sq[l] = huge ? 0.f : z.norm_sq;
             lanes.always[l] = huge ? kInf : 0.f;
         }
-        // Lanes past m keep the previous block's codes: finite, never read.
+        // Lanes past m keep the previous block's codes: finite, and their
+        // bounds are +inf (never rescored, never U).
         k.int8_panel(qcodes.data(), padded, nq, panel.data(), padded, dots.data());
-        // What the bound cannot rule out is scored in float32 now, while the
-        // block's vectors are still in cache.
-        for (std::size_t i = 0; i < nq; ++i) {
-            Nearest& best = nearest[i];
-            const float* q = queries + i * stride;
-            for (std::uint32_t below = lanes_below(terms[i], dots.data() + i * W, lanes, m,
-                                                   best.threshold());
-                 below != 0; below &= below - 1) {
-                const std::size_t l = static_cast<std::size_t>(__builtin_ctz(below));
-                const float* x = rows[b + l];
-                const float d = l2 ? k.l2sq(q, x, dim) : 1.0f - k.dot(q, x, dim);
-                best.offer(d, static_cast<std::uint32_t>(b + l));
+        const bool deferred = b < deferred_rows;
+        if (deferred) {
+            for (std::size_t i = 0; i < nq; ++i) {
+                KthSmallest& u = uppers[i];
+                for (std::uint32_t below =
+                         both(terms[i], dots.data() + i * W, lanes, m, u.bound(), -kInf,
+                              lower.data() + i * stride_low + b, upper);
+                     below != 0; below &= below - 1)
+                    u.offer(upper[__builtin_ctz(below)]);
+            }
+        } else {
+            for (std::size_t i = 0; i < nq; ++i) {
+                Nearest& best = rest[i];
+                for (std::uint32_t below =
+                         lower_only(terms[i], dots.data() + i * W, lanes, m, -kInf,
+                                    std::min(cap[i], best.threshold()), nullptr, nullptr) >>
+                         W;
+                     below != 0; below &= below - 1) {
+                    const std::size_t r = b + static_cast<std::size_t>(__builtin_ctz(below));
+                    best.offer(distance(i, r), static_cast<std::uint32_t>(r));
+                }
+            }
+        }
+        if (deferred && b + W >= deferred_rows) {
+            for (std::size_t i = 0; i < nq; ++i) {
+                cap[i] = next_up(uppers[i].settle());
+                const float* low = lower.data() + i * stride_low;
+                for (std::size_t r0 = 0; r0 < deferred_rows; r0 += W)
+                    for (std::uint32_t below =
+                             lanes_below(low + r0, W, std::min(cap[i], first[i].threshold()));
+                         below != 0; below &= below - 1) {
+                        const std::size_t r = r0 + static_cast<std::size_t>(__builtin_ctz(below));
+                        first[i].offer(distance(i, r), static_cast<std::uint32_t>(r));
+                    }
+                if (n == deferred_rows) continue;
+                rest.emplace_back(kk);
+                first[i].write(kept_rows.data(), kept_dist.data());
+                for (std::size_t r = 0; r < kk && kept_rows[r] != kNoRow; ++r)
+                    rest[i].offer(kept_dist[r], kept_rows[r]);
             }
         }
     }
-    for (std::size_t i = 0; i < nq; ++i) nearest[i].write(out_rows + i * kk, out_dist + i * kk);
+    for (std::size_t i = 0; i < nq; ++i) {
+        if (rest.empty())
+            first[i].write(out_rows + i * kk, out_dist + i * kk);
+        else
+            rest[i].write(out_rows + i * kk, out_dist + i * kk);
+    }
     return true;
 }
 
