@@ -250,12 +250,12 @@ def test_the_8_bit_scan_keeps_its_sums_in_int32_at_the_widest_codes(level: str, 
 
 @pytest.mark.parametrize("level", SUPPORTED)
 @pytest.mark.parametrize("space", ["l2", "ip"])
-def test_the_8_bit_scan_orders_ties_by_id_across_spans(level: str, space: str) -> None:
-    """The pass rescores at the end of each span of rows (fewer rows per span
-    the more queries) whatever its upper bounds exclude: with small integer
-    vectors every distance is exact in float32, with ties everywhere, so the
-    answer is fully determined (ascending distance, ties by id) at every k,
-    below, at and past the 64 upper bounds kept sorted, over many spans and one."""
+def test_the_8_bit_scan_orders_ties_by_id_deferred_or_not(level: str, space: str) -> None:
+    """The pass rescores its first rows once all are bounded (fewer rows the more
+    queries), later rows as they come: with small integer vectors every distance
+    is exact in float32, with ties everywhere, so the answer is fully determined
+    (ascending distance, ties by id) at every k, below, at and past the 64 upper
+    bounds kept sorted, with rows after the deferred ones and without."""
     rng = np.random.default_rng(17)
     evidex.set_simd_level(level)
     dim, n = 100, 700
@@ -267,7 +267,7 @@ def test_the_8_bit_scan_orders_ties_by_id_across_spans(level: str, space: str) -
     x64 = x[allowed].astype(np.float64)
     index.set_search_tuning(scan_bits=8)
     try:
-        for nq in (1100, 20):  # spans of ~112 rows; one span
+        for nq in (1100, 20):  # ~112 rows deferred, then the rest; all 611 deferred
             q = rng.integers(-3, 4, (nq, dim)).astype(np.float32)
             q[:5] = x[99]  # at distance 0 from 41 copies
             q64 = q.astype(np.float64)

@@ -172,7 +172,7 @@ Quantized quantize(const DistanceKernels& k, const float* v, std::size_t dim, st
 }
 
 // Per query: its codes' sum and the coefficients of its bounds (bounds_scalar,
-// bounds_avx2).
+// bounds_avx2, bounds_avx512).
 struct QueryTerms {
     std::int32_t bias;  // code bias * sum of its codes: the kernel's sums carry it
     float base;         // the lower bound's constant: 1 (dot products) or |q|^2 (L2), less rounding
