@@ -671,11 +671,12 @@ def test_the_8_bit_scan_keeps_exact_answers_on_hostile_values(space) -> None:
 
 @pytest.mark.parametrize("space", ["l2", "ip"])
 def test_the_float32_scan_orders_ties_by_id_at_every_k(space) -> None:
-    """The scan keeps its nearest in a buffer cut now and then (not a heap): with
-    small integer vectors every distance is exact in float32, so the answer is
-    fully determined: ascending distance, equal distances by slot (here the id),
-    whatever k (below, at and past the buffer's 64 entries, and the whole allowed
-    set), in panels of several queries."""
+    """The scan keeps its nearest sorted up to k = 32 (up to 16 in AVX-512
+    registers), in a buffer cut now and then past it (not a heap): with small
+    integer vectors every distance is exact in float32, so the answer is fully
+    determined: ascending distance, equal distances by slot (here the id),
+    whatever k (at and past 16 and 32, at and past the buffer's 64 entries, and
+    the whole allowed set), in panels of several queries."""
     rng = np.random.default_rng(11)
     dim, n = 7, 700  # 7 dimensions and 499 rows: the panels' packing has tails both ways
     x = rng.integers(-3, 4, (n, dim)).astype(np.float32)  # many exact ties
@@ -690,7 +691,7 @@ def test_the_float32_scan_orders_ties_by_id_at_every_k(space) -> None:
         exact = 1.0 - q64 @ x64.T
     index.set_search_tuning(scan_bits=32)
     try:
-        for k in (1, 10, 32, 33, 64, 65, 200, 499):
+        for k in (1, 10, 16, 17, 32, 33, 64, 65, 200, 499):
             ids, dist = index.search(q, k=k, filter=allowed, filter_strategy="scan")
             for i in range(len(q)):
                 order = np.lexsort((allowed, exact[i]))[:k]

@@ -315,49 +315,6 @@ inline float next_up(float v) {
     return v;
 }
 
-// The kk-th smallest of the values offered so far (infinity while fewer than kk
-// came). Up to kSortedKth values are kept sorted, a value inserted in place (an
-// exact bound at every step: fewest offers); more are appended below the bound
-// and cut to the kk smallest when the buffer fills, as NearestInOrder does.
-class KthSmallest {
-public:
-    static constexpr std::size_t kSortedKth = 64;
-    explicit KthSmallest(std::size_t kk) : kk_(kk) {
-        if (kk_ > kSortedKth) buffer_.reserve(2 * kk_);
-    }
-    float bound() const { return bound_; }
-    void offer(float v) {
-        if (!(v < bound_)) return;
-        if (kk_ <= kSortedKth) {  // insert in place; sorted_[kk - 1] is the bound once full
-            std::size_t i = held_ < kk_ ? held_++ : kk_ - 1;
-            for (; i > 0 && sorted_[i - 1] > v; --i) sorted_[i] = sorted_[i - 1];
-            sorted_[i] = v;
-            if (held_ == kk_) bound_ = sorted_[kk_ - 1];
-            return;
-        }
-        buffer_.push_back(v);
-        if (buffer_.size() >= 2 * kk_) cut();
-    }
-    // The exact kk-th smallest so far.
-    float settle() {
-        if (kk_ > kSortedKth) cut();
-        return bound_;
-    }
-
-private:
-    void cut() {
-        if (buffer_.size() < kk_) return;
-        std::nth_element(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(kk_ - 1),
-                         buffer_.end());
-        bound_ = buffer_[kk_ - 1];
-        buffer_.resize(kk_);
-    }
-    std::size_t kk_, held_ = 0;
-    float bound_ = kInf;
-    float sorted_[kSortedKth] = {};
-    std::vector<float> buffer_;
-};
-
 }  // namespace
 
 bool quantized_scan_pays(const DistanceKernels& k, std::size_t nq, std::size_t dim,
@@ -422,9 +379,11 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
     lower.resize(nq * stride_low);
     // The deferred rows' nearest are kept without a heap (U bounds them); the
     // rows after them go to a heap started from those.
-    std::vector<NearestInOrder> first(nq, NearestInOrder(kk));
+    std::vector<NearestInOrder> first(nq, NearestInOrder(kk, /*sorted=*/false));
     std::vector<Nearest> rest;
-    std::vector<KthSmallest> uppers(nq, KthSmallest(kk));
+    // Per query, the kk smallest upper bounds so far: U is the kk-th.
+    std::vector<NearestInOrder> uppers(
+        nq, NearestInOrder(kk, /*sorted=*/true, /*avx512=*/k.level == SimdLevel::AVX512));
     // Both bounds kept while deferring (for U), lower bounds alone after it.
 #ifdef EVIDEX_X86
     const auto both = k.level == SimdLevel::AVX512 ? bounds_avx512<true>
@@ -476,12 +435,14 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
         const bool deferred = b < deferred_rows;
         if (deferred) {
             for (std::size_t i = 0; i < nq; ++i) {
-                KthSmallest& u = uppers[i];
+                NearestInOrder& u = uppers[i];
                 for (std::uint32_t below =
-                         both(terms[i], dots.data() + i * W, lanes, m, u.bound(), -kInf,
+                         both(terms[i], dots.data() + i * W, lanes, m, u.threshold(), -kInf,
                               lower.data() + i * stride_low + b, upper);
-                     below != 0; below &= below - 1)
-                    u.offer(upper[__builtin_ctz(below)]);
+                     below != 0; below &= below - 1) {
+                    const int l = __builtin_ctz(below);
+                    u.offer(upper[l], static_cast<std::uint32_t>(b + static_cast<std::size_t>(l)));
+                }
             }
         } else {
             for (std::size_t i = 0; i < nq; ++i) {
