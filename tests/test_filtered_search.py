@@ -671,12 +671,12 @@ def test_the_8_bit_scan_keeps_exact_answers_on_hostile_values(space) -> None:
 
 @pytest.mark.parametrize("space", ["l2", "ip"])
 def test_the_float32_scan_orders_ties_by_id_at_every_k(space) -> None:
-    """The scan keeps its nearest sorted up to k = 32 (up to 16 in AVX-512
-    registers), in a buffer cut now and then past it (not a heap): with small
+    """The scan keeps its nearest sorted in AVX-512 registers up to k = 16 (on
+    CPUs with them), else in a buffer cut now and then (not a heap): with small
     integer vectors every distance is exact in float32, so the answer is fully
     determined: ascending distance, equal distances by slot (here the id),
-    whatever k (at and past 16 and 32, at and past the buffer's 64 entries, and
-    the whole allowed set), in panels of several queries."""
+    whatever k (at and past 16, at and past the buffer's 64 entries, and the
+    whole allowed set), in panels of several queries."""
     rng = np.random.default_rng(11)
     dim, n = 7, 700  # 7 dimensions and 499 rows: the panels' packing has tails both ways
     x = rng.integers(-3, 4, (n, dim)).astype(np.float32)  # many exact ties

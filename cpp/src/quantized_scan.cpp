@@ -315,6 +315,50 @@ inline float next_up(float v) {
     return v;
 }
 
+// The kk-th smallest of the values offered so far (infinity while fewer than kk
+// came). Up to kSortedKth values are kept sorted, a value inserted in place (an
+// exact bound at every step: fewest offers); more are appended below the bound
+// and cut to the kk smallest when the buffer fills, as NearestInOrder does.
+class KthSmallest {
+public:
+    static constexpr std::size_t kSortedKth = 64;
+    explicit KthSmallest(std::size_t kk) : kk_(kk) {
+        if (kk_ > kSortedKth) buffer_.reserve(2 * kk_);
+    }
+    float threshold() const { return bound_; }
+    // NearestInLanes's form (the row unused): either keeps the upper bounds.
+    void offer(float v, std::uint32_t /*row*/) {
+        if (!(v < bound_)) return;
+        if (kk_ <= kSortedKth) {  // insert in place; sorted_[kk - 1] is the bound once full
+            std::size_t i = held_ < kk_ ? held_++ : kk_ - 1;
+            for (; i > 0 && sorted_[i - 1] > v; --i) sorted_[i] = sorted_[i - 1];
+            sorted_[i] = v;
+            if (held_ == kk_) bound_ = sorted_[kk_ - 1];
+            return;
+        }
+        buffer_.push_back(v);
+        if (buffer_.size() >= 2 * kk_) cut();
+    }
+    // The exact kk-th smallest so far.
+    float settle() {
+        if (kk_ > kSortedKth) cut();
+        return bound_;
+    }
+
+private:
+    void cut() {
+        if (buffer_.size() < kk_) return;
+        std::nth_element(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(kk_ - 1),
+                         buffer_.end());
+        bound_ = buffer_[kk_ - 1];
+        buffer_.resize(kk_);
+    }
+    std::size_t kk_, held_ = 0;
+    float bound_ = kInf;
+    float sorted_[kSortedKth] = {};
+    std::vector<float> buffer_;
+};
+
 }  // namespace
 
 bool quantized_scan_pays(const DistanceKernels& k, std::size_t nq, std::size_t dim,
@@ -379,109 +423,118 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
     lower.resize(nq * stride_low);
     // The deferred rows' nearest are kept without a heap (U bounds them); the
     // rows after them go to a heap started from those.
-    std::vector<NearestInOrder> first(nq, NearestInOrder(kk, /*sorted=*/false));
+    std::vector<NearestInOrder> first(nq, NearestInOrder(kk));
     std::vector<Nearest> rest;
-    // Per query, the kk smallest upper bounds so far: U is the kk-th.
-    std::vector<NearestInOrder> uppers(
-        nq, NearestInOrder(kk, /*sorted=*/true, /*avx512=*/k.level == SimdLevel::AVX512));
-    // Both bounds kept while deferring (for U), lower bounds alone after it.
+    // Per query, the kk smallest upper bounds so far (U is the kk-th): in
+    // registers where they fit (NearestInLanes), else KthSmallest.
+    auto scan = [&](auto upper_keeper) {
+        std::vector<decltype(upper_keeper)> uppers(nq, upper_keeper);
+        // Both bounds kept while deferring (for U), lower bounds alone after it.
 #ifdef EVIDEX_X86
-    const auto both = k.level == SimdLevel::AVX512 ? bounds_avx512<true>
-                      : k.level == SimdLevel::AVX2 ? bounds_avx2<true>
-                                                   : bounds_scalar<true>;
-    const auto lower_only = k.level == SimdLevel::AVX512 ? bounds_avx512<false>
-                            : k.level == SimdLevel::AVX2 ? bounds_avx2<false>
-                                                         : bounds_scalar<false>;
+        const auto both = k.level == SimdLevel::AVX512 ? bounds_avx512<true>
+                          : k.level == SimdLevel::AVX2 ? bounds_avx2<true>
+                                                       : bounds_scalar<true>;
+        const auto lower_only = k.level == SimdLevel::AVX512 ? bounds_avx512<false>
+                                : k.level == SimdLevel::AVX2 ? bounds_avx2<false>
+                                                             : bounds_scalar<false>;
 #else
-    const auto both = bounds_scalar<true>;
-    const auto lower_only = bounds_scalar<false>;
+        const auto both = bounds_scalar<true>;
+        const auto lower_only = bounds_scalar<false>;
 #endif
-    auto distance = [&](std::size_t i, std::size_t r) {
-        const float* q = queries + i * stride;
-        return l2 ? k.l2sq(q, rows[r], dim) : 1.0f - k.dot(q, rows[r], dim);
-    };
-    // Rescored: rows whose lower bound is at most U (below cap = next_up(U))
-    // and below the kk-th distance scored so far (ties keep the earlier row).
-    std::vector<float> cap(nq);
-    std::vector<std::uint32_t> kept_rows(kk);
-    std::vector<float> kept_dist(kk);
-    alignas(32) float upper[W];
-    static_assert(2 * W <= 32, "both masks in one word");
-    Lanes lanes;
-    const std::size_t row_bytes = dim * sizeof(float);
-    for (std::size_t j = 0; j < std::min(n, W); ++j)
-        prefetch_vector(reinterpret_cast<const char*>(rows[j]), row_bytes);
-    for (std::size_t b = 0; b < n; b += W) {
-        const std::size_t m = std::min(W, n - b);
-        for (std::size_t l = 0; l < W; ++l) {
-            if (b + W + l < n)
-                prefetch_vector(reinterpret_cast<const char*>(rows[b + W + l]), row_bytes);
-            Quantized z;
-            if (l < m)
-                z = quantize(k, rows[b + l], dim, padded, levels,
-                             PanelStore{panel.data(), l, code_bias});
-            const double xn = std::sqrt(static_cast<double>(z.norm_sq));
-            const bool huge = !(xn < kHuge);
-            lanes.scale[l] = huge ? 0.f : z.scale;
-            lanes.code_norm[l] = huge ? 0.f : z.code_norm;
-            lanes.err_norm[l] = huge ? 0.f : z.err_norm;
-            lanes.norm[l] = huge ? 0.f : static_cast<float>(xn);
-            lanes.norm_sq[l] = huge ? 0.f : z.norm_sq;
-            lanes.always[l] = huge ? kInf : 0.f;
-        }
-        // Lanes past m keep the previous block's codes: finite, and their
-        // bounds are +inf (never rescored, never U).
-        k.int8_panel(qcodes.data(), padded, nq, panel.data(), padded, dots.data());
-        const bool deferred = b < deferred_rows;
-        if (deferred) {
-            for (std::size_t i = 0; i < nq; ++i) {
-                NearestInOrder& u = uppers[i];
-                for (std::uint32_t below =
-                         both(terms[i], dots.data() + i * W, lanes, m, u.threshold(), -kInf,
-                              lower.data() + i * stride_low + b, upper);
-                     below != 0; below &= below - 1) {
-                    const int l = __builtin_ctz(below);
-                    u.offer(upper[l], static_cast<std::uint32_t>(b + static_cast<std::size_t>(l)));
-                }
+        auto distance = [&](std::size_t i, std::size_t r) {
+            const float* q = queries + i * stride;
+            return l2 ? k.l2sq(q, rows[r], dim) : 1.0f - k.dot(q, rows[r], dim);
+        };
+        // Rescored: rows whose lower bound is at most U (below cap = next_up(U))
+        // and below the kk-th distance scored so far (ties keep the earlier row).
+        std::vector<float> cap(nq);
+        std::vector<std::uint32_t> kept_rows(kk);
+        std::vector<float> kept_dist(kk);
+        alignas(32) float upper[W];
+        static_assert(2 * W <= 32, "both masks in one word");
+        Lanes lanes;
+        const std::size_t row_bytes = dim * sizeof(float);
+        for (std::size_t j = 0; j < std::min(n, W); ++j)
+            prefetch_vector(reinterpret_cast<const char*>(rows[j]), row_bytes);
+        for (std::size_t b = 0; b < n; b += W) {
+            const std::size_t m = std::min(W, n - b);
+            for (std::size_t l = 0; l < W; ++l) {
+                if (b + W + l < n)
+                    prefetch_vector(reinterpret_cast<const char*>(rows[b + W + l]), row_bytes);
+                Quantized z;
+                if (l < m)
+                    z = quantize(k, rows[b + l], dim, padded, levels,
+                                 PanelStore{panel.data(), l, code_bias});
+                const double xn = std::sqrt(static_cast<double>(z.norm_sq));
+                const bool huge = !(xn < kHuge);
+                lanes.scale[l] = huge ? 0.f : z.scale;
+                lanes.code_norm[l] = huge ? 0.f : z.code_norm;
+                lanes.err_norm[l] = huge ? 0.f : z.err_norm;
+                lanes.norm[l] = huge ? 0.f : static_cast<float>(xn);
+                lanes.norm_sq[l] = huge ? 0.f : z.norm_sq;
+                lanes.always[l] = huge ? kInf : 0.f;
             }
-        } else {
-            for (std::size_t i = 0; i < nq; ++i) {
-                Nearest& best = rest[i];
-                for (std::uint32_t below =
-                         lower_only(terms[i], dots.data() + i * W, lanes, m, -kInf,
-                                    std::min(cap[i], best.threshold()), nullptr, nullptr) >>
-                         W;
-                     below != 0; below &= below - 1) {
-                    const std::size_t r = b + static_cast<std::size_t>(__builtin_ctz(below));
-                    best.offer(distance(i, r), static_cast<std::uint32_t>(r));
-                }
-            }
-        }
-        if (deferred && b + W >= deferred_rows) {
-            for (std::size_t i = 0; i < nq; ++i) {
-                cap[i] = next_up(uppers[i].settle());
-                const float* low = lower.data() + i * stride_low;
-                for (std::size_t r0 = 0; r0 < deferred_rows; r0 += W)
+            // Lanes past m keep the previous block's codes: finite, and their
+            // bounds are +inf (never rescored, never U).
+            k.int8_panel(qcodes.data(), padded, nq, panel.data(), padded, dots.data());
+            const bool deferred = b < deferred_rows;
+            if (deferred) {
+                for (std::size_t i = 0; i < nq; ++i) {
+                    auto& u = uppers[i];
                     for (std::uint32_t below =
-                             lanes_below(low + r0, W, std::min(cap[i], first[i].threshold()));
+                             both(terms[i], dots.data() + i * W, lanes, m, u.threshold(), -kInf,
+                                  lower.data() + i * stride_low + b, upper);
                          below != 0; below &= below - 1) {
-                        const std::size_t r = r0 + static_cast<std::size_t>(__builtin_ctz(below));
-                        first[i].offer(distance(i, r), static_cast<std::uint32_t>(r));
+                        const int l = __builtin_ctz(below);
+                        u.offer(upper[l], static_cast<std::uint32_t>(b) + static_cast<std::uint32_t>(l));
                     }
-                if (n == deferred_rows) continue;
-                rest.emplace_back(kk);
-                first[i].write(kept_rows.data(), kept_dist.data());
-                for (std::size_t r = 0; r < kk && kept_rows[r] != kNoRow; ++r)
-                    rest[i].offer(kept_dist[r], kept_rows[r]);
+                }
+            } else {
+                for (std::size_t i = 0; i < nq; ++i) {
+                    Nearest& best = rest[i];
+                    for (std::uint32_t below =
+                             lower_only(terms[i], dots.data() + i * W, lanes, m, -kInf,
+                                        std::min(cap[i], best.threshold()), nullptr, nullptr) >>
+                             W;
+                         below != 0; below &= below - 1) {
+                        const std::size_t r = b + static_cast<std::size_t>(__builtin_ctz(below));
+                        best.offer(distance(i, r), static_cast<std::uint32_t>(r));
+                    }
+                }
+            }
+            if (deferred && b + W >= deferred_rows) {
+                for (std::size_t i = 0; i < nq; ++i) {
+                    cap[i] = next_up(uppers[i].settle());
+                    const float* low = lower.data() + i * stride_low;
+                    for (std::size_t r0 = 0; r0 < deferred_rows; r0 += W)
+                        for (std::uint32_t below =
+                                 lanes_below(low + r0, W, std::min(cap[i], first[i].threshold()));
+                             below != 0; below &= below - 1) {
+                            const std::size_t r =
+                                r0 + static_cast<std::size_t>(__builtin_ctz(below));
+                            first[i].offer(distance(i, r), static_cast<std::uint32_t>(r));
+                        }
+                    if (n == deferred_rows) continue;
+                    rest.emplace_back(kk);
+                    first[i].write(kept_rows.data(), kept_dist.data());
+                    for (std::size_t r = 0; r < kk && kept_rows[r] != kNoRow; ++r)
+                        rest[i].offer(kept_dist[r], kept_rows[r]);
+                }
             }
         }
-    }
-    for (std::size_t i = 0; i < nq; ++i) {
-        if (rest.empty())
-            first[i].write(out_rows + i * kk, out_dist + i * kk);
-        else
-            rest[i].write(out_rows + i * kk, out_dist + i * kk);
-    }
+        for (std::size_t i = 0; i < nq; ++i) {
+            if (rest.empty())
+                first[i].write(out_rows + i * kk, out_dist + i * kk);
+            else
+                rest[i].write(out_rows + i * kk, out_dist + i * kk);
+        }
+    };
+#ifdef EVIDEX_X86
+    if (NearestInLanes::fits(k, kk))
+        scan(NearestInLanes(kk));
+    else
+#endif
+        scan(KthSmallest(kk));
     return true;
 }
 

@@ -87,53 +87,22 @@ private:
 };
 
 // The kk nearest of rows offered in ascending order, as Nearest keeps them, for
-// scans (no heap: a heap's sift costs mispredicted branches, ~0.8 us of a 6 us
-// scan of 360 rows per query). Among equal distances the earlier rows are kept.
-// Sorted (kk <= kSorted): the answers kept in order, a row inserted in place,
-// so the bound is exact at every step and scans offer the fewest rows (a
-// buffer cut when full had them offer ~3x as many: on 50-d scans, where a
-// row's products cost little, the offers took longer than the products); up
-// to 16 of them in two AVX-512 registers where the CPU has them (insert_avx512).
-// Otherwise a row under the bound is appended and when the buffer fills the kk
-// best are kept (select.h): cheaper per offer where the caller bounds the
-// offers itself (quantized_knn).
+// scans: a row under the bound is appended (no heap: a heap's sift costs
+// mispredicted branches, ~0.8 us of a 6 us scan of 360 rows per query), and
+// when the buffer fills, the kk best are kept (select.h) and the bound drops
+// to the worst of them. Among equal distances the earlier rows are kept.
 class NearestInOrder {
 public:
-    static constexpr std::size_t kSorted = 32;
-    static constexpr std::size_t kLanes = 16;  // insert_avx512's registers
-
-    // avx512: the CPU runs AVX-512 (kernels' level), used for 0 < kk <= kLanes.
-    explicit NearestInOrder(std::size_t kk, bool sorted = true, bool avx512 = false)
+    explicit NearestInOrder(std::size_t kk)
         : kk_(kk),
-          sorted_(sorted && kk <= kSorted),
-          in_lanes_(sorted_ && avx512 && kk > 0 && kk <= kLanes),
-          cap_(sorted_ ? kk : std::max<std::size_t>(2 * kk, 64)),
-          dist_(in_lanes_ ? 0 : std::min<std::size_t>(cap_, 64)),
-          rows_(dist_.size()) {
-        std::fill(lane_dist_, lane_dist_ + kLanes, std::numeric_limits<float>::infinity());
-        std::fill(lane_rows_, lane_rows_ + kLanes, kNoRow);
-    }
+          cap_(std::max<std::size_t>(2 * kk, 64)),
+          dist_(std::min<std::size_t>(cap_, 64)),
+          rows_(dist_.size()) {}
     float threshold() const { return bound_; }
-    // The exact kk-th distance so far (infinity while fewer than kk came):
-    // threshold() lags behind it while rows are appended.
-    float settle() {
-        if (!sorted_) cut();
-        return bound_;
-    }
     // Only below the bound (infinity while fewer than kk are kept): an infinite
     // or NaN distance is never an answer.
     void offer(float d, std::uint32_t row) {
         if (!(d < bound_)) return;
-#if defined(__x86_64__) || defined(_M_X64)
-        if (in_lanes_) {
-            insert_avx512(d, row);
-            return;
-        }
-#endif
-        if (sorted_) {
-            insert(d, row);
-            return;
-        }
         dist_[held_] = d;
         rows_[held_++] = row;
         if (held_ < dist_.size()) return;
@@ -146,18 +115,6 @@ public:
     }
     // The kk nearest, ascending (ties by row), padded with kNoRow at infinity.
     void write(std::uint32_t* rows, float* dist) {
-        if (in_lanes_) {  // unfilled lanes: kNoRow at infinity
-            std::copy(lane_rows_, lane_rows_ + kk_, rows);
-            std::copy(lane_dist_, lane_dist_ + kk_, dist);
-            return;
-        }
-        if (sorted_) {
-            for (std::size_t r = 0; r < kk_; ++r) {
-                rows[r] = r < held_ ? rows_[r] : kNoRow;
-                dist[r] = r < held_ ? dist_[r] : std::numeric_limits<float>::infinity();
-            }
-            return;
-        }
         cut();
         RowDistance small[64];
         std::vector<RowDistance> large(held_ > 64 ? held_ : 0);
@@ -167,29 +124,43 @@ public:
     }
 
 private:
-    // After the rows of equal distance: rows come in ascending order, so ties
-    // stay by row; the last kept one drops out once kk are kept.
-    void insert(float d, std::uint32_t row) {
-        if (kk_ == 0) return;
-        std::size_t i = held_ < kk_ ? held_++ : kk_ - 1;
-        for (; i > 0 && dist_[i - 1] > d; --i) {
-            dist_[i] = dist_[i - 1];
-            rows_[i] = rows_[i - 1];
-        }
-        dist_[i] = d;
-        rows_[i] = row;
-        if (held_ == kk_) bound_ = dist_[kk_ - 1];
+    void cut() {
+        held_ = keep_smallest(dist_.data(), rows_.data(), held_, kk_);
+        if (held_ == kk_ && kk_ > 0) bound_ = *std::max_element(dist_.data(), dist_.data() + held_);
     }
+
+    std::size_t kk_, cap_, held_ = 0;
+    float bound_ = std::numeric_limits<float>::infinity();
+    std::vector<float> dist_;
+    std::vector<std::uint32_t> rows_;
+};
+
 #if defined(__x86_64__) || defined(_M_X64)
-    // insert() in two registers (distances, rows; lanes past kk sort last):
-    // those above d move up a lane, d takes the first of their places. No
-    // branch on where it goes: the insertion loop's exit, mispredicted, cost
-    // ~40 cycles an offer.
-    __attribute__((target("avx512f"))) void insert_avx512(float d, std::uint32_t row) {
-        const __m512 was = _mm512_load_ps(lane_dist_);
-        const __m512i was_rows = _mm512_load_si512(lane_rows_);
+// NearestInOrder for up to kLanes answers on AVX-512 CPUs: they are kept sorted
+// in two registers (distances, rows; lanes past kk sort last), so the bound is
+// exact at every row and scans offer the fewest rows (the buffer offers ~3x as
+// many: on 50-d scans, where a row's products cost little, the offers took
+// longer than the products). An offer moves the lanes above it up one: no
+// branch on where it goes (an insertion loop's exit, mispredicted, cost ~40
+// cycles an offer, more than the buffer's appends past ~10 answers).
+class NearestInLanes {
+public:
+    static constexpr std::size_t kLanes = 16;
+    static bool fits(const DistanceKernels& k, std::size_t kk) {
+        return k.level == SimdLevel::AVX512 && kk > 0 && kk <= kLanes;
+    }
+    explicit NearestInLanes(std::size_t kk) : kk_(kk) {
+        std::fill(dist_, dist_ + kLanes, std::numeric_limits<float>::infinity());
+        std::fill(rows_, rows_ + kLanes, kNoRow);
+    }
+    float threshold() const { return bound_; }
+    float settle() const { return bound_; }
+    // As NearestInOrder::offer; equal distances stay before (ties by row).
+    __attribute__((target("avx512f"))) void offer(float d, std::uint32_t row) {
+        if (!(d < bound_)) return;
+        const __m512 was = _mm512_load_ps(dist_);
+        const __m512i was_rows = _mm512_load_si512(rows_);
         const __m512 value = _mm512_set1_ps(d);
-        // Strictly above: equal distances stay before (ties by row).
         const __mmask16 above = _mm512_cmp_ps_mask(was, value, _CMP_GT_OQ);  // a suffix
         const __mmask16 first = static_cast<__mmask16>(above & ~(above << 1));
         const __m512i lane_before =
@@ -200,26 +171,34 @@ private:
         now = _mm512_mask_blend_ps(first, now, value);
         now_rows = _mm512_mask_blend_epi32(first, now_rows,
                                            _mm512_set1_epi32(static_cast<int>(row)));
-        _mm512_store_ps(lane_dist_, now);
-        _mm512_store_si512(lane_rows_, now_rows);
+        _mm512_store_ps(dist_, now);
+        _mm512_store_si512(rows_, now_rows);
         bound_ = _mm512_cvtss_f32(
             _mm512_permutexvar_ps(_mm512_set1_epi32(static_cast<int>(kk_ - 1)), now));
     }
-#endif
-    void cut() {
-        held_ = keep_smallest(dist_.data(), rows_.data(), held_, kk_);
-        if (held_ == kk_ && kk_ > 0) bound_ = *std::max_element(dist_.data(), dist_.data() + held_);
+    // The kk nearest, ascending (ties by row); unfilled lanes hold kNoRow at infinity.
+    void write(std::uint32_t* rows, float* dist) const {
+        std::copy(rows_, rows_ + kk_, rows);
+        std::copy(dist_, dist_ + kk_, dist);
     }
 
-    alignas(64) float lane_dist_[kLanes];
-    alignas(64) std::uint32_t lane_rows_[kLanes];
+private:
+    alignas(64) float dist_[kLanes];
+    alignas(64) std::uint32_t rows_[kLanes];
     std::size_t kk_;
-    bool sorted_, in_lanes_;
-    std::size_t cap_, held_ = 0;
     float bound_ = std::numeric_limits<float>::infinity();
-    std::vector<float> dist_;
-    std::vector<std::uint32_t> rows_;
 };
+#endif
+
+// f(keeper) with a NearestInLanes of kk where the CPU and kk allow it, else a
+// NearestInOrder: f builds its keepers from the argument's type.
+template <class F>
+void with_keeper(const DistanceKernels& k, std::size_t kk, F&& f) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (NearestInLanes::fits(k, kk)) return f(NearestInLanes(kk));
+#endif
+    f(NearestInOrder(kk));
+}
 
 // Queries per pass of a scan: one pass reads every row once (packing each), so
 // passes are as large as the threads allow while their queries stay in L2.
@@ -325,22 +304,24 @@ template <class Row>
 void scan_knn(const DistanceKernels& k, bool l2, bool normalize, std::size_t dim,
               const float* queries, std::size_t nq, std::size_t n, Row&& row, std::size_t kk,
               std::uint32_t* out_rows, float* out_dist) {
-    std::vector<NearestInOrder> nearest(
-        nq, NearestInOrder(kk, /*sorted=*/true, /*avx512=*/k.level == SimdLevel::AVX512));
-    // The k-th distance so far per query: most rows fail this one comparison.
-    std::vector<float> worst(nq, std::numeric_limits<float>::infinity());
-    scan_panels(k, l2, normalize, dim, queries, nq, n, row,
-                [&](std::size_t i, const float* dist, std::size_t first, std::size_t m) {
-                    std::uint32_t mask = lanes_below(dist, m, worst[i]);
-                    if (mask == 0) return;
-                    NearestInOrder& best = nearest[i];
-                    for (; mask != 0; mask &= mask - 1) {
-                        const int l = __builtin_ctz(mask);
-                        best.offer(dist[l], static_cast<std::uint32_t>(first + l));
-                    }
-                    worst[i] = best.threshold();
-                });
-    for (std::size_t i = 0; i < nq; ++i) nearest[i].write(out_rows + i * kk, out_dist + i * kk);
+    with_keeper(k, kk, [&](auto keeper) {
+        std::vector<decltype(keeper)> nearest(nq, keeper);
+        // The k-th distance so far per query: most rows fail this one comparison.
+        std::vector<float> worst(nq, std::numeric_limits<float>::infinity());
+        scan_panels(k, l2, normalize, dim, queries, nq, n, row,
+                    [&](std::size_t i, const float* dist, std::size_t first, std::size_t m) {
+                        std::uint32_t mask = lanes_below(dist, m, worst[i]);
+                        if (mask == 0) return;
+                        auto& best = nearest[i];
+                        for (; mask != 0; mask &= mask - 1) {
+                            const int l = __builtin_ctz(mask);
+                            best.offer(dist[l], static_cast<std::uint32_t>(first + l));
+                        }
+                        worst[i] = best.threshold();
+                    });
+        for (std::size_t i = 0; i < nq; ++i)
+            nearest[i].write(out_rows + i * kk, out_dist + i * kk);
+    });
 }
 
 }  // namespace evidex
