@@ -241,14 +241,18 @@ def test_compiler_diagnostics_keep_only_the_candidates_own_lines() -> None:
 
 
 def _compilers() -> list[int]:
+    """The compilers of kernel builds still running: those whose command line
+    names a build directory of `build_kernel` (other builds on the machine, such
+    as a rebuild of evidex beside the tests, are not the sandbox's)."""
     out = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                if b"cc1plus" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    out.append(int(pid))
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
-                pass
+                continue
+            if b"cc1plus" in cmdline and b"evidex-crinn-build-" in cmdline:
+                out.append(int(pid))
     return out
 
 
