@@ -295,6 +295,58 @@ def test_coded_searches_during_adds_updates_builds_and_drops(data) -> None:
     assert len(stop) == 4
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_shortlist_keeps_the_lowest_estimates(seed: int) -> None:
+    """A fast scan's shortlist (IVFIndex's lists, the coded scan): the `depth` lowest
+    estimates base + scale * sum (+ extra) of a stream of groups, the earlier ones
+    among ties, whether sums are compared as integers (no extra term: the bound
+    turned into a sum limit per base) or as floats. Bases far above the scale's
+    steps (many sums, one estimate), sums at 0 and 65535, partial last groups."""
+    rng = np.random.default_rng(seed)
+    groups = int(rng.integers(1, 60))
+    count = groups * 32 - int(rng.integers(0, 32))
+    kind = seed % 6
+    if kind == 0:
+        sums = rng.integers(0, 4000, (groups, 32))
+        base, scale = rng.normal(0.0, 1.0, groups), 1e-3
+    elif kind == 1:  # few distinct sums: ties everywhere
+        sums = rng.integers(0, 4, (groups, 32)) * 1000
+        base, scale = np.repeat(rng.normal(0.0, 1.0, 3), groups)[:groups], 0.01
+    elif kind == 2:  # a base where one step of the sum is below its float's spacing
+        sums = rng.integers(0, 65536, (groups, 32))
+        base, scale = 1e4 + rng.integers(0, 3, groups), 1e-5
+    elif kind == 3:  # the extremes of the sums
+        sums = rng.choice([0, 1, 65534, 65535], (groups, 32))
+        base, scale = rng.normal(0.0, 1.0, groups), 0.5
+    elif kind == 4:  # small sums, integer bases: sums just under a limit are common
+        sums = rng.integers(0, 200, (groups, 32))
+        base, scale = rng.integers(0, 30, groups).astype(np.float64), 1.0
+    else:
+        sums = rng.integers(0, 65536, (groups, 32))
+        base, scale = -rng.random(groups) * 100, float(rng.random() + 1e-3)
+    sums = sums.astype(np.uint16)
+    base = base.astype(np.float32)
+    extra = rng.random((groups, 32)).astype(np.float32) if seed % 2 else None
+    est = base[:, None] + np.float32(scale) * sums.astype(np.float32)
+    if extra is not None:
+        est = est + extra
+    est = est.reshape(-1)[:count]
+    for depth in {1, 5, 10, 33, count // 7 + 1, count // 3 + 1, count, count + 3}:
+        kept = _core.shortlist(sums, base, scale, depth, count, extra)
+        want = np.lexsort((np.arange(count), est))[: min(depth, count)]
+        assert sorted(kept.tolist()) == sorted(want.tolist()), (depth, kind)
+    # A staircase: each group's lowest estimate is one step under everything before
+    # it, so every group offers the estimate just under the bound (and nothing lower).
+    steps = 40 + seed
+    stairs = (steps - np.arange(steps)[:, None] + np.arange(32)[None, :]).astype(np.uint16)
+    flat = np.zeros(steps, np.float32)
+    for depth in (1, 2, 3, 7):
+        kept = _core.shortlist(stairs, flat, 1.0, depth, steps * 32)
+        est = stairs.reshape(-1).astype(np.float32)
+        want = np.lexsort((np.arange(steps * 32), est))[:depth]
+        assert sorted(kept.tolist()) == sorted(want.tolist()), depth
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_shortlist_selection_keeps_the_smallest_in_input_order(seed: int) -> None:
     """The selection behind the coded scan's and IVFIndex's shortlists: the `keep`

@@ -9,12 +9,14 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "evidex/coded_scan.h"
 #include "evidex/cpu_features.h"
 #include "evidex/distance.h"
 #include "evidex/errors.h"
@@ -502,6 +504,36 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("values"), py::arg("keep"), py::arg("slack") = 0,
         "Positions of the values the shortlists' selection keeps, in input order (for tests).");
+
+    m.def(
+        "shortlist",
+        [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& sums,
+           const FloatArray& base, float scale, std::size_t depth, std::size_t count,
+           const std::optional<FloatArray>& extra) {
+            if (sums.ndim() != 2 || sums.shape(1) != static_cast<py::ssize_t>(PQ4::kGroup) ||
+                base.ndim() != 1 || base.shape(0) != sums.shape(0))
+                throw py::value_error("shortlist() needs [g, 32] sums and [g] bases");
+            const std::size_t groups = static_cast<std::size_t>(sums.shape(0));
+            if (count > groups * PQ4::kGroup) throw py::value_error("count past the groups");
+            if (extra && (extra->ndim() != 2 || extra->shape(0) != sums.shape(0) ||
+                          extra->shape(1) != sums.shape(1)))
+                throw py::value_error("shortlist() needs [g, 32] extra terms");
+            if (!(scale > 0.f)) throw py::value_error("scale must be positive");
+            Shortlist list(depth);
+            for (std::size_t g = 0; g * PQ4::kGroup < count; ++g) {
+                const std::size_t first = g * PQ4::kGroup;
+                list.offer(sums.data() + first, extra ? extra->data() + first : nullptr,
+                           base.data()[g], scale, std::min(PQ4::kGroup, count - first),
+                           [&](unsigned j) { return static_cast<std::uint32_t>(first + j); },
+                           [](std::uint32_t) { return true; });
+            }
+            const std::size_t kept = list.finish();
+            return py::array_t<std::uint32_t>(static_cast<py::ssize_t>(kept), list.rows());
+        },
+        py::arg("sums"), py::arg("base"), py::arg("scale"), py::arg("depth"), py::arg("count"),
+        py::arg("extra") = py::none(),
+        "Rows (g * 32 + j) a fast scan's shortlist keeps from groups of kernel sums, estimate "
+        "base[g] + scale * sums[g, j] (+ extra[g, j]) (for tests).");
 
     m.def(
         "distances",

@@ -39,4 +39,26 @@ std::uint32_t estimates_below(const std::uint16_t* est, const float* extra, floa
 #endif
 }
 
+std::uint32_t sums_below(const std::uint16_t* est, std::uint32_t limit) {
+    if (limit == 0) return 0;
+    if (limit > 0xffff) return ~std::uint32_t{0};
+#if defined(__SSE2__)
+    // est <= limit - 1: the unsigned saturating difference is zero.
+    const __m128i top = _mm_set1_epi16(static_cast<short>(limit - 1)), zero = _mm_setzero_si128();
+    std::uint32_t mask = 0;
+    for (std::size_t j = 0; j < 32; j += 16) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(est + j));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(est + j + 8));
+        const __m128i ya = _mm_cmpeq_epi16(_mm_subs_epu16(a, top), zero);
+        const __m128i yb = _mm_cmpeq_epi16(_mm_subs_epu16(b, top), zero);
+        mask |= static_cast<std::uint32_t>(_mm_movemask_epi8(_mm_packs_epi16(ya, yb))) << j;
+    }
+    return mask;
+#else
+    std::uint32_t mask = 0;
+    for (std::size_t j = 0; j < 32; ++j) mask |= static_cast<std::uint32_t>(est[j] < limit) << j;
+    return mask;
+#endif
+}
+
 }  // namespace evidex

@@ -498,10 +498,18 @@ void IVFFastScan::search_one(const float* query, std::size_t kk, std::size_t npr
     }
     // A loose cut (cheaper), then the exact nprobe by sorting the few kept.
     const std::size_t kept = keep_smallest(cdist.data(), lists.data(), nlist_, nprobe, nprobe / 4);
-    std::vector<std::pair<float, std::uint32_t>> near(kept);
-    for (std::size_t p = 0; p < kept; ++p) near[p] = {cdist[p], lists[p]};
-    std::sort(near.begin(), near.end());
-    near.resize(nprobe);
+    // Sorted by one integer key each, distance then position (the kept are in list
+    // order): comparing (distance, list) pairs took ~5% of a search.
+    std::vector<std::uint64_t> order(kept);
+    for (std::size_t p = 0; p < kept; ++p)
+        order[p] = std::uint64_t{static_cast<std::uint32_t>(order_key(cdist[p])) ^ 0x80000000u}
+                       << 32 | p;
+    std::sort(order.begin(), order.end());
+    std::vector<std::pair<float, std::uint32_t>> near(nprobe);
+    for (std::size_t p = 0; p < nprobe; ++p) {
+        const auto at = static_cast<std::uint32_t>(order[p]);
+        near[p] = {cdist[at], lists[at]};
+    }
 
     pq_.tables(q, l2, tables);
     const std::uint8_t* lut = tables.lut.data();

@@ -61,6 +61,14 @@ def rabitq_edge(
     npt.NDArray[np.uint8], float, float, npt.NDArray[np.float32], npt.NDArray[np.float32]
 ]: ...
 def keep_smallest(values: npt.ArrayLike, keep: int, slack: int = 0) -> npt.NDArray[np.uint32]: ...
+def shortlist(
+    sums: npt.ArrayLike,
+    base: npt.ArrayLike,
+    scale: float,
+    depth: int,
+    count: int,
+    extra: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.uint32]: ...
 def distances(
     query: npt.ArrayLike, data: npt.ArrayLike, space: str = "l2", level: str = ""
 ) -> npt.NDArray[np.float32]: ...
