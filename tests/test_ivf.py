@@ -33,6 +33,49 @@ def test_recall_and_exact_distances(space: str, dim: int) -> None:
     assert recall_at_k(ids, truth, 10) == 1.0
 
 
+_LEVELS = ["scalar", "avx2", "avx512"]
+SUPPORTED = _LEVELS[: _LEVELS.index(evidex.cpu_simd_level()) + 1]
+
+
+@pytest.mark.parametrize("space", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("level", SUPPORTED)
+def test_batches_answer_as_single_queries(space: str, level: str) -> None:
+    """A batch scores the centroids as a matrix product, a single query panel by
+    panel: both sum each product in the same order, so every query gets the same
+    lists, the same estimates and the same answer, in batches of any size and
+    over any number of threads (the last chunk partial, the nlist not a multiple
+    of a panel), at every SIMD level."""
+    dim = 37
+    data = clustered(3_000, dim, seed=11)
+    queries = clustered(150, dim, seed=12) * np.float32(3.0)
+    index = evidex.IVFIndex(dim, space, nlist=45, nprobe=7, reorder=40, seed=2)
+    index.add(data)
+    evidex.set_simd_level(level)  # restored by conftest
+    one = [index.search(q, k=10) for q in queries]
+    one_ids = np.stack([ids for ids, _ in one])
+    one_dist = np.stack([dist for _, dist in one])
+    for nq in (2, 5, 8, 33, 150):
+        for threads in (1, 2, 3):
+            ids, dist = index.search(queries[:nq], k=10, num_threads=threads)
+            np.testing.assert_array_equal(ids, one_ids[:nq])
+            np.testing.assert_array_equal(dist, one_dist[:nq])
+
+
+@pytest.mark.parametrize("level", SUPPORTED)
+def test_vectors_are_filed_under_their_nearest_centroid(level: str) -> None:
+    """Training and adds find each vector's list as a matrix product against the
+    centroids' panels (the last panel partial): a stored vector searched in the one
+    list nearest to it finds itself there."""
+    evidex.set_simd_level(level)
+    data = clustered(5_000, 24, seed=5, clusters=60)
+    index = evidex.IVFIndex(24, "l2", nlist=70, seed=3)
+    index.add(data[:3_000])
+    index.add(data[3_000:])  # filed by the trained centroids
+    ids, dist = index.search(data, k=1, nprobe=1, reorder=50)
+    assert (ids[:, 0] == np.arange(5_000)).mean() >= 0.995
+    assert (dist[:, 0] == 0).mean() >= 0.995
+
+
 def test_appends_in_batches_ids_and_single_query() -> None:
     data = clustered(3_000, 16, seed=3)
     index = evidex.IVFIndex(16, "l2", nlist=20, nprobe=20, reorder=3_000)

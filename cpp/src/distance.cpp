@@ -97,6 +97,12 @@ void panel_scalar(const float* q, std::size_t stride, std::size_t nq, const floa
     }
 }
 
+void dot_panels_scalar(const float* q, const float* panels, std::size_t npanels,
+                       std::size_t dim, float* out) {
+    for (std::size_t p = 0; p < npanels; ++p)
+        panel_scalar<false>(q, 0, 1, panels + p * dim * kPanelWidth, dim, out + p * kPanelWidth);
+}
+
 void int8_panel_scalar(const std::int8_t* q, std::size_t stride, std::size_t nq,
                        const std::uint8_t* panel, std::size_t dim, std::int32_t* out) {
     for (std::size_t r = 0; r < nq; ++r) {
@@ -338,6 +344,36 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const float* q, std::size_t 
         case 1: panel_rows_avx2<1, L2>(q, stride, panel, dim, out); break;
         default: break;
     }
+}
+
+// P panels at a time for one query (distance.h): 2P accumulators in flight.
+template <int P>
+__attribute__((target("avx2,fma"))) inline void panels_rows_avx2(const float* q, const float* pan,
+                                                                 std::size_t dim, float* out) {
+    __m256 lo[P], hi[P];
+    for (int p = 0; p < P; ++p) lo[p] = hi[p] = _mm256_setzero_ps();
+    for (std::size_t d = 0; d < dim; ++d) {
+        const __m256 b = _mm256_broadcast_ss(q + d);
+        for (int p = 0; p < P; ++p) {
+            const float* row = pan + p * dim * kPanelWidth + d * kPanelWidth;
+            lo[p] = _mm256_fmadd_ps(b, _mm256_loadu_ps(row), lo[p]);
+            hi[p] = _mm256_fmadd_ps(b, _mm256_loadu_ps(row + 8), hi[p]);
+        }
+    }
+    for (int p = 0; p < P; ++p) {
+        _mm256_storeu_ps(out + p * kPanelWidth, lo[p]);
+        _mm256_storeu_ps(out + p * kPanelWidth + 8, hi[p]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) void dot_panels_avx2(const float* q, const float* panels,
+                                                         std::size_t npanels, std::size_t dim,
+                                                         float* out) {
+    const std::size_t step = dim * kPanelWidth;
+    std::size_t p = 0;
+    for (; p + 4 <= npanels; p += 4)
+        panels_rows_avx2<4>(q, panels + p * step, dim, out + p * kPanelWidth);
+    for (; p < npanels; ++p) panels_rows_avx2<1>(q, panels + p * step, dim, out + p * kPanelWidth);
 }
 
 // R queries against an 8-bit panel, eight dimensions per step: vpmaddubsw
@@ -606,6 +642,32 @@ __attribute__((target("avx512f"))) void panel_avx512(const float* q, std::size_t
         panel_rows_avx512<1, L2>(q + r * stride, stride, panel, dim, out + r * kPanelWidth);
 }
 
+template <int P>
+__attribute__((target("avx512f"))) inline void panels_rows_avx512(const float* q,
+                                                                 const float* pan,
+                                                                 std::size_t dim, float* out) {
+    __m512 acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_ps();
+    for (std::size_t d = 0; d < dim; ++d) {
+        const __m512 b = _mm512_set1_ps(q[d]);
+        for (int p = 0; p < P; ++p)
+            acc[p] = _mm512_fmadd_ps(
+                b, _mm512_loadu_ps(pan + p * dim * kPanelWidth + d * kPanelWidth), acc[p]);
+    }
+    for (int p = 0; p < P; ++p) _mm512_storeu_ps(out + p * kPanelWidth, acc[p]);
+}
+
+__attribute__((target("avx512f"))) void dot_panels_avx512(const float* q, const float* panels,
+                                                          std::size_t npanels, std::size_t dim,
+                                                          float* out) {
+    const std::size_t step = dim * kPanelWidth;
+    std::size_t p = 0;
+    for (; p + 4 <= npanels; p += 4)
+        panels_rows_avx512<4>(q, panels + p * step, dim, out + p * kPanelWidth);
+    for (; p < npanels; ++p)
+        panels_rows_avx512<1>(q, panels + p * step, dim, out + p * kPanelWidth);
+}
+
 // R queries against an 8-bit panel with AVX-512 VNNI: one vpdpbusd multiplies a
 // group's 64 unsigned codes (16 lanes x 4 dimensions) by the query's 4 signed
 // bytes and adds each lane's four products into its int32 accumulator: a fourth
@@ -646,16 +708,16 @@ __attribute__((target("avx512f,avx512vnni"))) void int8_panel_vnni(const std::in
 
 const DistanceKernels kScalar{l2sq_scalar,       dot_scalar,       sq8_l2_scalar,
                              sq8_dot_scalar,    l2sq4_scalar,     dot4_scalar,
-                             panel_scalar<true>, panel_scalar<false>, int8_panel_scalar, fastscan32_scalar,
+                             panel_scalar<true>, panel_scalar<false>, dot_panels_scalar, int8_panel_scalar, fastscan32_scalar,
                              fastscan16_scalar, SimdLevel::Scalar};
 #ifdef EVIDEX_X86
 const DistanceKernels kAVX2{l2sq_avx2,       dot_avx2,       sq8_l2_avx2,
                            sq8_dot_avx2,    l2sq4_avx2,     dot4_avx2,
-                           panel_avx2<true>, panel_avx2<false>, int8_panel_avx2, fastscan32_avx2,
+                           panel_avx2<true>, panel_avx2<false>, dot_panels_avx2, int8_panel_avx2, fastscan32_avx2,
                            fastscan16_avx2, SimdLevel::AVX2};
 const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512,
                              sq8_dot_avx512,    l2sq4_avx512,     dot4_avx512,
-                             panel_avx512<true>, panel_avx512<false>,
+                             panel_avx512<true>, panel_avx512<false>, dot_panels_avx512,
                              int8_panel_avx2,  // every AVX-512 CPU runs AVX2
                              // The AVX2 kernel: a 512-bit one (four subspaces a register)
                              // ran faster alone but made RaBitQ searches 0.87-0.98x on

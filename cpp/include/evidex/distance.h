@@ -38,6 +38,13 @@ constexpr std::size_t kPanelWidth = 16;
 using PanelKernel = void (*)(const float* q, std::size_t stride, std::size_t nq,
                              const float* panel, std::size_t dim, float* out);
 
+// One query against npanels consecutive panels (each dim * kPanelWidth floats, as
+// above): out[p * kPanelWidth + lane] = dot(q, v_lane of panel p). Several panels
+// are summed side by side (one panel alone is a chain of dependent multiply-adds),
+// each lane in the panel kernels' order, so a query gets the same values from both.
+using PanelsKernel = void (*)(const float* q, const float* panels, std::size_t npanels,
+                              std::size_t dim, float* out);
+
 // The 8-bit panel kernel (the first pass of an exact scan, quantized_scan.h):
 // small integers, so products and sums are exact. The panel holds kPanelWidth
 // vectors' codes, biased by +64 into [1, 127], four dimensions of one vector
@@ -82,6 +89,7 @@ struct DistanceKernels {
     Distance4Kernel dot4;
     PanelKernel l2sq_panel;
     PanelKernel dot_panel;
+    PanelsKernel dot_panels;
     Int8PanelKernel int8_panel;
     FastScanKernel fastscan32;
     FastScanKernel fastscan16;

@@ -107,16 +107,24 @@ private:
     void train_locked(const float* data, std::size_t n, std::size_t num_threads);
     void add_locked(const float* data, std::size_t n, const label_t* labels,
                     std::size_t num_threads);
-    // The centroids' norms and padded rows, from centroids_ (training, loading).
+    // The centroids' norms and panels, from centroids_ (training, loading).
     void index_centroids();
     // Files rows [first, first + n) (vectors_ already holding them) into their
     // lists: list_of[i] and the code at codes + i * code_bytes for row first + i.
     void append_rows(std::size_t first, std::size_t n, const std::uint32_t* list_of,
                      const std::uint8_t* codes);
-    std::size_t nearest_centroid(const float* v) const;
+    // The list of each of n vectors (as stored): its nearest centroid.
+    void nearest_centroids(const float* x, std::size_t n, std::uint32_t* out,
+                           std::size_t num_threads) const;
     // keep: per row, nonzero where it may be an answer (nullptr: every row).
+    // One query (as given): its centroid products, then search_lists.
     void search_one(const float* q, std::size_t k, std::size_t nprobe, std::size_t reorder,
                     const std::uint8_t* keep, label_t* out_labels, float* out_distances) const;
+    // The rest of a search, for a prepared query q and its products with every
+    // centroid (dots: npanels_ * kPanelWidth floats, overwritten).
+    void search_lists(const float* q, float* dots, std::size_t k, std::size_t nprobe,
+                      std::size_t reorder, const std::uint8_t* keep, label_t* out_labels,
+                      float* out_distances) const;
     // Each row's list and code, read back from the arena (by row).
     void rows_in_lists(std::vector<std::uint32_t>& lists, std::vector<std::uint8_t>& codes) const;
     // Drop deleted rows (the next add does, once they are as many as the live).
@@ -143,8 +151,10 @@ private:
     bool trained_ = false;
     std::vector<float> centroids_;       // nlist x dim
     std::vector<float> centroid_norms_;  // |c|^2
-    std::vector<float> padded_;          // centroids, rows of stride_ floats
-    std::size_t stride_ = 0;
+    // The centroids in panels of kPanelWidth, dimension-major (distance.h): a query
+    // scores them with no horizontal sums, a batch as a matrix product.
+    std::vector<float> panels_;
+    std::size_t npanels_ = 0;
     // Every list in one arena, list after list (CSR), so a query's lists are a
     // few long reads rather than scattered allocations. The arena is a run of
     // groups of 32 slots, each [32 codes (fast-scan layout) | 32 rows (u32) |
