@@ -411,7 +411,7 @@ void IVFFastScan::search(const float* queries, std::size_t nq, std::size_t k, st
     // query's lists. Chunks of fewer than 4 gain nothing over one at a time.
     const std::size_t threads = query_threads(num_threads, nq);
     const std::size_t chunk = std::min<std::size_t>(32, (nq + threads - 1) / threads);
-    if (chunk < 4) {
+    if (chunk < 4 || labels_.empty()) {  // (search_one answers an empty index)
         parallel_for(nq, threads, [&](std::size_t i) {
             search_one(queries + i * dim_, k, nprobe, reorder, keep, out_labels + i * k,
                        out_distances + i * k);
