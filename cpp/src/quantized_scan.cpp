@@ -529,12 +529,7 @@ bool quantized_knn(const DistanceKernels& k, bool l2, const float* queries, std:
                 rest[i].write(out_rows + i * kk, out_dist + i * kk);
         }
     };
-#ifdef EVIDEX_X86
-    if (NearestInLanes::fits(k, kk))
-        scan(NearestInLanes(kk));
-    else
-#endif
-        scan(KthSmallest(kk));
+    with_keeper<KthSmallest>(k, kk, scan);
     return true;
 }
 

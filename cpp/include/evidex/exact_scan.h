@@ -190,14 +190,15 @@ private:
 };
 #endif
 
-// f(keeper) with a NearestInLanes of kk where the CPU and kk allow it, else a
-// NearestInOrder: f builds its keepers from the argument's type.
-template <class F>
+// f(keeper) with a NearestInLanes of kk where the CPU and kk allow it, else an
+// Otherwise (NearestInOrder, or a keeper of the same interface): f builds its
+// keepers from the argument's type.
+template <class Otherwise = NearestInOrder, class F>
 void with_keeper(const DistanceKernels& k, std::size_t kk, F&& f) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (NearestInLanes::fits(k, kk)) return f(NearestInLanes(kk));
 #endif
-    f(NearestInOrder(kk));
+    f(Otherwise(kk));
 }
 
 // Queries per pass of a scan: one pass reads every row once (packing each), so
