@@ -127,17 +127,19 @@ class EvidexRaBitQ(EvidexSQ8):
     quantization = "rabitq"
 
 
-def _refined(base: type[Evidex]) -> type[Evidex]:
-    """`base` with one refine_graph round after its build (counted in the build time)."""
+def _refined(base: type[Evidex], steered: bool = False) -> type[Evidex]:
+    """`base` with one refine_graph round after its build (counted in the build time);
+    `steered`: the round's search steered by the RaBitQ edge codes."""
 
     class Refined(base):
-        name = base.name + "-refined"
+        name = base.name + ("-refined-steered" if steered else "-refined")
 
         def build(self, data, space, M, efc, threads):
             super().build(data, space, M, efc, threads)
-            self.index.refine_graph(num_threads=threads)
+            self.index.refine_graph(num_threads=threads, steered=steered)
 
-    Refined.__doc__ = f"{base.name}, its graph refined once after the build."
+    how = " by a search steered by its edge codes" if steered else ""
+    Refined.__doc__ = f"{base.name}, its graph refined once after the build{how}."
     return Refined
 
 
@@ -388,6 +390,7 @@ LIBRARIES: dict[str, Callable[[], Library]] = {
     "evidex-rabitq": EvidexRaBitQ,
     "evidex-sq8-refined": _refined(EvidexSQ8),
     "evidex-rabitq-refined": _refined(EvidexRaBitQ),
+    "evidex-rabitq-refined-steered": _refined(EvidexRaBitQ, steered=True),
     "evidex-ivf": EvidexIVF,
     "evidex-layout": EvidexLayout,
     "scann": Scann,

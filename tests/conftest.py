@@ -60,6 +60,16 @@ def live_links_to_deleted(index: evidex.HNSWIndex) -> float:
     return float(deleted[targets].mean())
 
 
+def malformed_links(index: evidex.HNSWIndex) -> int:
+    """Level-0 links that lead a node to itself or repeat one already in its list."""
+    head, slots = _level0_rows(index)
+    bad = 0
+    for i, row in enumerate(slots):
+        links = row[: head[i] & 0xFFFF]
+        bad += int((links == i).sum()) + len(links) - len(np.unique(links))
+    return bad
+
+
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 20) -> np.ndarray:
     """Gaussian clusters: harder for a graph than uniform noise at low dim, closer to
     real embeddings than uniform noise at high dim."""

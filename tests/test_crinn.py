@@ -464,6 +464,16 @@ def test_layout_space_configurations_and_checks() -> None:
     a = {**base, "EVX_CODES": 3, "EVX_PQ_DIMS": 8}
     assert config_key("layout", a) == config_key("layout", {**base, "EVX_CODES": 3})
     assert config_key("layout", {**base, "EVX_INTERLEAVE": 2}) == config_key("layout", base)
+    # Only RaBitQ edge codes steer a refinement, and only a refinement is steered.
+    for codes, ef in ((2, 100), (3, 0)):
+        plain = {**base, "EVX_CODES": codes, "EVX_REFINE_EF": ef}
+        steered = config_key("layout", {**plain, "EVX_REFINE_STEERED": 1})
+        assert steered == config_key("layout", plain)
+    rabitq = {**base, "EVX_CODES": 3, "EVX_REFINE_EF": 300}
+    assert config_key("layout", {**rabitq, "EVX_REFINE_STEERED": 1}) != config_key("layout", rabitq)
+    assert Layout.from_config({**rabitq, "EVX_REFINE_STEERED": 1}) == Layout(
+        quantization="rabitq", refine_ef=300, refine_steered=True
+    )
     layout = Layout.from_config({**base, "EVX_CODES": 2, "EVX_PQ_DIMS": 8, "EVX_M": 24,
                                  "EVX_REFINE_EF": 50, "EVX_AHEAD": 2})  # fmt: skip
     assert layout == Layout(quantization="pq4", pq_dims=8, M=24, refine_ef=50, prefetch_ahead=2)
@@ -514,6 +524,24 @@ def test_layout_builds_and_tunes_an_index(tmp_path) -> None:
     assert (ids[:, 0] == np.arange(100)).mean() >= 0.98 and np.allclose(dists[:, 0], 0, atol=1e-3)
     with pytest.raises(ValueError, match=r"\[n, dim\]"):
         layout.build(data[0])
+
+
+def test_layout_steered_refinement_reaches_the_index(monkeypatch) -> None:
+    from evidex.crinn import Layout
+
+    calls = []
+    real = HNSWIndex.refine_graph
+
+    def spy(self, ef=None, num_threads=0, *, steered=False):
+        calls.append((ef, steered))
+        return real(self, ef, num_threads, steered=steered)
+
+    monkeypatch.setattr(HNSWIndex, "refine_graph", spy)
+    data = clustered(1500, 16)
+    index = Layout(quantization="rabitq", M=8, refine_ef=50, refine_steered=True).build(data)
+    assert calls == [(50, True)] and index.quantization == "rabitq"
+    ids, _ = index.search(data[:100], k=1, ef=64)
+    assert (ids[:, 0] == np.arange(100)).mean() >= 0.98
 
 
 def test_the_layout_gate_asks_for_the_builtin_best_recall_not_each_ef(run) -> None:

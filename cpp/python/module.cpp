@@ -898,7 +898,7 @@ PYBIND11_MODULE(_core, m) {
         .def("contains", &HNSW::contains, py::call_guard<py::gil_scoped_release>())
         .def("resize", &HNSW::resize, py::call_guard<py::gil_scoped_release>())
         .def("refine_graph", &HNSW::refine_graph, py::arg("ef") = 0, py::arg("num_threads") = 0,
-             py::call_guard<py::gil_scoped_release>())
+             py::arg("steered") = false, py::call_guard<py::gil_scoped_release>())
         .def("get_vectors",
              [](const HNSW& self, const LabelArray& labels) {
                  const std::size_t n = static_cast<std::size_t>(labels.size());

@@ -894,11 +894,20 @@ void HNSW::complete_links(std::vector<node_id> changed, std::size_t num_threads)
 // SymphonyQG builds its graph in rounds; this is one round over an HNSW graph's
 // level 0 (refine_node), then the RaBitQ layout's completion. Concurrent adds
 // and searches proceed as beside an add.
-void HNSW::refine_graph(std::size_t ef, std::size_t num_threads) {
+void HNSW::refine_graph(std::size_t ef, std::size_t num_threads, bool steered) {
+    if (steered && quant_ != Quantization::RaBitQ)
+        throw std::invalid_argument(
+            "steered refinement needs quantization 'rabitq' (edge codes to steer by)");
     // A beam of 100 measures enough of a node's surroundings: 200 gave the same
     // recall on MiniLM-100k and video-SIFT-200k (0.002 more on GloVe-200k) for
     // ~1.4-1.6x the time (bench/RESULTS.md, "refine_graph's default beam").
-    if (ef == 0) ef = std::min<std::size_t>(ef_construction_, kDefaultRefineEf);
+    // A steered walk measures only what it expands: 300 there (on MiniLM-100k
+    // 200 gave the exact beam's graph at 0.6x the time, 300 a better one at 0.7x;
+    // bench/RESULTS.md, "Refinement steered by the edge codes").
+    if (ef == 0) {
+        ef = std::min<std::size_t>(ef_construction_, kDefaultRefineEf);
+        if (steered) ef *= kSteeredRefineFactor;
+    }
     std::shared_lock<RwLock> wlock(write_mutex_);
     std::shared_lock<RwLock> lock(storage_mutex_);
     if (is_mapped())
@@ -910,7 +919,7 @@ void HNSW::refine_graph(std::size_t ef, std::size_t num_threads) {
     version_.store(next_graph_version(), std::memory_order_release);
     const DistanceKernels& k = active_kernels();
     const std::vector<node_id> order = breadth_first_order(n);
-    parallel_for(n, num_threads, [&](std::size_t i) { refine_node(k, order[i], ef); });
+    parallel_for(n, num_threads, [&](std::size_t i) { refine_node(k, order[i], ef, steered); });
     if (quant_ == Quantization::RaBitQ)
         parallel_for(n, num_threads, [&](std::size_t i) { complete_node(k, static_cast<node_id>(i)); });
     version_.store(next_graph_version(), std::memory_order_release);
@@ -1252,11 +1261,13 @@ __attribute__((noinline)) HNSW::FastScanScratch& HNSW::fast_scan_scratch(std::si
 //
 // Copies take beam slots, so the search may expand fewer than ef distinct
 // nodes: 98% of searches for k = ef = 100 on MiniLM-100k found fewer than 100.
-// With `distinct`, a node met again moves its one entry to the better estimate
-// instead, so at least min(ef, reachable) nodes are expanded; search_pq4 runs
-// that when the first pass comes back short. (Always distinct: 10% fewer
+// With Revisit::Improve, a node met again moves its one entry to the better
+// estimate instead, so at least min(ef, reachable) nodes are expanded;
+// search_pq4 runs that when the first pass comes back short. (Always: 10% fewer
 // queries per second at recall 0.95 on MiniLM-100k; the copies narrow the beam
-// where it is cheapest to.)
+// where it is cheapest to.) Revisit::Keep keeps a node's first estimate: no
+// copies and no search of the beam for the entry (which costs a pass over the
+// beam per meeting; the refinement's wide beams spent much of their time there).
 //
 // A walk is a search in steps (expand: take the next nodes and request their
 // data; score: measure them and score their edges), so that several queries'
@@ -1268,7 +1279,7 @@ __attribute__((noinline)) HNSW::FastScanScratch& HNSW::fast_scan_scratch(std::si
 class HNSW::FastScanWalk {
 public:
     FastScanWalk(const HNSW& h, const DistanceKernels& k, FastScanScratch& s, const float* q,
-                 std::size_t kk, bool distinct)
+                 std::size_t kk, Revisit revisit)
         : h_(h),
           k_(k),
           s_(s),
@@ -1276,7 +1287,7 @@ public:
           visited_(*visited_handle_),
           q_(q),
           kk_(kk),
-          distinct_(distinct),
+          revisit_(revisit),
           l2_(h.space_ == Space::L2),
           rabitq_(h.quant_ == Quantization::RaBitQ) {
         if (rabitq_)
@@ -1395,11 +1406,11 @@ public:
                 for (; inside != 0; inside &= inside - 1) {
                     const std::size_t j = static_cast<std::size_t>(__builtin_ctz(inside));
                     if (!(guess[j] < beam.bound()) || visited_.visited(to[j])) continue;
-                    const bool placed =
-                        distinct_ && visited_.queued(to[j]) && beam.improve(guess[j], to[j]);
-                    if (!placed) {
+                    const bool queued = revisit_ != Revisit::Copy && visited_.queued(to[j]);
+                    if (queued && revisit_ == Revisit::Keep) continue;
+                    if (!(queued && beam.improve(guess[j], to[j]))) {
                         if (!beam.insert(guess[j], to[j])) continue;
-                        if (distinct_) visited_.mark_queued(to[j]);
+                        if (revisit_ != Revisit::Copy) visited_.mark_queued(to[j]);
                     }
                     if (beam.peek() == to[j]) prefetch(to[j]);
                 }
@@ -1426,7 +1437,8 @@ private:
     VisitedList& visited_;
     const float* q_;
     std::size_t kk_;
-    bool distinct_, l2_, rabitq_;
+    Revisit revisit_;
+    bool l2_, rabitq_;
     const std::uint8_t* lut_ = nullptr;
     float scale_ = 0.f, bias_ = 0.f, kq_ = 0.f, mq_ = 0.f;
     std::size_t nsub_ = 0, group_ = PQ4::kGroup, group_bytes_ = 0, node_bytes_ = 0,
@@ -1456,9 +1468,9 @@ int HNSW::fast_scan_entry_level(int top_level) const {
 }
 
 // nq (at most kMaxInterleave) queries on this thread, their walks interleaved;
-// each answer is what the query alone would get. A beam as wide as the index is
-// distinct from the start (it then expands every reachable node: exact); a
-// query whose first pass comes back short runs again distinct.
+// each answer is what the query alone would get. A beam as wide as the index
+// improves re-met nodes from the start (it then expands every reachable node:
+// exact); a query whose first pass comes back short runs again that way.
 void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
                       const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,
                       label_t* out_labels, float* out_distances,
@@ -1470,7 +1482,8 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
     node_id eps[kMaxInterleave];
     for (std::size_t g = 0; g < nq; ++g) {
         eps[g] = greedy_descend(k, qs[g], entry, top_level, stop, dist_count);
-        walks[g].emplace(*this, k, fast_scan_scratch(g), qs[g], kk, wide);
+        walks[g].emplace(*this, k, fast_scan_scratch(g), qs[g], kk,
+                         wide ? Revisit::Improve : Revisit::Copy);
         walks[g]->start(eps[g], ef);
     }
     run_interleaved([&](std::size_t g) -> FastScanWalk& { return *walks[g]; }, nq);
@@ -1483,7 +1496,7 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
         expansions += walks[g]->expansions;
         if (found < std::min(kk, count) && !wide) {
             walks[g].reset();  // its visited list and scratch go back first
-            FastScanWalk again(*this, k, fast_scan_scratch(g), qs[g], kk, /*distinct=*/true);
+            FastScanWalk again(*this, k, fast_scan_scratch(g), qs[g], kk, Revisit::Improve);
             again.start(eps[g], ef);
             while (again.expand()) again.score();
             found = again.finish(labels, distances);
@@ -1504,8 +1517,8 @@ void HNSW::search_pq4(const DistanceKernels& k, node_id entry, int top_level,
 // bench/RESULTS.md, "Inserts steered by the edge codes"). PQ4 graphs (coarser
 // estimates; not measured this way) keep the exact search.
 void HNSW::fast_scan_candidates(const DistanceKernels& k, node_id ep, const float* q,
-                                std::size_t ef, MaxHeap& pool) const {
-    FastScanWalk walk(*this, k, fast_scan_scratch(0), q, 1, /*distinct=*/true);
+                                std::size_t ef, MaxHeap& pool, Revisit revisit) const {
+    FastScanWalk walk(*this, k, fast_scan_scratch(0), q, 1, revisit);
     walk.measure_into(&pool);
     walk.start(ep, ef);
     while (walk.expand()) walk.score();
@@ -1592,7 +1605,7 @@ HNSW::MaxHeap HNSW::search_layer(const DistanceKernels& k, node_id ep, const flo
 // the beam scored, with the node's current links, is the pool; hnswlib's
 // heuristic keeps up to M0 of it (not M, as an insert does), and the reverse
 // links follow as after an insert.
-void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef) {
+void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef, bool steered) {
     // SymphonyQG's pool: the far candidates matter (the nearest 100 or 250 of what
     // the search measured gave no better graph on MiniLM-100k).
     constexpr std::size_t kPool = 750;
@@ -1614,21 +1627,36 @@ void HNSW::refine_node(const DistanceKernels& k, node_id id, std::size_t ef) {
     thread_local MaxHeap pool;
     pool.clear();
     if (e.level > 0) cur = greedy_descend(k, v, cur, e.level, 1, nullptr);
-    // The insert's beam (deleted nodes and the node itself may take slots: only
-    // what it measures is used), each distance kept as it is measured.
-    thread_local BeamPool beam;
-    const std::size_t bytes = dim_ * sizeof(float);
     // A node's flags sit on a line of its row the distance does not read: looked up
     // for every scored node, they took a quarter of the refinement's time.
     const bool any_deleted = num_deleted_.load() != 0;
-    search_beam(
-        [&](node_id c) {
-            const float d = distance(k, v, vec(c));
-            if (c != id && !(any_deleted && deleted_at(c))) pool.push_back({d, c});
-            return d;
-        },
-        [&, pb = prefetch_bytes(bytes)](node_id c) { prefetch_vector(node(c) + vec_offset_, pb); },
-        ahead_for(bytes), cur, 0, ef, beam, nullptr);
+    if (steered) {
+        // SymphonyQG's way: the walk steered by the edge codes, its expanded nodes
+        // (measured exactly) the candidates, each node's first estimate kept.
+        // Against the exact beam below (bench/RESULTS.md): on MiniLM-100k a better
+        // graph in 0.7x the time, on video-SIFT-200k an equal one in about the
+        // same time, on clustered Gaussian noise a worse one unless the beam is
+        // wide: it depends on the data, so it is asked for, not the default.
+        fast_scan_candidates(k, cur, v, ef, pool, Revisit::Keep);
+        pool.erase(std::remove_if(pool.begin(), pool.end(),
+                                  [&](const Candidate& c) {
+                                      return c.id == id || (any_deleted && deleted_at(c.id));
+                                  }),
+                   pool.end());
+    } else {
+        // The insert's beam (deleted nodes and the node itself may take slots:
+        // only what it measures is used), each distance kept as it is measured.
+        thread_local BeamPool beam;
+        const std::size_t bytes = dim_ * sizeof(float);
+        search_beam(
+            [&](node_id c) {
+                const float d = distance(k, v, vec(c));
+                if (c != id && !(any_deleted && deleted_at(c))) pool.push_back({d, c});
+                return d;
+            },
+            [&, pb = prefetch_bytes(bytes)](node_id c) { prefetch_vector(node(c) + vec_offset_, pb); },
+            ahead_for(bytes), cur, 0, ef, beam, nullptr);
+    }
     // The current links the beam did not score join the pool. The beam scores
     // thousands of nodes and the list holds a few dozen: a 4096-bit filter of the
     // list answers nearly every lookup with one load, the rest search the list.

@@ -246,9 +246,13 @@ public:
     std::size_t M() const { return M_; }
     std::size_t ef_construction() const { return ef_construction_; }
     // Re-selects every node's level-0 links from a search of the whole graph
-    // (see hnsw.cpp); ef 0: min(ef_construction, kDefaultRefineEf).
+    // (see hnsw.cpp); ef 0: min(ef_construction, kDefaultRefineEf), three times
+    // that when `steered` (a RaBitQ graph's search steered by its edge codes,
+    // which measures only the nodes it expands; std::invalid_argument for
+    // other graphs).
     static constexpr std::size_t kDefaultRefineEf = 100;
-    void refine_graph(std::size_t ef, std::size_t num_threads);
+    static constexpr std::size_t kSteeredRefineFactor = 3;
+    void refine_graph(std::size_t ef, std::size_t num_threads, bool steered = false);
     // max_elements: the limit hnswlib users know (an add past it fails unless the
     // add may grow). Storage is allocated up to it as needed: a loaded file
     // restores its limit without allocating it.
@@ -604,9 +608,13 @@ private:
     void complete_links(std::vector<node_id> changed, std::size_t num_threads);
     void complete_node(const DistanceKernels& k, node_id id);
     std::vector<node_id> breadth_first_order(std::size_t n) const;
-    void refine_node(const DistanceKernels& k, node_id id, std::size_t ef);
+    void refine_node(const DistanceKernels& k, node_id id, std::size_t ef, bool steered);
+    // How a fast-scan walk treats a node met again before it is expanded: a
+    // second beam entry (queries), its one entry moved to the better estimate,
+    // or its first estimate kept.
+    enum class Revisit { Copy, Improve, Keep };
     void fast_scan_candidates(const DistanceKernels& k, node_id ep, const float* q, std::size_t ef,
-                              MaxHeap& pool) const;
+                              MaxHeap& pool, Revisit revisit = Revisit::Improve) const;
     // nq (<= kMaxInterleave) queries, interleaved; writes kk answers per query.
     void search_pq4(const DistanceKernels& k, node_id entry, int top_level,
                     const float* const* qs, std::size_t nq, std::size_t kk, std::size_t ef,

@@ -3,7 +3,7 @@
 The kernel slots compile code; the layout slot's candidates are settings of the
 built-in core: which codes each node keeps of its neighbours (float32 rows, 8-bit
 scalar codes, 4-bit PQ fast-scan codes of a chosen width, or RaBitQ codes),
-how many links a node's block holds (``M``), whether the graph is refined, and the
+how many links a node's block holds (``M``), whether and how the graph is refined, and the
 search's machine tuning (prefetch depth, interleaved queries). The loop builds
 each candidate's index, measures its QPS-recall curve as it measures kernels, and
 keeps the winner; :meth:`Layout.winner` gives it back to build indexes with::
@@ -34,7 +34,8 @@ LAYOUT_SPACE: dict[str, tuple[int, ...]] = {
     "EVX_CODES": (0, 1, 2, 3),  # index into CODES
     "EVX_PQ_DIMS": (0, 2, 4, 8),  # pq4: dimensions per 4-bit subspace (0: by dimension)
     "EVX_M": (0, 8, 12, 24, 32),  # links per node (level 0: 2 M); 0: the run's M
-    "EVX_REFINE_EF": (0, 50, 100, 200),  # refine_graph's beam; 0: not refined
+    "EVX_REFINE_EF": (0, 50, 100, 200, 300),  # refine_graph's beam; 0: not refined
+    "EVX_REFINE_STEERED": (0, 1),  # refine_graph(steered=...) (RaBitQ codes only)
     "EVX_INTERLEAVE": (0, 1, 2, 4),  # queries walked together on a thread (codes only)
     "EVX_AHEAD": (0, 1, 2, 4, 8),  # prefetch: neighbours ahead (0: by data size)
     "EVX_LINES": (0, 1, 2, 4),  # prefetch: cache lines of each (0: by data size)
@@ -48,6 +49,8 @@ def canonical_layout(config: Mapping[str, int]) -> dict[str, int]:
         c["EVX_PQ_DIMS"] = 0
     if c["EVX_CODES"] == 0:
         c["EVX_INTERLEAVE"] = 0  # float32 rows are never interleaved
+    if c["EVX_CODES"] != CODES.index("rabitq") or c["EVX_REFINE_EF"] == 0:
+        c["EVX_REFINE_STEERED"] = 0  # only RaBitQ edge codes steer a refinement
     return c
 
 
@@ -61,6 +64,8 @@ class Layout:
         pq_dims: dimensions per subspace of ``"pq4"`` (0: the index's default).
         M: links per node (0: the caller's ``M``).
         refine_ef: beam of :meth:`HNSWIndex.refine_graph` (0: no refinement).
+        refine_steered: that refinement steered by the RaBitQ edge codes
+            (``refine_graph(steered=True)``; better or worse by the data).
         interleave, prefetch_ahead, prefetch_lines: as
             :meth:`HNSWIndex.set_search_tuning` (0: chosen by data size).
     """
@@ -69,6 +74,7 @@ class Layout:
     pq_dims: int = 0
     M: int = 0
     refine_ef: int = 0
+    refine_steered: bool = False
     interleave: int = 0
     prefetch_ahead: int = 0
     prefetch_lines: int = 0
@@ -94,6 +100,7 @@ class Layout:
             pq_dims=c["EVX_PQ_DIMS"],
             M=c["EVX_M"],
             refine_ef=c["EVX_REFINE_EF"],
+            refine_steered=bool(c["EVX_REFINE_STEERED"]),
             interleave=c["EVX_INTERLEAVE"],
             prefetch_ahead=c["EVX_AHEAD"],
             prefetch_lines=c["EVX_LINES"],
@@ -167,7 +174,8 @@ class Layout:
             index._core.set_kernel_set(kernels)
         index.add(x, ids, num_threads=num_threads)
         if self.refine_ef:
-            index.refine_graph(ef=self.refine_ef, num_threads=num_threads)
+            index.refine_graph(ef=self.refine_ef, num_threads=num_threads,
+                               steered=self.refine_steered)  # fmt: skip
         self.tune(index)
         return index
 
