@@ -219,3 +219,8 @@ def test_steered_refinement_needs_rabitq_codes(quant) -> None:
     assert index.to_bytes() == blob  # nothing changed
     with pytest.raises(ValueError, match="steered refinement needs quantization 'rabitq'"):
         index._core.refine_graph(0, 1, True)  # the core checks too
+    rabitq = evidex.HNSWIndex(8, "l2", M=8, quantization="rabitq")
+    rabitq.add(clustered(300, 8, seed=1))
+    for bad in ("False", 1, None):
+        with pytest.raises(TypeError, match="steered must be True or False"):
+            rabitq.refine_graph(steered=bad)

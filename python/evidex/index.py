@@ -419,10 +419,13 @@ class HNSWIndex:
         Raises:
             ValueError: ``ef`` is not a positive integer, or ``steered`` on an
                 index without RaBitQ codes.
+            TypeError: ``steered`` is not a bool.
             RuntimeError: the index is memory-mapped (``resize`` copies it into memory).
         """
         ef = 0 if ef is None else min(check_positive_int(ef, "ef"), _MAX_EF)  # 0: default
         num_threads = check_positive_int(num_threads, "num_threads", minimum=0)
+        if not isinstance(steered, (bool, np.bool_)):
+            raise TypeError(f"steered must be True or False, got {steered!r}")
         if steered and self.quantization != "rabitq":
             raise ValueError(
                 "steered refinement needs quantization='rabitq' (edge codes to steer by), "
