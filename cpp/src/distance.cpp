@@ -97,6 +97,18 @@ void panel_scalar(const float* q, std::size_t stride, std::size_t nq, const floa
     }
 }
 
+// One query against npanels panels: four at a time, then one by one, through a
+// SIMD level's kernel for P panels side by side (AVX2's and AVX-512's walk).
+using PanelsKernelP = void (*)(const float* q, const float* panels, std::size_t dim, float* out);
+template <PanelsKernelP Four, PanelsKernelP One>
+void dot_panels_in_fours(const float* q, const float* panels, std::size_t npanels,
+                         std::size_t dim, float* out) {
+    const std::size_t step = dim * kPanelWidth;
+    std::size_t p = 0;
+    for (; p + 4 <= npanels; p += 4) Four(q, panels + p * step, dim, out + p * kPanelWidth);
+    for (; p < npanels; ++p) One(q, panels + p * step, dim, out + p * kPanelWidth);
+}
+
 void dot_panels_scalar(const float* q, const float* panels, std::size_t npanels,
                        std::size_t dim, float* out) {
     for (std::size_t p = 0; p < npanels; ++p)
@@ -364,16 +376,6 @@ __attribute__((target("avx2,fma"))) inline void panels_rows_avx2(const float* q,
         _mm256_storeu_ps(out + p * kPanelWidth, lo[p]);
         _mm256_storeu_ps(out + p * kPanelWidth + 8, hi[p]);
     }
-}
-
-__attribute__((target("avx2,fma"))) void dot_panels_avx2(const float* q, const float* panels,
-                                                         std::size_t npanels, std::size_t dim,
-                                                         float* out) {
-    const std::size_t step = dim * kPanelWidth;
-    std::size_t p = 0;
-    for (; p + 4 <= npanels; p += 4)
-        panels_rows_avx2<4>(q, panels + p * step, dim, out + p * kPanelWidth);
-    for (; p < npanels; ++p) panels_rows_avx2<1>(q, panels + p * step, dim, out + p * kPanelWidth);
 }
 
 // R queries against an 8-bit panel, eight dimensions per step: vpmaddubsw
@@ -657,17 +659,6 @@ __attribute__((target("avx512f"))) inline void panels_rows_avx512(const float* q
     for (int p = 0; p < P; ++p) _mm512_storeu_ps(out + p * kPanelWidth, acc[p]);
 }
 
-__attribute__((target("avx512f"))) void dot_panels_avx512(const float* q, const float* panels,
-                                                          std::size_t npanels, std::size_t dim,
-                                                          float* out) {
-    const std::size_t step = dim * kPanelWidth;
-    std::size_t p = 0;
-    for (; p + 4 <= npanels; p += 4)
-        panels_rows_avx512<4>(q, panels + p * step, dim, out + p * kPanelWidth);
-    for (; p < npanels; ++p)
-        panels_rows_avx512<1>(q, panels + p * step, dim, out + p * kPanelWidth);
-}
-
 // R queries against an 8-bit panel with AVX-512 VNNI: one vpdpbusd multiplies a
 // group's 64 unsigned codes (16 lanes x 4 dimensions) by the query's 4 signed
 // bytes and adds each lane's four products into its int32 accumulator: a fourth
@@ -713,11 +704,13 @@ const DistanceKernels kScalar{l2sq_scalar,       dot_scalar,       sq8_l2_scalar
 #ifdef EVIDEX_X86
 const DistanceKernels kAVX2{l2sq_avx2,       dot_avx2,       sq8_l2_avx2,
                            sq8_dot_avx2,    l2sq4_avx2,     dot4_avx2,
-                           panel_avx2<true>, panel_avx2<false>, dot_panels_avx2, int8_panel_avx2, fastscan32_avx2,
+                           panel_avx2<true>, panel_avx2<false>,
+                           dot_panels_in_fours<panels_rows_avx2<4>, panels_rows_avx2<1>>, int8_panel_avx2, fastscan32_avx2,
                            fastscan16_avx2, SimdLevel::AVX2};
 const DistanceKernels kAVX512{l2sq_avx512,       dot_avx512,       sq8_l2_avx512,
                              sq8_dot_avx512,    l2sq4_avx512,     dot4_avx512,
-                             panel_avx512<true>, panel_avx512<false>, dot_panels_avx512,
+                             panel_avx512<true>, panel_avx512<false>,
+                             dot_panels_in_fours<panels_rows_avx512<4>, panels_rows_avx512<1>>,
                              int8_panel_avx2,  // every AVX-512 CPU runs AVX2
                              // The AVX2 kernel: a 512-bit one (four subspaces a register)
                              // ran faster alone but made RaBitQ searches 0.87-0.98x on
