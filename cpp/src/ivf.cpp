@@ -207,12 +207,8 @@ void IVFFastScan::index_centroids() {
 
 void IVFFastScan::nearest_centroids(const float* x, std::size_t n, std::uint32_t* out,
                                     std::size_t num_threads) const {
-    constexpr std::size_t kChunk = 256;
-    parallel_for((n + kChunk - 1) / kChunk, num_threads, [&](std::size_t c) {
-        const std::size_t i0 = c * kChunk;
-        nearest_centers(active_kernels(), x + i0 * dim_, std::min(kChunk, n - i0), dim_,
-                        panels_.data(), centroid_norms_.data(), nlist_, out + i0);
-    });
+    nearest_centers(active_kernels(), x, n, dim_, panels_.data(), centroid_norms_.data(), nlist_,
+                    out, num_threads);
 }
 
 label_t IVFFastScan::add_auto(const float* data, std::size_t n, std::size_t num_threads) {

@@ -20,26 +20,31 @@ std::vector<float> pack_panels(const float* centers, std::size_t k, std::size_t 
 }
 
 void nearest_centers(const DistanceKernels& kern, const float* x, std::size_t n, std::size_t d,
-                     const float* panels, const float* norms, std::size_t k, std::uint32_t* out) {
-    constexpr std::size_t kRows = 64;  // points a pass: a panel is read once for them
-    float dots[kRows * kPanelWidth], best[kRows];
-    for (std::size_t i0 = 0; i0 < n; i0 += kRows) {
-        const std::size_t m = std::min(kRows, n - i0);
-        std::fill(best, best + m, std::numeric_limits<float>::infinity());
-        std::fill(out + i0, out + i0 + m, 0u);
-        for (std::size_t j0 = 0; j0 < k; j0 += kPanelWidth) {
-            kern.dot_panel(x + i0 * d, d, m, panels + j0 * d, d, dots);
-            const std::size_t lanes = std::min(kPanelWidth, k - j0);
-            for (std::size_t i = 0; i < m; ++i)
-                for (std::size_t l = 0; l < lanes; ++l) {
-                    const float s = norms[j0 + l] - 2.f * dots[i * kPanelWidth + l];
-                    if (s < best[i]) {
-                        best[i] = s;
-                        out[i0 + i] = static_cast<std::uint32_t>(j0 + l);
+                     const float* panels, const float* norms, std::size_t k, std::uint32_t* out,
+                     std::size_t num_threads) {
+    constexpr std::size_t kChunk = 256;  // points a task
+    constexpr std::size_t kRows = 64;    // points a pass: a panel is read once for them
+    static_assert(kChunk % kRows == 0, "passes stay inside a task");
+    parallel_for((n + kChunk - 1) / kChunk, num_threads, [&](std::size_t chunk) {
+        float dots[kRows * kPanelWidth], best[kRows];
+        for (std::size_t i0 = chunk * kChunk; i0 < std::min(n, (chunk + 1) * kChunk); i0 += kRows) {
+            const std::size_t m = std::min(kRows, n - i0);
+            std::fill(best, best + m, std::numeric_limits<float>::infinity());
+            std::fill(out + i0, out + i0 + m, 0u);
+            for (std::size_t j0 = 0; j0 < k; j0 += kPanelWidth) {
+                kern.dot_panel(x + i0 * d, d, m, panels + j0 * d, d, dots);
+                const std::size_t lanes = std::min(kPanelWidth, k - j0);
+                for (std::size_t i = 0; i < m; ++i)
+                    for (std::size_t l = 0; l < lanes; ++l) {
+                        const float s = norms[j0 + l] - 2.f * dots[i * kPanelWidth + l];
+                        if (s < best[i]) {
+                            best[i] = s;
+                            out[i0 + i] = static_cast<std::uint32_t>(j0 + l);
+                        }
                     }
-                }
+            }
         }
-    }
+    });
 }
 
 std::vector<float> kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
@@ -73,11 +78,7 @@ std::vector<float> kmeans(const float* x, std::size_t n, std::size_t d, std::siz
         if (d > 8) {
             panels = pack_panels(c.data(), k, d);
             for (std::size_t j = 0; j < k; ++j) norms[j] = kern.dot(c.data() + j * d, c.data() + j * d, d);
-            parallel_for((n + kChunk - 1) / kChunk, num_threads, [&](std::size_t chunk) {
-                const std::size_t i0 = chunk * kChunk;
-                nearest_centers(kern, x + i0 * d, std::min(kChunk, n - i0), d, panels.data(),
-                                norms.data(), k, assign.data() + i0);
-            });
+            nearest_centers(kern, x, n, d, panels.data(), norms.data(), k, assign.data(), num_threads);
         } else parallel_for((n + kChunk - 1) / kChunk, num_threads, [&](std::size_t chunk) {
             for (std::size_t i = chunk * kChunk; i < std::min(n, (chunk + 1) * kChunk); ++i) {
                 float best = std::numeric_limits<float>::infinity();

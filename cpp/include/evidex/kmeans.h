@@ -25,8 +25,9 @@ std::vector<float> pack_panels(const float* centers, std::size_t k, std::size_t 
 // The nearest of k centers (as pack_panels laid them out; norms[j] = |c_j|^2) to
 // each of n points, by |c|^2 - 2 <x, c> from the panel kernels (a matrix product:
 // a point against every center costs a few ns, not a distance call each); ties
-// go to the lower index.
+// go to the lower index. On num_threads (0: all cores).
 void nearest_centers(const DistanceKernels& kern, const float* x, std::size_t n, std::size_t d,
-                     const float* panels, const float* norms, std::size_t k, std::uint32_t* out);
+                     const float* panels, const float* norms, std::size_t k, std::uint32_t* out,
+                     std::size_t num_threads);
 
 }  // namespace evidex
